@@ -1,0 +1,412 @@
+//! The agent: builds one producer and one verifier per cluster, a probe per probe file, the
+//! HTTP endpoints, and runs them until told to stop; then drains.
+//!
+//! Shutdown order: stop sending -> every probe settles its in-flight records (bounded by the
+//! longest timeout) -> verifiers, discovery and the HTTP server stop -> clients are dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ClusterConfig, Config, Partitions};
+use crate::embedded::EmbeddedCluster;
+use crate::export::{http, metrics::Metrics};
+use crate::kafka::{self, Producer};
+use crate::probe::task::{self, Discovery, Plan, SendLoop};
+use crate::probe::{Counts, Probe};
+use crate::verify::kafka::KafkaVerifier;
+
+/// Brokers of the embedded cluster (librdkafka's in-process mock).
+pub const EMBEDDED_BROKERS: i32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub plan: Plan,
+    /// Serve `/metrics` and friends here (`None`: no HTTP server).
+    pub listen: Option<SocketAddr>,
+    /// Run every cluster on the embedded mock cluster, whatever the agent file says.
+    pub embedded: bool,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cluster {cluster}: invalid client configuration: {error}")]
+    Client {
+        cluster: String,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot start the embedded cluster: {0}")]
+    Embedded(rdkafka::error::KafkaError),
+}
+
+pub struct Agent {
+    pub config: Config,
+    probes: Vec<Arc<Probe>>,
+    metrics: Arc<Metrics>,
+    http_addr: Option<SocketAddr>,
+    /// Stops the send loops (they then drain).
+    stop_sending: CancellationToken,
+    /// Stops everything else once the probes drained.
+    stop_all: CancellationToken,
+    send_loops: TaskTracker,
+    background: TaskTracker,
+    deliveries: TaskTracker,
+    // Dropped last: the clients, then the embedded cluster they talk to.
+    _producers: BTreeMap<String, Producer>,
+    _verifiers: BTreeMap<String, Arc<KafkaVerifier>>,
+    embedded: Option<EmbeddedCluster>,
+}
+
+/// Totals at the end of a run, for the final log line.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub per_probe: Vec<(String, Counts)>,
+    /// True when every probe settled all its records within the bound.
+    pub drained: bool,
+}
+
+impl Agent {
+    pub async fn start(mut config: Config, opts: AgentOptions) -> Result<Agent, StartError> {
+        let embedded = if opts.embedded || config.is_zero_config() {
+            let cluster = EmbeddedCluster::start(EMBEDDED_BROKERS).map_err(StartError::Embedded)?;
+            point_at_embedded(&mut config, &cluster);
+            create_embedded_topics(&config, &cluster).map_err(StartError::Embedded)?;
+            tracing::info!(
+                bootstrap_servers = cluster.bootstrap_servers(),
+                brokers = EMBEDDED_BROKERS,
+                "no cluster configured (or --embedded): running on the embedded mock cluster inside this process; records never leave it"
+            );
+            Some(cluster)
+        } else {
+            None
+        };
+
+        let thresholds = config
+            .probes
+            .iter()
+            .flat_map(|p| p.slos.iter())
+            .filter_map(|s| match s.sli {
+                crate::config::Sli::Latency { below } => Some(below),
+                _ => None,
+            });
+        let metrics = Arc::new(Metrics::new(thresholds));
+        let instance = config.agent.instance.clone();
+
+        // One producer per producing cluster; librdkafka retries no longer than the longest
+        // timeout of the probes on it.
+        let mut producers = BTreeMap::new();
+        for p in &config.probes {
+            if producers.contains_key(&p.cluster) {
+                continue;
+            }
+            let longest = config
+                .probes
+                .iter()
+                .filter(|q| q.cluster == p.cluster)
+                .map(|q| q.timeout)
+                .max();
+            let cluster = cluster(&config, &p.cluster);
+            let producer = kafka::create_producer(cluster, &instance, longest.unwrap_or(p.timeout))
+                .map_err(|error| StartError::Client {
+                    cluster: p.cluster.clone(),
+                    error,
+                })?;
+            producers.insert(p.cluster.clone(), producer);
+        }
+        let mut verifiers: BTreeMap<String, Arc<KafkaVerifier>> = BTreeMap::new();
+        let probes: Vec<Arc<Probe>> = config
+            .probes
+            .iter()
+            .map(|p| Arc::new(Probe::new(p.clone(), &config.agent, Arc::clone(&metrics))))
+            .collect();
+        for probe in &probes {
+            let name = &probe.verify_cluster;
+            if !verifiers.contains_key(name) {
+                let v = KafkaVerifier::new(cluster(&config, name), &instance).map_err(|error| {
+                    StartError::Client {
+                        cluster: name.clone(),
+                        error,
+                    }
+                })?;
+                verifiers.insert(name.clone(), Arc::new(v));
+            }
+            verifiers[name].route(Arc::clone(probe));
+        }
+
+        let stop_sending = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+        let (send_loops, background, deliveries) =
+            (TaskTracker::new(), TaskTracker::new(), TaskTracker::new());
+        for v in verifiers.values() {
+            background.spawn(Arc::clone(v).run(stop_all.clone()));
+        }
+        for probe in &probes {
+            let (tx, rx) = watch::channel(None);
+            let producer = producers[&probe.config.cluster].clone();
+            background.spawn(task::discover(Discovery {
+                probe: Arc::clone(probe),
+                producer: producer.clone(),
+                cluster: cluster(&config, &probe.config.cluster).clone(),
+                verifier: Arc::clone(&verifiers[&probe.verify_cluster]),
+                refresh: config.agent.metadata_refresh,
+                partitions: tx,
+                stop: stop_all.clone(),
+            }));
+            send_loops.spawn(task::send_loop(SendLoop {
+                probe: Arc::clone(probe),
+                producer,
+                partitions: rx,
+                plan: opts.plan,
+                stop: stop_sending.clone(),
+                deliveries: deliveries.clone(),
+            }));
+        }
+        send_loops.close();
+
+        let mut agent = Agent {
+            config,
+            probes,
+            metrics,
+            http_addr: None,
+            stop_sending,
+            stop_all,
+            send_loops,
+            background,
+            deliveries,
+            _producers: producers,
+            _verifiers: verifiers,
+            embedded,
+        };
+        if let Some(addr) = opts.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| StartError::Listen { addr, error })?;
+            let local = listener
+                .local_addr()
+                .map_err(|error| StartError::Listen { addr, error })?;
+            agent.http_addr = Some(local);
+            let state = http::State::new(agent.view());
+            agent
+                .background
+                .spawn(http::serve(listener, state, agent.stop_all.clone()));
+            tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz, /status");
+        }
+        Ok(agent)
+    }
+
+    /// What the HTTP endpoints need: probes and metrics, nothing that owns a client.
+    pub fn view(&self) -> AgentView {
+        AgentView {
+            probes: self.probes.clone(),
+            metrics: Arc::clone(&self.metrics),
+            site: self.config.agent.site.clone(),
+            instance: self.config.agent.instance.clone(),
+        }
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn probes(&self) -> &[Arc<Probe>] {
+        &self.probes
+    }
+
+    pub fn embedded(&self) -> Option<&EmbeddedCluster> {
+        self.embedded.as_ref()
+    }
+
+    /// Waits until every probe found its partitions; on timeout returns each probe still
+    /// without them, with the last error.
+    pub async fn wait_discovered(&self, bound: Duration) -> Result<(), Vec<(String, String)>> {
+        let wait_all = async {
+            for p in &self.probes {
+                let mut rx = p.progress();
+                // Err only if the probe is gone, which cannot happen while the agent lives.
+                let _ = rx.wait_for(|s| !s.partitions.is_empty()).await;
+            }
+        };
+        if tokio::time::timeout(bound, wait_all).await.is_ok() {
+            return Ok(());
+        }
+        Err(self
+            .probes
+            .iter()
+            .filter_map(|p| {
+                let s = p.progress().borrow().clone();
+                s.partitions.is_empty().then(|| {
+                    let error = s.discovery_error.unwrap_or_else(|| {
+                        let c = cluster(&self.config, &p.config.cluster);
+                        format!(
+                            "cannot reach cluster {} ({}): no answer within {}",
+                            c.name,
+                            c.bootstrap_servers,
+                            humantime::format_duration(bound)
+                        )
+                    });
+                    (p.name().to_string(), error)
+                })
+            })
+            .collect())
+    }
+
+    /// Resolves when every probe finished its plan and settled its records.
+    pub async fn wait_finished(&self) {
+        self.send_loops.wait().await;
+    }
+
+    /// Stops sending now; in-flight records still get their outcome.
+    pub fn stop_sending(&self) {
+        self.stop_sending.cancel();
+    }
+
+    /// The longest time draining can take: every in-flight record is settled by its deadline.
+    pub fn drain_bound(&self) -> Duration {
+        self.config
+            .probes
+            .iter()
+            .map(|p| p.timeout)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(5)
+    }
+
+    /// Stops sending, waits (up to `drain_bound`, or until `abort`) for every in-flight record to
+    /// be settled, then stops everything.
+    pub async fn shutdown(self, abort: impl std::future::Future<Output = ()>) -> ShutdownReport {
+        self.stop_sending.cancel();
+        tokio::select! {
+            biased;
+            _ = self.send_loops.wait() => {}
+            _ = tokio::time::sleep(self.drain_bound()) => {}
+            _ = abort => {}
+        }
+        let drained = self.probes.iter().all(|p| p.in_flight() == 0);
+        self.stop_all.cancel();
+        self.background.close();
+        self.background.wait().await;
+        self.deliveries.close();
+        // Delivery reports of records already settled need not be awaited for long.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.deliveries.wait()).await;
+        let per_probe = self
+            .probes
+            .iter()
+            .map(|p| (p.name().to_string(), p.progress().borrow().counts))
+            .collect();
+        ShutdownReport { per_probe, drained }
+    }
+}
+
+/// The read side of a running agent.
+#[derive(Clone)]
+pub struct AgentView {
+    pub probes: Vec<Arc<Probe>>,
+    pub metrics: Arc<Metrics>,
+    pub site: String,
+    pub instance: String,
+}
+
+impl AgentView {
+    /// `/metrics`: window-derived gauges are brought up to date first.
+    pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        for p in &self.probes {
+            p.refresh_gauges(now);
+        }
+        self.metrics.render()
+    }
+
+    /// Ready once every probe completed a round (all its records settled). Returns the probes
+    /// that are not, with why.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let waiting: Vec<String> = self
+            .probes
+            .iter()
+            .filter_map(|p| {
+                let s = p.progress().borrow().clone();
+                if s.rounds_completed > 0 {
+                    None
+                } else if let Some(e) = s.discovery_error {
+                    Some(format!("{}: {e}", p.name()))
+                } else {
+                    Some(format!("{}: first round not complete", p.name()))
+                }
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
+    }
+}
+
+fn cluster<'c>(config: &'c Config, name: &str) -> &'c ClusterConfig {
+    config
+        .agent
+        .clusters
+        .get(name)
+        .expect("cluster references are validated at load")
+}
+
+/// Every cluster name the probes use now means the embedded cluster.
+fn point_at_embedded(config: &mut Config, embedded: &EmbeddedCluster) {
+    let names: BTreeSet<String> = config
+        .probes
+        .iter()
+        .flat_map(|p| {
+            let crate::config::Verify::Kafka(v) = &p.verify;
+            [p.cluster.clone(), v.cluster.clone()]
+        })
+        .chain(config.agent.clusters.keys().cloned())
+        .collect();
+    config.agent.clusters = names
+        .into_iter()
+        .map(|name| {
+            let c = ClusterConfig {
+                name: name.clone(),
+                bootstrap_servers: embedded.bootstrap_servers().to_string(),
+                properties: BTreeMap::new(),
+                producer: BTreeMap::new(),
+                consumer: BTreeMap::new(),
+            };
+            (name, c)
+        })
+        .collect();
+}
+
+/// The probe and verify topics, with enough partitions for every listed partition (at least
+/// one per broker).
+fn create_embedded_topics(
+    config: &Config,
+    embedded: &EmbeddedCluster,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut topics: BTreeMap<String, i32> = BTreeMap::new();
+    for p in &config.probes {
+        let needed = match &p.partitions {
+            Partitions::All => EMBEDDED_BROKERS,
+            Partitions::List(l) => (l.iter().max().copied().unwrap_or(0) + 1).max(EMBEDDED_BROKERS),
+        };
+        let crate::config::Verify::Kafka(v) = &p.verify;
+        for t in [&p.topic, &v.topic] {
+            let e = topics.entry(t.clone()).or_insert(needed);
+            *e = (*e).max(needed);
+        }
+    }
+    for (topic, partitions) in topics {
+        embedded.create_topic(&topic, partitions, EMBEDDED_BROKERS)?;
+    }
+    Ok(())
+}

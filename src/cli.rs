@@ -1,0 +1,422 @@
+//! Commands: `run` (the daemon), `smoke` (a gate with an exit code), `check` (validate config).
+//! Every flag also reads an `SLO_PROBE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::time::Instant;
+
+use crate::agent::{Agent, AgentOptions, ShutdownReport, StartError};
+use crate::config::{self, Config, Sources};
+use crate::export::logging::{self, LogFormat};
+use crate::probe::Outcome;
+use crate::probe::task::Plan;
+use crate::report::{ProbeVerdict, Verdict};
+
+/// Exit codes, the contract CI jobs rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `run` shut down cleanly; `smoke` passed; `check` found no problem.
+    Ok = 0,
+    /// `smoke`: an SLO or an assertion failed. `run`: in-flight records were not settled.
+    Failed = 1,
+    /// Could not run: cluster unreachable, port taken...
+    CouldNotRun = 2,
+    /// Bad configuration or command line (sysexits EX_CONFIG).
+    Config = 78,
+    /// Interrupted before the end (smoke prints partial results).
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slo-probe",
+    version,
+    about = "Proves a streaming pipeline is fresh, complete and correct, the way its clients see it."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Agent file (clusters, site, listen address). Default: slo-probe.yaml when it exists;
+    /// without one, probes run on the embedded cluster.
+    #[arg(long, global = true, env = "SLO_PROBE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Probe file or directory of probe files; repeatable (or comma-separated in the
+    /// environment). Default: probes/
+    #[arg(
+        long = "probes",
+        global = true,
+        env = "SLO_PROBE_PROBES",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub probes: Vec<PathBuf>,
+    /// Address for /metrics, /healthz, /readyz, /status (overrides the agent file; default
+    /// 0.0.0.0:9747). `smoke` serves them only when this is given.
+    #[arg(long, global = true, env = "SLO_PROBE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Run on the embedded (in-process mock) cluster instead of the configured clusters.
+    #[arg(long, global = true, env = "SLO_PROBE_EMBEDDED")]
+    pub embedded: bool,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "SLO_PROBE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `slo_probe=debug,librdkafka=warn`. Default: info for run,
+    /// warn for smoke and check.
+    #[arg(
+        long,
+        global = true,
+        env = "SLO_PROBE_LOG_LEVEL",
+        value_name = "FILTER"
+    )]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every probe until SIGTERM/SIGINT, then settle in-flight records and exit.
+    Run,
+    /// Run a few rounds, print a verdict and exit 0 (pass), 1 (fail), 2 (could not run).
+    Smoke(SmokeArgs),
+    /// Validate the agent and probe files; report every problem as file:line:col.
+    Check,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SmokeArgs {
+    /// Rounds per probe (one record per partition each). Default: 3.
+    #[arg(long, env = "SLO_PROBE_ROUNDS", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: Option<u64>,
+    /// Send rounds for this long instead (e.g. 1m).
+    #[arg(long, env = "SLO_PROBE_DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Verdict format on stdout.
+    #[arg(long, env = "SLO_PROBE_OUTPUT", value_enum, default_value = "text")]
+    pub output: Output,
+    /// Also write the verdict to this file: JSON for *.json, JUnit XML for *.xml, else text.
+    #[arg(long, env = "SLO_PROBE_REPORT", value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Give up (exit 2) when a probe's topic cannot be read within this long.
+    #[arg(long, env = "SLO_PROBE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+    Junit,
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    Exit::Ok.into()
+                }
+                _ => Exit::Config.into(),
+            };
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let exit = runtime.block_on(execute(cli));
+    // A metadata request still blocking in librdkafka (unreachable cluster) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    exit.into()
+}
+
+/// Runs a parsed command; tests call this directly.
+pub async fn execute(cli: Cli) -> Exit {
+    let default_level = match cli.command {
+        Command::Run => "info",
+        Command::Smoke(_) | Command::Check => "warn",
+    };
+    logging::init(
+        cli.common.log_format,
+        cli.common.log_level.as_deref().unwrap_or(default_level),
+    );
+    let config = match load(&cli.common) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    match cli.command {
+        Command::Check => check(&config),
+        Command::Run => run(config, &cli.common).await,
+        Command::Smoke(args) => smoke(config, &cli.common, &args).await,
+    }
+}
+
+/// Where configuration comes from when flags say nothing.
+pub fn sources(common: &Common) -> Sources {
+    let default_agent = Path::new("slo-probe.yaml");
+    Sources {
+        agent_file: common
+            .config
+            .clone()
+            .or_else(|| default_agent.exists().then(|| default_agent.to_path_buf())),
+        probe_paths: if common.probes.is_empty() {
+            vec![PathBuf::from("probes")]
+        } else {
+            common.probes.clone()
+        },
+    }
+}
+
+fn load(common: &Common) -> Result<Config, Exit> {
+    match config::load(&sources(common)) {
+        Ok(mut c) => {
+            if let Some(addr) = common.listen {
+                c.agent.listen = addr;
+            }
+            Ok(c)
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            let n = diags.len();
+            eprintln!(
+                "slo-probe: {n} configuration problem{}",
+                if n == 1 { "" } else { "s" }
+            );
+            Err(Exit::Config)
+        }
+    }
+}
+
+fn check(config: &Config) -> Exit {
+    let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+    let clusters = if config.is_zero_config() {
+        "none (probes run on the embedded cluster)".to_string()
+    } else {
+        config
+            .agent
+            .clusters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "configuration ok: {} probe(s): {}; clusters: {clusters}",
+        names.len(),
+        names.join(", ")
+    );
+    Exit::Ok
+}
+
+fn start_error(e: &StartError) -> Exit {
+    eprintln!("slo-probe: {e}");
+    match e {
+        StartError::Client { .. } => Exit::Config,
+        StartError::Listen { .. } | StartError::Embedded(_) => Exit::CouldNotRun,
+    }
+}
+
+async fn run(config: Config, common: &Common) -> Exit {
+    let listen = config.agent.listen;
+    let opts = AgentOptions {
+        plan: Plan::Forever,
+        listen: Some(listen),
+        embedded: common.embedded,
+    };
+    let agent = match Agent::start(config, opts).await {
+        Ok(a) => a,
+        Err(e) => return start_error(&e),
+    };
+    tracing::info!(
+        probes = agent.probes().len(),
+        site = %agent.config.agent.site,
+        instance = %agent.config.agent.instance,
+        "slo-probe running"
+    );
+    signals::first().await;
+    let bound = agent.drain_bound();
+    tracing::info!(bound = ?bound, "stopping: no new records; settling the ones in flight (signal again to stop now)");
+    let report = agent.shutdown(signals::first()).await;
+    log_final(&report);
+    if report.drained {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
+}
+
+fn log_final(report: &ShutdownReport) {
+    for (probe, c) in &report.per_probe {
+        tracing::info!(
+            probe = %probe,
+            sent = c.sent,
+            ok = c.get(Outcome::Ok),
+            lost = c.get(Outcome::Lost),
+            corrupt = c.get(Outcome::Corrupt),
+            send_failed = c.get(Outcome::SendFailed),
+            in_flight = c.in_flight,
+            duplicates = c.duplicates,
+            reordered = c.reordered,
+            late_arrivals = c.late,
+            "probe final counts"
+        );
+    }
+    if report.drained {
+        tracing::info!("shutdown complete: every record has its final outcome");
+    } else {
+        tracing::error!("shutdown incomplete: records still in flight");
+    }
+}
+
+async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
+    let plan = match (args.rounds, args.duration) {
+        (Some(n), _) => Plan::Rounds(n),
+        (None, Some(d)) => Plan::For(d),
+        (None, None) => Plan::Rounds(3),
+    };
+    let started = Instant::now();
+    let opts = AgentOptions {
+        plan,
+        listen: common.listen,
+        embedded: common.embedded,
+    };
+    let agent = match Agent::start(config, opts).await {
+        Ok(a) => a,
+        Err(e) => return start_error(&e),
+    };
+    if let Err(stuck) = agent.wait_discovered(args.connect_timeout).await {
+        for (probe, error) in &stuck {
+            eprintln!("slo-probe: probe {probe}: {error}");
+        }
+        eprintln!(
+            "slo-probe: could not run: {} probe(s) could not reach their topic within {}",
+            stuck.len(),
+            humantime::format_duration(args.connect_timeout)
+        );
+        agent.shutdown(std::future::ready(())).await;
+        return Exit::CouldNotRun;
+    }
+    let progress = tokio::spawn(show_progress(agent.probes().to_vec(), plan));
+    let interrupted = tokio::select! {
+        _ = agent.wait_finished() => false,
+        _ = signals::first() => {
+            eprintln!("slo-probe: interrupted; reporting partial results");
+            true
+        }
+    };
+    if interrupted {
+        progress.abort();
+    } else {
+        // Every probe is finished, so each progress line is printed and the task ends.
+        let _ = progress.await;
+    }
+    let now = Instant::now();
+    let verdicts: Vec<ProbeVerdict> = agent
+        .probes()
+        .iter()
+        .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
+        .collect();
+    let verdict = Verdict::new(verdicts, started.elapsed());
+    agent.shutdown(std::future::ready(())).await;
+
+    let rendered = match args.output {
+        Output::Text => verdict.to_text(),
+        Output::Json => verdict.to_json(),
+        Output::Junit => verdict.to_junit(),
+    };
+    println!("{}", rendered.trim_end());
+    if let Some(path) = &args.report {
+        let body = match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => verdict.to_json(),
+            Some("xml") => verdict.to_junit(),
+            _ => verdict.to_text(),
+        };
+        if let Err(e) = std::fs::write(path, body) {
+            eprintln!("slo-probe: cannot write report {}: {e}", path.display());
+            return Exit::CouldNotRun;
+        }
+    }
+    match (interrupted, verdict.passed) {
+        (true, _) => Exit::Interrupted,
+        (false, true) => Exit::Ok,
+        (false, false) => Exit::Failed,
+    }
+}
+
+/// One stderr line per settled round of each probe.
+async fn show_progress(probes: Vec<std::sync::Arc<crate::probe::Probe>>, plan: Plan) {
+    let total = match plan {
+        Plan::Rounds(n) => n.to_string(),
+        _ => "?".into(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in probes {
+        let total = total.clone();
+        tasks.spawn(async move {
+            let mut rx = p.progress();
+            let mut shown = 0;
+            loop {
+                let s = rx.borrow_and_update().clone();
+                if s.rounds_completed > shown {
+                    shown = s.rounds_completed;
+                    let c = s.counts;
+                    eprintln!(
+                        "[{}] round {shown}/{total} settled: {} ok, {} lost, {} corrupt, {} send_failed, {} in flight",
+                        p.name(),
+                        c.get(Outcome::Ok),
+                        c.get(Outcome::Lost),
+                        c.get(Outcome::Corrupt),
+                        c.get(Outcome::SendFailed),
+                        c.in_flight
+                    );
+                }
+                if s.finished || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+mod signals {
+    /// Resolves on the first SIGINT or SIGTERM received after the call.
+    pub async fn first() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The agent file: site, instance, listen address, windows, clusters.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use marked_yaml::Node;
+use marked_yaml::types::MarkedMappingNode;
+
+use super::diag::Diagnostics;
+use super::yaml::Doc;
+use super::{AgentConfig, ClusterConfig};
+
+const AGENT_FIELDS: &[&str] = &[
+    "site",
+    "instance",
+    "listen",
+    "window",
+    "metadata_refresh",
+    "clusters",
+];
+const CLUSTER_FIELDS: &[&str] = &["bootstrap_servers", "properties", "producer", "consumer"];
+
+pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
+    let mut cfg = AgentConfig {
+        source: Some(path.to_path_buf()),
+        ..AgentConfig::default()
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push_path(path, format!("cannot read agent file: {e}"));
+            return cfg;
+        }
+    };
+    let mut doc = Doc {
+        file: Arc::from(path),
+        diags,
+    };
+    let Some(root) = doc.parse(&text) else {
+        return cfg;
+    };
+    let Some(map) = doc.table(&root, "the agent file", AGENT_FIELDS) else {
+        return cfg;
+    };
+
+    if let Some(n) = map.get_node("site") {
+        cfg.site = doc.name(n, "site").unwrap_or(cfg.site);
+    }
+    if let Some(n) = map.get_node("instance") {
+        cfg.instance = doc.name(n, "instance").unwrap_or(cfg.instance);
+    }
+    if let Some(n) = map.get_node("listen")
+        && let Some(s) = doc.scalar(n, "listen")
+    {
+        match s.as_str().trim().parse() {
+            Ok(addr) => cfg.listen = addr,
+            Err(_) => doc.error(
+                n.span(),
+                format!(
+                    "`listen` must be an address like 0.0.0.0:9747, got `{}`",
+                    s.as_str()
+                ),
+            ),
+        }
+    }
+    if let Some(n) = map.get_node("window") {
+        cfg.window = doc.duration(n, "window").unwrap_or(cfg.window);
+    }
+    if let Some(n) = map.get_node("metadata_refresh") {
+        cfg.metadata_refresh = doc
+            .duration(n, "metadata_refresh")
+            .unwrap_or(cfg.metadata_refresh);
+    }
+    if let Some(n) = map.get_node("clusters") {
+        cfg.clusters = clusters(&mut doc, n);
+    }
+    cfg
+}
+
+/// Asks librdkafka whether each property name and value is valid, as it would when creating a
+/// client, but without creating one (no threads, no connection). Problems are reported at the
+/// property's key; values are never echoed by slo-probe (they may be secrets).
+fn check_librdkafka(
+    doc: &mut Doc,
+    table: &MarkedMappingNode,
+    field: &str,
+    values: &BTreeMap<String, String>,
+) {
+    let Some(map) = table.get_node(field).and_then(|n| n.as_mapping()) else {
+        return;
+    };
+    for key in map.keys() {
+        let name = key.as_str().strip_suffix("_file").unwrap_or(key.as_str());
+        let Some(value) = values.get(name) else {
+            continue;
+        };
+        let mut probe = rdkafka::ClientConfig::new();
+        probe.set(name, value);
+        if let Err(rdkafka::error::KafkaError::ClientConfig(_, description, _, _)) =
+            probe.create_native_config()
+        {
+            doc.error(key.span(), format!("`{field}.{name}`: {description}"));
+        }
+    }
+}
+
+fn clusters(doc: &mut Doc, node: &Node) -> BTreeMap<String, ClusterConfig> {
+    let mut out = BTreeMap::new();
+    let Some(map) = node.as_mapping() else {
+        doc.error(
+            node.span(),
+            "`clusters` must be a mapping of cluster names to clusters",
+        );
+        return out;
+    };
+    for (key, value) in map.iter() {
+        let name = key.as_str();
+        if let Err(why) = super::check_name(name) {
+            doc.error(key.span(), format!("cluster name {why}, got `{name}`"));
+            continue;
+        }
+        let what = format!("cluster `{name}`");
+        let Some(c) = doc.table(value, &what, CLUSTER_FIELDS) else {
+            continue;
+        };
+        let bootstrap = doc
+            .required(c, "bootstrap_servers", &what)
+            .and_then(|n| doc.scalar(n, "bootstrap_servers"))
+            .and_then(|s| {
+                let v = doc.expand_env(s, "bootstrap_servers")?;
+                if v.trim().is_empty() {
+                    doc.error(s.span(), "`bootstrap_servers` must not be empty");
+                    return None;
+                }
+                Some(v)
+            });
+        let mut map_field = |field: &str| {
+            c.get_node(field)
+                .map(|n| doc.string_map(n, field, true))
+                .unwrap_or_default()
+        };
+        let properties = map_field("properties");
+        let producer = map_field("producer");
+        let consumer = map_field("consumer");
+        for (field, values) in [
+            ("properties", &properties),
+            ("producer", &producer),
+            ("consumer", &consumer),
+        ] {
+            check_librdkafka(doc, c, field, values);
+        }
+        if let Some(bootstrap_servers) = bootstrap {
+            out.insert(
+                name.to_string(),
+                ClusterConfig {
+                    name: name.to_string(),
+                    bootstrap_servers,
+                    properties,
+                    producer,
+                    consumer,
+                },
+            );
+        }
+    }
+    out
+}

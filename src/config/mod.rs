@@ -1,0 +1,314 @@
+//! Configuration: the agent file (clusters, site, listen address) and one file per probe.
+//!
+//! [`load`] reads everything, validates it and returns either a [`Config`] or every problem it
+//! found ([`Diagnostics`]), each located as `file:line:col`. Nothing here touches the network.
+
+mod agent_file;
+mod diag;
+mod probe_file;
+mod yaml;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diag::{Diagnostic, Diagnostics, Loc};
+pub use yaml::check_name;
+
+/// The topic probes use when their file names none.
+pub const DEFAULT_TOPIC: &str = "synthetic-sla";
+/// Where the agent listens when neither the file nor `--listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
+/// Largest synthetic payload: Kafka's default `message.max.bytes` is about 1 MB.
+pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
+
+/// Everything the agent runs: the agent settings and its probes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub probes: Vec<ProbeConfig>,
+}
+
+impl Config {
+    /// True when no cluster is configured: every probe then runs on the embedded mock cluster.
+    pub fn is_zero_config(&self) -> bool {
+        self.agent.clusters.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The agent file this came from, if any.
+    pub source: Option<PathBuf>,
+    /// Vantage point label (region, zone, datacenter) written into every record.
+    pub site: String,
+    /// Identifies this agent process in records; unique per start so that records of a previous
+    /// run (or another replica) are never mistaken for this one's.
+    pub instance: String,
+    pub listen: SocketAddr,
+    /// Sliding window of the exported quantiles and availability.
+    pub window: Duration,
+    /// How often each probe re-reads topic metadata to pick up added partitions.
+    pub metadata_refresh: Duration,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            source: None,
+            site: "default".into(),
+            instance: default_instance(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            window: Duration::from_secs(300),
+            metadata_refresh: Duration::from_secs(30),
+            clusters: BTreeMap::new(),
+        }
+    }
+}
+
+/// `<hostname>-<6 random hex digits>`: readable in logs, unique per process start.
+pub fn default_instance() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| check_name(h).is_ok())
+        .unwrap_or_else(|| "slo-probe".into());
+    format!("{host}-{:06x}", fastrand::u32(..0x100_0000))
+}
+
+/// A Kafka cluster. Property values may hold secrets, so `Debug` shows keys only.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub bootstrap_servers: String,
+    /// librdkafka properties for every client of this cluster (`security.protocol`, `sasl.*`...).
+    pub properties: BTreeMap<String, String>,
+    /// Extra properties for the producer only, applied after `properties`.
+    pub producer: BTreeMap<String, String>,
+    /// Extra properties for the consumer only, applied after `properties`.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("producer", &self.producer.keys().collect::<Vec<_>>())
+            .field("consumer", &self.consumer.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub name: String,
+    /// The cluster records are produced to.
+    pub cluster: String,
+    pub topic: String,
+    pub interval: Duration,
+    /// A record not verified within this time after its scheduled send is final (`lost`).
+    pub timeout: Duration,
+    pub partitions: Partitions,
+    pub payload_bytes: usize,
+    /// Written into every record's envelope and as headers.
+    pub tags: BTreeMap<String, String>,
+    pub verify: Verify,
+    pub slos: Vec<SloConfig>,
+    /// Where the probe was defined (its file), for messages.
+    pub origin: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitions {
+    /// Every partition of the topic, following partitions added later.
+    All,
+    /// Exactly these partitions.
+    List(Vec<i32>),
+}
+
+/// How a probe checks that its records arrived. One variant per verifier.
+#[derive(Debug, Clone)]
+pub enum Verify {
+    Kafka(KafkaVerify),
+}
+
+/// Paired consumer: reads the records back from a topic.
+#[derive(Debug, Clone)]
+pub struct KafkaVerify {
+    pub cluster: String,
+    pub topic: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SloConfig {
+    pub name: String,
+    pub sli: Sli,
+    /// Target ratio of good events, e.g. 0.999.
+    pub objective: f64,
+    /// Compliance period of the error budget.
+    pub window: Duration,
+}
+
+/// What counts as a good event for an SLO. Only final outcomes count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sli {
+    /// Good: verified intact with end-to-end latency below the threshold. Bad: verified too
+    /// slowly, lost or corrupt. Records that could not be sent are not the pipeline's latency.
+    Latency { below: Duration },
+    /// Good: verified intact within the timeout. Bad: lost or corrupt.
+    Completeness,
+    /// Good: verified intact. Bad: every other final outcome, send failures included.
+    Availability,
+}
+
+impl Sli {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sli::Latency { .. } => "latency",
+            Sli::Completeness => "completeness",
+            Sli::Availability => "availability",
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The agent file; `None` runs with defaults (and the embedded cluster).
+    pub agent_file: Option<PathBuf>,
+    /// Probe files or directories of them (`*.yaml`, `*.yml`, not recursive).
+    pub probe_paths: Vec<PathBuf>,
+}
+
+/// Reads and validates all configuration, reporting every problem at once.
+pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let agent = match &sources.agent_file {
+        Some(path) => agent_file::load(path, &mut diags),
+        None => AgentConfig::default(),
+    };
+    let mut parsed = Vec::new();
+    for file in probe_files(&sources.probe_paths, &mut diags) {
+        if let Some(p) = probe_file::load(&file, &mut diags) {
+            parsed.push(p);
+        }
+    }
+    let probes = resolve(&agent, parsed, &mut diags);
+    if diags.is_empty() {
+        Ok(Config { agent, probes })
+    } else {
+        diags.sort();
+        Err(diags)
+    }
+}
+
+fn probe_files(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file() && is_yaml(p))
+                    .collect(),
+                Err(e) => {
+                    diags.push_path(path, format!("cannot read directory: {e}"));
+                    continue;
+                }
+            };
+            if found.is_empty() {
+                diags.push_path(path, "no probe files (*.yaml, *.yml) in this directory");
+            }
+            found.sort();
+            files.extend(found);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            diags.push_path(path, "no such probe file or directory");
+        }
+    }
+    files
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Cross-file checks (unique probe names, cluster references), run on every probe file that
+/// parsed, valid or not; then the unnamed clusters of valid probes are resolved.
+fn resolve(
+    agent: &AgentConfig,
+    parsed: Vec<probe_file::Parsed>,
+    diags: &mut Diagnostics,
+) -> Vec<ProbeConfig> {
+    let mut seen: HashMap<&str, &Loc> = HashMap::new();
+    for p in &parsed {
+        let Some((name, loc)) = &p.name else { continue };
+        if let Some(first) = seen.get(name.as_str()) {
+            diags.push(
+                loc.clone(),
+                format!("duplicate probe name `{name}` (first defined at {first})"),
+            );
+        } else {
+            seen.insert(name, loc);
+        }
+    }
+    // With no cluster configured every name maps to the embedded cluster: nothing to check.
+    let checked = !agent.clusters.is_empty();
+    let defined = || {
+        agent
+            .clusters
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let only = (agent.clusters.len() == 1)
+        .then(|| agent.clusters.keys().next().cloned())
+        .flatten();
+    let mut probes = Vec::new();
+    for p in parsed {
+        let who = p
+            .name
+            .as_ref()
+            .map_or("this probe".to_string(), |(n, _)| format!("probe `{n}`"));
+        for (what, r) in [("uses", &p.cluster), ("verifies on", &p.verify_cluster)] {
+            if let Some((name, loc)) = r
+                && checked
+                && !agent.clusters.contains_key(name)
+            {
+                diags.push(
+                    loc.clone(),
+                    format!(
+                        "{who} {what} undefined cluster `{name}`; defined: {}",
+                        defined()
+                    ),
+                );
+            }
+        }
+        if checked && p.cluster.is_none() && only.is_none() {
+            diags.push(
+                p.origin.clone(),
+                format!(
+                    "{who} must name its `cluster` because several are defined: {}",
+                    defined()
+                ),
+            );
+        }
+        let Some(mut probe) = p.probe else { continue };
+        if let (None, Some(only)) = (&p.cluster, &only) {
+            probe.cluster = only.clone();
+            let Verify::Kafka(k) = &mut probe.verify;
+            if p.verify_cluster.is_none() {
+                k.cluster = only.clone();
+            }
+        }
+        probes.push(probe);
+    }
+    probes
+}

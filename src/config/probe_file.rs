@@ -1,0 +1,397 @@
+//! One probe file: what to produce, how to verify it, which SLOs to hold it to.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marked_yaml::Node;
+use marked_yaml::types::MarkedMappingNode;
+
+use super::diag::{Diagnostics, Loc};
+use super::yaml::{Doc, table_start};
+use super::{
+    DEFAULT_TOPIC, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, ProbeConfig, Sli, SloConfig, Verify,
+};
+use crate::record::is_reserved_header;
+
+const PROBE_FIELDS: &[&str] = &[
+    "name",
+    "cluster",
+    "topic",
+    "interval",
+    "timeout",
+    "partitions",
+    "payload_bytes",
+    "tags",
+    "verify",
+    "slos",
+];
+const VERIFIERS: &[&str] = &["kafka"];
+const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic"];
+const SLO_FIELDS: &[&str] = &["name", "sli", "latency_below", "objective", "window"];
+
+/// Placeholder cluster name of a probe that names none; resolved against the agent file.
+const UNNAMED_CLUSTER: &str = "default";
+
+/// A probe file as read: the probe when it is valid, and the references other files are checked
+/// against even when it is not.
+pub(super) struct Parsed {
+    pub probe: Option<ProbeConfig>,
+    pub origin: Loc,
+    pub name: Option<(String, Loc)>,
+    /// The `cluster` field, when given.
+    pub cluster: Option<(String, Loc)>,
+    /// The `verify.kafka.cluster` field, when given.
+    pub verify_cluster: Option<(String, Loc)>,
+}
+
+pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> Option<Parsed> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push_path(path, format!("cannot read probe file: {e}"));
+            return None;
+        }
+    };
+    let before = diags.len();
+    let mut doc = Doc {
+        file: Arc::from(path),
+        diags,
+    };
+    let root = doc.parse(&text)?;
+    let map = doc.table(&root, "probe", PROBE_FIELDS)?;
+    let mut parsed = Parsed {
+        probe: None,
+        origin: Loc::file(&doc.file),
+        name: None,
+        cluster: None,
+        verify_cluster: None,
+    };
+    let probe = probe(&mut doc, map, &mut parsed);
+    // A probe with any problem is not kept, so that nothing later sees half a probe.
+    if doc.diags.len() == before {
+        parsed.probe = probe;
+    }
+    Some(parsed)
+}
+
+/// A named reference and where it is.
+fn located(doc: &mut Doc, node: Option<&Node>, field: &str) -> Option<(String, Loc)> {
+    let node = node?;
+    let value = doc.name(node, field)?;
+    Some((value, doc.loc(node.span())))
+}
+
+fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<ProbeConfig> {
+    let origin = parsed.origin.clone();
+    let name_node = doc.required(map, "name", "probe");
+    parsed.name = located(doc, name_node, "name");
+    let name = parsed.name.as_ref().map(|(n, _)| n.clone());
+    parsed.cluster = located(doc, map.get_node("cluster"), "cluster");
+    let cluster = parsed
+        .cluster
+        .as_ref()
+        .map_or(UNNAMED_CLUSTER.to_string(), |(c, _)| c.clone());
+
+    let topic = match map.get_node("topic") {
+        Some(n) => topic(doc, n, "topic"),
+        None => Some(DEFAULT_TOPIC.to_string()),
+    };
+    let interval = opt(map, "interval", Duration::from_secs(10), |n| {
+        doc.duration(n, "interval")
+    });
+    let timeout = opt(map, "timeout", Duration::from_secs(30), |n| {
+        doc.duration(n, "timeout")
+    });
+    let partitions = match map.get_node("partitions") {
+        Some(n) => partitions(doc, n),
+        None => Some(Partitions::All),
+    };
+    let payload_bytes = opt(map, "payload_bytes", 256, |n| {
+        let v: usize = doc.integer(n, "payload_bytes", "a number of bytes")?;
+        if v > MAX_PAYLOAD_BYTES {
+            doc.error(
+                n.span(),
+                format!("`payload_bytes` must be at most {MAX_PAYLOAD_BYTES}, got {v}"),
+            );
+            return None;
+        }
+        Some(v)
+    });
+    let tags = map
+        .get_node("tags")
+        .map(|n| tags(doc, n))
+        .unwrap_or_default();
+    let verify = match map.get_node("verify") {
+        Some(n) => verify(
+            doc,
+            n,
+            &cluster,
+            topic.as_deref().unwrap_or(DEFAULT_TOPIC),
+            parsed,
+        ),
+        None => Some(Verify::Kafka(KafkaVerify {
+            cluster: cluster.clone(),
+            topic: topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.into()),
+        })),
+    };
+    let slos = map
+        .get_node("slos")
+        .map(|n| slos(doc, n, timeout))
+        .unwrap_or_default();
+
+    Some(ProbeConfig {
+        name: name?,
+        cluster,
+        topic: topic?,
+        interval: interval?,
+        timeout: timeout?,
+        partitions: partitions?,
+        payload_bytes: payload_bytes?,
+        tags,
+        verify: verify?,
+        slos,
+        origin,
+    })
+}
+
+/// An optional field: its default when absent, `None` when present but invalid.
+fn opt<T>(
+    map: &MarkedMappingNode,
+    key: &str,
+    default: T,
+    read: impl FnOnce(&Node) -> Option<T>,
+) -> Option<T> {
+    match map.get_node(key) {
+        Some(n) => read(n),
+        None => Some(default),
+    }
+}
+
+fn topic(doc: &mut Doc, node: &Node, field: &str) -> Option<String> {
+    let t = doc.string(node, field)?;
+    let valid = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        doc.error(
+            node.span(),
+            format!("`{field}` is not a valid Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249), got `{t}`"),
+        );
+        return None;
+    }
+    Some(t)
+}
+
+fn partitions(doc: &mut Doc, node: &Node) -> Option<Partitions> {
+    if let Some(s) = node.as_scalar() {
+        if s.as_str() == "all" {
+            return Some(Partitions::All);
+        }
+        doc.error(
+            node.span(),
+            format!(
+                "`partitions` must be `all` or a list of partition numbers, got `{}`",
+                s.as_str()
+            ),
+        );
+        return None;
+    }
+    let Some(seq) = node.as_sequence() else {
+        doc.error(
+            node.span(),
+            "`partitions` must be `all` or a list of partition numbers",
+        );
+        return None;
+    };
+    if seq.is_empty() {
+        doc.error(
+            node.span(),
+            "`partitions` must not be empty; use `all` for every partition",
+        );
+        return None;
+    }
+    let mut out: Vec<i32> = Vec::new();
+    let mut ok = true;
+    for item in seq.iter() {
+        match doc.integer::<i32>(item, "partitions", "a partition number (0 or more)") {
+            Some(p) if p < 0 => {
+                doc.error(
+                    item.span(),
+                    format!("partition numbers start at 0, got {p}"),
+                );
+                ok = false;
+            }
+            Some(p) if out.contains(&p) => {
+                doc.error(item.span(), format!("partition {p} is listed twice"));
+                ok = false;
+            }
+            Some(p) => out.push(p),
+            None => ok = false,
+        }
+    }
+    out.sort_unstable();
+    ok.then_some(Partitions::List(out))
+}
+
+fn tags(doc: &mut Doc, node: &Node) -> BTreeMap<String, String> {
+    let tags = doc.string_map(node, "tags", false);
+    if let Some(map) = node.as_mapping() {
+        for key in map.keys() {
+            let k = key.as_str();
+            if let Err(why) = super::check_name(k) {
+                doc.error(key.span(), format!("tag name {why}, got `{k}`"));
+            } else if is_reserved_header(k) {
+                doc.error(
+                    key.span(),
+                    format!("tag `{k}` would clash with a record header slo-probe writes"),
+                );
+            }
+        }
+    }
+    tags
+}
+
+fn verify(
+    doc: &mut Doc,
+    node: &Node,
+    cluster: &str,
+    topic_name: &str,
+    parsed: &mut Parsed,
+) -> Option<Verify> {
+    let map = doc.table(node, "verify", VERIFIERS)?;
+    if map.len() != 1 {
+        doc.error(
+            node.span(),
+            format!(
+                "`verify` must have exactly one of: {}",
+                VERIFIERS.join(", ")
+            ),
+        );
+        return None;
+    }
+    let kafka = map.get_node("kafka")?;
+    let k = doc.table(kafka, "verify.kafka", KAFKA_VERIFY_FIELDS)?;
+    let cluster_node = k.get_node("cluster");
+    parsed.verify_cluster = located(doc, cluster_node, "verify.kafka.cluster");
+    let verify_cluster = match (&parsed.verify_cluster, cluster_node) {
+        (Some((c, _)), _) => c.clone(),
+        (None, Some(_)) => return None,
+        (None, None) => cluster.to_string(),
+    };
+    let verify_topic = match k.get_node("topic") {
+        Some(n) => topic(doc, n, "verify.kafka.topic")?,
+        None => topic_name.to_string(),
+    };
+    Some(Verify::Kafka(KafkaVerify {
+        cluster: verify_cluster,
+        topic: verify_topic,
+    }))
+}
+
+fn slos(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Vec<SloConfig> {
+    let Some(seq) = node.as_sequence() else {
+        doc.error(node.span(), "`slos` must be a list of SLOs");
+        return Vec::new();
+    };
+    let mut out: Vec<SloConfig> = Vec::new();
+    for item in seq.iter() {
+        let Some(map) = doc.table(item, "slo", SLO_FIELDS) else {
+            continue;
+        };
+        if let Some(slo) = slo(doc, map, timeout) {
+            if out.iter().any(|o| o.name == slo.name) {
+                let at = map
+                    .get_node("name")
+                    .map(|n| *n.span())
+                    .unwrap_or(*map.span());
+                doc.error(
+                    &at,
+                    format!("duplicate slo name `{}` in this probe", slo.name),
+                );
+                continue;
+            }
+            out.push(slo);
+        }
+    }
+    out
+}
+
+fn slo(doc: &mut Doc, map: &MarkedMappingNode, timeout: Option<Duration>) -> Option<SloConfig> {
+    let name = doc
+        .required(map, "name", "slo")
+        .and_then(|n| doc.name(n, "name"));
+    let objective = doc
+        .required(map, "objective", "slo")
+        .and_then(|n| doc.objective(n, "objective"));
+    let window = opt(map, "window", Duration::from_secs(30 * 86_400), |n| {
+        doc.duration(n, "window")
+    });
+    let below_node = map.get_node("latency_below");
+    let below = below_node.and_then(|n| doc.duration(n, "latency_below"));
+    if let (Some(n), Some(b), Some(t)) = (below_node, below, timeout)
+        && b >= t
+    {
+        doc.error(
+            n.span(),
+            format!(
+                "`latency_below` ({}) must be below the probe's timeout ({}): slower records are already lost",
+                humantime::format_duration(b),
+                humantime::format_duration(t)
+            ),
+        );
+        return None;
+    }
+    let sli_node = map.get_node("sli");
+    let sli = match sli_node.and_then(|n| doc.string(n, "sli")) {
+        Some(kind) => {
+            match (kind.as_str(), below) {
+                ("latency", Some(below)) => Some(Sli::Latency { below }),
+                ("latency", None) => {
+                    doc.error(&table_start(map), "a latency slo needs `latency_below`");
+                    None
+                }
+                ("completeness" | "availability", Some(_)) => {
+                    doc.error(
+                        below_node?.span(),
+                        "`latency_below` only applies to `sli: latency`",
+                    );
+                    None
+                }
+                ("completeness", None) => Some(Sli::Completeness),
+                ("availability", None) => Some(Sli::Availability),
+                (other, _) => {
+                    doc.error(
+                    sli_node?.span(),
+                    format!("`sli` must be one of latency, completeness, availability, got `{other}`"),
+                );
+                    None
+                }
+            }
+        }
+        None if sli_node.is_some() => None,
+        None => match (below, name.as_deref()) {
+            (Some(below), _) => Some(Sli::Latency { below }),
+            (None, Some("completeness")) => Some(Sli::Completeness),
+            (None, Some("availability")) => Some(Sli::Availability),
+            (None, Some(n)) if below_node.is_none() => {
+                doc.error(
+                    &table_start(map),
+                    format!("cannot tell what slo `{n}` measures: add `latency_below` or `sli: latency|completeness|availability`"),
+                );
+                None
+            }
+            _ => None,
+        },
+    };
+    Some(SloConfig {
+        name: name?,
+        sli: sli?,
+        objective: objective?,
+        window: window?,
+    })
+}

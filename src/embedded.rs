@@ -1,0 +1,152 @@
+//! The embedded cluster: librdkafka's in-process mock cluster, so the agent runs on a machine
+//! with nothing installed. Produce, fetch, headers and metadata work; records never leave the
+//! process. Also the fault injector of the tests (round-trip time, brokers down).
+//!
+//! `MockCluster` is not `Send`, so it lives on a thread of its own and is driven by messages.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+
+type Reply = mpsc::Sender<Result<(), KafkaError>>;
+
+enum Command {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        replication: i32,
+        reply: Reply,
+    },
+    RoundTripTime {
+        broker: Option<i32>,
+        delay: Duration,
+        reply: Reply,
+    },
+    BrokerDown {
+        broker: i32,
+        reply: Reply,
+    },
+    BrokerUp {
+        broker: i32,
+        reply: Reply,
+    },
+}
+
+pub struct EmbeddedCluster {
+    bootstrap_servers: String,
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedCluster {
+    /// Starts a mock cluster of `brokers` brokers on loopback ports.
+    pub fn start(brokers: i32) -> Result<Self, KafkaError> {
+        let (commands, inbox) = mpsc::channel::<Command>();
+        let (ready_tx, ready) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let mock = match MockCluster::new(brokers) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
+                // Runs until the cluster handle is dropped (the sender closes).
+                for cmd in inbox {
+                    let (result, reply) = match cmd {
+                        Command::CreateTopic {
+                            name,
+                            partitions,
+                            replication,
+                            reply,
+                        } => (mock.create_topic(&name, partitions, replication), reply),
+                        Command::RoundTripTime {
+                            broker,
+                            delay,
+                            reply,
+                        } => (
+                            mock.broker_round_trip_time(broker.unwrap_or(-1), delay),
+                            reply,
+                        ),
+                        Command::BrokerDown { broker, reply } => (mock.broker_down(broker), reply),
+                        Command::BrokerUp { broker, reply } => (mock.broker_up(broker), reply),
+                    };
+                    let _ = reply.send(result);
+                }
+            })
+            .map_err(|_| KafkaError::MockCluster(rdkafka::types::RDKafkaErrorCode::Fail))?;
+        let bootstrap_servers = ready
+            .recv()
+            .map_err(|_| KafkaError::MockCluster(rdkafka::types::RDKafkaErrorCode::Fail))??;
+        Ok(EmbeddedCluster {
+            bootstrap_servers,
+            commands: Some(commands),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), KafkaError> {
+        let (reply, answer) = mpsc::channel();
+        let gone = || KafkaError::MockCluster(rdkafka::types::RDKafkaErrorCode::Fail);
+        self.commands
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(make(reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), KafkaError> {
+        self.call(|reply| Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication,
+            reply,
+        })
+    }
+
+    /// Adds `delay` to every request to `broker` (all brokers when `None`).
+    pub fn set_round_trip_time(
+        &self,
+        broker: Option<i32>,
+        delay: Duration,
+    ) -> Result<(), KafkaError> {
+        self.call(|reply| Command::RoundTripTime {
+            broker,
+            delay,
+            reply,
+        })
+    }
+
+    pub fn broker_down(&self, broker: i32) -> Result<(), KafkaError> {
+        self.call(|reply| Command::BrokerDown { broker, reply })
+    }
+
+    pub fn broker_up(&self, broker: i32) -> Result<(), KafkaError> {
+        self.call(|reply| Command::BrokerUp { broker, reply })
+    }
+}
+
+impl Drop for EmbeddedCluster {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

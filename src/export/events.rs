@@ -1,0 +1,105 @@
+//! Log lines for record outcomes and events, one function per kind so that every line of a kind
+//! carries the same fields: trace_id, probe, topic, partition, offset, record_id, site, instance,
+//! and latency/reason where they apply. Metrics are counted by the probe, under its lock.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::probe::{Finished, Outcome};
+use crate::record::{ForeignReason, Origin, View};
+
+const TARGET: &str = "slo_probe::record";
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// A record reached its final outcome; only non-`ok` outcomes are logged.
+pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
+    if f.outcome == Outcome::Ok {
+        return;
+    }
+    warn!(
+        target: TARGET,
+        outcome = f.outcome.as_str(),
+        trace_id = %f.trace_id,
+        probe = %origin.probe,
+        topic,
+        partition = f.partition,
+        offset = f.offset,
+        record_id = %f.id,
+        seq = f.seq,
+        site = %origin.site,
+        instance = %origin.instance,
+        latency_ms = ms(f.latency),
+        reason = f.reason.as_deref(),
+        "record {}",
+        f.outcome.as_str()
+    );
+}
+
+pub fn duplicate(origin: &Origin, view: &View, id: &uuid::Uuid) {
+    info!(
+        target: TARGET,
+        event = "duplicate",
+        trace_id = view.trace_id().map(|t| t.to_string()),
+        probe = %origin.probe,
+        topic = view.topic,
+        partition = view.partition,
+        offset = view.offset,
+        record_id = %id,
+        site = %origin.site,
+        instance = %origin.instance,
+        "record seen again after verification"
+    );
+}
+
+pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
+    info!(
+        target: TARGET,
+        event = "reordered",
+        trace_id = %f.trace_id,
+        probe = %origin.probe,
+        topic,
+        partition = f.partition,
+        offset = f.offset,
+        record_id = %f.id,
+        seq = f.seq,
+        site = %origin.site,
+        instance = %origin.instance,
+        "record verified after a later one on its partition"
+    );
+}
+
+pub fn late(origin: &Origin, view: &View, id: &uuid::Uuid, latency: Option<Duration>) {
+    warn!(
+        target: TARGET,
+        event = "late_arrival",
+        trace_id = view.trace_id().map(|t| t.to_string()),
+        probe = %origin.probe,
+        topic = view.topic,
+        partition = view.partition,
+        offset = view.offset,
+        record_id = %id,
+        site = %origin.site,
+        instance = %origin.instance,
+        latency_ms = ms(latency),
+        "record arrived after it was declared lost"
+    );
+}
+
+pub fn foreign(origin: &Origin, view: &View, reason: ForeignReason) {
+    info!(
+        target: TARGET,
+        event = "foreign",
+        probe = %origin.probe,
+        topic = view.topic,
+        partition = view.partition,
+        offset = view.offset,
+        site = %origin.site,
+        instance = %origin.instance,
+        reason = reason.as_str(),
+        "record on the probe topic is not a valid probe record"
+    );
+}

@@ -1,0 +1,313 @@
+//! The Prometheus registry. Metric names come from [`names`] only; per-probe handles are bound to
+//! their labels once, so the hot path never hashes label values.
+//!
+//! Consistency: counters and the in-flight gauge of a probe change together under
+//! [`Metrics::update`] (shared); a scrape gathers under the exclusive side, so every scrape sees
+//! `sent == ok + lost + corrupt + send_failed + in_flight` exactly.
+
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::SloConfig;
+use crate::probe::Outcome;
+use crate::record::ForeignReason;
+use crate::stats::QUANTILE_LABELS;
+
+/// Every metric name the agent exports.
+pub mod names {
+    pub const RECORDS_SENT: &str = "slo_probe_records_sent_total";
+    pub const RECORDS: &str = "slo_probe_records_total";
+    pub const DUPLICATES: &str = "slo_probe_duplicates_total";
+    pub const REORDERED: &str = "slo_probe_reordered_total";
+    pub const LATE_ARRIVALS: &str = "slo_probe_late_arrivals_total";
+    pub const FOREIGN: &str = "slo_probe_foreign_records_total";
+    pub const SLO_EVENTS: &str = "slo_probe_slo_events_total";
+    pub const E2E_LATENCY: &str = "slo_probe_e2e_latency_seconds";
+    pub const PRODUCE_LATENCY: &str = "slo_probe_produce_latency_seconds";
+    pub const E2E_DISTRIBUTION: &str = "slo_probe_e2e_latency_distribution_seconds";
+    pub const AVAILABILITY: &str = "slo_probe_availability_ratio";
+    pub const FRESHNESS: &str = "slo_probe_freshness_seconds";
+    pub const IN_FLIGHT: &str = "slo_probe_in_flight";
+    pub const BUILD_INFO: &str = "slo_probe_build_info";
+
+    /// Names every agent exports from its first scrape.
+    pub const ALL: &[&str] = &[
+        RECORDS_SENT,
+        RECORDS,
+        DUPLICATES,
+        REORDERED,
+        LATE_ARRIVALS,
+        FOREIGN,
+        SLO_EVENTS,
+        E2E_LATENCY,
+        PRODUCE_LATENCY,
+        E2E_DISTRIBUTION,
+        AVAILABILITY,
+        FRESHNESS,
+        IN_FLIGHT,
+        BUILD_INFO,
+    ];
+}
+
+/// Buckets of the aggregatable latency histogram, in seconds; SLO thresholds are added.
+const BASE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    consistency: RwLock<()>,
+    records_sent: IntCounterVec,
+    records: IntCounterVec,
+    duplicates: IntCounterVec,
+    reordered: IntCounterVec,
+    late: IntCounterVec,
+    foreign: IntCounterVec,
+    slo_events: IntCounterVec,
+    e2e: GaugeVec,
+    produce: GaugeVec,
+    e2e_distribution: HistogramVec,
+    availability: GaugeVec,
+    freshness: GaugeVec,
+    in_flight: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// `slo_thresholds` become extra buckets of the latency distribution so that SLO queries on
+    /// it are exact at the threshold.
+    pub fn new(slo_thresholds: impl IntoIterator<Item = Duration>) -> Self {
+        let r = Registry::new();
+        let mut buckets: Vec<f64> = BASE_BUCKETS.to_vec();
+        buckets.extend(slo_thresholds.into_iter().map(|d| d.as_secs_f64()));
+        buckets.sort_by(f64::total_cmp);
+        buckets.dedup();
+        let e2e_distribution = HistogramVec::new(
+            HistogramOpts::new(
+                names::E2E_DISTRIBUTION,
+                "End-to-end latency of verified records (scheduled send to verification); aggregatable across replicas.",
+            )
+            .buckets(buckets),
+            &["probe"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(e2e_distribution.clone()))
+            .expect("metric registered once");
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                names::IN_FLIGHT,
+                "Records sent and awaiting their final outcome.",
+            ),
+            &["probe"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(in_flight.clone()))
+            .expect("metric registered once");
+
+        let build_info = IntGaugeVec::new(
+            Opts::new(names::BUILD_INFO, "Build of this agent; always 1."),
+            &["version", "librdkafka"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), librdkafka.as_str()])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics registered once");
+
+        Metrics {
+            records_sent: counter(
+                &r,
+                names::RECORDS_SENT,
+                "Synthetic records handed to the producer.",
+                &["probe"],
+            ),
+            records: counter(
+                &r,
+                names::RECORDS,
+                "Records by final outcome: ok, lost, corrupt, send_failed.",
+                &["probe", "outcome"],
+            ),
+            duplicates: counter(
+                &r,
+                names::DUPLICATES,
+                "Verified records seen again.",
+                &["probe"],
+            ),
+            reordered: counter(
+                &r,
+                names::REORDERED,
+                "Records verified after a higher sequence number on the same partition.",
+                &["probe"],
+            ),
+            late: counter(
+                &r,
+                names::LATE_ARRIVALS,
+                "Records that arrived after being declared lost.",
+                &["probe"],
+            ),
+            foreign: counter(
+                &r,
+                names::FOREIGN,
+                "Records on a probe topic that are not valid probe records.",
+                &["probe", "reason"],
+            ),
+            slo_events: counter(
+                &r,
+                names::SLO_EVENTS,
+                "SLO events (final outcomes) judged good or bad per SLO.",
+                &["probe", "slo", "result"],
+            ),
+            e2e: gauge(
+                &r,
+                names::E2E_LATENCY,
+                "End-to-end latency quantiles over the sliding window (HDR, scheduled send to verification).",
+                &["probe", "quantile"],
+            ),
+            produce: gauge(
+                &r,
+                names::PRODUCE_LATENCY,
+                "Produce latency quantiles over the sliding window (scheduled send to broker acknowledgement).",
+                &["probe", "quantile"],
+            ),
+            e2e_distribution,
+            availability: gauge(
+                &r,
+                names::AVAILABILITY,
+                "ok / all final outcomes over the sliding window.",
+                &["probe"],
+            ),
+            freshness: gauge(
+                &r,
+                names::FRESHNESS,
+                "Age of the newest verified record (since its scheduled send); since start when none yet.",
+                &["probe"],
+            ),
+            in_flight,
+            registry: r,
+            consistency: RwLock::new(()),
+        }
+    }
+
+    /// Handles bound to one probe; every series of the probe exists (at zero) from here on.
+    pub fn probe(&self, probe: &str, slos: &[SloConfig]) -> ProbeMetrics {
+        let q = |v: &GaugeVec| QUANTILE_LABELS.map(|l| v.with_label_values(&[probe, l]));
+        let m = ProbeMetrics {
+            sent: self.records_sent.with_label_values(&[probe]),
+            outcomes: Outcome::ALL.map(|o| self.records.with_label_values(&[probe, o.as_str()])),
+            duplicates: self.duplicates.with_label_values(&[probe]),
+            reordered: self.reordered.with_label_values(&[probe]),
+            late: self.late.with_label_values(&[probe]),
+            foreign: ForeignReason::ALL
+                .map(|r| self.foreign.with_label_values(&[probe, r.as_str()])),
+            slo_events: slos
+                .iter()
+                .map(|s| {
+                    let name = s.name.as_str();
+                    (
+                        self.slo_events.with_label_values(&[probe, name, "good"]),
+                        self.slo_events.with_label_values(&[probe, name, "bad"]),
+                    )
+                })
+                .collect(),
+            e2e: q(&self.e2e),
+            produce: q(&self.produce),
+            e2e_distribution: self.e2e_distribution.with_label_values(&[probe]),
+            availability: self.availability.with_label_values(&[probe]),
+            freshness: self.freshness.with_label_values(&[probe]),
+            in_flight: self.in_flight.with_label_values(&[probe]),
+        };
+        for g in m.e2e.iter().chain(&m.produce).chain([&m.availability]) {
+            g.set(f64::NAN);
+        }
+        m
+    }
+
+    /// Held (shared) while a group of related series changes.
+    pub fn update(&self) -> RwLockReadGuard<'_, ()> {
+        self.consistency.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let families = {
+            let _exclusive = self.consistency.write().unwrap_or_else(|e| e.into_inner());
+            self.registry.gather()
+        };
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text format is UTF-8")
+    }
+}
+
+/// One probe's series.
+pub struct ProbeMetrics {
+    pub sent: IntCounter,
+    /// Indexed like [`Outcome::ALL`].
+    pub outcomes: [IntCounter; 4],
+    pub duplicates: IntCounter,
+    pub reordered: IntCounter,
+    pub late: IntCounter,
+    /// Indexed like [`ForeignReason::ALL`].
+    pub foreign: [IntCounter; 3],
+    /// (good, bad) per SLO, in the probe's SLO order.
+    pub slo_events: Vec<(IntCounter, IntCounter)>,
+    /// Indexed like [`crate::stats::QUANTILES`].
+    pub e2e: [Gauge; 6],
+    pub produce: [Gauge; 6],
+    pub e2e_distribution: Histogram,
+    pub availability: Gauge,
+    pub freshness: Gauge,
+    pub in_flight: IntGauge,
+}
+
+impl ProbeMetrics {
+    pub fn outcome(&self, o: Outcome) -> &IntCounter {
+        &self.outcomes[Outcome::ALL
+            .iter()
+            .position(|x| *x == o)
+            .expect("every outcome listed")]
+    }
+
+    pub fn foreign(&self, r: ForeignReason) -> &IntCounter {
+        &self.foreign[ForeignReason::ALL
+            .iter()
+            .position(|x| *x == r)
+            .expect("every reason listed")]
+    }
+
+    pub fn set_quantiles(gauges: &[Gauge; 6], values: Option<[f64; 6]>) {
+        let values = values.unwrap_or([f64::NAN; 6]);
+        for (g, v) in gauges.iter().zip(values) {
+            g.set(v);
+        }
+    }
+}

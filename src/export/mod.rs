@@ -1,0 +1,6 @@
+//! What leaves the agent: Prometheus metrics, HTTP endpoints, structured logs.
+
+pub mod events;
+pub mod http;
+pub mod logging;
+pub mod metrics;

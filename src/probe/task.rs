@@ -1,0 +1,365 @@
+//! The tasks that drive a probe.
+//!
+//! [`send_loop`]: slot `k` is due at `start + k * interval`; every slot gets its records, with
+//! the slot's time as their scheduled time, even when the loop wakes late (a stalled runtime or
+//! producer). Latency is measured from that time, so a stall shows up as latency instead of
+//! vanishing (coordinated omission). The same loop settles deadlines and, once told to stop or
+//! done with its plan, keeps settling until nothing is in flight.
+//!
+//! [`discover`]: finds the probe topic's partitions, makes the verifier read them, and repeats
+//! every `metadata_refresh` so that added partitions are covered from the next round on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::producer::{FutureRecord, Producer as _};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Probe;
+use crate::config::{ClusterConfig, Partitions};
+use crate::kafka::{self, Producer, TopicError};
+use crate::record::{self, Outgoing};
+use crate::verify::kafka::{KafkaVerifier, METADATA_TIMEOUT};
+
+/// How many rounds a probe sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Until told to stop (`run`).
+    Forever,
+    /// Exactly this many rounds (`smoke --rounds`).
+    Rounds(u64),
+    /// Every slot scheduled within this long after the first (`smoke --duration`).
+    For(Duration),
+}
+
+impl Plan {
+    /// Whether the slot after `sent` rounds, due `elapsed` after the first, should be sent.
+    fn wants(self, sent: u64, elapsed: Duration) -> bool {
+        match self {
+            Plan::Forever => true,
+            Plan::Rounds(n) => sent < n,
+            Plan::For(d) => elapsed < d,
+        }
+    }
+}
+
+pub(crate) struct SendLoop {
+    pub probe: Arc<Probe>,
+    pub producer: Producer,
+    pub partitions: watch::Receiver<Option<Vec<i32>>>,
+    pub plan: Plan,
+    /// Cancelled when the agent stops sending (shutdown or smoke end).
+    pub stop: CancellationToken,
+    /// Tasks awaiting delivery reports.
+    pub deliveries: TaskTracker,
+}
+
+pub(crate) async fn send_loop(mut s: SendLoop) {
+    let probe = Arc::clone(&s.probe);
+    // Wait for the partitions; a probe stopped before that has nothing to settle.
+    loop {
+        if s.partitions
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            break;
+        }
+        tokio::select! {
+            changed = s.partitions.changed() => if changed.is_err() { probe.set_finished(); return },
+            _ = s.stop.cancelled() => { probe.set_finished(); return }
+        }
+    }
+    let interval = probe.config.interval;
+    let start = Instant::now();
+    let wall_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut seqs: HashMap<i32, u64> = HashMap::new();
+    let mut round: u64 = 0;
+    let mut sending = s.plan.wants(0, Duration::ZERO);
+    let mut progress = probe.progress();
+    loop {
+        let slot = start + interval * u32::try_from(round).unwrap_or(u32::MAX);
+        let deadline = probe.next_deadline();
+        tokio::select! {
+            biased;
+            _ = s.stop.cancelled(), if sending => sending = false,
+            _ = sleep_until(slot), if sending => {
+                let wall = wall_start + (slot - start);
+                send_round(&s, &mut seqs, round, slot, wall);
+                round += 1;
+                sending = s.plan.wants(round, interval * u32::try_from(round).unwrap_or(u32::MAX));
+            }
+            _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
+            // Arrivals change the in-flight set and may empty it.
+            _ = progress.changed() => {}
+        }
+        if !sending && probe.in_flight() == 0 {
+            break;
+        }
+    }
+    probe.set_finished();
+}
+
+fn send_round(
+    s: &SendLoop,
+    seqs: &mut HashMap<i32, u64>,
+    round: u64,
+    slot: Instant,
+    wall: Duration,
+) {
+    let probe = &s.probe;
+    let cfg = &probe.config;
+    let partitions = s.partitions.borrow().clone().unwrap_or_default();
+    let scheduled_at_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+    let records: Vec<Outgoing> = partitions
+        .iter()
+        .map(|&p| {
+            let seq = seqs.entry(p).or_insert(0);
+            let r = record::build(
+                &probe.origin,
+                p,
+                *seq,
+                scheduled_at_ns,
+                &cfg.tags,
+                cfg.payload_bytes,
+            );
+            *seq += 1;
+            r
+        })
+        .collect();
+    probe.register(round, slot, &records);
+    for r in records {
+        let id = r.id;
+        let fr = FutureRecord::to(&cfg.topic)
+            .partition(r.body.partition)
+            .key(r.key.as_str())
+            .payload(r.value.as_slice())
+            .headers(r.headers);
+        match s.producer.send_result(fr) {
+            Ok(delivery) => {
+                let probe = Arc::clone(probe);
+                s.deliveries.spawn(async move {
+                    let result = match delivery.await {
+                        Ok(Ok(d)) => Ok(d.offset),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("the producer shut down before the delivery report".into()),
+                    };
+                    probe.delivered(&id, Instant::now(), result);
+                });
+            }
+            Err((e, _)) => {
+                probe.delivered(&id, Instant::now(), Err(format!("cannot enqueue: {e}")))
+            }
+        }
+    }
+}
+
+pub(crate) struct Discovery {
+    pub probe: Arc<Probe>,
+    pub producer: Producer,
+    pub cluster: ClusterConfig,
+    pub verifier: Arc<KafkaVerifier>,
+    pub refresh: Duration,
+    pub partitions: watch::Sender<Option<Vec<i32>>>,
+    pub stop: CancellationToken,
+}
+
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub(crate) async fn discover(d: Discovery) {
+    let mut retry = RETRY_MIN;
+    let mut last_error: Option<String> = None;
+    loop {
+        let attempt = tokio::select! {
+            r = discover_once(&d) => r,
+            _ = d.stop.cancelled() => return,
+        };
+        let wait = match attempt {
+            Ok(parts) => {
+                retry = RETRY_MIN;
+                if last_error.take().is_some() {
+                    tracing::info!(probe = d.probe.name(), "partitions discovered again");
+                }
+                d.probe.set_partitions(Ok(&parts));
+                d.partitions.send_if_modified(|cur| {
+                    let changed = cur.as_deref() != Some(parts.as_slice());
+                    if changed {
+                        tracing::info!(probe = d.probe.name(), topic = %d.probe.config.topic, partitions = ?parts, "probing partitions");
+                        *cur = Some(parts.clone());
+                    }
+                    changed
+                });
+                d.refresh
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(&text) {
+                    tracing::warn!(probe = d.probe.name(), error = %text, retry_in = ?retry, "cannot discover partitions");
+                }
+                d.probe.set_partitions(Err(text.clone()));
+                last_error = Some(text);
+                let wait = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = d.stop.cancelled() => return,
+        }
+    }
+}
+
+async fn discover_once(d: &Discovery) -> Result<Vec<i32>, TopicError> {
+    let cfg = &d.probe.config;
+    let producer = d.producer.clone();
+    let (cluster, topic) = (d.cluster.clone(), cfg.topic.clone());
+    let all = tokio::task::spawn_blocking(move || {
+        kafka::partitions_blocking(producer.client(), &cluster, &topic, METADATA_TIMEOUT)
+    })
+    .await
+    .expect("metadata lookup does not panic")?;
+    let wanted = match &cfg.partitions {
+        Partitions::All => all.clone(),
+        Partitions::List(list) => {
+            if let Some(missing) = list.iter().find(|p| !all.contains(p)) {
+                return Err(TopicError::Other {
+                    cluster: d.cluster.name.clone(),
+                    topic: cfg.topic.clone(),
+                    error: format!(
+                        "partition {missing} does not exist (the topic has {} partitions)",
+                        all.len()
+                    ),
+                });
+            }
+            list.clone()
+        }
+    };
+    let probe = &d.probe;
+    let same = probe.verify_cluster == cfg.cluster && probe.verify_topic == cfg.topic;
+    let verify_parts = if same {
+        wanted.clone()
+    } else {
+        d.verifier.partitions(&probe.verify_topic).await?
+    };
+    d.verifier
+        .ensure_assigned(&probe.verify_topic, &verify_parts)
+        .await?;
+    Ok(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, AgentConfig, Sources};
+    use crate::embedded::EmbeddedCluster;
+    use crate::export::metrics::Metrics;
+    use crate::probe::Outcome;
+
+    /// Partitions added to a topic: discovery publishes the larger set after assigning the new
+    /// partitions to the verifier (no broker available here can add partitions, so the test
+    /// plays discovery's part); from the next round every partition gets and verifies records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn added_partitions_are_covered_from_the_next_round() {
+        let embedded = EmbeddedCluster::start(1).unwrap();
+        embedded.create_topic("grow", 4, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            "name: grow\ntopic: grow\ninterval: 100ms\ntimeout: 5s\n",
+        )
+        .unwrap();
+        let loaded = config::load(&Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap();
+        let cluster = crate::config::ClusterConfig {
+            name: "default".into(),
+            bootstrap_servers: embedded.bootstrap_servers().into(),
+            properties: Default::default(),
+            producer: Default::default(),
+            consumer: Default::default(),
+        };
+        let agent = AgentConfig::default();
+        let metrics = Arc::new(Metrics::new([]));
+        let probe = Arc::new(Probe::new(loaded.probes[0].clone(), &agent, metrics));
+        let producer =
+            kafka::create_producer(&cluster, &agent.instance, Duration::from_secs(5)).unwrap();
+        let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());
+        verifier.route(Arc::clone(&probe));
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&verifier).run(stop.clone()));
+
+        let (tx, rx) = watch::channel(None);
+        verifier.ensure_assigned("grow", &[0, 1]).await.unwrap();
+        tx.send_replace(Some(vec![0, 1]));
+        let stop_sending = CancellationToken::new();
+        let deliveries = TaskTracker::new();
+        let sender = tokio::spawn(send_loop(SendLoop {
+            probe: Arc::clone(&probe),
+            producer,
+            partitions: rx,
+            plan: Plan::Forever,
+            stop: stop_sending.clone(),
+            deliveries,
+        }));
+        let mut progress = probe.progress();
+        let ok_on = |p: &Probe, part: i32| {
+            p.snapshot(tokio::time::Instant::now())
+                .partitions
+                .get(&part)
+                .map_or(0, |c| c.outcomes[0])
+        };
+        let guard = Duration::from_secs(60);
+        tokio::time::timeout(guard, progress.wait_for(|s| s.rounds_completed >= 2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            probe
+                .snapshot(tokio::time::Instant::now())
+                .partitions
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [0, 1]
+        );
+
+        verifier
+            .ensure_assigned("grow", &[0, 1, 2, 3])
+            .await
+            .unwrap();
+        tx.send_replace(Some(vec![0, 1, 2, 3]));
+        // The condition reads a snapshot, so it is checked outside the channel's borrow (never
+        // inside `wait_for`, which holds it).
+        let covered = async {
+            while ok_on(&probe, 2) < 2 || ok_on(&probe, 3) < 2 {
+                progress.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(guard, covered).await.unwrap();
+        stop_sending.cancel();
+        tokio::time::timeout(guard, sender).await.unwrap().unwrap();
+        stop.cancel();
+        let c = probe.progress().borrow().counts;
+        assert_eq!(c.in_flight, 0);
+        assert_eq!(
+            c.get(Outcome::Ok),
+            c.sent,
+            "every record on old and new partitions verified: {c:?}"
+        );
+        let parts = probe.snapshot(tokio::time::Instant::now()).partitions;
+        assert_eq!(parts.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // seq restarts per partition: new partitions start at 0, old ones continue
+        assert!(parts[&0].sent > parts[&2].sent);
+    }
+}

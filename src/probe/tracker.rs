@@ -1,0 +1,494 @@
+//! The in-flight tracker: every sent record until its one final outcome, and what came after.
+//!
+//! Pure bookkeeping, no I/O: callers pass the time in, so tests drive it with a paused clock.
+//! Deadlines are `scheduled + timeout` with a constant timeout and increasing scheduled times,
+//! so a FIFO queue orders them; entries whose record already finished are skipped lazily.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::record::{Corruption, Expected};
+
+/// The final outcome of a sent record. Exactly one per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Arrived intact within the timeout.
+    Ok,
+    /// Not verified by its deadline although the broker acknowledged it.
+    Lost,
+    /// Arrived, but not as sent.
+    Corrupt,
+    /// The producer gave up, or no acknowledgement came by the deadline.
+    SendFailed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Lost,
+        Outcome::Corrupt,
+        Outcome::SendFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Lost => "lost",
+            Outcome::Corrupt => "corrupt",
+            Outcome::SendFailed => "send_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A sent record awaiting its outcome.
+#[derive(Debug)]
+pub struct Pending {
+    pub expected: Expected,
+    pub scheduled: Instant,
+    pub round: u64,
+    /// Broker acknowledgement: when, and the offset it got.
+    pub acked: Option<(Instant, i64)>,
+}
+
+/// A record that just reached its final outcome.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: Uuid,
+    pub partition: i32,
+    pub seq: u64,
+    pub trace_id: opentelemetry::trace::TraceId,
+    pub offset: Option<i64>,
+    pub outcome: Outcome,
+    /// End-to-end latency (scheduled send to verification), for records that arrived.
+    pub latency: Option<Duration>,
+    pub reason: Option<String>,
+}
+
+/// What an arriving own record turned out to be.
+#[derive(Debug)]
+pub enum Arrival {
+    /// It was in flight: now final (`ok` or `corrupt`). `reordered` when an ok record has a
+    /// lower seq than one already verified on its partition.
+    Final { finished: Finished, reordered: bool },
+    /// Already verified (or found corrupt) before: seen again.
+    Duplicate,
+    /// Already declared lost or unsendable; `latency` since its scheduled send when known.
+    Late { latency: Option<Duration> },
+}
+
+/// Per-partition totals (which partition, and so which leader, is failing).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCounts {
+    pub sent: u64,
+    pub outcomes: [u64; 4],
+}
+
+/// Running totals. Conservation: `sent == sum(outcomes) + in_flight` at every instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub sent: u64,
+    pub outcomes: [u64; 4],
+    pub in_flight: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub late: u64,
+}
+
+impl Counts {
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.outcomes[o.index()]
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    pub fn conserved(&self) -> bool {
+        self.sent == self.finished() + self.in_flight
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    outcome: Outcome,
+    scheduled: Instant,
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    timeout: Duration,
+    /// How long finished ids are remembered to tell duplicates and late arrivals.
+    retention: Duration,
+    pending: HashMap<Uuid, Pending>,
+    deadlines: VecDeque<(Instant, Uuid)>,
+    recent: HashMap<Uuid, Recent>,
+    recent_order: VecDeque<(Instant, Uuid)>,
+    counts: Counts,
+    partitions: BTreeMap<i32, PartitionCounts>,
+    /// Highest seq verified per partition, for reorder detection.
+    highest_seq: HashMap<i32, u64>,
+    /// Records still in flight per round; a round completes when its count reaches zero.
+    open_rounds: BTreeMap<u64, usize>,
+    rounds_completed: u64,
+}
+
+impl Tracker {
+    pub fn new(timeout: Duration, retention: Duration) -> Self {
+        Tracker {
+            timeout,
+            retention: retention.max(timeout),
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            counts: Counts::default(),
+            partitions: BTreeMap::new(),
+            highest_seq: HashMap::new(),
+            open_rounds: BTreeMap::new(),
+            rounds_completed: 0,
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn partitions(&self) -> &BTreeMap<i32, PartitionCounts> {
+        &self.partitions
+    }
+
+    pub fn rounds_completed(&self) -> u64 {
+        self.rounds_completed
+    }
+
+    pub fn is_pending(&self, id: &Uuid) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// A record was handed to the producer.
+    pub fn register(&mut self, expected: Expected, scheduled: Instant, round: u64) {
+        let id = expected.body.id;
+        let deadline = scheduled + self.timeout;
+        self.counts.sent += 1;
+        self.counts.in_flight += 1;
+        self.partitions
+            .entry(expected.body.partition)
+            .or_default()
+            .sent += 1;
+        *self.open_rounds.entry(round).or_default() += 1;
+        self.deadlines.push_back((deadline, id));
+        self.pending.insert(
+            id,
+            Pending {
+                expected,
+                scheduled,
+                round,
+                acked: None,
+            },
+        );
+    }
+
+    /// The broker acknowledged the record: returns produce latency (from the scheduled send).
+    /// The report may come after the record was already verified; it still has a latency.
+    pub fn ack(&mut self, id: &Uuid, at: Instant, offset: i64) -> Option<Duration> {
+        if let Some(p) = self.pending.get_mut(id) {
+            p.acked = Some((at, offset));
+            return Some(at.saturating_duration_since(p.scheduled));
+        }
+        self.recent
+            .get(id)
+            .map(|r| at.saturating_duration_since(r.scheduled))
+    }
+
+    /// The producer gave up on the record.
+    pub fn send_failed(&mut self, id: &Uuid, now: Instant, reason: String) -> Option<Finished> {
+        let p = self.pending.remove(id)?;
+        Some(self.finish(p, now, Outcome::SendFailed, None, Some(reason)))
+    }
+
+    /// An own record arrived at `at`; `check` compares it with what was sent.
+    pub fn arrive(
+        &mut self,
+        id: &Uuid,
+        at: Instant,
+        offset: i64,
+        check: impl FnOnce(&Expected) -> Result<(), Corruption>,
+    ) -> Option<Arrival> {
+        if let Some(mut p) = self.pending.remove(id) {
+            let latency = at.saturating_duration_since(p.scheduled);
+            if p.acked.is_none() {
+                // Verified before the delivery report: the offset is known from the fetch.
+                p.acked = Some((at, offset));
+            }
+            let (outcome, reason) = match check(&p.expected) {
+                Ok(()) => (Outcome::Ok, None),
+                Err(c) => (Outcome::Corrupt, Some(c.to_string())),
+            };
+            let partition = p.expected.body.partition;
+            let seq = p.expected.body.seq;
+            let finished = self.finish(p, at, outcome, Some(latency), reason);
+            let mut reordered = false;
+            if outcome == Outcome::Ok {
+                let highest = self.highest_seq.entry(partition).or_insert(seq);
+                if seq < *highest {
+                    reordered = true;
+                    self.counts.reordered += 1;
+                } else {
+                    *highest = seq;
+                }
+            }
+            return Some(Arrival::Final {
+                finished,
+                reordered,
+            });
+        }
+        let recent = self.recent.get(id)?;
+        Some(match recent.outcome {
+            Outcome::Ok | Outcome::Corrupt => {
+                self.counts.duplicates += 1;
+                Arrival::Duplicate
+            }
+            Outcome::Lost | Outcome::SendFailed => {
+                self.counts.late += 1;
+                Arrival::Late {
+                    latency: Some(at.saturating_duration_since(recent.scheduled)),
+                }
+            }
+        })
+    }
+
+    /// Counts an own record that finished so long ago it was forgotten.
+    pub fn forgotten_arrival(&mut self) {
+        self.counts.late += 1;
+    }
+
+    /// The earliest deadline of a record still in flight.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some((deadline, id)) = self.deadlines.front() {
+            if self.pending.contains_key(id) {
+                return Some(*deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+
+    /// Finalises every record whose deadline passed: `lost` if the broker had acknowledged it,
+    /// `send_failed` if not even that happened.
+    pub fn expire(&mut self, now: Instant) -> Vec<Finished> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(p) = self.pending.remove(&id) {
+                let f = match p.acked {
+                    Some(_) => self.finish(
+                        p,
+                        now,
+                        Outcome::Lost,
+                        None,
+                        Some("not verified within the timeout".into()),
+                    ),
+                    None => self.finish(
+                        p,
+                        now,
+                        Outcome::SendFailed,
+                        None,
+                        Some("no acknowledgement from the broker within the timeout".into()),
+                    ),
+                };
+                out.push(f);
+            }
+        }
+        self.forget(now);
+        out
+    }
+
+    fn finish(
+        &mut self,
+        p: Pending,
+        now: Instant,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        reason: Option<String>,
+    ) -> Finished {
+        let body = &p.expected.body;
+        self.counts.in_flight -= 1;
+        self.counts.outcomes[outcome.index()] += 1;
+        self.partitions.entry(body.partition).or_default().outcomes[outcome.index()] += 1;
+        if let Some(n) = self.open_rounds.get_mut(&p.round) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_rounds.remove(&p.round);
+                self.rounds_completed += 1;
+            }
+        }
+        self.recent.insert(
+            body.id,
+            Recent {
+                outcome,
+                scheduled: p.scheduled,
+            },
+        );
+        self.recent_order.push_back((now, body.id));
+        Finished {
+            id: body.id,
+            partition: body.partition,
+            seq: body.seq,
+            trace_id: p.expected.trace_id,
+            offset: p.acked.map(|(_, o)| o),
+            outcome,
+            latency,
+            reason,
+        }
+    }
+
+    fn forget(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.recent_order.front() {
+            if now.saturating_duration_since(at) < self.retention {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{self, Origin};
+    use std::collections::BTreeMap;
+
+    fn expected(partition: i32, seq: u64) -> Expected {
+        let origin = Origin {
+            probe: "p".into(),
+            instance: "i".into(),
+            site: "s".into(),
+        };
+        let out = record::build(&origin, partition, seq, 0, &BTreeMap::new(), 8);
+        Expected {
+            body: out.body,
+            trace_id: out.span_context.trace_id(),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn every_record_ends_in_exactly_one_outcome() {
+        let mut t = Tracker::new(T, Duration::from_secs(300));
+        let t0 = Instant::now();
+        let ids: Vec<Uuid> = (0..4)
+            .map(|p| {
+                let e = expected(p, 0);
+                let id = e.body.id;
+                t.register(e, t0, 0);
+                id
+            })
+            .collect();
+        assert_eq!(t.counts().in_flight, 4);
+        t.ack(&ids[0], t0 + Duration::from_millis(2), 10);
+        t.ack(&ids[1], t0 + Duration::from_millis(2), 11);
+        t.ack(&ids[2], t0 + Duration::from_millis(2), 12);
+        // 0 verified, 1 corrupt, 2 never verified (lost), 3 never acked (send_failed)
+        let a = t
+            .arrive(&ids[0], t0 + Duration::from_millis(5), 10, |_| Ok(()))
+            .unwrap();
+        assert!(
+            matches!(a, Arrival::Final { finished: Finished { outcome: Outcome::Ok, latency: Some(l), .. }, reordered: false } if l == Duration::from_millis(5))
+        );
+        let a = t
+            .arrive(&ids[1], t0 + Duration::from_millis(6), 11, |_| {
+                Err(Corruption::Digest)
+            })
+            .unwrap();
+        assert!(matches!(
+            a,
+            Arrival::Final {
+                finished: Finished {
+                    outcome: Outcome::Corrupt,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(t.counts().conserved());
+        assert_eq!(t.next_deadline(), Some(t0 + T));
+        assert!(t.expire(t0 + T - Duration::from_millis(1)).is_empty());
+        tokio::time::advance(T).await;
+        let expired = t.expire(Instant::now());
+        let outcomes: Vec<_> = expired.iter().map(|f| (f.partition, f.outcome)).collect();
+        assert_eq!(outcomes, vec![(2, Outcome::Lost), (3, Outcome::SendFailed)]);
+        let c = t.counts();
+        assert_eq!((c.sent, c.in_flight), (4, 0));
+        assert_eq!(c.outcomes, [1, 1, 1, 1]);
+        assert!(c.conserved());
+        assert_eq!(t.rounds_completed(), 1);
+        assert_eq!(t.next_deadline(), None);
+
+        // after the fact: a duplicate of the ok record and a late arrival of the lost one
+        assert!(matches!(
+            t.arrive(&ids[0], Instant::now(), 10, |_| Ok(())),
+            Some(Arrival::Duplicate)
+        ));
+        assert!(matches!(
+            t.arrive(&ids[2], Instant::now(), 12, |_| Ok(())),
+            Some(Arrival::Late { latency: Some(l) }) if l == T
+        ));
+        let c = t.counts();
+        assert_eq!((c.duplicates, c.late), (1, 1));
+        assert_eq!(
+            c.outcomes,
+            [1, 1, 1, 1],
+            "events never re-score a final outcome"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_seq_after_higher_is_reordered_but_ok() {
+        let mut t = Tracker::new(T, T);
+        let now = Instant::now();
+        let (e1, e2) = (expected(0, 1), expected(0, 2));
+        let (id1, id2) = (e1.body.id, e2.body.id);
+        t.register(e1, now, 0);
+        t.register(e2, now, 1);
+        assert!(matches!(
+            t.arrive(&id2, now, 1, |_| Ok(())),
+            Some(Arrival::Final {
+                reordered: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.arrive(&id1, now, 0, |_| Ok(())),
+            Some(Arrival::Final {
+                reordered: true,
+                ..
+            })
+        ));
+        assert_eq!(t.counts().get(Outcome::Ok), 2);
+        assert_eq!(t.counts().reordered, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_ids_are_forgotten_after_retention() {
+        let mut t = Tracker::new(T, Duration::from_secs(60));
+        let e = expected(0, 0);
+        let id = e.body.id;
+        t.register(e, Instant::now(), 0);
+        t.arrive(&id, Instant::now(), 0, |_| Ok(()));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        t.expire(Instant::now());
+        assert!(t.arrive(&id, Instant::now(), 0, |_| Ok(())).is_none());
+    }
+}

@@ -1,0 +1,739 @@
+//! The synthetic record: key, versioned JSON envelope with digest, headers, W3C trace context;
+//! and the checks that tell an intact record from a corrupted or foreign one.
+//!
+//! Wire format (version 1):
+//! - key: the record id (UUID v7, hyphenated text);
+//! - value: `{"v":1,"id","probe","instance","site","partition","seq","scheduled_at_ns","tags",
+//!   "payload","digest"}` where `digest` is the lowercase hex SHA-256 of the same JSON object
+//!   without the `digest` field, serialised compactly with the fields in that order;
+//! - headers: `traceparent` (and `tracestate` when not empty), `slo-probe-id`,
+//!   `slo-probe-probe`, `slo-probe-instance`, `slo-probe-seq`, and one header per tag.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const ENVELOPE_VERSION: u64 = 1;
+
+/// Header names written on every record.
+pub mod header {
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    pub const ID: &str = "slo-probe-id";
+    pub const PROBE: &str = "slo-probe-probe";
+    pub const INSTANCE: &str = "slo-probe-instance";
+    pub const SEQ: &str = "slo-probe-seq";
+}
+
+/// Tags become headers; these names are taken.
+pub fn is_reserved_header(name: &str) -> bool {
+    name == header::TRACEPARENT || name == header::TRACESTATE || name.starts_with("slo-probe-")
+}
+
+/// Which agent and probe a record belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub probe: String,
+    pub instance: String,
+    pub site: String,
+}
+
+/// The envelope without its digest: what the digest covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    pub v: u64,
+    pub id: Uuid,
+    pub probe: String,
+    pub instance: String,
+    pub site: String,
+    pub partition: i32,
+    pub seq: u64,
+    pub scheduled_at_ns: u64,
+    pub tags: BTreeMap<String, String>,
+    pub payload: String,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(flatten)]
+    body: Body,
+    digest: String,
+}
+
+impl Body {
+    fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).expect("envelope serialises");
+        hex::encode(Sha256::digest(&json))
+    }
+
+    /// The envelope bytes: the body's JSON with the digest appended as the last field.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec(self).expect("envelope serialises");
+        let digest = hex::encode(Sha256::digest(&json));
+        json.pop(); // the closing brace
+        json.extend_from_slice(b",\"digest\":\"");
+        json.extend_from_slice(digest.as_bytes());
+        json.extend_from_slice(b"\"}");
+        json
+    }
+}
+
+/// A record ready to hand to the producer.
+pub struct Outgoing {
+    pub id: Uuid,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: OwnedHeaders,
+    /// The context written into `traceparent`; the verifier expects its trace id back.
+    pub span_context: SpanContext,
+    pub body: Body,
+}
+
+/// Builds the record for one (partition, seq) slot. A fresh trace per record, always sampled.
+pub fn build(
+    origin: &Origin,
+    partition: i32,
+    seq: u64,
+    scheduled_at_ns: u64,
+    tags: &BTreeMap<String, String>,
+    payload_bytes: usize,
+) -> Outgoing {
+    let id = Uuid::now_v7();
+    let ids = RandomIdGenerator::default();
+    let span_context = SpanContext::new(
+        ids.new_trace_id(),
+        ids.new_span_id(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let body = Body {
+        v: ENVELOPE_VERSION,
+        id,
+        probe: origin.probe.clone(),
+        instance: origin.instance.clone(),
+        site: origin.site.clone(),
+        partition,
+        seq,
+        scheduled_at_ns,
+        tags: tags.clone(),
+        payload: fastrand_payload(payload_bytes),
+    };
+    let key = id.hyphenated().to_string();
+    let mut headers = HeaderInjector(OwnedHeaders::new_with_capacity(6 + tags.len()));
+    let cx = Context::new().with_remote_span_context(span_context.clone());
+    TraceContextPropagator::new().inject_context(&cx, &mut headers);
+    let seq_text = seq.to_string();
+    let mut headers = headers
+        .0
+        .insert(Header {
+            key: header::ID,
+            value: Some(key.as_str()),
+        })
+        .insert(Header {
+            key: header::PROBE,
+            value: Some(origin.probe.as_str()),
+        })
+        .insert(Header {
+            key: header::INSTANCE,
+            value: Some(origin.instance.as_str()),
+        })
+        .insert(Header {
+            key: header::SEQ,
+            value: Some(seq_text.as_str()),
+        });
+    for (k, v) in tags {
+        headers = headers.insert(Header {
+            key: k.as_str(),
+            value: Some(v.as_str()),
+        });
+    }
+    Outgoing {
+        id,
+        value: body.encode(),
+        key,
+        headers,
+        span_context,
+        body,
+    }
+}
+
+fn fastrand_payload(len: usize) -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(len)
+        .collect()
+}
+
+struct HeaderInjector(OwnedHeaders);
+
+impl Injector for HeaderInjector {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return; // an empty tracestate is the same as none
+        }
+        let headers = std::mem::replace(&mut self.0, OwnedHeaders::new());
+        self.0 = headers.insert(Header {
+            key,
+            value: Some(&value),
+        });
+    }
+}
+
+/// A received record, independent of the client library that delivered it.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+}
+
+impl<'a> View<'a> {
+    pub fn of<M: Message<Headers = rdkafka::message::BorrowedHeaders>>(m: &'a M) -> Self {
+        View {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload(),
+            headers: m.headers(),
+        }
+    }
+
+    /// First header with this name, as text (`None` when absent or not UTF-8).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        let h = self.headers?;
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The trace id carried by `traceparent`, if it is a valid W3C value.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        let cx = TraceContextPropagator::new().extract(self);
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.trace_id())
+    }
+}
+
+impl Extractor for View<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.header(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.headers
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Whose record this is, read from the headers or, when they are missing, from the envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A probe record. `from_headers` is false when the slo-probe headers were missing and the
+    /// identity came from the envelope.
+    Probe {
+        probe: String,
+        instance: String,
+        id: Option<Uuid>,
+        from_headers: bool,
+    },
+    /// Not a probe record.
+    Foreign(ForeignReason),
+}
+
+/// Why a record on a probe topic is not a valid probe record (`reason` label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignReason {
+    /// Neither slo-probe headers nor a parseable envelope.
+    Unparseable,
+    /// An envelope of a version this agent does not know.
+    UnknownVersion,
+    /// Some but not all slo-probe headers.
+    MissingHeaders,
+}
+
+impl ForeignReason {
+    pub const ALL: [ForeignReason; 3] = [
+        ForeignReason::Unparseable,
+        ForeignReason::UnknownVersion,
+        ForeignReason::MissingHeaders,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForeignReason::Unparseable => "unparseable",
+            ForeignReason::UnknownVersion => "unknown_version",
+            ForeignReason::MissingHeaders => "missing_headers",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    v: u64,
+    id: Option<String>,
+    probe: Option<String>,
+    instance: Option<String>,
+}
+
+/// Reads who a record claims to belong to, cheaply: headers first, the envelope only if needed.
+pub fn claim(view: &View) -> Claim {
+    let probe = view.header(header::PROBE);
+    let instance = view.header(header::INSTANCE);
+    let id = view
+        .header(header::ID)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    if let (Some(probe), Some(instance)) = (probe, instance) {
+        return Claim::Probe {
+            probe: probe.into(),
+            instance: instance.into(),
+            id,
+            from_headers: true,
+        };
+    }
+    let partial = probe.is_some() || instance.is_some() || view.header(header::ID).is_some();
+    match view
+        .value
+        .and_then(|v| serde_json::from_slice::<Peek>(v).ok())
+    {
+        Some(p) if p.v != ENVELOPE_VERSION => Claim::Foreign(ForeignReason::UnknownVersion),
+        Some(Peek {
+            probe: Some(probe),
+            instance: Some(instance),
+            id,
+            ..
+        }) => Claim::Probe {
+            probe,
+            instance,
+            id: id.and_then(|s| Uuid::parse_str(&s).ok()),
+            from_headers: false,
+        },
+        _ if partial => Claim::Foreign(ForeignReason::MissingHeaders),
+        _ => Claim::Foreign(ForeignReason::Unparseable),
+    }
+}
+
+/// What the verifier knows a record must look like (kept by the in-flight tracker).
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub body: Body,
+    pub trace_id: TraceId,
+}
+
+/// Why an own record is `corrupt`. The first failed check is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Corruption {
+    /// The value is not a JSON envelope at all.
+    Undecodable(String),
+    /// The digest does not match the content.
+    Digest,
+    /// The content is self-consistent but differs from what was sent.
+    Field {
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// A slo-probe or tag header is missing or wrong.
+    Header { name: String, problem: String },
+    /// `traceparent` missing, invalid, or carrying another trace id.
+    TraceContext(String),
+}
+
+impl Corruption {
+    /// Short, low-cardinality reason for labels and log fields.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Corruption::Undecodable(_) => "undecodable",
+            Corruption::Digest => "digest",
+            Corruption::Field { .. } => "field",
+            Corruption::Header { .. } => "header",
+            Corruption::TraceContext(_) => "trace_context",
+        }
+    }
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corruption::Undecodable(e) => write!(f, "value is not a valid envelope: {e}"),
+            Corruption::Digest => write!(f, "digest mismatch: the envelope changed in transit"),
+            Corruption::Field {
+                field,
+                expected,
+                got,
+            } => {
+                write!(f, "field `{field}`: expected {expected}, got {got}")
+            }
+            Corruption::Header { name, problem } => write!(f, "header `{name}`: {problem}"),
+            Corruption::TraceContext(e) => write!(f, "trace context: {e}"),
+        }
+    }
+}
+
+/// Decodes and checks an envelope's own digest.
+pub fn decode(value: &[u8]) -> Result<Body, Corruption> {
+    let wire: Wire =
+        serde_json::from_slice(value).map_err(|e| Corruption::Undecodable(e.to_string()))?;
+    if wire.body.v != ENVELOPE_VERSION {
+        return Err(Corruption::Field {
+            field: "v",
+            expected: ENVELOPE_VERSION.to_string(),
+            got: wire.body.v.to_string(),
+        });
+    }
+    if wire.body.digest() != wire.digest {
+        return Err(Corruption::Digest);
+    }
+    Ok(wire.body)
+}
+
+/// Checks an own record that came back against what was sent: key, envelope, digest, every
+/// field, every header, that the trace id survived and, when `check_partition` (read back from
+/// the topic it was sent to), that it arrived on its partition.
+pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result<(), Corruption> {
+    let want = &expected.body;
+    let id = want.id.hyphenated().to_string();
+    let value = view
+        .value
+        .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
+    let got = decode(value)?;
+    macro_rules! same {
+        ($field:ident) => {
+            if got.$field != want.$field {
+                return Err(Corruption::Field {
+                    field: stringify!($field),
+                    expected: format!("{:?}", want.$field),
+                    got: format!("{:?}", got.$field),
+                });
+            }
+        };
+    }
+    same!(id);
+    same!(probe);
+    same!(instance);
+    same!(site);
+    same!(partition);
+    same!(seq);
+    same!(scheduled_at_ns);
+    same!(tags);
+    if got.payload != want.payload {
+        return Err(Corruption::Field {
+            field: "payload",
+            expected: format!("{} bytes as sent", want.payload.len()),
+            got: format!("{} different bytes", got.payload.len()),
+        });
+    }
+    if check_partition && view.partition != want.partition {
+        return Err(Corruption::Field {
+            field: "partition",
+            expected: format!("arrival on partition {}", want.partition),
+            got: format!("partition {}", view.partition),
+        });
+    }
+    if view.key != Some(id.as_bytes()) {
+        return Err(Corruption::Header {
+            name: "key".into(),
+            problem: format!("expected the record id {id}"),
+        });
+    }
+    let seq = want.seq.to_string();
+    let headers = [
+        (header::ID, id.as_str()),
+        (header::PROBE, want.probe.as_str()),
+        (header::INSTANCE, want.instance.as_str()),
+        (header::SEQ, seq.as_str()),
+    ];
+    for (name, value) in headers
+        .into_iter()
+        .chain(want.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        match view.header(name) {
+            Some(v) if v == value => {}
+            Some(v) => {
+                return Err(Corruption::Header {
+                    name: name.into(),
+                    problem: format!("expected {value:?}, got {v:?}"),
+                });
+            }
+            None => {
+                return Err(Corruption::Header {
+                    name: name.into(),
+                    problem: "missing".into(),
+                });
+            }
+        }
+    }
+    match view.trace_id() {
+        Some(t) if t == expected.trace_id => Ok(()),
+        Some(t) => Err(Corruption::TraceContext(format!(
+            "trace id changed from {} to {t}",
+            expected.trace_id
+        ))),
+        None if view.header(header::TRACEPARENT).is_some() => Err(Corruption::TraceContext(
+            "traceparent is not a valid W3C value".into(),
+        )),
+        None => Err(Corruption::TraceContext(
+            "traceparent header missing".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    fn origin() -> Origin {
+        Origin {
+            probe: "orders".into(),
+            instance: "host-abc123".into(),
+            site: "eu-west-1a".into(),
+        }
+    }
+
+    fn sample() -> Outgoing {
+        let tags = BTreeMap::from([("team".to_string(), "payments".to_string())]);
+        build(&origin(), 2, 41, 1_700_000_000_123_456_789, &tags, 64)
+    }
+
+    fn message(
+        out: &Outgoing,
+        value: Vec<u8>,
+        headers: OwnedHeaders,
+        partition: i32,
+    ) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value),
+            Some(out.key.clone().into_bytes()),
+            "synthetic-sla".into(),
+            Timestamp::NotAvailable,
+            partition,
+            7,
+            Some(headers),
+        )
+    }
+
+    fn expected(out: &Outgoing) -> Expected {
+        Expected {
+            body: out.body.clone(),
+            trace_id: out.span_context.trace_id(),
+        }
+    }
+
+    fn view(m: &OwnedMessage) -> View<'_> {
+        View {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload(),
+            headers: m.headers().map(|h| h.as_borrowed()),
+        }
+    }
+
+    fn check(out: &Outgoing, m: &OwnedMessage) -> Result<(), Corruption> {
+        verify(&expected(out), &view(m), true)
+    }
+
+    #[test]
+    fn round_trip_is_intact() {
+        let out = sample();
+        let decoded = decode(&out.value).unwrap();
+        assert_eq!(decoded, out.body);
+        assert_eq!(decoded.payload.len(), 64);
+        let m = message(&out, out.value.clone(), out.headers.clone(), 2);
+        assert_eq!(check(&out, &m), Ok(()));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let out = sample();
+        for i in 0..out.value.len() {
+            let mut value = out.value.clone();
+            value[i] ^= 0x01;
+            let m = message(&out, value, out.headers.clone(), 2);
+            let err = check(&out, &m).expect_err(&format!("flip at byte {i} went unnoticed"));
+            assert!(
+                matches!(
+                    err,
+                    Corruption::Undecodable(_) | Corruption::Digest | Corruption::Field { .. }
+                ),
+                "byte {i}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_are_complete_and_traceparent_is_w3c() {
+        let out = sample();
+        let m = message(&out, out.value.clone(), out.headers.clone(), 2);
+        let h = m.headers().unwrap();
+        let get = |name: &str| {
+            h.iter()
+                .find(|x| x.key == name)
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        assert_eq!(get(header::ID).unwrap(), out.key);
+        assert_eq!(get(header::PROBE).unwrap(), "orders");
+        assert_eq!(get(header::INSTANCE).unwrap(), "host-abc123");
+        assert_eq!(get(header::SEQ).unwrap(), "41");
+        assert_eq!(get("team").unwrap(), "payments");
+        let tp = get(header::TRACEPARENT).unwrap();
+        // version 00, 32 hex trace id, 16 hex span id, sampled flag
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!(parts[0], "00");
+        assert!(
+            parts[1].len() == 32
+                && parts[1]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert!(
+            parts[2].len() == 16
+                && parts[2]
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(parts[1], "0".repeat(32));
+        assert_eq!(parts[3], "01");
+        assert_eq!(parts[1], out.span_context.trace_id().to_string());
+        // and the propagator reads it back
+        assert_eq!(view(&m).trace_id(), Some(out.span_context.trace_id()));
+        assert!(
+            get(header::TRACESTATE).is_none(),
+            "empty tracestate is not written"
+        );
+    }
+
+    #[test]
+    fn each_record_gets_a_fresh_trace() {
+        let a = sample();
+        let b = sample();
+        assert_ne!(a.span_context.trace_id(), b.span_context.trace_id());
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn wrong_partition_header_and_trace_are_corrupt() {
+        let out = sample();
+        let m = message(&out, out.value.clone(), out.headers.clone(), 1);
+        assert_eq!(check(&out, &m).unwrap_err().kind(), "field");
+
+        let stripped = OwnedHeaders::new()
+            .insert(Header {
+                key: header::ID,
+                value: Some(out.key.as_str()),
+            })
+            .insert(Header {
+                key: header::PROBE,
+                value: Some("orders"),
+            })
+            .insert(Header {
+                key: header::INSTANCE,
+                value: Some("host-abc123"),
+            })
+            .insert(Header {
+                key: header::SEQ,
+                value: Some("41"),
+            })
+            .insert(Header {
+                key: "team",
+                value: Some("payments"),
+            });
+        let m = message(&out, out.value.clone(), stripped.clone(), 2);
+        assert_eq!(
+            check(&out, &m),
+            Err(Corruption::TraceContext(
+                "traceparent header missing".into()
+            ))
+        );
+
+        let other = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let m = message(
+            &out,
+            out.value.clone(),
+            stripped.clone().insert(Header {
+                key: header::TRACEPARENT,
+                value: Some(other),
+            }),
+            2,
+        );
+        assert_eq!(check(&out, &m).unwrap_err().kind(), "trace_context");
+
+        let mangled = stripped.insert(Header {
+            key: header::TRACEPARENT,
+            value: Some("00-XYZ"),
+        });
+        let m = message(&out, out.value.clone(), mangled, 2);
+        assert_eq!(
+            check(&out, &m),
+            Err(Corruption::TraceContext(
+                "traceparent is not a valid W3C value".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn claims() {
+        let out = sample();
+        let m = message(&out, out.value.clone(), out.headers.clone(), 2);
+        assert_eq!(
+            claim(&view(&m)),
+            Claim::Probe {
+                probe: "orders".into(),
+                instance: "host-abc123".into(),
+                id: Some(out.id),
+                from_headers: true
+            }
+        );
+        // headers stripped by the pipeline: identity from the envelope
+        let m = message(&out, out.value.clone(), OwnedHeaders::new(), 2);
+        assert!(matches!(
+            claim(&view(&m)),
+            Claim::Probe {
+                from_headers: false,
+                ..
+            }
+        ));
+        let m = message(&out, b"not json".to_vec(), OwnedHeaders::new(), 2);
+        assert_eq!(claim(&view(&m)), Claim::Foreign(ForeignReason::Unparseable));
+        let m = message(
+            &out,
+            br#"{"v":9,"id":"x"}"#.to_vec(),
+            OwnedHeaders::new(),
+            2,
+        );
+        assert_eq!(
+            claim(&view(&m)),
+            Claim::Foreign(ForeignReason::UnknownVersion)
+        );
+        let only_probe = OwnedHeaders::new().insert(Header {
+            key: header::PROBE,
+            value: Some("orders"),
+        });
+        let m = message(&out, b"garbage".to_vec(), only_probe, 2);
+        assert_eq!(
+            claim(&view(&m)),
+            Claim::Foreign(ForeignReason::MissingHeaders)
+        );
+    }
+}

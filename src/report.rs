@@ -1,0 +1,442 @@
+//! Verdicts and status documents: the smoke verdict (text table, JSON, JUnit) and `/status`.
+//!
+//! A probe passes a smoke run when it sent records, every one of them settled, none arrived
+//! corrupt (a failed assertion), and every SLO met its objective; a probe without SLOs must have
+//! every record `ok`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde::Serialize;
+
+use crate::config::Sli;
+use crate::probe::{Counts, Outcome, PartitionCounts, Probe, Snapshot};
+use crate::stats::SloCount;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Records {
+    pub sent: u64,
+    pub ok: u64,
+    pub lost: u64,
+    pub corrupt: u64,
+    pub send_failed: u64,
+    pub in_flight: u64,
+}
+
+impl From<Counts> for Records {
+    fn from(c: Counts) -> Self {
+        Records {
+            sent: c.sent,
+            ok: c.get(Outcome::Ok),
+            lost: c.get(Outcome::Lost),
+            corrupt: c.get(Outcome::Corrupt),
+            send_failed: c.get(Outcome::SendFailed),
+            in_flight: c.in_flight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Events {
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub late_arrivals: u64,
+    pub foreign: u64,
+}
+
+/// Quantiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl LatencySummary {
+    pub fn new(count: u64, q: Option<[f64; 6]>) -> Self {
+        let ms = |i: usize| q.map(|q| (q[i] * 1e6).round() / 1e3);
+        LatencySummary {
+            count,
+            p50_ms: ms(0),
+            p90_ms: ms(1),
+            p95_ms: ms(2),
+            p99_ms: ms(3),
+            p999_ms: ms(4),
+            max_ms: ms(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SloVerdict {
+    pub name: String,
+    pub sli: &'static str,
+    /// Percent, e.g. 99.9.
+    pub objective_percent: f64,
+    pub latency_below_ms: Option<f64>,
+    pub good: u64,
+    pub bad: u64,
+    /// Good / all, percent; `None` without events.
+    pub good_percent: Option<f64>,
+    pub met: bool,
+}
+
+impl From<&SloCount> for SloVerdict {
+    fn from(s: &SloCount) -> Self {
+        SloVerdict {
+            name: s.slo.name.clone(),
+            sli: s.slo.sli.kind(),
+            objective_percent: round4(s.slo.objective * 100.0),
+            latency_below_ms: match s.slo.sli {
+                Sli::Latency { below } => Some(below.as_secs_f64() * 1e3),
+                _ => None,
+            },
+            good: s.good,
+            bad: s.bad,
+            good_percent: s.ratio().map(|r| round4(r * 100.0)),
+            met: s.met(),
+        }
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionRecords {
+    pub sent: u64,
+    pub ok: u64,
+    pub lost: u64,
+    pub corrupt: u64,
+    pub send_failed: u64,
+}
+
+impl From<&PartitionCounts> for PartitionRecords {
+    fn from(p: &PartitionCounts) -> Self {
+        let [ok, lost, corrupt, send_failed] = p.outcomes;
+        PartitionRecords {
+            sent: p.sent,
+            ok,
+            lost,
+            corrupt,
+            send_failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeVerdict {
+    pub name: String,
+    pub cluster: String,
+    pub topic: String,
+    pub passed: bool,
+    /// Why it failed, one sentence each.
+    pub failures: Vec<String>,
+    pub rounds: u64,
+    pub records: Records,
+    pub events: Events,
+    /// End-to-end latency of every verified record of the run.
+    pub latency: LatencySummary,
+    pub produce_latency: LatencySummary,
+    /// ok / settled records of the run, percent.
+    pub availability_percent: Option<f64>,
+    pub partitions: BTreeMap<i32, PartitionRecords>,
+    pub slos: Vec<SloVerdict>,
+}
+
+impl ProbeVerdict {
+    pub fn new(probe: &Probe, s: &Snapshot) -> Self {
+        let c = s.progress.counts;
+        let slos: Vec<SloVerdict> = s.slos.iter().map(SloVerdict::from).collect();
+        let mut failures = Vec::new();
+        if c.sent == 0 {
+            let why = s
+                .progress
+                .discovery_error
+                .clone()
+                .unwrap_or_else(|| "no partition discovered".into());
+            failures.push(format!("no record was sent: {why}"));
+        }
+        if c.in_flight > 0 {
+            failures.push(format!(
+                "{} records still in flight when the run ended",
+                c.in_flight
+            ));
+        }
+        if c.get(Outcome::Corrupt) > 0 {
+            failures.push(format!(
+                "{} records arrived corrupt",
+                c.get(Outcome::Corrupt)
+            ));
+        }
+        for v in slos.iter().filter(|v| !v.met) {
+            let got = v
+                .good_percent
+                .map_or("no events".to_string(), |p| format!("{p}% good"));
+            failures.push(format!(
+                "slo {} not met: {got} ({} good, {} bad), objective {}%",
+                v.name, v.good, v.bad, v.objective_percent
+            ));
+        }
+        if slos.is_empty() {
+            for o in [Outcome::Lost, Outcome::SendFailed] {
+                if c.get(o) > 0 {
+                    failures.push(format!("{} records {}", c.get(o), o.as_str()));
+                }
+            }
+        }
+        let finished = c.finished();
+        ProbeVerdict {
+            name: probe.config.name.clone(),
+            cluster: probe.config.cluster.clone(),
+            topic: probe.config.topic.clone(),
+            passed: failures.is_empty(),
+            failures,
+            rounds: s.progress.rounds_started,
+            records: c.into(),
+            events: Events {
+                duplicates: c.duplicates,
+                reordered: c.reordered,
+                late_arrivals: c.late,
+                foreign: s.foreign,
+            },
+            latency: LatencySummary::new(s.e2e_count, s.e2e_total),
+            produce_latency: LatencySummary::new(s.produce_count, s.produce_total),
+            availability_percent: (finished > 0)
+                .then(|| round4(c.get(Outcome::Ok) as f64 / finished as f64 * 100.0)),
+            partitions: s.partitions.iter().map(|(p, pc)| (*p, pc.into())).collect(),
+            slos,
+        }
+    }
+}
+
+/// The whole smoke run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub duration_seconds: f64,
+    pub probes: Vec<ProbeVerdict>,
+}
+
+impl Verdict {
+    pub fn new(probes: Vec<ProbeVerdict>, duration: Duration) -> Self {
+        Verdict {
+            passed: probes.iter().all(|p| p.passed),
+            duration_seconds: duration.as_secs_f64(),
+            probes,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("verdict serialises")
+    }
+
+    /// The human table: one row per probe, one per SLO, then the reasons for failures.
+    pub fn to_text(&self) -> String {
+        let mut probes = Table::new();
+        probes.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "probe",
+            "verdict",
+            "rounds",
+            "sent",
+            "ok",
+            "lost",
+            "corrupt",
+            "send_failed",
+            "p50",
+            "p99",
+            "p999",
+            "availability",
+        ]);
+        for p in &self.probes {
+            let r = &p.records;
+            probes.add_row([
+                p.name.clone(),
+                pass_fail(p.passed).into(),
+                p.rounds.to_string(),
+                r.sent.to_string(),
+                r.ok.to_string(),
+                r.lost.to_string(),
+                r.corrupt.to_string(),
+                r.send_failed.to_string(),
+                ms(p.latency.p50_ms),
+                ms(p.latency.p99_ms),
+                ms(p.latency.p999_ms),
+                p.availability_percent
+                    .map_or("-".into(), |a| format!("{a}%")),
+            ]);
+        }
+        let mut out = format!("{probes}\n");
+        let mut slos = Table::new();
+        slos.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "probe",
+            "slo",
+            "sli",
+            "objective",
+            "good",
+            "bad",
+            "good %",
+            "verdict",
+        ]);
+        let mut any_slo = false;
+        for p in &self.probes {
+            for s in &p.slos {
+                any_slo = true;
+                let sli = match s.latency_below_ms {
+                    Some(b) => format!("latency < {}", ms(Some(b))),
+                    None => s.sli.to_string(),
+                };
+                slos.add_row([
+                    p.name.clone(),
+                    s.name.clone(),
+                    sli,
+                    format!("{}%", s.objective_percent),
+                    s.good.to_string(),
+                    s.bad.to_string(),
+                    s.good_percent.map_or("-".into(), |g| format!("{g}%")),
+                    if s.met { "met" } else { "FAILED" }.into(),
+                ]);
+            }
+        }
+        if any_slo {
+            let _ = writeln!(out, "{slos}");
+        }
+        for p in self.probes.iter().filter(|p| !p.passed) {
+            for f in &p.failures {
+                let _ = writeln!(out, "FAIL {}: {f}", p.name);
+            }
+        }
+        let records: u64 = self.probes.iter().map(|p| p.records.sent).sum();
+        let _ = writeln!(
+            out,
+            "smoke: {} ({} probe{}, {records} records, {:.1}s)",
+            pass_fail(self.passed),
+            self.probes.len(),
+            if self.probes.len() == 1 { "" } else { "s" },
+            self.duration_seconds
+        );
+        out
+    }
+
+    /// JUnit XML for CI systems: one suite per probe, one case for the records and one per SLO.
+    pub fn to_junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+        let mut report = Report::new("slo-probe smoke");
+        report.set_time(Duration::from_secs_f64(self.duration_seconds));
+        for p in &self.probes {
+            let mut suite = TestSuite::new(p.name.as_str());
+            let mut case = |name: String, failures: Vec<&String>| {
+                let status = if failures.is_empty() {
+                    TestCaseStatus::success()
+                } else {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(
+                        failures
+                            .iter()
+                            .map(|f| f.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    );
+                    s
+                };
+                suite.add_test_case(TestCase::new(name, status));
+            };
+            let record_failures = p
+                .failures
+                .iter()
+                .filter(|f| !f.starts_with("slo "))
+                .collect();
+            case("records".into(), record_failures);
+            for s in &p.slos {
+                let prefix = format!("slo {} ", s.name);
+                case(
+                    format!("slo {}", s.name),
+                    p.failures
+                        .iter()
+                        .filter(|f| f.starts_with(&prefix))
+                        .collect(),
+                );
+            }
+            report.add_test_suite(suite);
+        }
+        report.to_string().expect("JUnit report serialises")
+    }
+}
+
+fn pass_fail(passed: bool) -> &'static str {
+    if passed { "PASS" } else { "FAIL" }
+}
+
+/// Milliseconds for people: `850µs`, `12.3ms`, `1.25s`.
+pub fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v < 1.0 => format!("{:.0}µs", v * 1e3),
+        Some(v) if v < 1000.0 => format!("{v:.1}ms"),
+        Some(v) => format!("{:.2}s", v / 1e3),
+    }
+}
+
+/// `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub site: String,
+    pub instance: String,
+    pub probes: Vec<ProbeStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub cluster: String,
+    pub topic: String,
+    pub verify_cluster: String,
+    pub verify_topic: String,
+    pub partitions: Vec<i32>,
+    pub discovery_error: Option<String>,
+    pub rounds_started: u64,
+    pub rounds_completed: u64,
+    pub records: Records,
+    pub events: Events,
+    /// End-to-end latency over the sliding window.
+    pub latency: LatencySummary,
+    pub availability_ratio: Option<f64>,
+    pub freshness_seconds: f64,
+    pub slos: Vec<SloVerdict>,
+}
+
+impl ProbeStatus {
+    pub fn new(probe: &Probe, s: &Snapshot) -> Self {
+        let c = s.progress.counts;
+        ProbeStatus {
+            name: probe.config.name.clone(),
+            cluster: probe.config.cluster.clone(),
+            topic: probe.config.topic.clone(),
+            verify_cluster: probe.verify_cluster.clone(),
+            verify_topic: probe.verify_topic.clone(),
+            partitions: s.progress.partitions.clone(),
+            discovery_error: s.progress.discovery_error.clone(),
+            rounds_started: s.progress.rounds_started,
+            rounds_completed: s.progress.rounds_completed,
+            records: c.into(),
+            events: Events {
+                duplicates: c.duplicates,
+                reordered: c.reordered,
+                late_arrivals: c.late,
+                foreign: s.foreign,
+            },
+            latency: LatencySummary::new(s.e2e_window_count, s.e2e_window),
+            availability_ratio: s.availability,
+            freshness_seconds: s.freshness.as_secs_f64(),
+            slos: s.slos.iter().map(SloVerdict::from).collect(),
+        }
+    }
+}

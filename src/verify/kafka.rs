@@ -1,0 +1,178 @@
+//! The paired Kafka verifier: one consumer per cluster, shared by every probe that verifies on
+//! it, assigned explicit partitions (see [`crate::kafka`] for the settings and why).
+//!
+//! Each record read is claimed by its headers (or envelope): this agent's records go to their
+//! probe, other agents' records on a shared topic are skipped, and anything else is counted as
+//! foreign for every probe reading that topic.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::ClusterConfig;
+use crate::kafka::{self, Consumer, TopicError};
+use crate::probe::Probe;
+use crate::record::{self, Claim, ForeignReason, View};
+
+/// Bound on each metadata or watermark request.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct KafkaVerifier {
+    cluster: ClusterConfig,
+    instance: String,
+    consumer: Arc<Consumer>,
+    /// Verify topic -> the probes reading it.
+    routes: RwLock<HashMap<String, Vec<Arc<Probe>>>>,
+    /// Partitions assigned so far; only ever grows.
+    assigned: tokio::sync::Mutex<BTreeSet<(String, i32)>>,
+}
+
+impl KafkaVerifier {
+    pub fn new(
+        cluster: &ClusterConfig,
+        instance: &str,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        Ok(KafkaVerifier {
+            consumer: Arc::new(kafka::create_consumer(cluster, instance)?),
+            cluster: cluster.clone(),
+            instance: instance.to_string(),
+            routes: RwLock::new(HashMap::new()),
+            assigned: tokio::sync::Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    /// Sends records of `probe` read from its verify topic to it.
+    pub fn route(&self, probe: Arc<Probe>) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes
+            .entry(probe.verify_topic.clone())
+            .or_default()
+            .push(probe);
+    }
+
+    /// The partitions of a topic on this cluster.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<i32>, TopicError> {
+        let consumer = Arc::clone(&self.consumer);
+        let cluster = self.cluster.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            kafka::partitions_blocking(consumer.client(), &cluster, &topic, METADATA_TIMEOUT)
+        })
+        .await
+        .expect("metadata lookup does not panic")
+    }
+
+    /// Starts reading the given partitions of `topic` from their current end, if not already.
+    /// Returns once the start offsets are fixed, so records sent afterwards are never missed.
+    pub async fn ensure_assigned(&self, topic: &str, partitions: &[i32]) -> Result<(), TopicError> {
+        let mut assigned = self.assigned.lock().await;
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !assigned.contains(&(topic.to_string(), *p)))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let (t, cluster) = (topic.to_string(), self.cluster.clone());
+        let starts = tokio::task::spawn_blocking(move || {
+            new.iter()
+                .map(|&p| {
+                    consumer
+                        .fetch_watermarks(&t, p, METADATA_TIMEOUT)
+                        .map(|(_, high)| (p, high))
+                        .map_err(|e| TopicError::Unreachable {
+                            cluster: cluster.name.clone(),
+                            servers: cluster.bootstrap_servers.clone(),
+                            error: format!("reading the end offset of {t}/{p}: {e}"),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .expect("watermark lookup does not panic")?;
+        let mut tpl = TopicPartitionList::new();
+        for &(p, high) in &starts {
+            tpl.add_partition_offset(topic, p, Offset::Offset(high))
+                .expect("valid offset");
+        }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| TopicError::Other {
+                cluster: self.cluster.name.clone(),
+                topic: topic.to_string(),
+                error: format!("cannot assign partitions: {e}"),
+            })?;
+        for (p, high) in starts {
+            tracing::debug!(cluster = %self.cluster.name, topic, partition = p, offset = high, "verifying from offset");
+            assigned.insert((topic.to_string(), p));
+        }
+        Ok(())
+    }
+
+    /// Reads and dispatches records until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let quiet = kafka::Quiet::default();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        let at = Instant::now();
+                        self.dispatch(&View::of(&m), at);
+                    }
+                    Err(e) => {
+                        if quiet.allow(&format!("{:?}", e.rdkafka_error_code())) {
+                            tracing::warn!(cluster = %self.cluster.name, error = %e, "consumer error; librdkafka retries");
+                        } else {
+                            tracing::debug!(cluster = %self.cluster.name, error = %e, "consumer error");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, view: &View, at: Instant) {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(probes) = routes.get(view.topic) else {
+            return;
+        };
+        match record::claim(view) {
+            Claim::Probe {
+                probe,
+                instance,
+                id,
+                ..
+            } => {
+                if instance != self.instance {
+                    return; // another agent's record on a shared topic
+                }
+                let Some(p) = probes.iter().find(|p| p.name() == probe) else {
+                    return;
+                };
+                let id = id.or_else(|| view.key.and_then(|k| Uuid::try_parse_ascii(k).ok()));
+                match id {
+                    Some(id) => p.arrived(view, &id, at),
+                    None => p.foreign(view, ForeignReason::MissingHeaders),
+                }
+            }
+            Claim::Foreign(reason) => {
+                for p in probes {
+                    p.foreign(view, reason);
+                }
+            }
+        }
+    }
+}

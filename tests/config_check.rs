@@ -1,0 +1,320 @@
+//! `slo-probe check` (and `run`, `smoke`) on bad configuration: every problem, with its exact
+//! message and `file:line:col`, and exit code 78.
+
+mod common;
+
+use common::{Tree, run};
+
+const AGENT: &str = "\
+site: eu-west-1a
+clusters:
+  primary:
+    bootstrap_servers: 127.0.0.1:9092
+";
+
+const GOOD_PROBE: &str = "\
+name: orders
+cluster: primary
+interval: 10s
+timeout: 30s
+slos:
+  - { name: freshness, latency_below: 500ms, objective: 99% }
+";
+
+struct Case {
+    name: &'static str,
+    agent: Option<&'static str>,
+    probes: &'static [(&'static str, &'static str)],
+    /// Exactly the lines printed before the summary line.
+    expected: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "unknown probe field, with a suggestion",
+        agent: Some(AGENT),
+        probes: &[("a.yaml", "name: orders\nintreval: 10s\n")],
+        expected: &[
+            "probes/a.yaml:2:1: unknown field `intreval` in probe, did you mean `interval`?",
+        ],
+    },
+    Case {
+        name: "unknown field without a close match lists the fields",
+        agent: Some(AGENT),
+        probes: &[("a.yaml", "name: orders\ncolour: blue\n")],
+        expected: &[
+            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos",
+        ],
+    },
+    Case {
+        name: "unknown agent field",
+        agent: Some("site: x\nlisten_on: 0.0.0.0:1\n"),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "slo-probe.yaml:2:1: unknown field `listen_on` in the agent file, did you mean `listen`?",
+        ],
+    },
+    Case {
+        name: "bad durations",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "name: orders\ninterval: 10 parsecs\ntimeout: soon\n",
+        )],
+        expected: &[
+            "probes/a.yaml:2:11: `interval` is not a duration (`10 parsecs`: unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); use e.g. 10s, 1m30s, 500ms",
+            "probes/a.yaml:3:10: `timeout` is not a duration (`soon`: expected number at 0); use e.g. 10s, 1m30s, 500ms",
+        ],
+    },
+    Case {
+        name: "zero and negative intervals",
+        agent: Some(AGENT),
+        probes: &[("a.yaml", "name: orders\ninterval: 0s\ntimeout: -5s\n")],
+        expected: &[
+            "probes/a.yaml:2:11: `interval` must be greater than zero, got `0s`",
+            "probes/a.yaml:3:10: `timeout` must be positive, got `-5s`",
+        ],
+    },
+    Case {
+        name: "objectives outside (0, 100)",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "name: orders\nslos:\n  - { name: completeness, objective: 100% }\n  - { name: availability, objective: 0 }\n  - name: fast\n    latency_below: 1s\n    objective: 150\n  - { name: x, sli: availability, objective: most }\n",
+        )],
+        expected: &[
+            "probes/a.yaml:3:38: `objective` must be between 0% and 100% (both excluded), got `100%`",
+            "probes/a.yaml:4:38: `objective` must be between 0% and 100% (both excluded), got `0`",
+            "probes/a.yaml:7:16: `objective` must be between 0% and 100% (both excluded), got `150`",
+            "probes/a.yaml:8:46: `objective` must be a percentage like 99.9%, got `most`",
+        ],
+    },
+    Case {
+        name: "duplicate probe names across files",
+        agent: Some(AGENT),
+        probes: &[("a.yaml", "name: orders\n"), ("b.yaml", "\nname: orders\n")],
+        expected: &[
+            "probes/b.yaml:2:7: duplicate probe name `orders` (first defined at probes/a.yaml:1:7)",
+        ],
+    },
+    Case {
+        name: "undefined clusters, even in a probe with other problems",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "name: orders\ncluster: primry\ntimeout: 0s\nverify:\n  kafka: { cluster: replica }\n",
+        )],
+        expected: &[
+            "probes/a.yaml:2:10: probe `orders` uses undefined cluster `primry`; defined: primary",
+            "probes/a.yaml:3:10: `timeout` must be greater than zero, got `0s`",
+            "probes/a.yaml:5:21: probe `orders` verifies on undefined cluster `replica`; defined: primary",
+        ],
+    },
+    Case {
+        name: "a probe must name its cluster when several exist",
+        agent: Some(
+            "clusters:\n  a: { bootstrap_servers: 'h:1' }\n  b: { bootstrap_servers: 'h:2' }\n",
+        ),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "probes/a.yaml: probe `orders` must name its `cluster` because several are defined: a, b",
+        ],
+    },
+    Case {
+        name: "missing name and invalid names",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "topic: 'bad topic'\ntags: { 'has space': x, traceparent: y }\n",
+        )],
+        expected: &[
+            "probes/a.yaml:1:1: missing field `name` in probe",
+            "probes/a.yaml:1:8: `topic` is not a valid Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249), got `bad topic`",
+            "probes/a.yaml:2:9: tag name may only contain letters, digits, `.`, `_` and `-`, got `has space`",
+            "probes/a.yaml:2:25: tag `traceparent` would clash with a record header slo-probe writes",
+        ],
+    },
+    Case {
+        name: "partitions",
+        agent: Some(AGENT),
+        probes: &[
+            ("a.yaml", "name: orders\npartitions: [0, -1, 0, x]\n"),
+            ("b.yaml", "name: b\npartitions: some\n"),
+        ],
+        expected: &[
+            "probes/a.yaml:2:17: partition numbers start at 0, got -1",
+            "probes/a.yaml:2:21: partition 0 is listed twice",
+            "probes/a.yaml:2:24: `partitions` must be a partition number (0 or more), got `x`",
+            "probes/b.yaml:2:13: `partitions` must be `all` or a list of partition numbers, got `some`",
+        ],
+    },
+    Case {
+        name: "latency threshold at or above the timeout; unknown sli",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "name: orders\ntimeout: 30s\nslos:\n  - { name: fresh, latency_below: 30s, objective: 99% }\n  - { name: weird, objective: 99% }\n  - { name: other, sli: speed, objective: 99% }\n",
+        )],
+        expected: &[
+            "probes/a.yaml:4:35: `latency_below` (30s) must be below the probe's timeout (30s): slower records are already lost",
+            "probes/a.yaml:5:7: cannot tell what slo `weird` measures: add `latency_below` or `sli: latency|completeness|availability`",
+            "probes/a.yaml:6:25: `sli` must be one of latency, completeness, availability, got `speed`",
+        ],
+    },
+    Case {
+        name: "YAML syntax error and duplicate keys",
+        agent: Some(AGENT),
+        probes: &[
+            ("a.yaml", "name: [orders\n"),
+            ("b.yaml", "name: b\nname: c\n"),
+        ],
+        expected: &[
+            "probes/a.yaml:2:1: invalid YAML: while parsing a flow sequence, expected ',' or ']'",
+            "probes/b.yaml:2:1: duplicate key `name` (first at 1:1)",
+        ],
+    },
+    Case {
+        name: "librdkafka properties are checked by librdkafka, values never echoed for secrets",
+        agent: Some(
+            "clusters:\n  primary:\n    bootstrap_servers: h:1\n    properties:\n      lnger.ms: 5\n      security.protocol: SASL_SSSL\n      sasl.password: ${SLO_PROBE_TEST_UNSET_SECRET}\n    producer: { acks: most }\n",
+        ),
+        probes: &[("a.yaml", GOOD_PROBE)],
+        expected: &[
+            "slo-probe.yaml:5:7: `properties.lnger.ms`: No such configuration property: \"lnger.ms\"",
+            "slo-probe.yaml:6:7: `properties.security.protocol`: Invalid value \"SASL_SSSL\" for configuration property \"security.protocol\"",
+            "slo-probe.yaml:7:22: `properties.sasl.password`: environment variable SLO_PROBE_TEST_UNSET_SECRET is not set",
+            "slo-probe.yaml:8:17: `producer.acks`: Invalid value for configuration property \"request.required.acks\"",
+        ],
+    },
+    Case {
+        name: "agent values",
+        agent: Some(
+            "listen: nowhere\nwindow: 0s\nsite: 'eu west'\nclusters:\n  primary: { bootstrap_servers: '' }\n",
+        ),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "slo-probe.yaml:1:9: `listen` must be an address like 0.0.0.0:9747, got `nowhere`",
+            "slo-probe.yaml:2:9: `window` must be greater than zero, got `0s`",
+            "slo-probe.yaml:3:7: `site` may only contain letters, digits, `.`, `_` and `-`, got `eu west`",
+            "slo-probe.yaml:5:33: `bootstrap_servers` must not be empty",
+        ],
+    },
+    Case {
+        name: "no probe files",
+        agent: Some(AGENT),
+        probes: &[],
+        expected: &["probes: no probe files (*.yaml, *.yml) in this directory"],
+    },
+];
+
+fn tree(case: &Case) -> Tree {
+    let t = Tree::new();
+    if let Some(agent) = case.agent {
+        t.write("slo-probe.yaml", agent);
+    }
+    std::fs::create_dir_all(t.path().join("probes")).unwrap();
+    for (name, content) in case.probes {
+        t.write(&format!("probes/{name}"), content);
+    }
+    t
+}
+
+#[test]
+fn every_problem_is_reported_with_its_location() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let t = tree(case);
+        let out = run(t.path(), &["check"], &[]);
+        let mut lines: Vec<&str> = out.stderr.lines().collect();
+        let summary = lines.pop().unwrap_or_default();
+        let n = case.expected.len();
+        let want_summary = format!(
+            "slo-probe: {n} configuration problem{}",
+            if n == 1 { "" } else { "s" }
+        );
+        if out.code() != 78 || lines != case.expected || summary != want_summary {
+            failures.push(format!(
+                "case `{}`: exit {}\n  expected:\n    {}\n    {want_summary}\n  got:\n    {}",
+                case.name,
+                out.code(),
+                case.expected.join("\n    "),
+                out.stderr.trim_end().replace('\n', "\n    ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn run_and_smoke_refuse_a_bad_config_the_same_way() {
+    let case = &CASES[0];
+    let t = tree(case);
+    for cmd in [&["run"][..], &["smoke", "--rounds", "1"]] {
+        let out = run(t.path(), cmd, &[]);
+        assert_eq!(out.code(), 78, "{cmd:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with(case.expected[0]),
+            "{cmd:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_good_config_passes_and_secrets_come_from_env_and_files() {
+    let t = Tree::new();
+    t.write("secret.txt", "from-a-file\n");
+    t.write(
+        "slo-probe.yaml",
+        "site: eu-west-1a\nclusters:\n  primary:\n    bootstrap_servers: ${SLO_PROBE_TEST_BOOTSTRAP}\n    properties:\n      sasl.username: probe\n      sasl.password_file: secret.txt\n",
+    );
+    t.write("probes/orders.yaml", GOOD_PROBE);
+    t.write("probes/b.yml", "name: other\n"); // cluster resolved: the only one
+    let out = run(
+        t.path(),
+        &["check"],
+        &[("SLO_PROBE_TEST_BOOTSTRAP", "kafka-1:9092")],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "configuration ok: 2 probe(s): other, orders; clusters: primary"
+    );
+
+    let secret_missing = Tree::new();
+    secret_missing.write(
+        "slo-probe.yaml",
+        "clusters:\n  primary:\n    bootstrap_servers: h:1\n    properties: { sasl.password_file: /nonexistent/secret }\n",
+    );
+    secret_missing.write("probes/a.yaml", "name: a\n");
+    let out = run(secret_missing.path(), &["check"], &[]);
+    assert_eq!(out.code(), 78);
+    assert!(
+        out.stderr.starts_with(
+            "slo-probe.yaml:4:39: `properties.sasl.password_file`: cannot read secret file /nonexistent/secret: No such file or directory"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_example_probes_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = run(
+        std::path::Path::new(root),
+        &["check", "--probes", "probes"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+}
+
+#[test]
+fn a_bad_command_line_is_a_config_error() {
+    let t = Tree::new();
+    let out = run(t.path(), &["smoke", "--rounds", "0"], &[]);
+    assert_eq!(out.code(), 78, "{}", out.stderr);
+    let out = run(t.path(), &["--help"], &[]);
+    assert_eq!(out.code(), 0);
+    assert!(out.stdout.contains("smoke"));
+}

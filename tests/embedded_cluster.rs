@@ -1,0 +1,426 @@
+//! The probe loop end to end on librdkafka's mock cluster: every record verified on every
+//! partition, the metrics contract over HTTP, an injected delay failing a latency SLO, and an
+//! unreachable cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{Running, Tree, get, sample};
+use serde_json::Value;
+use slo_probe::agent::{Agent, AgentOptions};
+use slo_probe::cli::{Cli, Exit, execute};
+use slo_probe::config::{self, Sources};
+use slo_probe::embedded::EmbeddedCluster;
+use slo_probe::export::metrics::names;
+use slo_probe::probe::task::Plan;
+
+/// Guards against a hang; never expected to elapse.
+const GUARD: Duration = Duration::from_secs(120);
+
+const CANARY: &str = "\
+name: canary
+interval: 200ms
+timeout: 5s
+payload_bytes: 100
+tags: { team: payments }
+slos:
+  - { name: freshness, latency_below: 1s, objective: 99% }
+  - { name: completeness, objective: 99.9% }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_verifies_every_record_on_every_partition() {
+    let t = Tree::new();
+    let probes = t.write("probes/canary.yaml", CANARY);
+    let report = t.path().join("verdict.json");
+    let cli = Cli::try_parse_from([
+        "slo-probe",
+        "smoke",
+        "--embedded",
+        "--probes",
+        probes.to_str().unwrap(),
+        "--rounds",
+        "4",
+        "--output",
+        "json",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .unwrap();
+    let exit = tokio::time::timeout(GUARD, execute(cli))
+        .await
+        .expect("smoke ends");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(v["passed"], true);
+    let p = &v["probes"][0];
+    assert_eq!(p["rounds"], 4);
+    let r = &p["records"];
+    assert_eq!(
+        (r["sent"].as_u64(), r["ok"].as_u64()),
+        (Some(12), Some(12)),
+        "{p:#}"
+    );
+    for outcome in ["lost", "corrupt", "send_failed", "in_flight"] {
+        assert_eq!(r[outcome], 0, "{outcome}");
+    }
+    // every partition of the 3-partition topic got a record each round, and each was verified
+    let parts = p["partitions"].as_object().unwrap();
+    assert_eq!(parts.keys().collect::<Vec<_>>(), ["0", "1", "2"]);
+    for (id, c) in parts {
+        assert_eq!(
+            (c["sent"].as_u64(), c["ok"].as_u64()),
+            (Some(4), Some(4)),
+            "partition {id}"
+        );
+    }
+    // the HDR histogram holds exactly the verified records
+    assert_eq!(p["latency"]["count"], r["ok"]);
+    assert_eq!(p["produce_latency"]["count"], r["sent"]);
+    assert!(p["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        p["slos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["met"] == true)
+    );
+    assert_eq!(p["events"]["duplicates"], 0);
+    assert_eq!(p["events"]["foreign"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_http_carry_the_whole_contract() {
+    let t = Tree::new();
+    let probes = t.write("probes/canary.yaml", CANARY);
+    let config = config::load(&Sources {
+        agent_file: None,
+        probe_paths: vec![probes],
+    })
+    .unwrap();
+    let opts = AgentOptions {
+        plan: Plan::Rounds(3),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        embedded: true,
+    };
+    let agent = Agent::start(config, opts).await.unwrap();
+    let addr = agent.http_addr().unwrap().to_string();
+    tokio::time::timeout(GUARD, agent.wait_finished())
+        .await
+        .expect("3 rounds settle");
+
+    let (status, m) = get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in names::ALL {
+        assert!(
+            m.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{m}"
+        );
+    }
+    let probe = ("probe", "canary");
+    let sent = sample(&m, names::RECORDS_SENT, &[probe]).unwrap();
+    assert_eq!(sent, 9.0);
+    let outcomes: Vec<f64> = ["ok", "lost", "corrupt", "send_failed"]
+        .iter()
+        .map(|o| {
+            sample(&m, names::RECORDS, &[probe, ("outcome", o)])
+                .unwrap_or_else(|| panic!("outcome {o}"))
+        })
+        .collect();
+    assert_eq!(outcomes, [9.0, 0.0, 0.0, 0.0]);
+    let in_flight = sample(&m, names::IN_FLIGHT, &[probe]).unwrap();
+    assert_eq!(
+        sent,
+        outcomes.iter().sum::<f64>() + in_flight,
+        "conservation"
+    );
+    for q in ["0.5", "0.9", "0.95", "0.99", "0.999", "1"] {
+        for name in [names::E2E_LATENCY, names::PRODUCE_LATENCY] {
+            let v =
+                sample(&m, name, &[probe, ("quantile", q)]).unwrap_or_else(|| panic!("{name} {q}"));
+            assert!(
+                v.is_finite() && v > 0.0 && v < 5.0,
+                "{name}{{quantile={q}}} = {v}"
+            );
+        }
+    }
+    let p50 = sample(&m, names::E2E_LATENCY, &[probe, ("quantile", "0.5")]).unwrap();
+    let max = sample(&m, names::E2E_LATENCY, &[probe, ("quantile", "1")]).unwrap();
+    assert!(p50 <= max);
+    assert_eq!(
+        sample(&m, &format!("{}_count", names::E2E_DISTRIBUTION), &[probe]),
+        Some(9.0)
+    );
+    // the SLO threshold is a bucket boundary
+    assert!(m.contains(&format!(
+        "{}_bucket{{probe=\"canary\",le=\"1\"}} 9",
+        names::E2E_DISTRIBUTION
+    )));
+    assert_eq!(sample(&m, names::AVAILABILITY, &[probe]), Some(1.0));
+    assert!(sample(&m, names::FRESHNESS, &[probe]).unwrap() >= 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            names::SLO_EVENTS,
+            &[probe, ("slo", "freshness"), ("result", "good")]
+        ),
+        Some(9.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            names::BUILD_INFO,
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    assert_eq!(get(&addr, "/readyz").await, (200, "ready\n".to_string()));
+    let (status, body) = get(&addr, "/status").await;
+    assert_eq!(status, 200);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["probes"][0]["name"], "canary");
+    assert_eq!(s["probes"][0]["records"]["ok"], 9);
+    assert_eq!(s["probes"][0]["partitions"], serde_json::json!([0, 1, 2]));
+    let report = agent.shutdown(std::future::ready(())).await;
+    assert!(report.drained);
+}
+
+#[test]
+fn injected_round_trip_time_fails_the_latency_slo() {
+    const RTT: Duration = Duration::from_millis(250);
+    let cluster = EmbeddedCluster::start(3).unwrap();
+    cluster.create_topic("synthetic-sla", 3, 1).unwrap();
+    cluster.set_round_trip_time(None, RTT).unwrap();
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  primary:\n    bootstrap_servers: {}\n",
+            cluster.bootstrap_servers()
+        ),
+    );
+    t.write(
+        "probes/slow.yaml",
+        "name: slow\ninterval: 500ms\ntimeout: 10s\nslos:\n  - { name: freshness, latency_below: 100ms, objective: 99% }\n  - { name: completeness, objective: 99% }\n",
+    );
+    let mut agent = Running::spawn(
+        t.path(),
+        &["smoke", "--rounds", "2", "--report", "verdict.json"],
+        &[],
+    );
+    let status = agent.wait_exit(GUARD);
+    let stdout_verdict: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("verdict.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{stdout_verdict:#}\n{}",
+        agent.seen.join("\n")
+    );
+    let p = &stdout_verdict["probes"][0];
+    assert_eq!(p["records"]["ok"], 6, "records arrive, just late");
+    let p50 = p["latency"]["p50_ms"].as_f64().unwrap();
+    assert!(
+        p50 >= RTT.as_secs_f64() * 1e3,
+        "p50 {p50} ms reflects the {RTT:?} injected"
+    );
+    let slos = p["slos"].as_array().unwrap();
+    assert_eq!(slos[0]["name"], "freshness");
+    assert_eq!(
+        (slos[0]["met"].as_bool(), slos[0]["bad"].as_u64()),
+        (Some(false), Some(6))
+    );
+    assert_eq!(slos[1]["met"], true, "completeness holds: nothing lost");
+}
+
+#[test]
+fn the_text_verdict_names_the_failed_slo() {
+    let cluster = EmbeddedCluster::start(1).unwrap();
+    cluster.create_topic("synthetic-sla", 1, 1).unwrap();
+    cluster
+        .set_round_trip_time(None, Duration::from_millis(150))
+        .unwrap();
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  c:\n    bootstrap_servers: {}\n",
+            cluster.bootstrap_servers()
+        ),
+    );
+    t.write("probes/slow.yaml", "name: slow\ninterval: 300ms\nslos:\n  - { name: snappy, latency_below: 50ms, objective: 90% }\n");
+    let out = common::run(t.path(), &["smoke", "--rounds", "2"], &[]);
+    assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("FAIL slow: slo snappy not met: 0% good (0 good, 2 bad), objective 90%"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("snappy") && l.contains("FAILED")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.trim_end().ends_with("s)")
+            && out.stdout.contains("smoke: FAIL (1 probe, 2 records"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("[slow] round 2/2 settled: 2 ok"),
+        "progress is shown: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_unreachable_cluster_exits_2_naming_the_servers() {
+    let port = common::closed_port();
+    let servers = format!("127.0.0.1:{port}");
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!("clusters:\n  primary:\n    bootstrap_servers: {servers}\n"),
+    );
+    t.write("probes/a.yaml", "name: orders\n");
+    let mut agent = Running::spawn(t.path(), &["smoke", "--connect-timeout", "3s"], &[]);
+    let status = agent.wait_exit(GUARD);
+    let stderr = agent.seen.join("\n");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "slo-probe: probe orders: cannot reach cluster primary ({servers})"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("could not run: 1 probe(s) could not reach their topic within 3s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_topic_is_named_with_its_cluster() {
+    let cluster = EmbeddedCluster::start(1).unwrap();
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  primary:\n    bootstrap_servers: {}\n",
+            cluster.bootstrap_servers()
+        ),
+    );
+    t.write("probes/a.yaml", "name: orders\ntopic: nope\n");
+    let mut agent = Running::spawn(t.path(), &["smoke", "--connect-timeout", "3s"], &[]);
+    let status = agent.wait_exit(GUARD);
+    let stderr = agent.seen.join("\n");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("topic nope does not exist on cluster primary"),
+        "{stderr}"
+    );
+}
+
+/// A probe topic that does not exist yet is reported (`/readyz`, `/status`) and retried; once it
+/// is created the probe covers it, assigned on a consumer already busy with another topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_later_is_discovered_and_covered() {
+    let cluster = EmbeddedCluster::start(3).unwrap();
+    cluster.create_topic("synthetic-sla", 3, 1).unwrap();
+    let t = Tree::new();
+    let agent_file = t.write(
+        "slo-probe.yaml",
+        &format!(
+            "metadata_refresh: 1s\nclusters:\n  primary:\n    bootstrap_servers: {}\n",
+            cluster.bootstrap_servers()
+        ),
+    );
+    t.write(
+        "probes/early.yaml",
+        "name: early\ninterval: 200ms\ntimeout: 5s\n",
+    );
+    t.write(
+        "probes/late.yaml",
+        "name: late\ntopic: late-topic\ninterval: 200ms\ntimeout: 5s\n",
+    );
+    let config = config::load(&Sources {
+        agent_file: Some(agent_file),
+        probe_paths: vec![t.path().join("probes")],
+    })
+    .unwrap();
+    let opts = AgentOptions {
+        plan: Plan::Rounds(3),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        embedded: false,
+    };
+    let agent = Agent::start(config, opts).await.unwrap();
+    let addr = agent.http_addr().unwrap().to_string();
+    let late = agent
+        .probes()
+        .iter()
+        .find(|p| p.name() == "late")
+        .unwrap()
+        .clone();
+    let early = agent
+        .probes()
+        .iter()
+        .find(|p| p.name() == "early")
+        .unwrap()
+        .clone();
+    let mut late_progress = late.progress();
+    let missing = tokio::time::timeout(
+        GUARD,
+        late_progress.wait_for(|s| s.discovery_error.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .discovery_error
+    .clone()
+    .unwrap();
+    assert!(
+        missing.contains("topic late-topic does not exist on cluster primary"),
+        "{missing}"
+    );
+    let mut early_progress = early.progress();
+    tokio::time::timeout(GUARD, early_progress.wait_for(|s| s.rounds_completed >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = get(&addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("late: topic late-topic does not exist"),
+        "{body}"
+    );
+    let (_, status_json) = get(&addr, "/status").await;
+    assert!(
+        status_json.contains("late-topic does not exist"),
+        "{status_json}"
+    );
+
+    cluster.create_topic("late-topic", 3, 1).unwrap();
+    tokio::time::timeout(GUARD, agent.wait_finished())
+        .await
+        .expect("both probes finish");
+    for p in [&early, &late] {
+        let c = p.progress().borrow().counts;
+        assert_eq!(
+            (c.sent, c.get(slo_probe::probe::Outcome::Ok)),
+            (9, 9),
+            "{}: {c:?}",
+            p.name()
+        );
+    }
+    assert!(late.progress().borrow().discovery_error.is_none());
+    agent.shutdown(std::future::ready(())).await;
+}
