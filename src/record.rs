@@ -200,14 +200,18 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    pub fn of<M: Message<Headers = rdkafka::message::BorrowedHeaders>>(m: &'a M) -> Self {
+    /// A view of a consumed (borrowed) or owned message.
+    pub fn of<M: Message>(m: &'a M) -> Self
+    where
+        M::Headers: AsBorrowed,
+    {
         View {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key(),
             value: m.payload(),
-            headers: m.headers(),
+            headers: m.headers().map(AsBorrowed::as_borrowed),
         }
     }
 
@@ -226,6 +230,23 @@ impl<'a> View<'a> {
         let span = cx.span();
         let sc = span.span_context();
         sc.is_valid().then(|| sc.trace_id())
+    }
+}
+
+/// Headers of a consumed message are borrowed from librdkafka; an owned message's can be too.
+pub trait AsBorrowed {
+    fn as_borrowed(&self) -> &rdkafka::message::BorrowedHeaders;
+}
+
+impl AsBorrowed for rdkafka::message::BorrowedHeaders {
+    fn as_borrowed(&self) -> &rdkafka::message::BorrowedHeaders {
+        self
+    }
+}
+
+impl AsBorrowed for OwnedHeaders {
+    fn as_borrowed(&self) -> &rdkafka::message::BorrowedHeaders {
+        OwnedHeaders::as_borrowed(self)
     }
 }
 
@@ -537,14 +558,7 @@ mod tests {
     }
 
     fn view(m: &OwnedMessage) -> View<'_> {
-        View {
-            topic: m.topic(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key(),
-            value: m.payload(),
-            headers: m.headers().map(|h| h.as_borrowed()),
-        }
+        View::of(m)
     }
 
     fn check(out: &Outgoing, m: &OwnedMessage) -> Result<(), Corruption> {

@@ -46,6 +46,18 @@ pub struct Events {
     pub foreign: u64,
 }
 
+impl Events {
+    fn of(s: &Snapshot) -> Self {
+        let c = s.progress.counts;
+        Events {
+            duplicates: c.duplicates,
+            reordered: c.reordered,
+            late_arrivals: c.late,
+            foreign: s.foreign,
+        }
+    }
+}
+
 /// Quantiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencySummary {
@@ -201,12 +213,7 @@ impl ProbeVerdict {
             failures,
             rounds: s.progress.rounds_started,
             records: c.into(),
-            events: Events {
-                duplicates: c.duplicates,
-                reordered: c.reordered,
-                late_arrivals: c.late,
-                foreign: s.foreign,
-            },
+            events: Events::of(s),
             latency: LatencySummary::new(s.e2e_count, s.e2e_total),
             produce_latency: LatencySummary::new(s.produce_count, s.produce_total),
             availability_percent: (finished > 0)
@@ -427,12 +434,7 @@ impl ProbeStatus {
             rounds_started: s.progress.rounds_started,
             rounds_completed: s.progress.rounds_completed,
             records: c.into(),
-            events: Events {
-                duplicates: c.duplicates,
-                reordered: c.reordered,
-                late_arrivals: c.late,
-                foreign: s.foreign,
-            },
+            events: Events::of(s),
             latency: LatencySummary::new(s.e2e_window_count, s.e2e_window),
             availability_ratio: s.availability,
             freshness_seconds: s.freshness.as_secs_f64(),

@@ -196,13 +196,7 @@ fn injected_round_trip_time_fails_the_latency_slo() {
     cluster.create_topic("synthetic-sla", 3, 1).unwrap();
     cluster.set_round_trip_time(None, RTT).unwrap();
     let t = Tree::new();
-    t.write(
-        "slo-probe.yaml",
-        &format!(
-            "clusters:\n  primary:\n    bootstrap_servers: {}\n",
-            cluster.bootstrap_servers()
-        ),
-    );
+    t.agent_file(cluster.bootstrap_servers());
     t.write(
         "probes/slow.yaml",
         "name: slow\ninterval: 500ms\ntimeout: 10s\nslos:\n  - { name: freshness, latency_below: 100ms, objective: 99% }\n  - { name: completeness, objective: 99% }\n",
@@ -287,10 +281,7 @@ fn an_unreachable_cluster_exits_2_naming_the_servers() {
     let port = common::closed_port();
     let servers = format!("127.0.0.1:{port}");
     let t = Tree::new();
-    t.write(
-        "slo-probe.yaml",
-        &format!("clusters:\n  primary:\n    bootstrap_servers: {servers}\n"),
-    );
+    t.agent_file(&servers);
     t.write("probes/a.yaml", "name: orders\n");
     let mut agent = Running::spawn(t.path(), &["smoke", "--connect-timeout", "3s"], &[]);
     let status = agent.wait_exit(GUARD);
@@ -312,13 +303,7 @@ fn an_unreachable_cluster_exits_2_naming_the_servers() {
 fn a_missing_topic_is_named_with_its_cluster() {
     let cluster = EmbeddedCluster::start(1).unwrap();
     let t = Tree::new();
-    t.write(
-        "slo-probe.yaml",
-        &format!(
-            "clusters:\n  primary:\n    bootstrap_servers: {}\n",
-            cluster.bootstrap_servers()
-        ),
-    );
+    t.agent_file(cluster.bootstrap_servers());
     t.write("probes/a.yaml", "name: orders\ntopic: nope\n");
     let mut agent = Running::spawn(t.path(), &["smoke", "--connect-timeout", "3s"], &[]);
     let status = agent.wait_exit(GUARD);

@@ -27,13 +27,7 @@ async fn sigterm_settles_every_record_in_flight_and_exits_0() {
         .set_round_trip_time(None, Duration::from_millis(300))
         .unwrap();
     let t = Tree::new();
-    t.write(
-        "slo-probe.yaml",
-        &format!(
-            "clusters:\n  primary:\n    bootstrap_servers: {}\n",
-            cluster.bootstrap_servers()
-        ),
-    );
+    t.agent_file(cluster.bootstrap_servers());
     t.write(
         "probes/p.yaml",
         "name: drain\ninterval: 100ms\ntimeout: 10s\n",

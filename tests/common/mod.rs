@@ -28,6 +28,14 @@ impl Tree {
         self.dir.path()
     }
 
+    /// An agent file with one cluster, `primary`, at `bootstrap_servers`.
+    pub fn agent_file(&self, bootstrap_servers: &str) -> PathBuf {
+        self.write(
+            "slo-probe.yaml",
+            &format!("clusters:\n  primary:\n    bootstrap_servers: {bootstrap_servers}\n"),
+        )
+    }
+
     pub fn write(&self, rel: &str, content: &str) -> PathBuf {
         let p = self.dir.path().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
