@@ -141,7 +141,8 @@ pub fn producer_config(
 /// The librdkafka configuration of a cluster's verifying consumer.
 pub fn consumer_config(cluster: &ClusterConfig, instance: &str) -> ClientConfig {
     let mut c = base(cluster, instance, "consumer");
-    // librdkafka wants a group id even for assign(); nothing is ever committed to it.
+    // librdkafka's incremental_assign() (used to add partitions to a running consumer) needs a
+    // group id; the group is never joined and nothing is ever committed to it.
     c.set("group.id", format!("slo-probe-{instance}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

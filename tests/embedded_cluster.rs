@@ -248,7 +248,11 @@ fn the_text_verdict_names_the_failed_slo() {
         ),
     );
     t.write("probes/slow.yaml", "name: slow\ninterval: 300ms\nslos:\n  - { name: snappy, latency_below: 50ms, objective: 90% }\n");
-    let out = common::run(t.path(), &["smoke", "--rounds", "2"], &[]);
+    let out = common::run(
+        t.path(),
+        &["smoke", "--rounds", "2", "--report", "verdict.xml"],
+        &[],
+    );
     assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stdout
@@ -273,6 +277,16 @@ fn the_text_verdict_names_the_failed_slo() {
         out.stderr.contains("[slow] round 2/2 settled: 2 ok"),
         "progress is shown: {}",
         out.stderr
+    );
+    let junit = std::fs::read_to_string(t.path().join("verdict.xml")).unwrap();
+    assert!(
+        junit.contains(r#"<testsuite name="slow" tests="2" skipped="0" errors="0" failures="1">"#),
+        "{junit}"
+    );
+    assert!(
+        junit.contains(r#"<testcase name="slo snappy">"#)
+            && junit.contains(r#"<failure message="slo snappy not met"#),
+        "{junit}"
     );
 }
 
@@ -408,4 +422,131 @@ async fn a_topic_created_later_is_discovered_and_covered() {
     }
     assert!(late.progress().borrow().discovery_error.is_none());
     agent.shutdown(std::future::ready(())).await;
+}
+
+/// Two agents (same probe name, same topic, different instances) each verify only their own
+/// records, and garbage on the topic is counted by reason without disturbing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_topic_verify_only_their_own_and_count_garbage() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let cluster = EmbeddedCluster::start(3).unwrap();
+    cluster.create_topic("synthetic-sla", 3, 1).unwrap();
+    let t = Tree::new();
+    let agent_file = t.agent_file(cluster.bootstrap_servers());
+    t.write(
+        "probes/shared.yaml",
+        "name: shared\ninterval: 200ms\ntimeout: 5s\n",
+    );
+    let sources = Sources {
+        agent_file: Some(agent_file),
+        probe_paths: vec![t.path().join("probes")],
+    };
+    let start = || async {
+        let opts = AgentOptions {
+            plan: Plan::Rounds(8),
+            listen: None,
+            embedded: false,
+        };
+        Agent::start(config::load(&sources).unwrap(), opts)
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    assert_ne!(a.config.agent.instance, b.config.agent.instance);
+    for agent in [&a, &b] {
+        let mut rx = agent.probes()[0].progress();
+        tokio::time::timeout(GUARD, rx.wait_for(|s| s.rounds_completed >= 1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let only_probe_header = OwnedHeaders::new().insert(Header {
+        key: "slo-probe-probe",
+        value: Some("shared"),
+    });
+    let garbage: [(&[u8], Option<OwnedHeaders>); 3] = [
+        (b"\x00\x01 not json", None),
+        (
+            br#"{"v":2,"id":"0190c6a0-0000-7000-8000-000000000000"}"#,
+            None,
+        ),
+        (b"{}", Some(only_probe_header)),
+    ];
+    for (payload, headers) in garbage {
+        let mut r = FutureRecord::<(), [u8]>::to("synthetic-sla")
+            .partition(0)
+            .payload(payload);
+        if let Some(h) = headers {
+            r = r.headers(h);
+        }
+        producer.send(r, Duration::from_secs(5)).await.unwrap();
+    }
+
+    for agent in [&a, &b] {
+        tokio::time::timeout(GUARD, agent.wait_finished())
+            .await
+            .expect("agent finishes");
+        let p = &agent.probes()[0];
+        let s = p.snapshot(tokio::time::Instant::now());
+        let c = s.progress.counts;
+        assert_eq!(
+            (c.sent, c.get(slo_probe::probe::Outcome::Ok)),
+            (24, 24),
+            "{c:?}"
+        );
+        assert_eq!(
+            (c.duplicates, c.late, c.reordered),
+            (0, 0, 0),
+            "the other agent's records are not ours"
+        );
+        assert_eq!(s.foreign, 3);
+        let m = agent.view().render_metrics();
+        for reason in ["unparseable", "unknown_version", "missing_headers"] {
+            let n = sample(
+                &m,
+                names::FOREIGN,
+                &[("probe", "shared"), ("reason", reason)],
+            );
+            assert_eq!(n, Some(1.0), "{reason}");
+        }
+    }
+    a.shutdown(std::future::ready(())).await;
+    b.shutdown(std::future::ready(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_for_a_duration_sends_every_slot_in_it() {
+    let t = Tree::new();
+    let probes = t.write(
+        "probes/p.yaml",
+        "name: timed\ninterval: 300ms\ntimeout: 5s\n",
+    );
+    let report = t.path().join("verdict.json");
+    let cli = Cli::try_parse_from([
+        "slo-probe",
+        "smoke",
+        "--embedded",
+        "--probes",
+        probes.to_str().unwrap(),
+        "--duration",
+        "1s",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .unwrap();
+    let exit = tokio::time::timeout(GUARD, execute(cli))
+        .await
+        .expect("smoke ends");
+    assert_eq!(exit, Exit::Ok);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // slots at 0, 300, 600 and 900 ms fall within 1 s
+    assert_eq!(v["probes"][0]["rounds"], 4, "{v:#}");
+    assert_eq!(v["probes"][0]["records"]["ok"], 12);
 }
