@@ -25,6 +25,9 @@ use crate::verify::kafka::KafkaVerifier;
 /// Brokers of the embedded cluster (librdkafka's in-process mock).
 pub const EMBEDDED_BROKERS: i32 = 3;
 
+/// How long librdkafka keeps retrying a record after the longest probe timeout.
+const PRODUCER_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub plan: Plan,
@@ -104,8 +107,10 @@ impl Agent {
         let metrics = Arc::new(Metrics::new(thresholds));
         let instance = config.agent.instance.clone();
 
-        // One producer per producing cluster; librdkafka retries no longer than the longest
-        // timeout of the probes on it.
+        // One producer per producing cluster. librdkafka retries a record for the longest probe
+        // timeout plus a margin: a record not read back by its deadline is `lost` (settled by
+        // the tracker, not by a race with librdkafka's own timeout), and one delivered after
+        // that still counts as a late arrival.
         let mut producers = BTreeMap::new();
         for p in &config.probes {
             if producers.contains_key(&p.cluster) {
@@ -118,11 +123,15 @@ impl Agent {
                 .map(|q| q.timeout)
                 .max();
             let cluster = cluster(&config, &p.cluster);
-            let producer = kafka::create_producer(cluster, &instance, longest.unwrap_or(p.timeout))
-                .map_err(|error| StartError::Client {
-                    cluster: p.cluster.clone(),
-                    error,
-                })?;
+            let producer = kafka::create_producer(
+                cluster,
+                &instance,
+                longest.unwrap_or(p.timeout) + PRODUCER_GRACE,
+            )
+            .map_err(|error| StartError::Client {
+                cluster: p.cluster.clone(),
+                error,
+            })?;
             producers.insert(p.cluster.clone(), producer);
         }
         let mut verifiers: BTreeMap<String, Arc<KafkaVerifier>> = BTreeMap::new();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 type Reply = mpsc::Sender<Result<(), KafkaError>>;
 
@@ -31,6 +32,17 @@ enum Command {
     },
     BrokerUp {
         broker: i32,
+        reply: Reply,
+    },
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        broker: i32,
+        reply: Reply,
+    },
+    RequestErrors {
+        api: RDKafkaApiKey,
+        errors: Vec<RDKafkaRespErr>,
         reply: Reply,
     },
 }
@@ -76,6 +88,19 @@ impl EmbeddedCluster {
                         ),
                         Command::BrokerDown { broker, reply } => (mock.broker_down(broker), reply),
                         Command::BrokerUp { broker, reply } => (mock.broker_up(broker), reply),
+                        Command::PartitionLeader {
+                            topic,
+                            partition,
+                            broker,
+                            reply,
+                        } => (
+                            mock.partition_leader(&topic, partition, Some(broker)),
+                            reply,
+                        ),
+                        Command::RequestErrors { api, errors, reply } => {
+                            mock.request_errors(api, &errors);
+                            (Ok(()), reply)
+                        }
                     };
                     let _ = reply.send(result);
                 }
@@ -139,6 +164,35 @@ impl EmbeddedCluster {
 
     pub fn broker_up(&self, broker: i32) -> Result<(), KafkaError> {
         self.call(|reply| Command::BrokerUp { broker, reply })
+    }
+
+    /// Moves the leadership of a partition to `broker` (ids start at 1).
+    pub fn set_partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker: i32,
+    ) -> Result<(), KafkaError> {
+        self.call(|reply| Command::PartitionLeader {
+            topic: topic.into(),
+            partition,
+            broker,
+            reply,
+        })
+    }
+
+    /// The next `errors.len()` requests of this kind (on any broker) fail with these errors, in
+    /// order.
+    pub fn push_request_errors(
+        &self,
+        api: RDKafkaApiKey,
+        errors: &[RDKafkaRespErr],
+    ) -> Result<(), KafkaError> {
+        self.call(|reply| Command::RequestErrors {
+            api,
+            errors: errors.to_vec(),
+            reply,
+        })
     }
 }
 

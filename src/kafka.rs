@@ -120,9 +120,8 @@ fn apply(c: &mut ClientConfig, props: &std::collections::BTreeMap<String, String
     }
 }
 
-/// The librdkafka configuration of a cluster's producer. `message_timeout` is how long
-/// librdkafka keeps retrying a record: the longest probe timeout on the cluster, so that a
-/// record either arrives in time or is reported failed, never retried for minutes after.
+/// The librdkafka configuration of a cluster's producer. `message_timeout` bounds how long
+/// librdkafka retries a record (and so its queue while a broker is down).
 pub fn producer_config(
     cluster: &ClusterConfig,
     instance: &str,
@@ -190,13 +189,16 @@ pub enum TopicError {
     },
 }
 
-/// The partition ids of `topic`, sorted. Blocking: call from `spawn_blocking`.
+/// Partition id -> leader broker id.
+pub type Partitions = std::collections::BTreeMap<i32, i32>;
+
+/// The partitions of `topic` and their leaders. Blocking: call from `spawn_blocking`.
 pub fn partitions_blocking<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     cluster: &ClusterConfig,
     topic: &str,
     timeout: Duration,
-) -> Result<Vec<i32>, TopicError> {
+) -> Result<Partitions, TopicError> {
     let md = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| TopicError::Unreachable {
@@ -228,8 +230,11 @@ pub fn partitions_blocking<C: ClientContext>(
             });
         }
     }
-    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-    ids.sort_unstable();
+    let ids: Partitions = t
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.leader()))
+        .collect();
     if ids.is_empty() {
         return Err(TopicError::Missing {
             cluster: cluster.name.clone(),

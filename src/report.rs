@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::Sli;
 use crate::probe::{Counts, Outcome, PartitionCounts, Probe, Snapshot};
-use crate::stats::SloCount;
+use crate::stats::SloSummary;
+use crate::stats::slo::BURN_WINDOWS;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
@@ -97,10 +98,16 @@ pub struct SloVerdict {
     /// Good / all, percent; `None` without events.
     pub good_percent: Option<f64>,
     pub met: bool,
+    /// Share of the error budget left over the SLO window (for a smoke run: the run).
+    pub budget_remaining: f64,
+    /// Burn rate over every event of the run (1 = exactly the budget's pace).
+    pub burn_rate: Option<f64>,
+    /// Burn rate over each alerting window.
+    pub burn_rates: BTreeMap<&'static str, Option<f64>>,
 }
 
-impl From<&SloCount> for SloVerdict {
-    fn from(s: &SloCount) -> Self {
+impl From<&SloSummary> for SloVerdict {
+    fn from(s: &SloSummary) -> Self {
         SloVerdict {
             name: s.slo.name.clone(),
             sli: s.slo.sli.kind(),
@@ -109,10 +116,17 @@ impl From<&SloCount> for SloVerdict {
                 Sli::Latency { below } => Some(below.as_secs_f64() * 1e3),
                 _ => None,
             },
-            good: s.good,
-            bad: s.bad,
+            good: s.total.good,
+            bad: s.total.bad,
             good_percent: s.ratio().map(|r| round4(r * 100.0)),
             met: s.met(),
+            budget_remaining: round4(s.budget_remaining),
+            burn_rate: s.run_burn_rate.map(round4),
+            burn_rates: BURN_WINDOWS
+                .iter()
+                .zip(s.burn_rates)
+                .map(|((w, _), r)| (*w, r.map(round4)))
+                .collect(),
         }
     }
 }
@@ -257,6 +271,10 @@ impl Verdict {
             "lost",
             "corrupt",
             "send_failed",
+            "dup",
+            "reord",
+            "late",
+            "foreign",
             "p50",
             "p99",
             "p999",
@@ -273,6 +291,10 @@ impl Verdict {
                 r.lost.to_string(),
                 r.corrupt.to_string(),
                 r.send_failed.to_string(),
+                p.events.duplicates.to_string(),
+                p.events.reordered.to_string(),
+                p.events.late_arrivals.to_string(),
+                p.events.foreign.to_string(),
                 ms(p.latency.p50_ms),
                 ms(p.latency.p99_ms),
                 ms(p.latency.p999_ms),
@@ -290,6 +312,8 @@ impl Verdict {
             "good",
             "bad",
             "good %",
+            "budget left",
+            "burn",
             "verdict",
         ]);
         let mut any_slo = false;
@@ -308,6 +332,8 @@ impl Verdict {
                     s.good.to_string(),
                     s.bad.to_string(),
                     s.good_percent.map_or("-".into(), |g| format!("{g}%")),
+                    format!("{}%", round4(s.budget_remaining * 100.0)),
+                    s.burn_rate.map_or("-".into(), |b| format!("{b}x")),
                     if s.met { "met" } else { "FAILED" }.into(),
                 ]);
             }
@@ -408,6 +434,8 @@ pub struct ProbeStatus {
     pub verify_cluster: String,
     pub verify_topic: String,
     pub partitions: Vec<i32>,
+    /// Partition -> leader broker id, at the last metadata refresh.
+    pub leaders: BTreeMap<i32, i32>,
     pub discovery_error: Option<String>,
     pub rounds_started: u64,
     pub rounds_completed: u64,
@@ -418,6 +446,12 @@ pub struct ProbeStatus {
     pub availability_ratio: Option<f64>,
     pub freshness_seconds: f64,
     pub slos: Vec<SloVerdict>,
+    /// sent == ok + lost + corrupt + send_failed + in_flight (always true; shown so nobody has
+    /// to take it on trust).
+    pub conserved: bool,
+    /// Records in flight and finished ids remembered (bounded by `max_in_flight`).
+    pub tracked_in_flight: usize,
+    pub tracked_finished: usize,
 }
 
 impl ProbeStatus {
@@ -430,6 +464,7 @@ impl ProbeStatus {
             verify_cluster: probe.verify_cluster.clone(),
             verify_topic: probe.verify_topic.clone(),
             partitions: s.progress.partitions.clone(),
+            leaders: s.progress.leaders.clone(),
             discovery_error: s.progress.discovery_error.clone(),
             rounds_started: s.progress.rounds_started,
             rounds_completed: s.progress.rounds_completed,
@@ -439,6 +474,9 @@ impl ProbeStatus {
             availability_ratio: s.availability,
             freshness_seconds: s.freshness.as_secs_f64(),
             slos: s.slos.iter().map(SloVerdict::from).collect(),
+            conserved: c.conserved(),
+            tracked_in_flight: s.footprint.pending,
+            tracked_finished: s.footprint.recent,
         }
     }
 }

@@ -43,7 +43,7 @@ const CASES: &[Case] = &[
         agent: Some(AGENT),
         probes: &[("a.yaml", "name: orders\ncolour: blue\n")],
         expected: &[
-            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos",
+            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics",
         ],
     },
     Case {

@@ -23,6 +23,8 @@ pub const DEFAULT_TOPIC: &str = "synthetic-sla";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
 /// Largest synthetic payload: Kafka's default `message.max.bytes` is about 1 MB.
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
+/// Default bound on a probe's records in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 
 /// Everything the agent runs: the agent settings and its probes.
 #[derive(Debug, Clone)]
@@ -119,6 +121,12 @@ pub struct ProbeConfig {
     pub tags: BTreeMap<String, String>,
     pub verify: Verify,
     pub slos: Vec<SloConfig>,
+    /// Records in flight beyond this are settled `send_failed` (backpressure) instead of sent,
+    /// so memory stays bounded however long a broker is down.
+    pub max_in_flight: usize,
+    /// Export outcomes per partition (and each partition's leader); off by default to keep the
+    /// number of series low.
+    pub per_partition_metrics: bool,
     /// Where the probe was defined (its file), for messages.
     pub origin: Loc,
 }

@@ -11,7 +11,8 @@ use marked_yaml::types::MarkedMappingNode;
 use super::diag::{Diagnostics, Loc};
 use super::yaml::{Doc, table_start};
 use super::{
-    DEFAULT_TOPIC, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, ProbeConfig, Sli, SloConfig, Verify,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, ProbeConfig,
+    Sli, SloConfig, Verify,
 };
 use crate::record::is_reserved_header;
 
@@ -26,6 +27,8 @@ const PROBE_FIELDS: &[&str] = &[
     "tags",
     "verify",
     "slos",
+    "max_in_flight",
+    "per_partition_metrics",
 ];
 const VERIFIERS: &[&str] = &["kafka"];
 const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic"];
@@ -140,6 +143,17 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         .get_node("slos")
         .map(|n| slos(doc, n, timeout))
         .unwrap_or_default();
+    let max_in_flight = opt(map, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, |n| {
+        let v: usize = doc.integer(n, "max_in_flight", "a number of records")?;
+        if v == 0 {
+            doc.error(n.span(), "`max_in_flight` must be at least 1");
+            return None;
+        }
+        Some(v)
+    });
+    let per_partition_metrics = opt(map, "per_partition_metrics", false, |n| {
+        doc.boolean(n, "per_partition_metrics")
+    });
 
     Some(ProbeConfig {
         name: name?,
@@ -152,6 +166,8 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         tags,
         verify: verify?,
         slos,
+        max_in_flight: max_in_flight?,
+        per_partition_metrics: per_partition_metrics?,
         origin,
     })
 }

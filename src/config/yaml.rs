@@ -137,6 +137,18 @@ impl Doc<'_> {
         Some(s)
     }
 
+    pub fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
+        let s = self.scalar(node, field)?;
+        let v = s.as_bool();
+        if v.is_none() {
+            self.error(
+                node.span(),
+                format!("`{field}` must be true or false, got `{}`", s.as_str()),
+            );
+        }
+        v
+    }
+
     pub fn integer<T: std::str::FromStr>(
         &mut self,
         node: &Node,

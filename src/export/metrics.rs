@@ -17,6 +17,7 @@ use crate::config::SloConfig;
 use crate::probe::Outcome;
 use crate::record::ForeignReason;
 use crate::stats::QUANTILE_LABELS;
+use crate::stats::slo::BURN_WINDOWS;
 
 /// Every metric name the agent exports.
 pub mod names {
@@ -34,8 +35,13 @@ pub mod names {
     pub const FRESHNESS: &str = "slo_probe_freshness_seconds";
     pub const IN_FLIGHT: &str = "slo_probe_in_flight";
     pub const BUILD_INFO: &str = "slo_probe_build_info";
+    pub const ERROR_BUDGET_REMAINING: &str = "slo_probe_error_budget_remaining_ratio";
+    pub const BURN_RATE: &str = "slo_probe_burn_rate";
+    pub const PARTITION_RECORDS_SENT: &str = "slo_probe_partition_records_sent_total";
+    pub const PARTITION_RECORDS: &str = "slo_probe_partition_records_total";
+    pub const PARTITION_LEADER: &str = "slo_probe_partition_leader";
 
-    /// Names every agent exports from its first scrape.
+    /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
         RECORDS_SENT,
         RECORDS,
@@ -51,7 +57,13 @@ pub mod names {
         FRESHNESS,
         IN_FLIGHT,
         BUILD_INFO,
+        ERROR_BUDGET_REMAINING,
+        BURN_RATE,
     ];
+
+    /// Exported only by probes with `per_partition_metrics: true`.
+    pub const PER_PARTITION: &[&str] =
+        &[PARTITION_RECORDS_SENT, PARTITION_RECORDS, PARTITION_LEADER];
 }
 
 /// Buckets of the aggregatable latency histogram, in seconds; SLO thresholds are added.
@@ -75,6 +87,11 @@ pub struct Metrics {
     availability: GaugeVec,
     freshness: GaugeVec,
     in_flight: IntGaugeVec,
+    budget: GaugeVec,
+    burn: GaugeVec,
+    partition_sent: IntCounterVec,
+    partition_records: IntCounterVec,
+    partition_leader: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -145,7 +162,7 @@ impl Metrics {
             records_sent: counter(
                 &r,
                 names::RECORDS_SENT,
-                "Synthetic records handed to the producer.",
+                "Synthetic records scheduled, one per partition per slot.",
                 &["probe"],
             ),
             records: counter(
@@ -210,13 +227,47 @@ impl Metrics {
                 &["probe"],
             ),
             in_flight,
+            budget: gauge(
+                &r,
+                names::ERROR_BUDGET_REMAINING,
+                "Share of the SLO's error budget left over its window (in-agent, since start at most; Prometheus rules are authoritative).",
+                &["probe", "slo"],
+            ),
+            burn: gauge(
+                &r,
+                names::BURN_RATE,
+                "Rate at which the SLO's error budget is spent over the window (1 = exactly the budget).",
+                &["probe", "slo", "window"],
+            ),
+            partition_sent: counter(
+                &r,
+                names::PARTITION_RECORDS_SENT,
+                "Records scheduled per partition (per_partition_metrics).",
+                &["probe", "partition"],
+            ),
+            partition_records: counter(
+                &r,
+                names::PARTITION_RECORDS,
+                "Final outcomes per partition (per_partition_metrics).",
+                &["probe", "partition", "outcome"],
+            ),
+            partition_leader: {
+                let g = IntGaugeVec::new(
+                    Opts::new(names::PARTITION_LEADER, "Broker id leading the partition at the last metadata refresh (per_partition_metrics)."),
+                    &["probe", "partition"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             registry: r,
             consistency: RwLock::new(()),
         }
     }
 
     /// Handles bound to one probe; every series of the probe exists (at zero) from here on.
-    pub fn probe(&self, probe: &str, slos: &[SloConfig]) -> ProbeMetrics {
+    pub fn probe(&self, probe: &str, slos: &[SloConfig], per_partition: bool) -> ProbeMetrics {
         let q = |v: &GaugeVec| QUANTILE_LABELS.map(|l| v.with_label_values(&[probe, l]));
         let m = ProbeMetrics {
             sent: self.records_sent.with_label_values(&[probe]),
@@ -242,9 +293,35 @@ impl Metrics {
             availability: self.availability.with_label_values(&[probe]),
             freshness: self.freshness.with_label_values(&[probe]),
             in_flight: self.in_flight.with_label_values(&[probe]),
+            budget: slos
+                .iter()
+                .map(|s| self.budget.with_label_values(&[probe, s.name.as_str()]))
+                .collect(),
+            burn: slos
+                .iter()
+                .map(|s| {
+                    BURN_WINDOWS
+                        .map(|(w, _)| self.burn.with_label_values(&[probe, s.name.as_str(), w]))
+                })
+                .collect(),
+            partitions: per_partition.then(|| PartitionSeries {
+                probe: probe.to_string(),
+                sent: self.partition_sent.clone(),
+                records: self.partition_records.clone(),
+                leader: self.partition_leader.clone(),
+            }),
         };
-        for g in m.e2e.iter().chain(&m.produce).chain([&m.availability]) {
+        for g in m
+            .e2e
+            .iter()
+            .chain(&m.produce)
+            .chain([&m.availability])
+            .chain(m.burn.iter().flatten())
+        {
             g.set(f64::NAN);
+        }
+        for g in &m.budget {
+            g.set(1.0);
         }
         m
     }
@@ -287,6 +364,49 @@ pub struct ProbeMetrics {
     pub availability: Gauge,
     pub freshness: Gauge,
     pub in_flight: IntGauge,
+    /// Per SLO, in the probe's SLO order.
+    pub budget: Vec<Gauge>,
+    /// Per SLO, indexed like [`BURN_WINDOWS`].
+    pub burn: Vec<[Gauge; 4]>,
+    /// Present with `per_partition_metrics: true`.
+    pub partitions: Option<PartitionSeries>,
+}
+
+/// Per-partition series of one probe; partitions come and go with metadata, so children are
+/// looked up by label when used (an opt-in, low-rate path).
+pub struct PartitionSeries {
+    probe: String,
+    sent: IntCounterVec,
+    records: IntCounterVec,
+    leader: IntGaugeVec,
+}
+
+impl PartitionSeries {
+    pub fn sent(&self, partition: i32) {
+        self.sent
+            .with_label_values(&[self.probe.as_str(), &partition.to_string()])
+            .inc();
+    }
+
+    pub fn outcome(&self, partition: i32, o: Outcome) {
+        let p = partition.to_string();
+        self.records
+            .with_label_values(&[self.probe.as_str(), &p, o.as_str()])
+            .inc();
+    }
+
+    /// A partition now probed: its series exist (at zero) from here on.
+    pub fn add(&self, partition: i32, leader: i32) {
+        let p = partition.to_string();
+        self.sent.with_label_values(&[self.probe.as_str(), &p]);
+        for o in Outcome::ALL {
+            self.records
+                .with_label_values(&[self.probe.as_str(), &p, o.as_str()]);
+        }
+        self.leader
+            .with_label_values(&[self.probe.as_str(), &p])
+            .set(i64::from(leader));
+    }
 }
 
 impl ProbeMetrics {

@@ -14,13 +14,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-pub use tracker::{Arrival, Counts, Finished, Outcome, PartitionCounts, Tracker};
+pub use tracker::{Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Tracker};
 
 use crate::config::{AgentConfig, ProbeConfig, Verify};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics};
+use crate::kafka;
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
-use crate::stats::{self, Availability, Latency, SloCount};
+use crate::stats::{self, Availability, Latency, SloState, SloSummary};
 
 /// What a probe is doing, for `/readyz`, `/status`, smoke progress and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +31,8 @@ pub struct Progress {
     pub rounds_completed: u64,
     /// Partitions currently probed (empty until discovered).
     pub partitions: Vec<i32>,
+    /// Leader broker of each probed partition at the last metadata refresh.
+    pub leaders: BTreeMap<i32, i32>,
     /// Why partitions could not be discovered, while that is the case.
     pub discovery_error: Option<String>,
     /// Stopped sending, and every record has its final outcome.
@@ -43,7 +46,7 @@ struct Core {
     availability: Availability,
     /// Scheduled send time of the newest verified record.
     newest_verified: Option<Instant>,
-    slos: Vec<SloCount>,
+    slos: Vec<SloState>,
 }
 
 pub struct Probe {
@@ -78,8 +81,9 @@ pub struct Snapshot {
     pub e2e_window_count: u64,
     pub availability: Option<f64>,
     pub freshness: Duration,
-    pub slos: Vec<SloCount>,
+    pub slos: Vec<SloSummary>,
     pub foreign: u64,
+    pub footprint: Footprint,
 }
 
 impl Probe {
@@ -88,17 +92,21 @@ impl Probe {
         let Verify::Kafka(v) = &config.verify;
         let (verify_cluster, verify_topic) = (v.cluster.clone(), v.topic.clone());
         let same_topic = verify_cluster == config.cluster && verify_topic == config.topic;
-        let series = metrics.probe(&config.name, &config.slos);
+        let series = metrics.probe(&config.name, &config.slos, config.per_partition_metrics);
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
         let retention = (config.timeout * 10).max(agent.window);
         let core = Core {
-            tracker: Tracker::new(config.timeout, retention),
+            tracker: Tracker::new(config.timeout, retention, config.max_in_flight),
             e2e: Latency::new(agent.window, now),
             produce: Latency::new(agent.window, now),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
-            slos: config.slos.iter().cloned().map(SloCount::new).collect(),
+            slos: config
+                .slos
+                .iter()
+                .map(|s| SloState::new(s.clone(), now))
+                .collect(),
         };
         Probe {
             origin: Origin {
@@ -150,25 +158,50 @@ impl Probe {
         }
     }
 
-    /// Records of one round were built and are about to be sent.
-    pub(crate) fn register(&self, round: u64, scheduled: Instant, records: &[Outgoing]) {
+    /// Registers the records of one round; returns those to send. Records over the in-flight
+    /// bound are settled at once (`send_failed`, backpressure) and not returned.
+    pub(crate) fn register(
+        &self,
+        round: u64,
+        scheduled: Instant,
+        records: Vec<Outgoing>,
+    ) -> Vec<Outgoing> {
         let mut core = self.lock();
-        {
-            let _consistent = self.metrics.update();
-            for r in records {
-                let expected = Expected {
-                    body: r.body.clone(),
-                    trace_id: r.span_context.trace_id(),
-                };
-                core.tracker.register(expected, scheduled, round);
+        let mut refused = Vec::new();
+        let mut to_send = Vec::with_capacity(records.len());
+        for r in records {
+            let expected = Expected {
+                body: r.body.clone(),
+                trace_id: r.span_context.trace_id(),
+            };
+            let partition = r.body.partition;
+            let registered = {
+                let _consistent = self.metrics.update();
                 self.series.sent.inc();
+                let registered = core.tracker.register(expected, scheduled, round);
+                self.series
+                    .in_flight
+                    .set(core.tracker.counts().in_flight as i64);
+                registered
+            };
+            if let Some(p) = &self.series.partitions {
+                p.sent(partition);
             }
-            self.series
-                .in_flight
-                .set(core.tracker.counts().in_flight as i64);
+            match registered {
+                Ok(()) => to_send.push(r),
+                Err(f) => {
+                    self.apply(&mut core, &f, scheduled);
+                    refused.push(f);
+                }
+            }
         }
         self.progress.send_modify(|p| p.rounds_started = round + 1);
         self.publish(&core);
+        drop(core);
+        for f in &refused {
+            events::finished(&self.origin, &self.config.topic, f);
+        }
+        to_send
     }
 
     /// A delivery report: the broker's offset, or why the producer gave up.
@@ -269,6 +302,9 @@ impl Probe {
     fn apply(&self, core: &mut Core, f: &Finished, now: Instant) {
         let _consistent = self.metrics.update();
         self.series.outcome(f.outcome).inc();
+        if let Some(p) = &self.series.partitions {
+            p.outcome(f.partition, f.outcome);
+        }
         self.series
             .in_flight
             .set(core.tracker.counts().in_flight as i64);
@@ -284,7 +320,7 @@ impl Probe {
             }
         }
         for (i, slo) in core.slos.iter_mut().enumerate() {
-            match slo.record(f.outcome, f.latency) {
+            match slo.record(now, f.outcome, f.latency) {
                 Some(true) => self.series.slo_events[i].0.inc(),
                 Some(false) => self.series.slo_events[i].1.inc(),
                 None => {}
@@ -293,10 +329,16 @@ impl Probe {
     }
 
     /// Discovery found these partitions (or failed); shown by `/status` and smoke.
-    pub(crate) fn set_partitions(&self, result: Result<&[i32], String>) {
+    pub(crate) fn set_partitions(&self, result: Result<&kafka::Partitions, String>) {
+        if let (Ok(found), Some(series)) = (&result, &self.series.partitions) {
+            for (partition, leader) in found.iter() {
+                series.add(*partition, *leader);
+            }
+        }
         self.progress.send_modify(|p| match result {
-            Ok(parts) => {
-                p.partitions = parts.to_vec();
+            Ok(found) => {
+                p.partitions = found.keys().copied().collect();
+                p.leaders = found.clone();
                 p.discovery_error = None;
             }
             Err(e) => p.discovery_error = Some(e),
@@ -311,8 +353,8 @@ impl Probe {
         now.saturating_duration_since(core.newest_verified.unwrap_or(self.started))
     }
 
-    /// Brings the window-derived gauges (quantiles, availability, freshness) up to `now`;
-    /// called before each scrape.
+    /// Brings the window-derived gauges (quantiles, availability, freshness, error budgets,
+    /// burn rates) up to `now`; called before each scrape.
     pub fn refresh_gauges(&self, now: Instant) {
         let core = self.lock();
         ProbeMetrics::set_quantiles(&self.series.e2e, stats::quantiles(&core.e2e.window(now)));
@@ -326,6 +368,12 @@ impl Probe {
         self.series
             .freshness
             .set(self.freshness(&core, now).as_secs_f64());
+        for (i, slo) in core.slos.iter().enumerate() {
+            self.series.budget[i].set(slo.budget_remaining(now));
+            for (gauge, rate) in self.series.burn[i].iter().zip(slo.burn_rates(now)) {
+                gauge.set(rate.unwrap_or(f64::NAN));
+            }
+        }
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -342,8 +390,216 @@ impl Probe {
             e2e_window_count: window.len(),
             availability: core.availability.ratio(now),
             freshness: self.freshness(&core, now),
-            slos: core.slos.clone(),
+            slos: core.slos.iter().map(|s| s.summary(now)).collect(),
             foreign: self.foreign.load(Ordering::Relaxed),
+            footprint: core.tracker.footprint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Sources};
+    use crate::export::metrics::names;
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    fn probe(yaml: &str) -> Probe {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let cfg = config::load(&Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap();
+        let thresholds = cfg.probes[0].slos.iter().filter_map(|s| match s.sli {
+            crate::config::Sli::Latency { below } => Some(below),
+            _ => None,
+        });
+        let metrics = Arc::new(Metrics::new(thresholds));
+        Probe::new(cfg.probes[0].clone(), &cfg.agent, metrics)
+    }
+
+    /// Builds and registers one round; returns the records to send.
+    fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
+        let records = partitions
+            .iter()
+            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16))
+            .collect();
+        p.register(round, Instant::now(), records)
+    }
+
+    fn arrive(p: &Probe, r: &Outgoing) {
+        let m = OwnedMessage::new(
+            Some(r.value.clone()),
+            Some(r.key.clone().into_bytes()),
+            p.config.topic.clone(),
+            Timestamp::NotAvailable,
+            r.body.partition,
+            0,
+            Some(r.headers.clone()),
+        );
+        p.arrived(&View::of(&m), &r.id, Instant::now());
+    }
+
+    fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(labels))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    fn scrape(p: &Probe) -> String {
+        p.refresh_gauges(Instant::now());
+        p.metrics.render()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_broker_outage_keeps_memory_flat() {
+        let p = probe("name: outage\ninterval: 1s\ntimeout: 30s\nmax_in_flight: 40\n");
+        let parts = [0, 1, 2];
+        let mut at_10min = None;
+        for slot in 0..3600u64 {
+            round(&p, slot, &parts); // nothing is ever acknowledged or read back
+            p.expire(Instant::now());
+            let c = p.progress().borrow().counts;
+            assert!(c.conserved(), "slot {slot}: {c:?}");
+            if slot == 600 {
+                at_10min = Some(p.snapshot(Instant::now()).footprint);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let f = p.snapshot(Instant::now()).footprint;
+        assert_eq!(
+            Some(f),
+            at_10min,
+            "same footprint after 10 minutes and after an hour"
+        );
+        assert!(f.pending <= 40 && f.deadlines <= 40, "{f:?}");
+        // finished ids are kept for max(10 x timeout, window) = 300 s at 3 records/s
+        assert!(f.recent <= 3 * 301, "{f:?}");
+        let c = p.progress().borrow().counts;
+        assert_eq!(c.sent, 10_800);
+        assert!(
+            c.get(Outcome::SendFailed) > 0,
+            "over the bound: backpressure"
+        );
+        assert_eq!(
+            c.sent,
+            c.get(Outcome::Lost) + c.get(Outcome::SendFailed) + c.in_flight
+        );
+        let m = scrape(&p);
+        let sent = sample(&m, names::RECORDS_SENT, "").unwrap();
+        let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
+            .iter()
+            .map(|o| sample(&m, names::RECORDS, &format!("outcome=\"{o}\"")).unwrap())
+            .sum();
+        assert_eq!(sent, settled + sample(&m, names::IN_FLIGHT, "").unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_shows_a_stuck_consumer_before_anything_is_lost() {
+        let p = probe("name: stuck\ninterval: 1s\ntimeout: 60s\n");
+        for r in round(&p, 0, &[0]) {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            arrive(&p, &r);
+        }
+        tokio::time::advance(Duration::from_millis(980)).await;
+        assert_eq!(sample(&scrape(&p), names::FRESHNESS, ""), Some(1.0));
+        // the consumer stops: records keep coming, none is read back, none is lost yet
+        for slot in 1..=20 {
+            round(&p, slot, &[0]);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            p.expire(Instant::now());
+        }
+        let m = scrape(&p);
+        assert_eq!(sample(&m, names::FRESHNESS, ""), Some(21.0));
+        assert_eq!(sample(&m, names::RECORDS, "outcome=\"lost\""), Some(0.0));
+        assert_eq!(sample(&m, names::IN_FLIGHT, ""), Some(20.0));
+        assert_eq!(
+            sample(&m, names::AVAILABILITY, ""),
+            Some(1.0),
+            "nothing has failed yet"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_and_burn_rate_match_the_hand_computed_example() {
+        // objective 99%, 1000 events, 15 bad: budget remaining -0.5, burn rate 1.5
+        let p = probe(
+            "name: budget\ninterval: 1s\ntimeout: 10s\nslos:\n  - { name: completeness, objective: 99% }\n",
+        );
+        let parts: Vec<i32> = (0..1000).collect();
+        let records = round(&p, 0, &parts);
+        for r in &records[15..] {
+            arrive(&p, r);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        p.expire(Instant::now());
+        let m = scrape(&p);
+        assert_eq!(sample(&m, names::RECORDS, "outcome=\"lost\""), Some(15.0));
+        assert_eq!(sample(&m, names::SLO_EVENTS, "result=\"bad\""), Some(15.0));
+        assert_eq!(
+            sample(&m, names::SLO_EVENTS, "result=\"good\""),
+            Some(985.0)
+        );
+        let budget = sample(&m, names::ERROR_BUDGET_REMAINING, "slo=\"completeness\"").unwrap();
+        assert!((budget - -0.5).abs() < 1e-9, "{budget}");
+        for w in ["5m", "30m", "1h", "6h"] {
+            let burn = sample(&m, names::BURN_RATE, &format!("window=\"{w}\"")).unwrap();
+            assert!((burn - 1.5).abs() < 1e-9, "{w}: {burn}");
+        }
+        let s = &p.snapshot(Instant::now()).slos[0];
+        assert!(!s.met());
+        // an hour later the 5m and 30m windows are empty, the budget window is not
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let m = scrape(&p);
+        assert!(
+            sample(&m, names::BURN_RATE, "window=\"5m\"")
+                .unwrap()
+                .is_nan()
+        );
+        assert!((sample(&m, names::ERROR_BUDGET_REMAINING, "").unwrap() - -0.5).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_partition_series_only_when_asked_for() {
+        for (flag, expected) in [("false", false), ("true", true)] {
+            let p = probe(&format!(
+                "name: parts\npartitions: [0, 1]\nper_partition_metrics: {flag}\n"
+            ));
+            p.set_partitions(Ok(&kafka::Partitions::from([(0, 1), (1, 2)])));
+            let records = round(&p, 0, &[0, 1]);
+            arrive(&p, &records[0]);
+            tokio::time::advance(Duration::from_secs(31)).await;
+            p.expire(Instant::now());
+            let m = scrape(&p);
+            let lost_1 = sample(&m, names::PARTITION_RECORDS, "partition=\"1\"");
+            assert_eq!(m.contains(names::PARTITION_RECORDS), expected, "{flag}");
+            if expected {
+                assert_eq!(
+                    sample(&m, names::PARTITION_RECORDS_SENT, "partition=\"0\""),
+                    Some(1.0)
+                );
+                let ok0 = format!(
+                    "{}{{outcome=\"ok\",partition=\"0\",probe=\"parts\"}} 1",
+                    names::PARTITION_RECORDS
+                );
+                let lost1 = format!(
+                    "{}{{outcome=\"lost\",partition=\"1\",probe=\"parts\"}} 1",
+                    names::PARTITION_RECORDS
+                );
+                assert!(m.contains(&ok0) && m.contains(&lost1), "{m}");
+                assert_eq!(
+                    sample(&m, names::PARTITION_LEADER, "partition=\"1\""),
+                    Some(2.0)
+                );
+            } else {
+                assert_eq!(lost_1, None);
+            }
         }
     }
 }

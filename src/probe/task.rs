@@ -133,8 +133,7 @@ fn send_round(
             r
         })
         .collect();
-    probe.register(round, slot, &records);
-    for r in records {
+    for r in probe.register(round, slot, records) {
         let id = r.id;
         let fr = FutureRecord::to(&cfg.topic)
             .partition(r.body.partition)
@@ -182,12 +181,13 @@ pub(crate) async fn discover(d: Discovery) {
             _ = d.stop.cancelled() => return,
         };
         let wait = match attempt {
-            Ok(parts) => {
+            Ok(found) => {
                 retry = RETRY_MIN;
                 if last_error.take().is_some() {
                     tracing::info!(probe = d.probe.name(), "partitions discovered again");
                 }
-                d.probe.set_partitions(Ok(&parts));
+                d.probe.set_partitions(Ok(&found));
+                let parts: Vec<i32> = found.keys().copied().collect();
                 d.partitions.send_if_modified(|cur| {
                     let changed = cur.as_deref() != Some(parts.as_slice());
                     if changed {
@@ -217,7 +217,8 @@ pub(crate) async fn discover(d: Discovery) {
     }
 }
 
-async fn discover_once(d: &Discovery) -> Result<Vec<i32>, TopicError> {
+/// The probed partitions with their leaders, once the verifier reads them.
+async fn discover_once(d: &Discovery) -> Result<kafka::Partitions, TopicError> {
     let cfg = &d.probe.config;
     let producer = d.producer.clone();
     let (cluster, topic) = (d.cluster.clone(), cfg.topic.clone());
@@ -226,10 +227,10 @@ async fn discover_once(d: &Discovery) -> Result<Vec<i32>, TopicError> {
     })
     .await
     .expect("metadata lookup does not panic")?;
-    let wanted = match &cfg.partitions {
+    let wanted: kafka::Partitions = match &cfg.partitions {
         Partitions::All => all.clone(),
         Partitions::List(list) => {
-            if let Some(missing) = list.iter().find(|p| !all.contains(p)) {
+            if let Some(missing) = list.iter().find(|p| !all.contains_key(p)) {
                 return Err(TopicError::Other {
                     cluster: d.cluster.name.clone(),
                     topic: cfg.topic.clone(),
@@ -239,13 +240,13 @@ async fn discover_once(d: &Discovery) -> Result<Vec<i32>, TopicError> {
                     ),
                 });
             }
-            list.clone()
+            list.iter().map(|p| (*p, all[p])).collect()
         }
     };
     let probe = &d.probe;
     let same = probe.verify_cluster == cfg.cluster && probe.verify_topic == cfg.topic;
     let verify_parts = if same {
-        wanted.clone()
+        wanted.keys().copied().collect()
     } else {
         d.verifier.partitions(&probe.verify_topic).await?
     };

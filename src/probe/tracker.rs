@@ -17,11 +17,13 @@ use crate::record::{Corruption, Expected};
 pub enum Outcome {
     /// Arrived intact within the timeout.
     Ok,
-    /// Not verified by its deadline although the broker acknowledged it.
+    /// Not read back by its deadline (whether or not the broker acknowledged it; the log
+    /// line's reason says which).
     Lost,
     /// Arrived, but not as sent.
     Corrupt,
-    /// The producer gave up, or no acknowledgement came by the deadline.
+    /// The producer reported it could not deliver (before the deadline), or the in-flight bound
+    /// was reached and the record was never sent (`backpressure`).
     SendFailed,
 }
 
@@ -115,6 +117,17 @@ impl Counts {
     }
 }
 
+/// At most this many finished ids are remembered, whatever the retention.
+const MAX_RECENT: usize = 100_000;
+
+/// Sizes of the tracker's collections, for memory tests and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub pending: usize,
+    pub deadlines: usize,
+    pub recent: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Recent {
     outcome: Outcome,
@@ -124,6 +137,8 @@ struct Recent {
 #[derive(Debug)]
 pub struct Tracker {
     timeout: Duration,
+    /// Records in flight beyond this are settled `send_failed` (backpressure), never sent.
+    max_in_flight: usize,
     /// How long finished ids are remembered to tell duplicates and late arrivals.
     retention: Duration,
     pending: HashMap<Uuid, Pending>,
@@ -140,9 +155,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(timeout: Duration, retention: Duration) -> Self {
+    pub fn new(timeout: Duration, retention: Duration, max_in_flight: usize) -> Self {
         Tracker {
             timeout,
+            max_in_flight: max_in_flight.max(1),
             retention: retention.max(timeout),
             pending: HashMap::new(),
             deadlines: VecDeque::new(),
@@ -153,6 +169,14 @@ impl Tracker {
             highest_seq: HashMap::new(),
             open_rounds: BTreeMap::new(),
             rounds_completed: 0,
+        }
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            pending: self.pending.len(),
+            deadlines: self.deadlines.len(),
+            recent: self.recent.len(),
         }
     }
 
@@ -172,8 +196,14 @@ impl Tracker {
         self.pending.contains_key(id)
     }
 
-    /// A record was handed to the producer.
-    pub fn register(&mut self, expected: Expected, scheduled: Instant, round: u64) {
+    /// A record was scheduled. Over the in-flight bound it is settled at once as
+    /// `send_failed` (reason `backpressure`) and returned: the caller must not send it.
+    pub fn register(
+        &mut self,
+        expected: Expected,
+        scheduled: Instant,
+        round: u64,
+    ) -> Result<(), Finished> {
         let id = expected.body.id;
         let deadline = scheduled + self.timeout;
         self.counts.sent += 1;
@@ -183,16 +213,22 @@ impl Tracker {
             .or_default()
             .sent += 1;
         *self.open_rounds.entry(round).or_default() += 1;
+        let pending = Pending {
+            expected,
+            scheduled,
+            round,
+            acked: None,
+        };
+        if self.pending.len() >= self.max_in_flight {
+            let reason = format!(
+                "backpressure: {} records already in flight (max_in_flight)",
+                self.pending.len()
+            );
+            return Err(self.finish(pending, scheduled, Outcome::SendFailed, None, Some(reason)));
+        }
         self.deadlines.push_back((deadline, id));
-        self.pending.insert(
-            id,
-            Pending {
-                expected,
-                scheduled,
-                round,
-                acked: None,
-            },
-        );
+        self.pending.insert(id, pending);
+        Ok(())
     }
 
     /// The broker acknowledged the record: returns produce latency (from the scheduled send).
@@ -280,8 +316,7 @@ impl Tracker {
         None
     }
 
-    /// Finalises every record whose deadline passed: `lost` if the broker had acknowledged it,
-    /// `send_failed` if not even that happened.
+    /// Settles every record whose deadline passed as `lost`.
     pub fn expire(&mut self, now: Instant) -> Vec<Finished> {
         let mut out = Vec::new();
         while let Some(&(deadline, id)) = self.deadlines.front() {
@@ -290,23 +325,14 @@ impl Tracker {
             }
             self.deadlines.pop_front();
             if let Some(p) = self.pending.remove(&id) {
-                let f = match p.acked {
-                    Some(_) => self.finish(
-                        p,
-                        now,
-                        Outcome::Lost,
-                        None,
-                        Some("not verified within the timeout".into()),
+                let reason = match p.acked {
+                    Some((_, offset)) => format!(
+                        "not read back within the timeout (the broker acknowledged offset {offset})"
                     ),
-                    None => self.finish(
-                        p,
-                        now,
-                        Outcome::SendFailed,
-                        None,
-                        Some("no acknowledgement from the broker within the timeout".into()),
-                    ),
+                    None => "not read back within the timeout (never acknowledged by the broker)"
+                        .to_string(),
                 };
-                out.push(f);
+                out.push(self.finish(p, now, Outcome::Lost, None, Some(reason)));
             }
         }
         self.forget(now);
@@ -354,7 +380,9 @@ impl Tracker {
 
     fn forget(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.recent_order.front() {
-            if now.saturating_duration_since(at) < self.retention {
+            if now.saturating_duration_since(at) < self.retention
+                && self.recent_order.len() <= MAX_RECENT
+            {
                 break;
             }
             self.recent_order.pop_front();
@@ -386,21 +414,32 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_record_ends_in_exactly_one_outcome() {
-        let mut t = Tracker::new(T, Duration::from_secs(300));
+        let mut t = Tracker::new(T, Duration::from_secs(300), 100);
         let t0 = Instant::now();
-        let ids: Vec<Uuid> = (0..4)
+        let ids: Vec<Uuid> = (0..5)
             .map(|p| {
                 let e = expected(p, 0);
                 let id = e.body.id;
-                t.register(e, t0, 0);
+                t.register(e, t0, 0).unwrap();
                 id
             })
             .collect();
-        assert_eq!(t.counts().in_flight, 4);
+        assert_eq!(t.counts().in_flight, 5);
         t.ack(&ids[0], t0 + Duration::from_millis(2), 10);
         t.ack(&ids[1], t0 + Duration::from_millis(2), 11);
         t.ack(&ids[2], t0 + Duration::from_millis(2), 12);
-        // 0 verified, 1 corrupt, 2 never verified (lost), 3 never acked (send_failed)
+        // 0 verified, 1 corrupt, 2 acked but never read back (lost), 3 never acked (lost),
+        // 4 given up by the producer (send_failed)
+        let f = t.send_failed(
+            &ids[4],
+            t0 + Duration::from_millis(3),
+            "Broker: Topic authorization failed".into(),
+        );
+        assert_eq!(f.unwrap().outcome, Outcome::SendFailed);
+        assert!(
+            t.send_failed(&ids[4], t0, "again".into()).is_none(),
+            "settled once"
+        );
         let a = t
             .arrive(&ids[0], t0 + Duration::from_millis(5), 10, |_| Ok(()))
             .unwrap();
@@ -427,11 +466,28 @@ mod tests {
         assert!(t.expire(t0 + T - Duration::from_millis(1)).is_empty());
         tokio::time::advance(T).await;
         let expired = t.expire(Instant::now());
-        let outcomes: Vec<_> = expired.iter().map(|f| (f.partition, f.outcome)).collect();
-        assert_eq!(outcomes, vec![(2, Outcome::Lost), (3, Outcome::SendFailed)]);
+        let outcomes: Vec<_> = expired
+            .iter()
+            .map(|f| (f.partition, f.outcome, f.reason.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (
+                    2,
+                    Outcome::Lost,
+                    "not read back within the timeout (the broker acknowledged offset 12)".into()
+                ),
+                (
+                    3,
+                    Outcome::Lost,
+                    "not read back within the timeout (never acknowledged by the broker)".into()
+                ),
+            ]
+        );
         let c = t.counts();
-        assert_eq!((c.sent, c.in_flight), (4, 0));
-        assert_eq!(c.outcomes, [1, 1, 1, 1]);
+        assert_eq!((c.sent, c.in_flight), (5, 0));
+        assert_eq!(c.outcomes, [1, 2, 1, 1]);
         assert!(c.conserved());
         assert_eq!(t.rounds_completed(), 1);
         assert_eq!(t.next_deadline(), None);
@@ -449,19 +505,34 @@ mod tests {
         assert_eq!((c.duplicates, c.late), (1, 1));
         assert_eq!(
             c.outcomes,
-            [1, 1, 1, 1],
+            [1, 2, 1, 1],
             "events never re-score a final outcome"
         );
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_in_flight_bound_settles_extra_records_as_backpressure() {
+        let mut t = Tracker::new(T, T, 2);
+        let now = Instant::now();
+        assert!(t.register(expected(0, 0), now, 0).is_ok());
+        assert!(t.register(expected(1, 0), now, 0).is_ok());
+        let f = t.register(expected(2, 0), now, 0).unwrap_err();
+        assert_eq!(f.outcome, Outcome::SendFailed);
+        assert!(f.reason.unwrap().starts_with("backpressure"));
+        let c = t.counts();
+        assert_eq!((c.sent, c.in_flight, c.get(Outcome::SendFailed)), (3, 2, 1));
+        assert!(c.conserved());
+        assert_eq!(t.footprint().pending, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn lower_seq_after_higher_is_reordered_but_ok() {
-        let mut t = Tracker::new(T, T);
+        let mut t = Tracker::new(T, T, 100);
         let now = Instant::now();
         let (e1, e2) = (expected(0, 1), expected(0, 2));
         let (id1, id2) = (e1.body.id, e2.body.id);
-        t.register(e1, now, 0);
-        t.register(e2, now, 1);
+        t.register(e1, now, 0).unwrap();
+        t.register(e2, now, 1).unwrap();
         assert!(matches!(
             t.arrive(&id2, now, 1, |_| Ok(())),
             Some(Arrival::Final {
@@ -482,10 +553,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn finished_ids_are_forgotten_after_retention() {
-        let mut t = Tracker::new(T, Duration::from_secs(60));
+        let mut t = Tracker::new(T, Duration::from_secs(60), 100);
         let e = expected(0, 0);
         let id = e.body.id;
-        t.register(e, Instant::now(), 0);
+        t.register(e, Instant::now(), 0).unwrap();
         t.arrive(&id, Instant::now(), 0, |_| Ok(()));
         tokio::time::advance(Duration::from_secs(61)).await;
         t.expire(Instant::now());

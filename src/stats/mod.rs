@@ -1,6 +1,7 @@
 //! Measurements: HDR latency histograms over a sliding window and over the whole run,
-//! availability over the window, SLO good/bad event counts.
+//! availability over the window, SLO events with error budgets and burn rates ([`slo`]).
 
+pub mod slo;
 mod window;
 
 use std::time::Duration;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+pub use slo::{SloState, SloSummary};
 pub use window::{DEFAULT_SLOTS, Sliding};
 
-use crate::config::{Sli, SloConfig};
 use crate::probe::Outcome;
 
 /// The exported quantiles; `1` is the maximum.
@@ -133,56 +134,6 @@ impl Availability {
     }
 }
 
-/// Good and bad events of one SLO.
-#[derive(Debug, Clone)]
-pub struct SloCount {
-    pub slo: SloConfig,
-    pub good: u64,
-    pub bad: u64,
-}
-
-impl SloCount {
-    pub fn new(slo: SloConfig) -> Self {
-        SloCount {
-            slo,
-            good: 0,
-            bad: 0,
-        }
-    }
-
-    /// Whether a final outcome is a good event for this SLO; `None` when it does not count.
-    pub fn classify(sli: Sli, outcome: Outcome, latency: Option<Duration>) -> Option<bool> {
-        match (sli, outcome) {
-            (Sli::Latency { below }, Outcome::Ok) => Some(latency.is_some_and(|l| l < below)),
-            (Sli::Latency { .. } | Sli::Completeness, Outcome::SendFailed) => None,
-            (_, Outcome::Ok) => Some(true),
-            (_, _) => Some(false),
-        }
-    }
-
-    /// Counts the event; returns whether it was good, or `None` when it did not count.
-    pub fn record(&mut self, outcome: Outcome, latency: Option<Duration>) -> Option<bool> {
-        let good = Self::classify(self.slo.sli, outcome, latency)?;
-        if good {
-            self.good += 1;
-        } else {
-            self.bad += 1;
-        }
-        Some(good)
-    }
-
-    /// Good / all; `None` with no event.
-    pub fn ratio(&self) -> Option<f64> {
-        let all = self.good + self.bad;
-        (all > 0).then(|| self.good as f64 / all as f64)
-    }
-
-    /// Met when the good ratio reaches the objective; an SLO with no event is not met.
-    pub fn met(&self) -> bool {
-        self.ratio().is_some_and(|r| r >= self.slo.objective)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,34 +155,5 @@ mod tests {
             "window emptied"
         );
         assert_eq!(l.total().len(), 100, "run totals keep everything");
-    }
-
-    #[test]
-    fn slo_classification() {
-        use Outcome::*;
-        let lat = Sli::Latency {
-            below: Duration::from_millis(100),
-        };
-        let fast = Some(Duration::from_millis(99));
-        let slow = Some(Duration::from_millis(100));
-        assert_eq!(SloCount::classify(lat, Ok, fast), Some(true));
-        assert_eq!(SloCount::classify(lat, Ok, slow), Some(false));
-        assert_eq!(SloCount::classify(lat, Lost, None), Some(false));
-        assert_eq!(SloCount::classify(lat, Corrupt, fast), Some(false));
-        assert_eq!(SloCount::classify(lat, SendFailed, None), None);
-        assert_eq!(SloCount::classify(Sli::Completeness, Ok, slow), Some(true));
-        assert_eq!(
-            SloCount::classify(Sli::Completeness, Lost, None),
-            Some(false)
-        );
-        assert_eq!(
-            SloCount::classify(Sli::Completeness, SendFailed, None),
-            None
-        );
-        assert_eq!(
-            SloCount::classify(Sli::Availability, SendFailed, None),
-            Some(false)
-        );
-        assert_eq!(SloCount::classify(Sli::Availability, Ok, None), Some(true));
     }
 }

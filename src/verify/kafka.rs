@@ -65,11 +65,12 @@ impl KafkaVerifier {
         let consumer = Arc::clone(&self.consumer);
         let cluster = self.cluster.clone();
         let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
             kafka::partitions_blocking(consumer.client(), &cluster, &topic, METADATA_TIMEOUT)
         })
         .await
-        .expect("metadata lookup does not panic")
+        .expect("metadata lookup does not panic")?;
+        Ok(found.into_keys().collect())
     }
 
     /// Starts reading the given partitions of `topic` from their current end, if not already.

@@ -1,0 +1,287 @@
+//! A fault-injecting relay, standing in for a pipeline stage: consumes every partition of one
+//! topic and re-produces each record (key, value, headers, partition) to another, applying one
+//! fault to the records a seeded selector picks. Which records are picked depends only on the
+//! seed and each record's (partition, seq), never on arrival order, so a test knows the exact
+//! expected counts in advance.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Forward unchanged.
+    Pass,
+    /// Do not forward picked records.
+    Drop,
+    /// Forward picked records twice.
+    Duplicate,
+    /// Hold a picked record and forward it after the next record of its partition.
+    Reorder,
+    /// Change one character of a picked record's payload (still valid JSON).
+    Corrupt,
+    /// Forward every record after this delay (order kept).
+    Delay(Duration),
+    /// Forward every record, each followed by a garbage record on the same partition.
+    Garbage,
+}
+
+/// Picks about one record in `one_in` from `seed`, by (partition, seq).
+#[derive(Debug, Clone, Copy)]
+pub struct Picker {
+    pub seed: u64,
+    pub one_in: u64,
+}
+
+impl Picker {
+    pub fn picks(&self, partition: i32, seq: u64) -> bool {
+        // splitmix64 of the seed mixed with the record's coordinates
+        let mut z = self.seed ^ ((partition as u64) << 40) ^ seq;
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        z.is_multiple_of(self.one_in)
+    }
+}
+
+/// What the relay did, for exact assertions.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub seen: u64,
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    /// Pairs actually swapped (a held record forwarded after a later one).
+    pub swapped: u64,
+    pub corrupted: u64,
+    pub garbage: u64,
+}
+
+pub struct Relay {
+    pub tally: Arc<Mutex<Tally>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Starts relaying `from` -> `to` (both with `partitions` partitions), from the beginning.
+    pub fn start(
+        bootstrap: &str,
+        from: &str,
+        to: &str,
+        partitions: i32,
+        fault: Fault,
+        picker: Picker,
+    ) -> Relay {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "test-relay")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(from, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let stop = CancellationToken::new();
+        let state = State {
+            to: to.to_string(),
+            fault,
+            picker,
+            producer,
+            tally: Arc::clone(&tally),
+            queue: VecDeque::new(),
+            held: HashMap::new(),
+        };
+        let task = tokio::spawn(run(consumer, state, stop.clone()));
+        Relay { tally, stop, task }
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().unwrap().clone()
+    }
+
+    pub async fn stop(self) -> Tally {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.tally.lock().unwrap().clone()
+    }
+}
+
+/// How long a reordered record waits for a later one before it is forwarded anyway.
+const HOLD: Duration = Duration::from_millis(400);
+
+struct State {
+    to: String,
+    fault: Fault,
+    picker: Picker,
+    producer: FutureProducer,
+    tally: Arc<Mutex<Tally>>,
+    /// Records to forward, with when.
+    queue: VecDeque<(Instant, OwnedMessage)>,
+    /// Reorder: one held record per partition, with its hold deadline.
+    held: HashMap<i32, (Instant, OwnedMessage)>,
+}
+
+fn seq(m: &OwnedMessage) -> u64 {
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "slo-probe-seq")
+                .and_then(|h| h.value)
+        })
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .expect("probe records carry slo-probe-seq")
+}
+
+fn corrupt(m: &OwnedMessage) -> OwnedMessage {
+    let mut value = m.payload().unwrap().to_vec();
+    let at = value
+        .windows(11)
+        .position(|w| w == b"\"payload\":\"")
+        .expect("an envelope")
+        + 11;
+    value[at] = if value[at] == b'A' { b'B' } else { b'A' };
+    OwnedMessage::new(
+        Some(value),
+        m.key().map(<[u8]>::to_vec),
+        m.topic().to_string(),
+        m.timestamp(),
+        m.partition(),
+        m.offset(),
+        m.headers().cloned(),
+    )
+}
+
+fn garbage(m: &OwnedMessage) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(b"\xde\xad not a probe record".to_vec()),
+        None,
+        m.topic().to_string(),
+        m.timestamp(),
+        m.partition(),
+        m.offset(),
+        None,
+    )
+}
+
+impl State {
+    fn handle(&mut self, m: OwnedMessage, now: Instant) {
+        let (partition, seq) = (m.partition(), seq(&m));
+        let picked = self.picker.picks(partition, seq);
+        let mut t = self.tally.lock().unwrap();
+        t.seen += 1;
+        match self.fault {
+            Fault::Pass => self.queue.push_back((now, m)),
+            Fault::Drop if picked => t.dropped += 1,
+            Fault::Duplicate if picked => {
+                t.duplicated += 1;
+                self.queue.push_back((now, m.clone()));
+                self.queue.push_back((now, m));
+            }
+            Fault::Reorder => {
+                let earlier = self.held.remove(&partition);
+                if picked && earlier.is_none() {
+                    self.held.insert(partition, (now + HOLD, m));
+                } else {
+                    self.queue.push_back((now, m));
+                    if let Some((_, h)) = earlier {
+                        t.swapped += 1;
+                        self.queue.push_back((now, h));
+                    }
+                }
+            }
+            Fault::Corrupt if picked => {
+                t.corrupted += 1;
+                self.queue.push_back((now, corrupt(&m)));
+            }
+            Fault::Delay(d) => self.queue.push_back((now + d, m)),
+            Fault::Garbage => {
+                t.garbage += 1;
+                let g = garbage(&m);
+                self.queue.push_back((now, m));
+                self.queue.push_back((now, g));
+            }
+            Fault::Drop | Fault::Duplicate | Fault::Corrupt => self.queue.push_back((now, m)),
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let q = self.queue.front().map(|(at, _)| *at);
+        let h = self.held.values().map(|(at, _)| *at).min();
+        q.into_iter().chain(h).min()
+    }
+
+    async fn flush(&mut self, now: Instant) {
+        let expired: Vec<i32> = self
+            .held
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            let (_, m) = self.held.remove(&p).unwrap();
+            self.queue.push_back((now, m));
+        }
+        while self.queue.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, m) = self.queue.pop_front().unwrap();
+            let mut headers = OwnedHeaders::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+            let mut r = FutureRecord::to(&self.to)
+                .partition(m.partition())
+                .headers(headers);
+            if let Some(k) = m.key() {
+                r = r.key(k);
+            }
+            if let Some(v) = m.payload() {
+                r = r.payload(v);
+            }
+            self.producer
+                .send(r, Duration::from_secs(10))
+                .await
+                .expect("relay forwards");
+            self.tally.lock().unwrap().forwarded += 1;
+        }
+    }
+}
+
+async fn run(consumer: StreamConsumer, mut state: State, stop: CancellationToken) {
+    loop {
+        let due = state.next_due();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => {
+                let m = m.expect("relay consumes").detach();
+                state.handle(m, Instant::now());
+                state.flush(Instant::now()).await;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                state.flush(Instant::now()).await;
+            }
+        }
+    }
+}
