@@ -337,21 +337,32 @@ impl AgentView {
         self.metrics.render()
     }
 
-    /// Ready once every probe completed a round (all its records settled). Returns the probes
-    /// that are not, with why.
+    /// Ready while every probe works: it completed a round (all its records settled), its topic
+    /// is reachable, and a record scheduled within the last timeout + interval was verified (so
+    /// an outage turns readiness off within about that long, and recovery turns it back on).
+    /// Returns the probes that are not ready, with why.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let now = Instant::now();
         let waiting: Vec<String> = self
             .probes
             .iter()
             .filter_map(|p| {
                 let s = p.progress().borrow().clone();
-                if s.rounds_completed > 0 {
-                    None
-                } else if let Some(e) = s.discovery_error {
-                    Some(format!("{}: {e}", p.name()))
+                let stale_after = p.config.timeout + p.config.interval;
+                let freshness = p.freshness(now);
+                let why = if let Some(e) = s.discovery_error {
+                    e
+                } else if s.rounds_completed == 0 {
+                    "first round not complete".into()
+                } else if freshness > stale_after {
+                    format!(
+                        "no record verified for {} (more than timeout + interval)",
+                        humantime::format_duration(Duration::from_secs(freshness.as_secs()))
+                    )
                 } else {
-                    Some(format!("{}: first round not complete", p.name()))
-                }
+                    return None;
+                };
+                Some(format!("{}: {why}", p.name()))
             })
             .collect();
         if waiting.is_empty() {

@@ -180,6 +180,8 @@ pub enum TopicError {
         cluster: String,
         servers: String,
         topic: String,
+        /// Brokers in the cluster's metadata (to size a topic created in its place).
+        brokers: usize,
     },
     #[error("cannot read topic {topic} on cluster {cluster}: {error}")]
     Other {
@@ -187,6 +189,51 @@ pub enum TopicError {
         topic: String,
         error: String,
     },
+}
+
+/// Creates `topic` (a missing probe topic with `create_topic`): by default one partition per
+/// broker so that every broker leads one, replication factor 3 or the broker count when lower.
+/// Another agent creating it first is fine. Returns (partitions, replication factor).
+pub async fn create_topic(
+    cluster: &ClusterConfig,
+    instance: &str,
+    topic: &str,
+    spec: crate::config::CreateTopic,
+    brokers: usize,
+) -> Result<(i32, i32), TopicError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = i32::try_from(brokers.max(1)).unwrap_or(i32::MAX);
+    let partitions = spec.partitions.unwrap_or(brokers);
+    let replication = spec.replication_factor.unwrap_or(brokers.min(3));
+    if partitions < brokers {
+        tracing::warn!(cluster = %cluster.name, topic, partitions, brokers, "creating the probe topic with fewer partitions than brokers: some brokers lead no probed partition");
+    }
+    let fail = |error: String| TopicError::Other {
+        cluster: cluster.name.clone(),
+        topic: topic.into(),
+        error,
+    };
+    let mut config = base(cluster, instance, "admin");
+    apply(&mut config, &cluster.properties);
+    let admin: AdminClient<ClientCtx> =
+        config
+            .create_with_context(ClientCtx::new(&cluster.name))
+            .map_err(|e| fail(format!("cannot create an admin client: {e}")))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| fail(format!("cannot create the topic: {e}")))?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => {
+            tracing::info!(cluster = %cluster.name, topic, partitions, replication_factor = replication, "created the probe topic");
+            Ok((partitions, replication))
+        }
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok((partitions, replication)),
+        Some(Err((_, code))) => Err(fail(format!("cannot create the topic: {code}"))),
+        None => Err(fail("cannot create the topic: no answer".into())),
+    }
 }
 
 /// Partition id -> leader broker id.
@@ -211,6 +258,7 @@ pub fn partitions_blocking<C: ClientContext>(
             cluster: cluster.name.clone(),
             servers: cluster.bootstrap_servers.clone(),
             topic: topic.into(),
+            brokers: md.brokers().len(),
         });
     };
     match t.error() {
@@ -220,6 +268,7 @@ pub fn partitions_blocking<C: ClientContext>(
                 cluster: cluster.name.clone(),
                 servers: cluster.bootstrap_servers.clone(),
                 topic: topic.into(),
+                brokers: md.brokers().len(),
             });
         }
         Some(e) => {
@@ -240,6 +289,7 @@ pub fn partitions_blocking<C: ClientContext>(
             cluster: cluster.name.clone(),
             servers: cluster.bootstrap_servers.clone(),
             topic: topic.into(),
+            brokers: md.brokers().len(),
         });
     }
     Ok(ids)

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::config::{Expectation, IdFrom};
+
 pub const ENVELOPE_VERSION: u64 = 1;
 
 /// Header names written on every record.
@@ -373,6 +375,12 @@ pub enum Corruption {
     Header { name: String, problem: String },
     /// `traceparent` missing, invalid, or carrying another trace id.
     TraceContext(String),
+    /// A transformed record fails an `expect` assertion.
+    Assertion {
+        pointer: String,
+        expected: String,
+        got: String,
+    },
 }
 
 impl Corruption {
@@ -384,6 +392,7 @@ impl Corruption {
             Corruption::Field { .. } => "field",
             Corruption::Header { .. } => "header",
             Corruption::TraceContext(_) => "trace_context",
+            Corruption::Assertion { .. } => "assertion",
         }
     }
 }
@@ -402,7 +411,82 @@ impl fmt::Display for Corruption {
             }
             Corruption::Header { name, problem } => write!(f, "header `{name}`: {problem}"),
             Corruption::TraceContext(e) => write!(f, "trace context: {e}"),
+            Corruption::Assertion {
+                pointer,
+                expected,
+                got,
+            } => {
+                write!(f, "assertion {pointer}: expected {expected}, got {got}")
+            }
         }
+    }
+}
+
+/// The record id a transformed record carries, per `id_from`.
+pub fn transformed_id(view: &View, id_from: &IdFrom) -> Option<Uuid> {
+    match id_from {
+        IdFrom::Header(name) => view.header(name).and_then(|s| Uuid::parse_str(s).ok()),
+        IdFrom::Pointer(p) => {
+            let value: serde_json::Value = serde_json::from_slice(view.value?).ok()?;
+            value
+                .pointer(p)?
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+        }
+    }
+}
+
+/// Checks a transformed record (a pipeline's output) against the record it came from: every
+/// `expect` assertion holds, and a `traceparent` passed through carries the original trace id.
+/// The envelope's digest does not apply: the pipeline rewrote the value.
+pub fn verify_transformed(
+    expected: &Expected,
+    view: &View,
+    expect: &[(String, Expectation)],
+) -> Result<(), Corruption> {
+    if !expect.is_empty() {
+        let value = view
+            .value
+            .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
+        let got: serde_json::Value = serde_json::from_slice(value)
+            .map_err(|e| Corruption::Undecodable(format!("not JSON: {e}")))?;
+        let original = serde_json::to_value(&expected.body).expect("envelope serialises");
+        for (pointer, e) in expect {
+            let want = match e {
+                Expectation::Literal(v) => v.clone(),
+                Expectation::FromOriginal(from) => original
+                    .pointer(from)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            };
+            let actual = got.pointer(pointer);
+            if !actual.is_some_and(|a| same_json(a, &want)) {
+                return Err(Corruption::Assertion {
+                    pointer: pointer.clone(),
+                    expected: want.to_string(),
+                    got: actual.map_or("nothing".into(), |a| a.to_string()),
+                });
+            }
+        }
+    }
+    match (view.header(header::TRACEPARENT), view.trace_id()) {
+        (None, _) => Ok(()),
+        (Some(_), Some(t)) if t == expected.trace_id => Ok(()),
+        (Some(_), Some(t)) => Err(Corruption::TraceContext(format!(
+            "trace id changed from {} to {t}",
+            expected.trace_id
+        ))),
+        (Some(_), None) => Err(Corruption::TraceContext(
+            "traceparent is not a valid W3C value".into(),
+        )),
+    }
+}
+
+/// JSON equality with numbers compared by value (42 == 42.0).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

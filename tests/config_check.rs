@@ -43,7 +43,7 @@ const CASES: &[Case] = &[
         agent: Some(AGENT),
         probes: &[("a.yaml", "name: orders\ncolour: blue\n")],
         expected: &[
-            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics",
+            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics, create_topic",
         ],
     },
     Case {
@@ -197,6 +197,30 @@ const CASES: &[Case] = &[
             "slo-probe.yaml:2:9: `window` must be greater than zero, got `0s`",
             "slo-probe.yaml:3:7: `site` may only contain letters, digits, `.`, `_` and `-`, got `eu west`",
             "slo-probe.yaml:5:33: `bootstrap_servers` must not be empty",
+        ],
+    },
+    Case {
+        name: "create_topic, id_from and expect",
+        agent: Some(AGENT),
+        probes: &[
+            (
+                "a.yaml",
+                "name: a\ncreate_topic: { partitions: 0, replicas: 3 }\n",
+            ),
+            ("b.yaml", "name: b\ncreate_topic: maybe\n"),
+            (
+                "c.yaml",
+                "name: c\nverify:\n  kafka:\n    topic: out\n    id_from: order.ref\n    expect:\n      amount: 42\n      /seq: { from: /nope }\n      /x: [1]\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:2:29: `partitions` must be at least 1, got 0",
+            "probes/a.yaml:2:32: unknown field `replicas` in create_topic, did you mean `replication_factor`?",
+            "probes/b.yaml:2:15: `create_topic` must be true, false or a mapping, got `maybe`",
+            "probes/c.yaml:5:14: `id_from` must be `header`, `header:<name>` or a JSON pointer like /order/id, got `order.ref`",
+            "probes/c.yaml:7:7: `expect` must be a JSON pointer starting with `/`, got `amount`",
+            "probes/c.yaml:8:21: `from` must point into the original record (v, id, probe, instance, site, partition, seq, scheduled_at_ns, tags, payload), got `/nope`",
+            "probes/c.yaml:9:11: `expect./x` must be a value or `{ from: /field }`",
         ],
     },
     Case {

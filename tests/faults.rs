@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::relay::{Fault, Picker, Relay, Tally};
 use common::{Tree, sample};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use slo_probe::agent::{Agent, AgentOptions, AgentView};
-use slo_probe::config::{self, Sources};
+use slo_probe::agent::{Agent, AgentView};
 use slo_probe::embedded::EmbeddedCluster;
 use slo_probe::export::metrics::names;
 use slo_probe::probe::task::Plan;
@@ -76,20 +75,9 @@ async fn start(
     plan: Plan,
 ) -> (Tree, Agent, Conservation) {
     let t = Tree::new();
-    let agent_file = t.agent_file(cluster.bootstrap_servers());
+    t.agent_file(cluster.bootstrap_servers());
     t.write("probes/p.yaml", probe_yaml);
-    let sources = Sources {
-        agent_file: Some(agent_file),
-        probe_paths: vec![t.path().join("probes")],
-    };
-    let opts = AgentOptions {
-        plan,
-        listen: None,
-        embedded: false,
-    };
-    let agent = Agent::start(config::load(&sources).unwrap(), opts)
-        .await
-        .unwrap();
+    let agent = common::start_agent(&t, plan).await;
     let conservation = Conservation::watch(agent.view());
     (t, agent, conservation)
 }

@@ -127,6 +127,8 @@ pub struct ProbeConfig {
     /// Export outcomes per partition (and each partition's leader); off by default to keep the
     /// number of series low.
     pub per_partition_metrics: bool,
+    /// Create the topic when it is missing (otherwise a missing topic is an error).
+    pub create_topic: Option<CreateTopic>,
     /// Where the probe was defined (its file), for messages.
     pub origin: Loc,
 }
@@ -150,6 +152,44 @@ pub enum Verify {
 pub struct KafkaVerify {
     pub cluster: String,
     pub topic: String,
+    /// Where the record id is in records read back. `None`: the records are copies of what was
+    /// sent (same topic, or a mirror) and are checked whole, digest included.
+    pub id_from: Option<IdFrom>,
+    /// Content assertions on transformed records: JSON pointer -> expected value.
+    pub expect: Vec<(String, Expectation)>,
+}
+
+impl KafkaVerify {
+    /// Whether records come back transformed (a pipeline's output) rather than copied.
+    pub fn transformed(&self) -> bool {
+        self.id_from.is_some() || !self.expect.is_empty()
+    }
+}
+
+/// Where a transformed record carries the id of the record it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdFrom {
+    /// A header the pipeline passes through (`header` is `slo-probe-id`).
+    Header(String),
+    /// A JSON pointer into the record's value.
+    Pointer(String),
+}
+
+/// The value a JSON pointer of a transformed record must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    Literal(serde_json::Value),
+    /// The original record's field at this pointer (`/seq`, `/tags/team`...).
+    FromOriginal(String),
+}
+
+/// Create the probe topic when it does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreateTopic {
+    /// Default: the number of brokers, so that every broker can lead a partition.
+    pub partitions: Option<i32>,
+    /// Default: 3, or fewer when the cluster has fewer brokers.
+    pub replication_factor: Option<i32>,
 }
 
 #[derive(Debug, Clone)]

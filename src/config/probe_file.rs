@@ -11,8 +11,8 @@ use marked_yaml::types::MarkedMappingNode;
 use super::diag::{Diagnostics, Loc};
 use super::yaml::{Doc, table_start};
 use super::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, ProbeConfig,
-    Sli, SloConfig, Verify,
+    CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, Expectation, IdFrom, KafkaVerify,
+    MAX_PAYLOAD_BYTES, Partitions, ProbeConfig, Sli, SloConfig, Verify,
 };
 use crate::record::is_reserved_header;
 
@@ -29,9 +29,24 @@ const PROBE_FIELDS: &[&str] = &[
     "slos",
     "max_in_flight",
     "per_partition_metrics",
+    "create_topic",
 ];
 const VERIFIERS: &[&str] = &["kafka"];
-const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic"];
+const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic", "id_from", "expect"];
+const CREATE_TOPIC_FIELDS: &[&str] = &["partitions", "replication_factor"];
+/// Envelope fields an expectation may refer to.
+const ENVELOPE_FIELDS: &[&str] = &[
+    "v",
+    "id",
+    "probe",
+    "instance",
+    "site",
+    "partition",
+    "seq",
+    "scheduled_at_ns",
+    "tags",
+    "payload",
+];
 const SLO_FIELDS: &[&str] = &["name", "sli", "latency_below", "objective", "window"];
 
 /// Placeholder cluster name of a probe that names none; resolved against the agent file.
@@ -137,6 +152,8 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         None => Some(Verify::Kafka(KafkaVerify {
             cluster: cluster.clone(),
             topic: topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.into()),
+            id_from: None,
+            expect: Vec::new(),
         })),
     };
     let slos = map
@@ -154,6 +171,9 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
     let per_partition_metrics = opt(map, "per_partition_metrics", false, |n| {
         doc.boolean(n, "per_partition_metrics")
     });
+    let create_topic = opt(map, "create_topic", None, |n| {
+        create_topic(doc, n).map(Some)
+    });
 
     Some(ProbeConfig {
         name: name?,
@@ -168,6 +188,7 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         slos,
         max_in_flight: max_in_flight?,
         per_partition_metrics: per_partition_metrics?,
+        create_topic: create_topic?,
         origin,
     })
 }
@@ -292,21 +313,181 @@ fn verify(
     }
     let kafka = map.get_node("kafka")?;
     let k = doc.table(kafka, "verify.kafka", KAFKA_VERIFY_FIELDS)?;
+    // Each field is read (and its problems reported) before any is given up on.
     let cluster_node = k.get_node("cluster");
     parsed.verify_cluster = located(doc, cluster_node, "verify.kafka.cluster");
     let verify_cluster = match (&parsed.verify_cluster, cluster_node) {
-        (Some((c, _)), _) => c.clone(),
-        (None, Some(_)) => return None,
-        (None, None) => cluster.to_string(),
+        (Some((c, _)), _) => Some(c.clone()),
+        (None, Some(_)) => None,
+        (None, None) => Some(cluster.to_string()),
     };
     let verify_topic = match k.get_node("topic") {
-        Some(n) => topic(doc, n, "verify.kafka.topic")?,
-        None => topic_name.to_string(),
+        Some(n) => topic(doc, n, "verify.kafka.topic"),
+        None => Some(topic_name.to_string()),
     };
+    let id_from = match k.get_node("id_from") {
+        Some(n) => id_from(doc, n).map(Some),
+        None => Some(None),
+    };
+    let expect = match k.get_node("expect") {
+        Some(n) => expectations(doc, n),
+        None => Some(Vec::new()),
+    };
+    let (verify_cluster, verify_topic, id_from, expect) =
+        (verify_cluster?, verify_topic?, id_from?, expect?);
     Some(Verify::Kafka(KafkaVerify {
         cluster: verify_cluster,
         topic: verify_topic,
+        id_from,
+        expect,
     }))
+}
+
+fn create_topic(doc: &mut Doc, node: &Node) -> Option<CreateTopic> {
+    if let Some(s) = node.as_scalar() {
+        return match s.as_bool() {
+            Some(true) => Some(CreateTopic::default()),
+            // `false` is the default: a missing topic is an error.
+            Some(false) => None,
+            None => {
+                doc.error(
+                    node.span(),
+                    format!(
+                        "`create_topic` must be true, false or a mapping, got `{}`",
+                        s.as_str()
+                    ),
+                );
+                None
+            }
+        };
+    }
+    let map = doc.table(node, "create_topic", CREATE_TOPIC_FIELDS)?;
+    let mut count = |field: &str| -> Option<Option<i32>> {
+        let Some(n) = map.get_node(field) else {
+            return Some(None);
+        };
+        let v: i32 = doc.integer(n, field, "a positive number")?;
+        if v < 1 {
+            doc.error(n.span(), format!("`{field}` must be at least 1, got {v}"));
+            return None;
+        }
+        Some(Some(v))
+    };
+    let partitions = count("partitions");
+    let replication_factor = count("replication_factor");
+    Some(CreateTopic {
+        partitions: partitions?,
+        replication_factor: replication_factor?,
+    })
+}
+
+fn pointer(doc: &mut Doc, node: &Node, s: &str, field: &str) -> Option<String> {
+    if !s.starts_with('/') {
+        doc.error(
+            node.span(),
+            format!("`{field}` must be a JSON pointer starting with `/`, got `{s}`"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn id_from(doc: &mut Doc, node: &Node) -> Option<IdFrom> {
+    let s = doc.string(node, "id_from")?;
+    if s == "header" {
+        return Some(IdFrom::Header(crate::record::header::ID.to_string()));
+    }
+    if let Some(name) = s.strip_prefix("header:") {
+        if name.is_empty() {
+            doc.error(node.span(), "`id_from: header:<name>` needs a header name");
+            return None;
+        }
+        return Some(IdFrom::Header(name.to_string()));
+    }
+    if !s.starts_with('/') {
+        doc.error(node.span(), format!("`id_from` must be `header`, `header:<name>` or a JSON pointer like /order/id, got `{s}`"));
+        return None;
+    }
+    Some(IdFrom::Pointer(s))
+}
+
+fn expectations(doc: &mut Doc, node: &Node) -> Option<Vec<(String, Expectation)>> {
+    let Some(map) = node.as_mapping() else {
+        doc.error(
+            node.span(),
+            "`expect` must be a mapping of JSON pointers to expected values",
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (key, value) in map.iter() {
+        let Some(p) = pointer(doc, &Node::from(key.clone()), key.as_str(), "expect") else {
+            ok = false;
+            continue;
+        };
+        let expectation = match value {
+            Node::Scalar(s) => Some(Expectation::Literal(literal(s))),
+            Node::Mapping(_) => {
+                let what = format!("expect.{p}");
+                doc.table(value, &what, &["from"]).and_then(|m| {
+                    let from = doc.required(m, "from", &what)?;
+                    let s = doc.string(from, "from")?;
+                    let first = s
+                        .trim_start_matches('/')
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    if !s.starts_with('/') || !ENVELOPE_FIELDS.contains(&first.as_str()) {
+                        doc.error(
+                            from.span(),
+                            format!(
+                                "`from` must point into the original record ({}), got `{s}`",
+                                ENVELOPE_FIELDS.join(", ")
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(Expectation::FromOriginal(s))
+                })
+            }
+            Node::Sequence(_) => {
+                doc.error(
+                    value.span(),
+                    format!("`expect.{p}` must be a value or `{{ from: /field }}`"),
+                );
+                None
+            }
+        };
+        match expectation {
+            Some(e) => out.push((p, e)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A YAML scalar as the JSON value it denotes: quoted scalars are strings; plain ones may be
+/// null, booleans or numbers.
+fn literal(s: &marked_yaml::types::MarkedScalarNode) -> serde_json::Value {
+    use serde_json::Value;
+    if !s.may_coerce() {
+        return Value::String(s.as_str().to_string());
+    }
+    match s.as_str() {
+        "null" | "~" => Value::Null,
+        _ => s
+            .as_bool()
+            .map(Value::Bool)
+            .or_else(|| s.as_i64().map(Value::from))
+            .or_else(|| {
+                s.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+            })
+            .unwrap_or_else(|| Value::String(s.as_str().to_string())),
+    }
 }
 
 fn slos(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Vec<SloConfig> {

@@ -5,7 +5,7 @@
 //! [`Metrics::update`] (shared); a scrape gathers under the exclusive side, so every scrape sees
 //! `sent == ok + lost + corrupt + send_failed + in_flight` exactly.
 
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use prometheus::{
@@ -13,10 +13,10 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
 use crate::probe::Outcome;
 use crate::record::ForeignReason;
-use crate::stats::QUANTILE_LABELS;
 use crate::stats::slo::BURN_WINDOWS;
 
 /// Every metric name the agent exports.
@@ -81,8 +81,8 @@ pub struct Metrics {
     late: IntCounterVec,
     foreign: IntCounterVec,
     slo_events: IntCounterVec,
-    e2e: GaugeVec,
-    produce: GaugeVec,
+    e2e: Arc<WindowSummary>,
+    produce: Arc<WindowSummary>,
     e2e_distribution: HistogramVec,
     availability: GaugeVec,
     freshness: GaugeVec,
@@ -201,17 +201,15 @@ impl Metrics {
                 "SLO events (final outcomes) judged good or bad per SLO.",
                 &["probe", "slo", "result"],
             ),
-            e2e: gauge(
+            e2e: summary(
                 &r,
                 names::E2E_LATENCY,
-                "End-to-end latency quantiles over the sliding window (HDR, scheduled send to verification).",
-                &["probe", "quantile"],
+                "End-to-end latency over the sliding window (HDR; scheduled send to verification).",
             ),
-            produce: gauge(
+            produce: summary(
                 &r,
                 names::PRODUCE_LATENCY,
-                "Produce latency quantiles over the sliding window (scheduled send to broker acknowledgement).",
-                &["probe", "quantile"],
+                "Produce latency over the sliding window (HDR; scheduled send to broker acknowledgement).",
             ),
             e2e_distribution,
             availability: gauge(
@@ -268,7 +266,6 @@ impl Metrics {
 
     /// Handles bound to one probe; every series of the probe exists (at zero) from here on.
     pub fn probe(&self, probe: &str, slos: &[SloConfig], per_partition: bool) -> ProbeMetrics {
-        let q = |v: &GaugeVec| QUANTILE_LABELS.map(|l| v.with_label_values(&[probe, l]));
         let m = ProbeMetrics {
             sent: self.records_sent.with_label_values(&[probe]),
             outcomes: Outcome::ALL.map(|o| self.records.with_label_values(&[probe, o.as_str()])),
@@ -287,8 +284,14 @@ impl Metrics {
                     )
                 })
                 .collect(),
-            e2e: q(&self.e2e),
-            produce: q(&self.produce),
+            e2e: WindowSeries {
+                summary: Arc::clone(&self.e2e),
+                probe: probe.to_string(),
+            },
+            produce: WindowSeries {
+                summary: Arc::clone(&self.produce),
+                probe: probe.to_string(),
+            },
             e2e_distribution: self.e2e_distribution.with_label_values(&[probe]),
             availability: self.availability.with_label_values(&[probe]),
             freshness: self.freshness.with_label_values(&[probe]),
@@ -311,13 +314,9 @@ impl Metrics {
                 leader: self.partition_leader.clone(),
             }),
         };
-        for g in m
-            .e2e
-            .iter()
-            .chain(&m.produce)
-            .chain([&m.availability])
-            .chain(m.burn.iter().flatten())
-        {
+        m.e2e.set(WindowValues::default());
+        m.produce.set(WindowValues::default());
+        for g in [&m.availability].into_iter().chain(m.burn.iter().flatten()) {
             g.set(f64::NAN);
         }
         for g in &m.budget {
@@ -358,8 +357,8 @@ pub struct ProbeMetrics {
     /// (good, bad) per SLO, in the probe's SLO order.
     pub slo_events: Vec<(IntCounter, IntCounter)>,
     /// Indexed like [`crate::stats::QUANTILES`].
-    pub e2e: [Gauge; 6],
-    pub produce: [Gauge; 6],
+    pub e2e: WindowSeries,
+    pub produce: WindowSeries,
     pub e2e_distribution: Histogram,
     pub availability: Gauge,
     pub freshness: Gauge,
@@ -423,11 +422,24 @@ impl ProbeMetrics {
             .position(|x| *x == r)
             .expect("every reason listed")]
     }
+}
 
-    pub fn set_quantiles(gauges: &[Gauge; 6], values: Option<[f64; 6]>) {
-        let values = values.unwrap_or([f64::NAN; 6]);
-        for (g, v) in gauges.iter().zip(values) {
-            g.set(v);
-        }
+/// One probe's series of a windowed summary.
+pub struct WindowSeries {
+    summary: Arc<WindowSummary>,
+    probe: String,
+}
+
+impl WindowSeries {
+    pub fn set(&self, v: WindowValues) {
+        self.summary.set(&self.probe, v);
     }
+}
+
+fn summary(registry: &Registry, name: &str, help: &str) -> Arc<WindowSummary> {
+    let s = WindowSummary::new(name, help);
+    registry
+        .register(Box::new(Registered(Arc::clone(&s))))
+        .expect("metric registered once");
+    s
 }

@@ -4,3 +4,4 @@ pub mod events;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod summary;

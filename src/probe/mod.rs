@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 pub use tracker::{Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Tracker};
 
-use crate::config::{AgentConfig, ProbeConfig, Verify};
+use crate::config::{AgentConfig, KafkaVerify, ProbeConfig, Verify};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics};
 use crate::kafka;
@@ -57,6 +57,8 @@ pub struct Probe {
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
+    /// How records are read back (copies, or a pipeline's transformed output).
+    verify: KafkaVerify,
     started: Instant,
     metrics: Arc<Metrics>,
     series: ProbeMetrics,
@@ -90,6 +92,7 @@ impl Probe {
     pub fn new(config: ProbeConfig, agent: &AgentConfig, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         let Verify::Kafka(v) = &config.verify;
+        let verify = v.clone();
         let (verify_cluster, verify_topic) = (v.cluster.clone(), v.topic.clone());
         let same_topic = verify_cluster == config.cluster && verify_topic == config.topic;
         let series = metrics.probe(&config.name, &config.slos, config.per_partition_metrics);
@@ -118,6 +121,7 @@ impl Probe {
             verify_cluster,
             verify_topic,
             same_topic,
+            verify,
             started: now,
             metrics,
             series,
@@ -230,9 +234,13 @@ impl Probe {
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let mut core = self.lock();
         let same_topic = self.same_topic;
-        // On another topic the partition may differ; everything else must hold.
         let arrival = core.tracker.arrive(id, at, view.offset, |expected| {
-            record::verify(expected, view, same_topic)
+            if self.verify.transformed() {
+                record::verify_transformed(expected, view, &self.verify.expect)
+            } else {
+                // On another topic the partition may differ; everything else must hold.
+                record::verify(expected, view, same_topic)
+            }
         });
         match &arrival {
             Some(Arrival::Final {
@@ -267,6 +275,24 @@ impl Probe {
             Some(Arrival::Late { latency }) => events::late(&self.origin, view, id, latency),
             None => events::late(&self.origin, view, id, None),
         }
+    }
+
+    /// Whether records come back transformed (ids found per `id_from`).
+    pub fn transforms(&self) -> bool {
+        self.verify.transformed()
+    }
+
+    /// The id a record read back carries, per `id_from` (transformed records only).
+    pub fn record_id(&self, view: &View) -> Option<Uuid> {
+        self.verify
+            .id_from
+            .as_ref()
+            .and_then(|from| record::transformed_id(view, from))
+    }
+
+    /// Whether this probe sent the record with this id (in flight or recently finished).
+    pub fn knows(&self, id: &Uuid) -> bool {
+        self.lock().tracker.knows(id)
     }
 
     /// A record on the probe's verify topic that is not a probe record.
@@ -349,7 +375,13 @@ impl Probe {
         self.progress.send_modify(|p| p.finished = true);
     }
 
-    fn freshness(&self, core: &Core, now: Instant) -> Duration {
+    /// Age of the newest verified record (since its scheduled send); since start when none.
+    pub fn freshness(&self, now: Instant) -> Duration {
+        let core = self.lock();
+        self.freshness_of(&core, now)
+    }
+
+    fn freshness_of(&self, core: &Core, now: Instant) -> Duration {
         now.saturating_duration_since(core.newest_verified.unwrap_or(self.started))
     }
 
@@ -357,17 +389,18 @@ impl Probe {
     /// burn rates) up to `now`; called before each scrape.
     pub fn refresh_gauges(&self, now: Instant) {
         let core = self.lock();
-        ProbeMetrics::set_quantiles(&self.series.e2e, stats::quantiles(&core.e2e.window(now)));
-        ProbeMetrics::set_quantiles(
-            &self.series.produce,
-            stats::quantiles(&core.produce.window(now)),
-        );
+        self.series
+            .e2e
+            .set(stats::window_values(&core.e2e.window(now)));
+        self.series
+            .produce
+            .set(stats::window_values(&core.produce.window(now)));
         self.series
             .availability
             .set(core.availability.ratio(now).unwrap_or(f64::NAN));
         self.series
             .freshness
-            .set(self.freshness(&core, now).as_secs_f64());
+            .set(self.freshness_of(&core, now).as_secs_f64());
         for (i, slo) in core.slos.iter().enumerate() {
             self.series.budget[i].set(slo.budget_remaining(now));
             for (gauge, rate) in self.series.burn[i].iter().zip(slo.burn_rates(now)) {
@@ -389,7 +422,7 @@ impl Probe {
             e2e_window: stats::quantiles(&window),
             e2e_window_count: window.len(),
             availability: core.availability.ratio(now),
-            freshness: self.freshness(&core, now),
+            freshness: self.freshness_of(&core, now),
             slos: core.slos.iter().map(|s| s.summary(now)).collect(),
             foreign: self.foreign.load(Ordering::Relaxed),
             footprint: core.tracker.footprint(),

@@ -222,11 +222,30 @@ async fn discover_once(d: &Discovery) -> Result<kafka::Partitions, TopicError> {
     let cfg = &d.probe.config;
     let producer = d.producer.clone();
     let (cluster, topic) = (d.cluster.clone(), cfg.topic.clone());
-    let all = tokio::task::spawn_blocking(move || {
-        kafka::partitions_blocking(producer.client(), &cluster, &topic, METADATA_TIMEOUT)
-    })
-    .await
-    .expect("metadata lookup does not panic")?;
+    let lookup = move || {
+        let (producer, cluster, topic) = (producer.clone(), cluster.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                kafka::partitions_blocking(producer.client(), &cluster, &topic, METADATA_TIMEOUT)
+            })
+            .await
+            .expect("metadata lookup does not panic")
+        }
+    };
+    let all = match (lookup().await, cfg.create_topic) {
+        (Err(TopicError::Missing { brokers, .. }), Some(spec)) => {
+            kafka::create_topic(
+                &d.cluster,
+                &d.probe.origin.instance,
+                &cfg.topic,
+                spec,
+                brokers,
+            )
+            .await?;
+            lookup().await?
+        }
+        (found, _) => found?,
+    };
     let wanted: kafka::Partitions = match &cfg.partitions {
         Partitions::All => all.clone(),
         Partitions::List(list) => {

@@ -196,6 +196,11 @@ impl Tracker {
         self.pending.contains_key(id)
     }
 
+    /// In flight or finished recently enough to be remembered.
+    pub fn knows(&self, id: &Uuid) -> bool {
+        self.pending.contains_key(id) || self.recent.contains_key(id)
+    }
+
     /// A record was scheduled. Over the in-flight bound it is settled at once as
     /// `send_failed` (reason `backpressure`) and returned: the caller must not send it.
     pub fn register(

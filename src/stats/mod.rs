@@ -16,8 +16,6 @@ use crate::probe::Outcome;
 
 /// The exported quantiles; `1` is the maximum.
 pub const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
-/// Label values for [`QUANTILES`].
-pub const QUANTILE_LABELS: [&str; 6] = ["0.5", "0.9", "0.95", "0.99", "0.999", "1"];
 
 /// 3 significant digits, microsecond unit, growing as larger values arrive.
 fn new_histogram() -> Histogram<u64> {
@@ -96,6 +94,15 @@ pub fn quantiles(h: &Histogram<u64>) -> Option<[f64; 6]> {
         };
         us as f64 / 1e6
     }))
+}
+
+/// Count, sum and quantiles of a histogram, in seconds, for a summary.
+pub fn window_values(h: &Histogram<u64>) -> crate::export::summary::WindowValues {
+    crate::export::summary::WindowValues {
+        count: h.len(),
+        sum: h.mean() * h.len() as f64 / 1e6,
+        quantiles: quantiles(h),
+    }
 }
 
 /// Final outcomes in one window slot.

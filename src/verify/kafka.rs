@@ -163,13 +163,25 @@ impl KafkaVerifier {
                 let Some(p) = probes.iter().find(|p| p.name() == probe) else {
                     return;
                 };
-                let id = id.or_else(|| view.key.and_then(|k| Uuid::try_parse_ascii(k).ok()));
+                let id = id
+                    .or_else(|| p.record_id(view))
+                    .or_else(|| view.key.and_then(|k| Uuid::try_parse_ascii(k).ok()));
                 match id {
                     Some(id) => p.arrived(view, &id, at),
                     None => p.foreign(view, ForeignReason::MissingHeaders),
                 }
             }
             Claim::Foreign(reason) => {
+                // A pipeline's output may carry the record id only where `id_from` says: a known
+                // id is ours; a valid id we never sent is another agent's record, skipped.
+                for p in probes.iter().filter(|p| p.transforms()) {
+                    if let Some(id) = p.record_id(view) {
+                        if p.knows(&id) {
+                            p.arrived(view, &id, at);
+                        }
+                        return;
+                    }
+                }
                 for p in probes {
                     p.foreign(view, reason);
                 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod front;
+pub mod infra;
 pub mod relay;
 
 use std::io::{BufRead, BufReader};
@@ -59,6 +61,23 @@ impl Output {
     }
 }
 
+/// Starts an agent in this process on the tree's `slo-probe.yaml` (if any) and `probes/`.
+pub async fn start_agent(t: &Tree, plan: slo_probe::probe::task::Plan) -> slo_probe::agent::Agent {
+    let agent_file = t.path().join("slo-probe.yaml");
+    let sources = slo_probe::config::Sources {
+        agent_file: agent_file.exists().then_some(agent_file),
+        probe_paths: vec![t.path().join("probes")],
+    };
+    let opts = slo_probe::agent::AgentOptions {
+        plan,
+        listen: None,
+        embedded: false,
+    };
+    slo_probe::agent::Agent::start(slo_probe::config::load(&sources).unwrap(), opts)
+        .await
+        .unwrap()
+}
+
 /// Runs the binary to completion in `cwd`.
 pub fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(BIN)
@@ -108,6 +127,17 @@ impl Running {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// `slo-probe run` on a free port with JSON logs (and `extra` arguments), once its first
+    /// round settled; returns it and its HTTP address.
+    pub fn run_ready(cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Running, String) {
+        let listen = format!("127.0.0.1:{}", infra::free_port());
+        let mut args = vec!["run", "--listen", &listen, "--log-format", "json"];
+        args.extend_from_slice(extra);
+        let mut agent = Running::spawn(cwd, &args, env);
+        agent.wait_event(Duration::from_secs(90), "first round settled: probe ready");
+        (agent, listen)
     }
 
     pub fn pid(&self) -> u32 {
@@ -190,6 +220,18 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: show what the agent said, and how it ended.
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            let tail = self.seen.len().saturating_sub(60);
+            eprintln!(
+                "--- slo-probe stderr (last lines) ---\n{}",
+                self.seen[tail..].join("\n")
+            );
+            eprintln!("--- slo-probe status: {:?}", self.child.try_wait());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -203,9 +245,10 @@ pub fn closed_port() -> u16 {
 
 /// GET `http://{addr}{path}`: (status, body).
 pub async fn get(addr: &str, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{addr}{path}"))
+    let url = format!("http://{addr}{path}");
+    let r = reqwest::get(&url)
         .await
-        .expect("HTTP request");
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }

@@ -31,6 +31,11 @@ pub enum Fault {
     Delay(Duration),
     /// Forward every record, each followed by a garbage record on the same partition.
     Garbage,
+    /// Rewrite every record as a pipeline would, after `delay`:
+    /// `{"order": {"ref": <id>, "seq": <seq>, "team": <tags.team>}, "amount": 42, "source": "relay"}`
+    /// without a key; headers passed through only when `keep_headers`. Picked records get a
+    /// wrong `amount` (41).
+    Transform { delay: Duration, keep_headers: bool },
 }
 
 /// Picks about one record in `one_in` from `seed`, by (partition, seq).
@@ -41,6 +46,12 @@ pub struct Picker {
 }
 
 impl Picker {
+    /// Picks nothing.
+    pub const NONE: Picker = Picker {
+        seed: 0,
+        one_in: u64::MAX,
+    };
+
     pub fn picks(&self, partition: i32, seq: u64) -> bool {
         // splitmix64 of the seed mixed with the record's coordinates
         let mut z = self.seed ^ ((partition as u64) << 40) ^ seq;
@@ -63,6 +74,8 @@ pub struct Tally {
     pub swapped: u64,
     pub corrupted: u64,
     pub garbage: u64,
+    /// Transform: records given a wrong amount.
+    pub wrong: u64,
 }
 
 pub struct Relay {
@@ -72,7 +85,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts relaying `from` -> `to` (both with `partitions` partitions), from the beginning.
+    /// Starts relaying topic `from` -> `to` on one cluster (both with `partitions` partitions),
+    /// from the beginning.
     pub fn start(
         bootstrap: &str,
         from: &str,
@@ -81,8 +95,27 @@ impl Relay {
         fault: Fault,
         picker: Picker,
     ) -> Relay {
+        Relay::between(
+            (bootstrap, from),
+            (bootstrap, to),
+            partitions,
+            fault,
+            picker,
+        )
+    }
+
+    /// Starts relaying between clusters (a mirror when `fault` is `Pass` or `Delay`): each
+    /// `(bootstrap servers, topic)`; records keep their partition.
+    pub fn between(
+        from: (&str, &str),
+        to: (&str, &str),
+        partitions: i32,
+        fault: Fault,
+        picker: Picker,
+    ) -> Relay {
+        let ((from_servers, from), (to_servers, to)) = (from, to);
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+            .set("bootstrap.servers", from_servers)
             .set("group.id", "test-relay")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "5")
@@ -95,7 +128,7 @@ impl Relay {
         }
         consumer.assign(&tpl).unwrap();
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+            .set("bootstrap.servers", to_servers)
             .set("linger.ms", "0")
             .create()
             .unwrap();
@@ -170,6 +203,32 @@ fn corrupt(m: &OwnedMessage) -> OwnedMessage {
     )
 }
 
+fn transform(m: &OwnedMessage, wrong: bool, keep_headers: bool) -> OwnedMessage {
+    let envelope: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    let out = serde_json::json!({
+        "order": {
+            "ref": envelope["id"],
+            "seq": envelope["seq"],
+            "team": envelope["tags"]["team"],
+        },
+        "amount": if wrong { 41 } else { 42 },
+        "source": "relay",
+    });
+    OwnedMessage::new(
+        Some(serde_json::to_vec(&out).unwrap()),
+        None,
+        m.topic().to_string(),
+        m.timestamp(),
+        m.partition(),
+        m.offset(),
+        if keep_headers {
+            m.headers().cloned()
+        } else {
+            None
+        },
+    )
+}
+
 fn garbage(m: &OwnedMessage) -> OwnedMessage {
     OwnedMessage::new(
         Some(b"\xde\xad not a probe record".to_vec()),
@@ -218,6 +277,14 @@ impl State {
                 let g = garbage(&m);
                 self.queue.push_back((now, m));
                 self.queue.push_back((now, g));
+            }
+            Fault::Transform {
+                delay,
+                keep_headers,
+            } => {
+                t.wrong += u64::from(picked);
+                self.queue
+                    .push_back((now + delay, transform(&m, picked, keep_headers)));
             }
             Fault::Drop | Fault::Duplicate | Fault::Corrupt => self.queue.push_back((now, m)),
         }

