@@ -14,11 +14,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::CreateTopic;
 use crate::config::{ClusterConfig, Config, Partitions};
 use crate::embedded::EmbeddedCluster;
 use crate::export::{http, metrics::Metrics};
-use crate::kafka::{self, Producer};
-use crate::probe::task::{self, Discovery, Plan, SendLoop};
+use crate::kafka::Producer;
+use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
+use crate::probe::task::{self, Plan, SendLoop};
 use crate::probe::{Counts, Probe};
 use crate::verify::kafka::KafkaVerifier;
 
@@ -65,9 +67,8 @@ pub struct Agent {
     stop_all: CancellationToken,
     send_loops: TaskTracker,
     background: TaskTracker,
-    deliveries: TaskTracker,
     // Dropped last: the clients, then the embedded cluster they talk to.
-    _producers: BTreeMap<String, Producer>,
+    _producers: BTreeMap<String, Arc<Producer>>,
     _verifiers: BTreeMap<String, Arc<KafkaVerifier>>,
     embedded: Option<EmbeddedCluster>,
 }
@@ -123,7 +124,7 @@ impl Agent {
                 .map(|q| q.timeout)
                 .max();
             let cluster = cluster(&config, &p.cluster);
-            let producer = kafka::create_producer(
+            let producer = Producer::new(
                 cluster,
                 &instance,
                 longest.unwrap_or(p.timeout) + PRODUCER_GRACE,
@@ -132,13 +133,20 @@ impl Agent {
                 cluster: p.cluster.clone(),
                 error,
             })?;
-            producers.insert(p.cluster.clone(), producer);
+            producers.insert(p.cluster.clone(), Arc::new(producer));
         }
         let mut verifiers: BTreeMap<String, Arc<KafkaVerifier>> = BTreeMap::new();
         let probes: Vec<Arc<Probe>> = config
             .probes
             .iter()
-            .map(|p| Arc::new(Probe::new(p.clone(), &config.agent, Arc::clone(&metrics))))
+            .map(|p| {
+                Arc::new(Probe::new(
+                    p.clone(),
+                    &config.agent,
+                    Arc::clone(&metrics),
+                    opts.plan != Plan::Forever,
+                ))
+            })
             .collect();
         for probe in &probes {
             let name = &probe.verify_cluster;
@@ -156,30 +164,78 @@ impl Agent {
 
         let stop_sending = CancellationToken::new();
         let stop_all = CancellationToken::new();
-        let (send_loops, background, deliveries) =
-            (TaskTracker::new(), TaskTracker::new(), TaskTracker::new());
+        let (send_loops, background) = (TaskTracker::new(), TaskTracker::new());
         for v in verifiers.values() {
             background.spawn(Arc::clone(v).run(stop_all.clone()));
         }
+        // One metadata watch per (cluster, topic), shared by every probe on it: probe topics
+        // are read with the cluster's producer, verify-only topics with its verifier.
+        let mut topics: BTreeMap<(String, String), watch::Receiver<TopicState>> = BTreeMap::new();
+        let mut watch = |cluster_name: &str,
+                         topic: &str,
+                         client: MetadataClient,
+                         create: Option<CreateTopic>| {
+            topics
+                .entry((cluster_name.to_string(), topic.to_string()))
+                .or_insert_with(|| {
+                    let (tx, rx) = watch::channel(None);
+                    background.spawn(discovery::watch_topic(TopicWatch {
+                        cluster: cluster(&config, cluster_name).clone(),
+                        topic: topic.to_string(),
+                        client,
+                        create,
+                        instance: instance.clone(),
+                        refresh: config.agent.metadata_refresh,
+                        state: tx,
+                        stop: stop_all.clone(),
+                    }));
+                    rx
+                })
+                .clone()
+        };
+        let mut produce_watches = Vec::new();
         for probe in &probes {
+            let cfg = &probe.config;
+            // The first probe on a topic that asks for it decides how the topic is created.
+            let create = config.probes.iter().find(|p| {
+                p.cluster == cfg.cluster && p.topic == cfg.topic && p.create_topic.is_some()
+            });
+            let client = MetadataClient::Producer(Arc::clone(&producers[&cfg.cluster]));
+            produce_watches.push(watch(
+                &cfg.cluster,
+                &cfg.topic,
+                client,
+                create.and_then(|p| p.create_topic),
+            ));
+        }
+        for (probe, produce) in probes.iter().zip(produce_watches) {
+            let cfg = &probe.config;
+            let same = probe.verify_cluster == cfg.cluster && probe.verify_topic == cfg.topic;
+            let verifier = Arc::clone(&verifiers[&probe.verify_cluster]);
+            let verify = (!same).then(|| {
+                watch(
+                    &probe.verify_cluster,
+                    &probe.verify_topic,
+                    MetadataClient::Verifier(Arc::clone(&verifier)),
+                    None,
+                )
+            });
             let (tx, rx) = watch::channel(None);
-            let producer = producers[&probe.config.cluster].clone();
-            background.spawn(task::discover(Discovery {
+            background.spawn(discovery::follow(Follow {
                 probe: Arc::clone(probe),
-                producer: producer.clone(),
-                cluster: cluster(&config, &probe.config.cluster).clone(),
-                verifier: Arc::clone(&verifiers[&probe.verify_cluster]),
-                refresh: config.agent.metadata_refresh,
+                produce,
+                verify,
+                verifier,
                 partitions: tx,
                 stop: stop_all.clone(),
             }));
+            let producer = Arc::clone(&producers[&cfg.cluster]);
             send_loops.spawn(task::send_loop(SendLoop {
                 probe: Arc::clone(probe),
                 producer,
                 partitions: rx,
                 plan: opts.plan,
                 stop: stop_sending.clone(),
-                deliveries: deliveries.clone(),
             }));
         }
         send_loops.close();
@@ -193,7 +249,6 @@ impl Agent {
             stop_all,
             send_loops,
             background,
-            deliveries,
             _producers: producers,
             _verifiers: verifiers,
             embedded,
@@ -306,9 +361,6 @@ impl Agent {
         self.stop_all.cancel();
         self.background.close();
         self.background.wait().await;
-        self.deliveries.close();
-        // Delivery reports of records already settled need not be awaited for long.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.deliveries.wait()).await;
         let per_probe = self
             .probes
             .iter()

@@ -2,6 +2,7 @@
 //! shared by the task that sends its records ([`task`]), the delivery reports, and the verifier
 //! that sees them come back. The mutex is never held across an await or around I/O.
 
+pub mod discovery;
 pub mod task;
 mod tracker;
 
@@ -73,7 +74,7 @@ pub struct Probe {
 pub struct Snapshot {
     pub progress: Progress,
     pub partitions: BTreeMap<i32, PartitionCounts>,
-    /// Quantiles over the whole run, seconds.
+    /// Quantiles over the whole run, seconds (kept for finite runs only).
     pub e2e_total: Option<[f64; 6]>,
     pub e2e_count: u64,
     pub produce_total: Option<[f64; 6]>,
@@ -89,7 +90,13 @@ pub struct Snapshot {
 }
 
 impl Probe {
-    pub fn new(config: ProbeConfig, agent: &AgentConfig, metrics: Arc<Metrics>) -> Self {
+    /// `run_totals`: keep histograms of the whole run too (for a finite run's verdict).
+    pub fn new(
+        config: ProbeConfig,
+        agent: &AgentConfig,
+        metrics: Arc<Metrics>,
+        run_totals: bool,
+    ) -> Self {
         let now = Instant::now();
         let Verify::Kafka(v) = &config.verify;
         let verify = v.clone();
@@ -101,8 +108,8 @@ impl Probe {
         let retention = (config.timeout * 10).max(agent.window);
         let core = Core {
             tracker: Tracker::new(config.timeout, retention, config.max_in_flight),
-            e2e: Latency::new(agent.window, now),
-            produce: Latency::new(agent.window, now),
+            e2e: Latency::new(agent.window, now, run_totals),
+            produce: Latency::new(agent.window, now, run_totals),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
             slos: config
@@ -415,10 +422,10 @@ impl Probe {
         Snapshot {
             progress: self.progress.borrow().clone(),
             partitions: core.tracker.partitions().clone(),
-            e2e_total: stats::quantiles(core.e2e.total()),
-            e2e_count: core.e2e.total().len(),
-            produce_total: stats::quantiles(core.produce.total()),
-            produce_count: core.produce.total().len(),
+            e2e_total: core.e2e.total().and_then(stats::quantiles),
+            e2e_count: core.e2e.total().map_or(0, |h| h.len()),
+            produce_total: core.produce.total().and_then(stats::quantiles),
+            produce_count: core.produce.total().map_or(0, |h| h.len()),
             e2e_window: stats::quantiles(&window),
             e2e_window_count: window.len(),
             availability: core.availability.ratio(now),
@@ -452,7 +459,7 @@ mod tests {
             _ => None,
         });
         let metrics = Arc::new(Metrics::new(thresholds));
-        Probe::new(cfg.probes[0].clone(), &cfg.agent, metrics)
+        Probe::new(cfg.probes[0].clone(), &cfg.agent, metrics, true)
     }
 
     /// Builds and registers one round; returns the records to send.

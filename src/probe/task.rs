@@ -5,25 +5,20 @@
 //! producer). Latency is measured from that time, so a stall shows up as latency instead of
 //! vanishing (coordinated omission). The same loop settles deadlines and, once told to stop or
 //! done with its plan, keeps settling until nothing is in flight.
-//!
-//! [`discover`]: finds the probe topic's partitions, makes the verifier read them, and repeats
-//! every `metadata_refresh` so that added partitions are covered from the next round on.
+//! Partitions come from [`super::discovery`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::producer::{FutureRecord, Producer as _};
+use rdkafka::producer::BaseRecord;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Probe;
-use crate::config::{ClusterConfig, Partitions};
-use crate::kafka::{self, Producer, TopicError};
+use crate::kafka::{Producer, Ticket};
 use crate::record::{self, Outgoing};
-use crate::verify::kafka::{KafkaVerifier, METADATA_TIMEOUT};
 
 /// How many rounds a probe sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +44,11 @@ impl Plan {
 
 pub(crate) struct SendLoop {
     pub probe: Arc<Probe>,
-    pub producer: Producer,
+    pub producer: Arc<Producer>,
     pub partitions: watch::Receiver<Option<Vec<i32>>>,
     pub plan: Plan,
     /// Cancelled when the agent stops sending (shutdown or smoke end).
     pub stop: CancellationToken,
-    /// Tasks awaiting delivery reports.
-    pub deliveries: TaskTracker,
 }
 
 pub(crate) async fn send_loop(mut s: SendLoop) {
@@ -96,8 +89,9 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
                 sending = s.plan.wants(round, interval * u32::try_from(round).unwrap_or(u32::MAX));
             }
             _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
-            // Arrivals change the in-flight set and may empty it.
-            _ = progress.changed() => {}
+                        // While draining, an arrival may settle the last record in flight. (While sending,
+            // waking on every settled record would only recompute the same next deadline.)
+            _ = progress.changed(), if !sending => {}
         }
         if !sending && probe.in_flight() == 0 {
             break;
@@ -135,144 +129,19 @@ fn send_round(
         .collect();
     for r in probe.register(round, slot, records) {
         let id = r.id;
-        let fr = FutureRecord::to(&cfg.topic)
+        let ticket = Box::new(Ticket {
+            probe: Arc::clone(probe),
+            id,
+        });
+        let record = BaseRecord::with_opaque_to(cfg.topic.as_str(), ticket)
             .partition(r.body.partition)
             .key(r.key.as_str())
             .payload(r.value.as_slice())
             .headers(r.headers);
-        match s.producer.send_result(fr) {
-            Ok(delivery) => {
-                let probe = Arc::clone(probe);
-                s.deliveries.spawn(async move {
-                    let result = match delivery.await {
-                        Ok(Ok(d)) => Ok(d.offset),
-                        Ok(Err((e, _))) => Err(e.to_string()),
-                        Err(_) => Err("the producer shut down before the delivery report".into()),
-                    };
-                    probe.delivered(&id, Instant::now(), result);
-                });
-            }
-            Err((e, _)) => {
-                probe.delivered(&id, Instant::now(), Err(format!("cannot enqueue: {e}")))
-            }
+        if let Err((e, _)) = s.producer.send(record) {
+            probe.delivered(&id, Instant::now(), Err(format!("cannot enqueue: {e}")));
         }
     }
-}
-
-pub(crate) struct Discovery {
-    pub probe: Arc<Probe>,
-    pub producer: Producer,
-    pub cluster: ClusterConfig,
-    pub verifier: Arc<KafkaVerifier>,
-    pub refresh: Duration,
-    pub partitions: watch::Sender<Option<Vec<i32>>>,
-    pub stop: CancellationToken,
-}
-
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-pub(crate) async fn discover(d: Discovery) {
-    let mut retry = RETRY_MIN;
-    let mut last_error: Option<String> = None;
-    loop {
-        let attempt = tokio::select! {
-            r = discover_once(&d) => r,
-            _ = d.stop.cancelled() => return,
-        };
-        let wait = match attempt {
-            Ok(found) => {
-                retry = RETRY_MIN;
-                if last_error.take().is_some() {
-                    tracing::info!(probe = d.probe.name(), "partitions discovered again");
-                }
-                d.probe.set_partitions(Ok(&found));
-                let parts: Vec<i32> = found.keys().copied().collect();
-                d.partitions.send_if_modified(|cur| {
-                    let changed = cur.as_deref() != Some(parts.as_slice());
-                    if changed {
-                        tracing::info!(probe = d.probe.name(), topic = %d.probe.config.topic, partitions = ?parts, "probing partitions");
-                        *cur = Some(parts.clone());
-                    }
-                    changed
-                });
-                d.refresh
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if last_error.as_deref() != Some(&text) {
-                    tracing::warn!(probe = d.probe.name(), error = %text, retry_in = ?retry, "cannot discover partitions");
-                }
-                d.probe.set_partitions(Err(text.clone()));
-                last_error = Some(text);
-                let wait = retry;
-                retry = (retry * 2).min(RETRY_MAX);
-                wait
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = d.stop.cancelled() => return,
-        }
-    }
-}
-
-/// The probed partitions with their leaders, once the verifier reads them.
-async fn discover_once(d: &Discovery) -> Result<kafka::Partitions, TopicError> {
-    let cfg = &d.probe.config;
-    let producer = d.producer.clone();
-    let (cluster, topic) = (d.cluster.clone(), cfg.topic.clone());
-    let lookup = move || {
-        let (producer, cluster, topic) = (producer.clone(), cluster.clone(), topic.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                kafka::partitions_blocking(producer.client(), &cluster, &topic, METADATA_TIMEOUT)
-            })
-            .await
-            .expect("metadata lookup does not panic")
-        }
-    };
-    let all = match (lookup().await, cfg.create_topic) {
-        (Err(TopicError::Missing { brokers, .. }), Some(spec)) => {
-            kafka::create_topic(
-                &d.cluster,
-                &d.probe.origin.instance,
-                &cfg.topic,
-                spec,
-                brokers,
-            )
-            .await?;
-            lookup().await?
-        }
-        (found, _) => found?,
-    };
-    let wanted: kafka::Partitions = match &cfg.partitions {
-        Partitions::All => all.clone(),
-        Partitions::List(list) => {
-            if let Some(missing) = list.iter().find(|p| !all.contains_key(p)) {
-                return Err(TopicError::Other {
-                    cluster: d.cluster.name.clone(),
-                    topic: cfg.topic.clone(),
-                    error: format!(
-                        "partition {missing} does not exist (the topic has {} partitions)",
-                        all.len()
-                    ),
-                });
-            }
-            list.iter().map(|p| (*p, all[p])).collect()
-        }
-    };
-    let probe = &d.probe;
-    let same = probe.verify_cluster == cfg.cluster && probe.verify_topic == cfg.topic;
-    let verify_parts = if same {
-        wanted.keys().copied().collect()
-    } else {
-        d.verifier.partitions(&probe.verify_topic).await?
-    };
-    d.verifier
-        .ensure_assigned(&probe.verify_topic, &verify_parts)
-        .await?;
-    Ok(wanted)
 }
 
 #[cfg(test)]
@@ -282,6 +151,7 @@ mod tests {
     use crate::embedded::EmbeddedCluster;
     use crate::export::metrics::Metrics;
     use crate::probe::Outcome;
+    use crate::verify::kafka::KafkaVerifier;
 
     /// Partitions added to a topic: discovery publishes the larger set after assigning the new
     /// partitions to the verifier (no broker available here can add partitions, so the test
@@ -311,9 +181,9 @@ mod tests {
         };
         let agent = AgentConfig::default();
         let metrics = Arc::new(Metrics::new([]));
-        let probe = Arc::new(Probe::new(loaded.probes[0].clone(), &agent, metrics));
+        let probe = Arc::new(Probe::new(loaded.probes[0].clone(), &agent, metrics, true));
         let producer =
-            kafka::create_producer(&cluster, &agent.instance, Duration::from_secs(5)).unwrap();
+            Arc::new(Producer::new(&cluster, &agent.instance, Duration::from_secs(5)).unwrap());
         let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());
         verifier.route(Arc::clone(&probe));
         let stop = CancellationToken::new();
@@ -323,14 +193,12 @@ mod tests {
         verifier.ensure_assigned("grow", &[0, 1]).await.unwrap();
         tx.send_replace(Some(vec![0, 1]));
         let stop_sending = CancellationToken::new();
-        let deliveries = TaskTracker::new();
         let sender = tokio::spawn(send_loop(SendLoop {
             probe: Arc::clone(&probe),
             producer,
             partitions: rx,
             plan: Plan::Forever,
             stop: stop_sending.clone(),
-            deliveries,
         }));
         let mut progress = probe.progress();
         let ok_on = |p: &Probe, part: i32| {

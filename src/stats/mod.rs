@@ -39,45 +39,82 @@ fn add(h: &mut Histogram<u64>, us: u64) {
         .expect("an auto-resizing histogram takes any value up to a day");
 }
 
-#[derive(Debug, Default)]
-struct Slot(Option<Histogram<u64>>);
+/// Samples past which a window slot folds its raw samples into a histogram.
+const SLOT_SAMPLES: usize = 4096;
 
-/// One latency (end-to-end or produce) over the sliding window and over the whole run.
+/// One window slot. A probe verifies a handful of records per second, so a slot keeps their raw
+/// microseconds (a few KB) rather than an HDR histogram (tens of KB each, 20 per probe); the
+/// histogram is built from the samples when quantiles are read. A slot that fills up folds
+/// into a histogram, so a fast probe stays bounded too.
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Empty,
+    Samples(Vec<u64>),
+    Folded(Histogram<u64>),
+}
+
+impl Slot {
+    fn record(&mut self, us: u64) {
+        match self {
+            Slot::Empty => *self = Slot::Samples(vec![us]),
+            Slot::Samples(v) if v.len() < SLOT_SAMPLES => v.push(us),
+            Slot::Samples(v) => {
+                let mut h = new_histogram();
+                for s in v.iter().copied().chain([us]) {
+                    add(&mut h, s);
+                }
+                *self = Slot::Folded(h);
+            }
+            Slot::Folded(h) => add(h, us),
+        }
+    }
+
+    fn merge_into(&self, merged: &mut Histogram<u64>) {
+        match self {
+            Slot::Empty => {}
+            Slot::Samples(v) => v.iter().for_each(|us| add(merged, *us)),
+            Slot::Folded(h) => merged.add(h).expect("auto-resizing histograms merge"),
+        }
+    }
+}
+
+/// One latency (end-to-end or produce) over the sliding window and, for a finite run (smoke),
+/// over the whole run.
 #[derive(Debug)]
 pub struct Latency {
     window: Sliding<Slot>,
-    total: Histogram<u64>,
+    total: Option<Histogram<u64>>,
 }
 
 impl Latency {
-    pub fn new(window: Duration, origin: Instant) -> Self {
+    pub fn new(window: Duration, origin: Instant, keep_total: bool) -> Self {
         Latency {
             window: Sliding::new(window, DEFAULT_SLOTS, origin),
-            total: new_histogram(),
+            total: keep_total.then(new_histogram),
         }
     }
 
     pub fn record(&mut self, now: Instant, value: Duration) {
         let us = micros(value);
-        add(
-            self.window.current(now).0.get_or_insert_with(new_histogram),
-            us,
-        );
-        add(&mut self.total, us);
+        self.window.current(now).record(us);
+        if let Some(total) = &mut self.total {
+            add(total, us);
+        }
     }
 
-    /// The window's samples merged into one histogram.
+    /// The window's samples in one HDR histogram (3 significant digits, microseconds).
     pub fn window(&self, now: Instant) -> Histogram<u64> {
         let mut merged = new_histogram();
-        for h in self.window.live(now).filter_map(|s| s.0.as_ref()) {
-            merged.add(h).expect("auto-resizing histograms merge");
+        for slot in self.window.live(now) {
+            slot.merge_into(&mut merged);
         }
         merged
     }
 
-    /// Every sample since the probe started.
-    pub fn total(&self) -> &Histogram<u64> {
-        &self.total
+    /// Every sample since the probe started, when kept.
+    pub fn total(&self) -> Option<&Histogram<u64>> {
+        self.total.as_ref()
     }
 }
 
@@ -148,7 +185,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn window_quantiles_and_total() {
         let t0 = Instant::now();
-        let mut l = Latency::new(Duration::from_secs(60), t0);
+        let mut l = Latency::new(Duration::from_secs(60), t0, true);
         for ms in 1..=100u64 {
             l.record(t0, Duration::from_millis(ms));
         }
@@ -161,6 +198,21 @@ mod tests {
             quantiles(&l.window(Instant::now())).is_none(),
             "window emptied"
         );
-        assert_eq!(l.total().len(), 100, "run totals keep everything");
+        assert_eq!(l.total().unwrap().len(), 100, "run totals keep everything");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_slot_folds_into_a_histogram_with_the_same_quantiles() {
+        let t0 = Instant::now();
+        let mut folded = Latency::new(Duration::from_secs(60), t0, false);
+        let mut exact = new_histogram();
+        for i in 0..(SLOT_SAMPLES as u64 * 2) {
+            let us = 1 + (i * 7919) % 50_000;
+            folded.record(t0, Duration::from_micros(us));
+            add(&mut exact, us);
+        }
+        assert!(folded.total().is_none());
+        assert_eq!(quantiles(&folded.window(t0)), quantiles(&exact));
+        assert_eq!(folded.window(t0).len(), SLOT_SAMPLES as u64 * 2);
     }
 }

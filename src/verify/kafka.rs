@@ -61,16 +61,15 @@ impl KafkaVerifier {
     }
 
     /// The partitions of a topic on this cluster.
-    pub async fn partitions(&self, topic: &str) -> Result<Vec<i32>, TopicError> {
+    pub async fn partitions(&self, topic: &str) -> Result<kafka::Partitions, TopicError> {
         let consumer = Arc::clone(&self.consumer);
         let cluster = self.cluster.clone();
         let topic = topic.to_string();
-        let found = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             kafka::partitions_blocking(consumer.client(), &cluster, &topic, METADATA_TIMEOUT)
         })
         .await
-        .expect("metadata lookup does not panic")?;
-        Ok(found.into_keys().collect())
+        .expect("metadata lookup does not panic")
     }
 
     /// Starts reading the given partitions of `topic` from their current end, if not already.
