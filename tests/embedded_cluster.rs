@@ -122,6 +122,11 @@ async fn metrics_over_http_carry_the_whole_contract() {
     let probe = ("probe", "canary");
     let sent = sample(&m, names::RECORDS_SENT, &[probe]).unwrap();
     assert_eq!(sent, 9.0);
+    // One send-lag observation per round (3 partitions each), none of them absurd.
+    let lag = format!("{}_count", names::SEND_LAG);
+    assert_eq!(sample(&m, &lag, &[]), Some(3.0));
+    let lag_sum = sample(&m, &format!("{}_sum", names::SEND_LAG), &[]).unwrap();
+    assert!((0.0..3.0).contains(&lag_sum), "send lag sum {lag_sum}");
     let outcomes: Vec<f64> = ["ok", "lost", "corrupt", "send_failed"]
         .iter()
         .map(|o| {

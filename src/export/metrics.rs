@@ -37,6 +37,7 @@ pub mod names {
     pub const BUILD_INFO: &str = "slo_probe_build_info";
     pub const ERROR_BUDGET_REMAINING: &str = "slo_probe_error_budget_remaining_ratio";
     pub const BURN_RATE: &str = "slo_probe_burn_rate";
+    pub const SEND_LAG: &str = "slo_probe_send_lag_seconds";
     pub const PARTITION_RECORDS_SENT: &str = "slo_probe_partition_records_sent_total";
     pub const PARTITION_RECORDS: &str = "slo_probe_partition_records_total";
     pub const PARTITION_LEADER: &str = "slo_probe_partition_leader";
@@ -59,6 +60,7 @@ pub mod names {
         BUILD_INFO,
         ERROR_BUDGET_REMAINING,
         BURN_RATE,
+        SEND_LAG,
     ];
 
     /// Exported only by probes with `per_partition_metrics: true`.
@@ -69,6 +71,12 @@ pub mod names {
 /// Buckets of the aggregatable latency histogram, in seconds; SLO thresholds are added.
 const BASE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Buckets of the send lag, in seconds: tens of microseconds normally, milliseconds when the
+/// agent is short of CPU.
+const SEND_LAG_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
 pub struct Metrics {
@@ -92,6 +100,7 @@ pub struct Metrics {
     partition_sent: IntCounterVec,
     partition_records: IntCounterVec,
     partition_leader: IntGaugeVec,
+    send_lag: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -152,6 +161,17 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), librdkafka.as_str()])
             .set(1);
+        let send_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                names::SEND_LAG,
+                "How long after its scheduled slot the agent handed a round to the producer: the agent's own scheduling delay, \
+                 included in the end-to-end latency (a high value means a starved agent, not a slow pipeline).",
+            )
+            .buckets(SEND_LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        r.register(Box::new(send_lag.clone()))
+            .expect("metric registered once");
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -159,6 +179,7 @@ impl Metrics {
         .expect("process metrics registered once");
 
         Metrics {
+            send_lag,
             records_sent: counter(
                 &r,
                 names::RECORDS_SENT,
@@ -323,6 +344,11 @@ impl Metrics {
             g.set(1.0);
         }
         m
+    }
+
+    /// A round left `lag` after its slot.
+    pub fn observe_send_lag(&self, lag: Duration) {
+        self.send_lag.observe(lag.as_secs_f64());
     }
 
     /// Held (shared) while a group of related series changes.

@@ -2,6 +2,7 @@
 //! shared by the task that sends its records ([`task`]), the delivery reports, and the verifier
 //! that sees them come back. The mutex is never held across an await or around I/O.
 
+mod clock;
 pub mod discovery;
 pub mod task;
 mod tracker;

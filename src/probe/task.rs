@@ -2,7 +2,9 @@
 //!
 //! [`send_loop`]: slot `k` is due at `start + k * interval`; every slot gets its records, with
 //! the slot's time as their scheduled time, even when the loop wakes late (a stalled runtime or
-//! producer). Latency is measured from that time, so a stall shows up as latency instead of
+//! producer). A round is built and registered a little before its slot and handed to
+//! [`super::clock`], whose thread sends it at the slot itself (tokio's timer is a millisecond
+//! late). Latency is measured from that time, so a stall shows up as latency instead of
 //! vanishing (coordinated omission). The same loop settles deadlines and, once told to stop or
 //! done with its plan, keeps settling until nothing is in flight.
 //! Partitions come from [`super::discovery`].
@@ -17,6 +19,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Probe;
+use super::clock::Clock;
 use crate::kafka::{Producer, Ticket};
 use crate::record::{self, Outgoing};
 
@@ -76,20 +79,22 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
     let mut round: u64 = 0;
     let mut sending = s.plan.wants(0, Duration::ZERO);
     let mut progress = probe.progress();
+    let lead = LEAD.min(interval / 2);
     loop {
         let slot = start + interval * u32::try_from(round).unwrap_or(u32::MAX);
         let deadline = probe.next_deadline();
         tokio::select! {
             biased;
             _ = s.stop.cancelled(), if sending => sending = false,
-            _ = sleep_until(slot), if sending => {
+                        _ = sleep_until(slot.checked_sub(lead).unwrap_or(slot)), if sending => {
                 let wall = wall_start + (slot - start);
-                send_round(&s, &mut seqs, round, slot, wall);
+                let records = prepare_round(&s.probe, &s.partitions, &mut seqs, round, slot, wall);
+                send_at(&s, slot, records).await;
                 round += 1;
                 sending = s.plan.wants(round, interval * u32::try_from(round).unwrap_or(u32::MAX));
             }
-            _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
-                        // While draining, an arrival may settle the last record in flight. (While sending,
+                                    _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
+            // While draining, an arrival may settle the last record in flight. (While sending,
             // waking on every settled record would only recompute the same next deadline.)
             _ = progress.changed(), if !sending => {}
         }
@@ -100,16 +105,20 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
     probe.set_finished();
 }
 
-fn send_round(
-    s: &SendLoop,
+/// How long before its slot a round is built and registered.
+const LEAD: Duration = Duration::from_millis(5);
+
+/// Builds and registers the records of one round; returns those to send.
+fn prepare_round(
+    probe: &Probe,
+    partitions: &watch::Receiver<Option<Vec<i32>>>,
     seqs: &mut HashMap<i32, u64>,
     round: u64,
     slot: Instant,
     wall: Duration,
-) {
-    let probe = &s.probe;
+) -> Vec<Outgoing> {
     let cfg = &probe.config;
-    let partitions = s.partitions.borrow().clone().unwrap_or_default();
+    let partitions = partitions.borrow().clone().unwrap_or_default();
     let scheduled_at_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
     let records: Vec<Outgoing> = partitions
         .iter()
@@ -127,18 +136,38 @@ fn send_round(
             r
         })
         .collect();
-    for r in probe.register(round, slot, records) {
+    probe.register(round, slot, records)
+}
+
+/// Sends a prepared round at its slot: from the clock thread, or (in unit tests, which pause
+/// tokio's clock and so cannot use a real-time thread) from this task.
+async fn send_at(s: &SendLoop, slot: Instant, records: Vec<Outgoing>) {
+    if cfg!(test) {
+        sleep_until(slot).await;
+        send_records(&s.probe, &s.producer, slot, records);
+    } else {
+        let (probe, producer) = (Arc::clone(&s.probe), Arc::clone(&s.producer));
+        Clock::global().run_at(slot, move || send_records(&probe, &producer, slot, records));
+    }
+}
+
+fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records: Vec<Outgoing>) {
+    probe
+        .metrics
+        .observe_send_lag(Instant::now().saturating_duration_since(slot));
+    let topic = probe.config.topic.as_str();
+    for r in records {
         let id = r.id;
         let ticket = Box::new(Ticket {
             probe: Arc::clone(probe),
             id,
         });
-        let record = BaseRecord::with_opaque_to(cfg.topic.as_str(), ticket)
+        let record = BaseRecord::with_opaque_to(topic, ticket)
             .partition(r.body.partition)
             .key(r.key.as_str())
             .payload(r.value.as_slice())
             .headers(r.headers);
-        if let Err((e, _)) = s.producer.send(record) {
+        if let Err((e, _)) = producer.send(record) {
             probe.delivered(&id, Instant::now(), Err(format!("cannot enqueue: {e}")));
         }
     }

@@ -93,6 +93,10 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Proc {
@@ -129,6 +133,11 @@ impl Tansu {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.advertised)
+    }
+
+    /// The broker process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
     }
 
     pub fn kill(&mut self) {

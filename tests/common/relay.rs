@@ -36,6 +36,9 @@ pub enum Fault {
     /// without a key; headers passed through only when `keep_headers`. Picked records get a
     /// wrong `amount` (41).
     Transform { delay: Duration, keep_headers: bool },
+    /// Forward every record after `fast`, picked records after `slow` instead (a known mixed
+    /// distribution; later records may overtake a slow one, as in a real pipeline).
+    Mixed { fast: Duration, slow: Duration },
 }
 
 /// Picks about one record in `one_in` from `seed`, by (partition, seq).
@@ -173,6 +176,15 @@ struct State {
     held: HashMap<i32, (Instant, OwnedMessage)>,
 }
 
+/// Keeps the queue ordered by due time (records due at the same time keep their order).
+fn enqueue(queue: &mut VecDeque<(Instant, OwnedMessage)>, item: (Instant, OwnedMessage)) {
+    let at = queue
+        .iter()
+        .rposition(|(due, _)| *due <= item.0)
+        .map_or(0, |i| i + 1);
+    queue.insert(at, item);
+}
+
 fn seq(m: &OwnedMessage) -> u64 {
     m.headers()
         .and_then(|h| {
@@ -248,45 +260,51 @@ impl State {
         let mut t = self.tally.lock().unwrap();
         t.seen += 1;
         match self.fault {
-            Fault::Pass => self.queue.push_back((now, m)),
+            Fault::Pass => enqueue(&mut self.queue, (now, m)),
             Fault::Drop if picked => t.dropped += 1,
             Fault::Duplicate if picked => {
                 t.duplicated += 1;
-                self.queue.push_back((now, m.clone()));
-                self.queue.push_back((now, m));
+                enqueue(&mut self.queue, (now, m.clone()));
+                enqueue(&mut self.queue, (now, m));
             }
             Fault::Reorder => {
                 let earlier = self.held.remove(&partition);
                 if picked && earlier.is_none() {
                     self.held.insert(partition, (now + HOLD, m));
                 } else {
-                    self.queue.push_back((now, m));
+                    enqueue(&mut self.queue, (now, m));
                     if let Some((_, h)) = earlier {
                         t.swapped += 1;
-                        self.queue.push_back((now, h));
+                        enqueue(&mut self.queue, (now, h));
                     }
                 }
             }
             Fault::Corrupt if picked => {
                 t.corrupted += 1;
-                self.queue.push_back((now, corrupt(&m)));
+                enqueue(&mut self.queue, (now, corrupt(&m)));
             }
-            Fault::Delay(d) => self.queue.push_back((now + d, m)),
+            Fault::Delay(d) => enqueue(&mut self.queue, (now + d, m)),
+            Fault::Mixed { fast, slow } => {
+                let d = if picked { slow } else { fast };
+                enqueue(&mut self.queue, (now + d, m));
+            }
             Fault::Garbage => {
                 t.garbage += 1;
                 let g = garbage(&m);
-                self.queue.push_back((now, m));
-                self.queue.push_back((now, g));
+                enqueue(&mut self.queue, (now, m));
+                enqueue(&mut self.queue, (now, g));
             }
             Fault::Transform {
                 delay,
                 keep_headers,
             } => {
                 t.wrong += u64::from(picked);
-                self.queue
-                    .push_back((now + delay, transform(&m, picked, keep_headers)));
+                enqueue(
+                    &mut self.queue,
+                    (now + delay, transform(&m, picked, keep_headers)),
+                );
             }
-            Fault::Drop | Fault::Duplicate | Fault::Corrupt => self.queue.push_back((now, m)),
+            Fault::Drop | Fault::Duplicate | Fault::Corrupt => enqueue(&mut self.queue, (now, m)),
         }
     }
 
@@ -305,7 +323,7 @@ impl State {
             .collect();
         for p in expired {
             let (_, m) = self.held.remove(&p).unwrap();
-            self.queue.push_back((now, m));
+            enqueue(&mut self.queue, (now, m));
         }
         while self.queue.front().is_some_and(|(at, _)| *at <= now) {
             let (_, m) = self.queue.pop_front().unwrap();
@@ -327,9 +345,11 @@ impl State {
             if let Some(v) = m.payload() {
                 r = r.payload(v);
             }
+            // Handed to librdkafka without waiting for the broker's acknowledgement, as a pipeline
+            // would: waiting made the relay itself the bottleneck at tens of records/s.
             self.producer
-                .send(r, Duration::from_secs(10))
-                .await
+                .send_result(r)
+                .map_err(|(e, _)| e)
                 .expect("relay forwards");
             self.tally.lock().unwrap().forwarded += 1;
         }

@@ -1,0 +1,437 @@
+//! slo-probe-bench: how true, how light, how far.
+//!
+//! ```sh
+//! cargo bench --bench slo-probe-bench                      # the full run, a markdown report
+//! cargo bench --bench slo-probe-bench -- --quick           # seconds: keeps the harness honest
+//! cargo bench --bench slo-probe-bench -- --markdown out.md --baseline path/to/old/slo-probe
+//! ```
+//!
+//! Scenarios: fidelity (quantiles against ground truth, and against fixed Prometheus buckets),
+//! overhead (against a raw rdkafka loop), footprint (RSS and CPU of `slo-probe run`), capacity
+//! (verified records per second per core), detection (time to notice a dead broker). Every
+//! figure is the median of `--runs` runs (default 3). Nothing here passes or fails on timing.
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it runs `--quick`.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod env;
+mod fidelity;
+mod overhead;
+mod process;
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::env::Broker;
+use crate::stats::{median, rel_err_pct};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slo-probe-bench",
+    about = "Fidelity, overhead, footprint, capacity and detection of slo-probe"
+)]
+struct Args {
+    /// Seconds instead of minutes: tiny samples, one run. Numbers are not meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (medians are reported).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only these scenarios (fidelity, overhead, footprint, capacity, detection).
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Also write the report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Another slo-probe binary (e.g. an older build) to compare with at 100 probes, side by
+    /// side in the same run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Sizes of a run.
+struct Plan {
+    runs: usize,
+    fidelity_rounds: u64,
+    overhead_rounds: u64,
+    interval: Duration,
+    footprint_probes: Vec<usize>,
+    warmup: Duration,
+    measure: Duration,
+    capacity_probes: Vec<usize>,
+    capacity_interval: Duration,
+    capacity_measure: Duration,
+    detection_timeout: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool, runs: Option<usize>) -> Plan {
+        if quick {
+            Plan {
+                runs: runs.unwrap_or(1),
+                fidelity_rounds: 40,
+                overhead_rounds: 40,
+                interval: Duration::from_millis(20),
+                footprint_probes: vec![1, 10],
+                warmup: Duration::from_secs(2),
+                measure: Duration::from_secs(3),
+                capacity_probes: vec![1, 10],
+                capacity_interval: Duration::from_millis(100),
+                capacity_measure: Duration::from_secs(3),
+                detection_timeout: Duration::from_secs(1),
+            }
+        } else {
+            Plan {
+                runs: runs.unwrap_or(3),
+                fidelity_rounds: 1000,
+                overhead_rounds: 1000,
+                interval: Duration::from_millis(20),
+                footprint_probes: vec![1, 10, 100, 1000],
+                warmup: Duration::from_secs(10),
+                measure: Duration::from_secs(60),
+                capacity_probes: vec![1, 10, 50, 100, 200, 400, 800],
+                capacity_interval: Duration::from_millis(100),
+                capacity_measure: Duration::from_secs(30),
+                detection_timeout: Duration::from_secs(2),
+            }
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let quick = args.quick || !args.bench;
+    let plan = Plan::new(quick, args.runs);
+    stats::self_check();
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut report = String::new();
+    let _ = writeln!(report, "Machine: {}\n", env::machine());
+    let _ = writeln!(
+        report,
+        "Mode: {}, {} run(s) per figure, medians reported.\n",
+        if quick {
+            "quick (figures not meaningful)"
+        } else {
+            "full"
+        },
+        plan.runs
+    );
+    runtime.block_on(async {
+        if want("fidelity") {
+            report += &fidelity_section(&plan).await;
+        }
+        if want("overhead") {
+            report += &overhead_section(&plan).await;
+        }
+        if want("footprint") {
+            report += &footprint_section(&plan, args.baseline.as_deref()).await;
+        }
+        if want("capacity") {
+            report += &capacity_section(&plan).await;
+        }
+        if want("detection") {
+            report += &detection_section(&plan).await;
+        }
+    });
+    println!("{report}");
+    if let Some(path) = args.markdown {
+        std::fs::write(&path, &report).expect("report written");
+    }
+}
+
+fn brokers() -> Vec<fn() -> Broker> {
+    vec![Broker::tansu, Broker::embedded]
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn with_err(v: f64, truth: f64) -> String {
+    format!("{} ({:+.1}%)", ms(v), rel_err_pct(v, truth))
+}
+
+async fn fidelity_section(plan: &Plan) -> String {
+    let mut out = format!(
+        "## 1. Fidelity\n\nA relay between the probe topic and the verify topic delays each record by a known amount; \
+         the harness's own consumer on the verify topic records every record's real end-to-end time (ground truth). \
+         {} rounds x 3 partitions at {} per run. Latency in ms (relative error against the truth). \
+         Strimzi and KMinion columns are the same truth samples put into their fixed buckets and read back with \
+         Prometheus' linear interpolation.\n\n",
+        plan.fidelity_rounds,
+        humantime::format_duration(plan.interval)
+    );
+    for make in brokers() {
+        let broker = make();
+        for profile in fidelity::profiles() {
+            let mut runs = Vec::new();
+            for r in 0..plan.runs {
+                let tag = format!(
+                    "{}-{r}",
+                    profile
+                        .name
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                );
+                runs.push(
+                    fidelity::run(&broker, &profile, plan.fidelity_rounds, plan.interval, &tag)
+                        .await,
+                );
+            }
+            let pick =
+                |f: &dyn Fn(&fidelity::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            let _ = writeln!(
+                out,
+                "**{}, {}** ({} samples per run)\n\n| quantile | truth | slo-probe (HDR) | Strimzi buckets | KMinion buckets |\n|---|---|---|---|---|",
+                broker.name(),
+                profile.name,
+                runs[0].samples
+            );
+            for (i, q) in fidelity::QS.iter().enumerate() {
+                let truth = pick(&|r| r.truth[i]);
+                let _ = writeln!(
+                    out,
+                    "| p{} | {} | {} | {} | {} |",
+                    q * 100.0,
+                    ms(truth),
+                    with_err(pick(&|r| r.probe[i]), truth),
+                    with_err(pick(&|r| r.strimzi[i]), truth),
+                    with_err(pick(&|r| r.kminion[i]), truth)
+                );
+            }
+            out += "\n";
+        }
+    }
+    out
+}
+
+async fn overhead_section(plan: &Plan) -> String {
+    let mut out = format!(
+        "## 2. Probe-added latency\n\nTwo identical raw rdkafka produce -> consume loops (same client settings) and a probe, at the same time \
+         on the same broker, {} rounds x 3 partitions at {} each; latency in ms. The raw loops time each record from \
+         its send call, the probe from its scheduled slot. Added = slo-probe minus the mean of the raw pair; the gap between the \
+         two raw loops is the noise floor of the comparison (where in the broker's fetch cycle each client's records \
+         land). Send lag is the \
+         probe's own delay from slot to producer (`slo_probe_send_lag_seconds`).\n\n\
+                  | broker | raw pair p50 | slo-probe p50 | added p50 | raw pair p99 | slo-probe p99 | added p99 | send lag mean µs | send lag ≤ 100 µs |\n|---|---|---|---|---|---|---|---|---|\n",
+        plan.overhead_rounds,
+        humantime::format_duration(plan.interval)
+    );
+    for make in brokers() {
+        let broker = make();
+        let mut runs = Vec::new();
+        for r in 0..plan.runs {
+            runs.push(
+                overhead::run(
+                    &broker,
+                    plan.overhead_rounds,
+                    plan.interval,
+                    &format!("o{r}"),
+                )
+                .await,
+            );
+        }
+        let pick =
+            |f: &dyn Fn(&overhead::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {} | {:+.2} | {} / {} | {} | {:+.2} | {:.0} | {:.1}% |",
+            broker.name(),
+            ms(pick(&|r| r.raw[0])),
+            ms(pick(&|r| r.raw_twin[0])),
+            ms(pick(&|r| r.probe[0])),
+            pick(&|r| r.probe[0] - (r.raw[0] + r.raw_twin[0]) / 2.0),
+            ms(pick(&|r| r.raw[1])),
+            ms(pick(&|r| r.raw_twin[1])),
+            ms(pick(&|r| r.probe[1])),
+            pick(&|r| r.probe[1] - (r.raw[1] + r.raw_twin[1]) / 2.0),
+            pick(&|r| r.lag_mean_us),
+            pick(&|r| r.lag_under_100us * 100.0),
+        );
+    }
+    out + "\n"
+}
+
+fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_slo-probe"))
+}
+
+async fn footprint_section(plan: &Plan, baseline: Option<&std::path::Path>) -> String {
+    let mut out = format!(
+        "## 3. Footprint\n\n`slo-probe run` as its own process against a tansu process; N probes x 3 partitions at 1 s \
+         on one topic; measured over {} after {} of warm-up.\n\n\
+         | probes | RSS MiB | peak RSS MiB | CPU % of a core | verified records/s |\n|---|---|---|---|---|\n",
+        humantime::format_duration(plan.measure),
+        humantime::format_duration(plan.warmup)
+    );
+    let broker = crate::common::infra::Tansu::start();
+    for &n in &plan.footprint_probes {
+        let mut runs = Vec::new();
+        for r in 0..plan.runs {
+            let agent = process::AgentProcess::with_probes(
+                &agent_bin(),
+                &broker,
+                n,
+                Duration::from_secs(1),
+                &format!("fp-{n}-{r}"),
+            );
+            runs.push(process::usage(&agent, &broker, plan.warmup, plan.measure).await);
+        }
+        let pick =
+            |f: &dyn Fn(&process::Usage) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "| {n} | {:.1} | {:.1} | {:.2} | {:.0} |",
+            pick(&|u| u.rss_mib),
+            pick(&|u| u.peak_mib),
+            pick(&|u| u.cpu_pct),
+            pick(&|u| u.verified_per_s)
+        );
+    }
+    if let Some(old) = baseline {
+        let _ = writeln!(
+            out,
+            "\nSide by side at 100 probes, runs alternating between `{}` (before) and this build (after):\n\n\
+             | build | RSS MiB | CPU % of a core |\n|---|---|---|",
+            old.display()
+        );
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for r in 0..plan.runs {
+            for (bin, into) in [(old.to_path_buf(), &mut before), (agent_bin(), &mut after)] {
+                let agent = process::AgentProcess::with_probes(
+                    &bin,
+                    &broker,
+                    100,
+                    Duration::from_secs(1),
+                    &format!("cmp-{r}"),
+                );
+                into.push(process::usage(&agent, &broker, plan.warmup, plan.measure).await);
+            }
+        }
+        let row = |name: &str, v: &[process::Usage]| {
+            format!(
+                "| {name} | {:.1} | {:.2} |",
+                median(&v.iter().map(|u| u.rss_mib).collect::<Vec<_>>()),
+                median(&v.iter().map(|u| u.cpu_pct).collect::<Vec<_>>())
+            )
+        };
+        let _ = writeln!(out, "{}\n{}", row("before", &before), row("after", &after));
+        let ratio = |f: fn(&process::Usage) -> f64| {
+            median(&after.iter().map(f).collect::<Vec<_>>())
+                / median(&before.iter().map(f).collect::<Vec<_>>())
+        };
+        let _ = writeln!(
+            out,
+            "\nafter / before: RSS x{:.2}, CPU x{:.2}",
+            ratio(|u| u.rss_mib),
+            ratio(|u| u.cpu_pct)
+        );
+    }
+    out + "\n"
+}
+
+async fn capacity_section(plan: &Plan) -> String {
+    let per_probe = 3.0 / plan.capacity_interval.as_secs_f64();
+    let mut out = format!(
+        "## 4. Capacity\n\nProbes x 3 partitions at {} ({per_probe:.0} records/s each) on one topic of one tansu process \
+         on the same 2 cores, raised until verified records/s stop scaling (below 90% of what was sent); measured over {} \
+         after {} of warm-up. A row is flagged when the median probe p99 exceeds the 1-probe p99 by more than 10%. \
+         Marginal CPU is the agent's CPU above the 1-probe run divided by the records verified above it: the cost of one \
+         more record, without the fixed cost of an idle agent.\n\n\
+         | probes | sent records/s | verified records/s | agent CPU % of a core | broker CPU % of a core | verified records/s per agent core | marginal agent CPU µs per record | p99 ms (median probe) | |\n|---|---|---|---|---|---|---|---|---|\n",
+        humantime::format_duration(plan.capacity_interval),
+        humantime::format_duration(plan.capacity_measure),
+        humantime::format_duration(plan.warmup)
+    );
+    let broker = crate::common::infra::Tansu::start();
+    let mut base: Option<(f64, f64, f64)> = None;
+    for &n in &plan.capacity_probes {
+        let mut runs = Vec::new();
+        for r in 0..plan.runs {
+            let agent = process::AgentProcess::with_probes(
+                &agent_bin(),
+                &broker,
+                n,
+                plan.capacity_interval,
+                &format!("cap-{n}-{r}"),
+            );
+            runs.push(process::usage(&agent, &broker, plan.warmup, plan.capacity_measure).await);
+        }
+        let pick =
+            |f: &dyn Fn(&process::Usage) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let (verified, cpu, broker_cpu, p99) = (
+            pick(&|u| u.verified_per_s),
+            pick(&|u| u.cpu_pct),
+            pick(&|u| u.broker_cpu_pct),
+            pick(&|u| u.p99_ms),
+        );
+        let sent = per_probe * n as f64;
+        let (base_p99, base_cpu, base_verified) = *base.get_or_insert((p99, cpu, verified));
+        let marginal = if verified > base_verified {
+            format!(
+                "{:.0}",
+                (cpu - base_cpu) / 100.0 / (verified - base_verified) * 1e6
+            )
+        } else {
+            "-".into()
+        };
+        let stops = verified < 0.9 * sent;
+        let verdict = if stops {
+            "stops scaling"
+        } else if p99 > base_p99 * 1.1 {
+            "p99 > +10%"
+        } else {
+            "ok"
+        };
+        let _ = writeln!(
+            out,
+            "| {n} | {sent:.0} | {verified:.0} | {cpu:.1} | {broker_cpu:.1} | {:.0} | {marginal} | {} | {verdict} |",
+            verified / (cpu / 100.0),
+            ms(p99)
+        );
+        if stops {
+            break;
+        }
+    }
+    out + "\n"
+}
+
+async fn detection_section(plan: &Plan) -> String {
+    let mut broker = crate::common::infra::Tansu::start();
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        runs.push(process::detection(&agent_bin(), &mut broker, plan.detection_timeout).await);
+    }
+    let t = plan.detection_timeout.as_secs_f64();
+    let lost = median(&runs.iter().map(|d| d.first_lost_s).collect::<Vec<_>>());
+    let drop = median(
+        &runs
+            .iter()
+            .map(|d| d.availability_drop_s)
+            .collect::<Vec<_>>(),
+    );
+    format!(
+        "## 5. Detection\n\nThe broker process is killed (SIGKILL) under a probe at 200 ms; the harness reads `/metrics` every 20 ms.\n\n\
+         | timeout | first `lost` after | availability drops after | first `lost` / timeout |\n|---|---|---|---|\n\
+         | {} | {lost:.2} s | {drop:.2} s | {:.2} |\n\n",
+        humantime::format_duration(plan.detection_timeout),
+        lost / t
+    )
+}
