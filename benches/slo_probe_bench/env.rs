@@ -66,7 +66,7 @@ impl Broker {
 
 /// Every consumer of the harness, and the agents it starts in process, hold an empty fetch this
 /// long at most (the agent's default).
-pub const FETCH_WAIT: Duration = Duration::from_millis(10);
+const FETCH_WAIT: Duration = Duration::from_millis(10);
 
 /// A consumer of the harness reading `partitions` of `topic` from the beginning.
 pub fn reader(bootstrap: &str, topic: &str, partitions: i32, group: &str) -> StreamConsumer {
@@ -87,20 +87,16 @@ pub fn reader(bootstrap: &str, topic: &str, partitions: i32, group: &str) -> Str
 }
 
 /// An agent in this process on `broker`, with one probe file, its consumer holding fetches
-/// for at most `fetch_wait`. Returns the tree holding the files (keep it alive) and the agent.
-pub async fn agent_in_process(
-    broker: &Broker,
-    probe_yaml: &str,
-    plan: Plan,
-    fetch_wait: Duration,
-) -> (Tree, Agent) {
+/// for at most [`FETCH_WAIT`] like the harness's own. Returns the tree holding the files (keep
+/// it alive) and the agent.
+pub async fn agent_in_process(broker: &Broker, probe_yaml: &str, plan: Plan) -> (Tree, Agent) {
     let t = Tree::new();
     let agent_file = t.write(
         "slo-probe.yaml",
         &format!(
             "clusters:\n  primary:\n    bootstrap_servers: {}\n    consumer:\n      fetch.wait.max.ms: \"{}\"\n",
             broker.bootstrap(),
-            fetch_wait.as_millis()
+            FETCH_WAIT.as_millis()
         ),
     );
     t.write("probes/p.yaml", probe_yaml);

@@ -14,7 +14,7 @@ use rdkafka::Message;
 use slo_probe::probe::task::Plan;
 
 use crate::common::relay::{Fault, Picker, Relay};
-use crate::env::{Broker, FETCH_WAIT, agent_in_process, reader};
+use crate::env::{Broker, agent_in_process, reader};
 use crate::stats::{self, STRIMZI_MS};
 
 /// p50, p90, p99, p999.
@@ -102,7 +102,7 @@ pub async fn run(
         "name: fidelity\ntopic: {input}\ninterval: {}\ntimeout: 5s\nverify:\n  kafka: {{ topic: {output} }}\n",
         humantime::format_duration(interval)
     );
-    let (_tree, agent) = agent_in_process(broker, &probe, Plan::Rounds(rounds), FETCH_WAIT).await;
+    let (_tree, agent) = agent_in_process(broker, &probe, Plan::Rounds(rounds)).await;
     tokio::time::timeout(Duration::from_secs(600), agent.wait_finished())
         .await
         .expect("fidelity run ends");

@@ -28,7 +28,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::env::Broker;
-use crate::stats::{median, rel_err_pct};
+use crate::stats::{median_by, rel_err_pct};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -195,8 +195,6 @@ async fn fidelity_section(plan: &Plan) -> String {
                         .await,
                 );
             }
-            let pick =
-                |f: &dyn Fn(&fidelity::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
             let _ = writeln!(
                 out,
                 "**{}, {}** ({} samples per run)\n\n| quantile | truth | slo-probe (HDR) | Strimzi buckets | KMinion buckets |\n|---|---|---|---|---|",
@@ -205,15 +203,15 @@ async fn fidelity_section(plan: &Plan) -> String {
                 runs[0].samples
             );
             for (i, q) in fidelity::QS.iter().enumerate() {
-                let truth = pick(&|r| r.truth[i]);
+                let truth = median_by(&runs, |r| r.truth[i]);
                 let _ = writeln!(
                     out,
                     "| p{} | {} | {} | {} | {} |",
                     q * 100.0,
                     ms(truth),
-                    with_err(pick(&|r| r.probe[i]), truth),
-                    with_err(pick(&|r| r.strimzi[i]), truth),
-                    with_err(pick(&|r| r.kminion[i]), truth)
+                    with_err(median_by(&runs, |r| r.probe[i]), truth),
+                    with_err(median_by(&runs, |r| r.strimzi[i]), truth),
+                    with_err(median_by(&runs, |r| r.kminion[i]), truth)
                 );
             }
             out += "\n";
@@ -248,22 +246,20 @@ async fn overhead_section(plan: &Plan) -> String {
                 .await,
             );
         }
-        let pick =
-            |f: &dyn Fn(&overhead::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let _ = writeln!(
             out,
             "| {} | {} / {} | {} | {:+.2} | {} / {} | {} | {:+.2} | {:.0} | {:.1}% |",
             broker.name(),
-            ms(pick(&|r| r.raw[0])),
-            ms(pick(&|r| r.raw_twin[0])),
-            ms(pick(&|r| r.probe[0])),
-            pick(&|r| r.probe[0] - (r.raw[0] + r.raw_twin[0]) / 2.0),
-            ms(pick(&|r| r.raw[1])),
-            ms(pick(&|r| r.raw_twin[1])),
-            ms(pick(&|r| r.probe[1])),
-            pick(&|r| r.probe[1] - (r.raw[1] + r.raw_twin[1]) / 2.0),
-            pick(&|r| r.lag_mean_us),
-            pick(&|r| r.lag_under_100us * 100.0),
+            ms(median_by(&runs, |r| r.raw[0])),
+            ms(median_by(&runs, |r| r.raw_twin[0])),
+            ms(median_by(&runs, |r| r.probe[0])),
+            median_by(&runs, |r| r.probe[0] - (r.raw[0] + r.raw_twin[0]) / 2.0),
+            ms(median_by(&runs, |r| r.raw[1])),
+            ms(median_by(&runs, |r| r.raw_twin[1])),
+            ms(median_by(&runs, |r| r.probe[1])),
+            median_by(&runs, |r| r.probe[1] - (r.raw[1] + r.raw_twin[1]) / 2.0),
+            median_by(&runs, |r| r.lag_mean_us),
+            median_by(&runs, |r| r.lag_under_100us * 100.0),
         );
     }
     out + "\n"
@@ -294,15 +290,13 @@ async fn footprint_section(plan: &Plan, baseline: Option<&std::path::Path>) -> S
             );
             runs.push(process::usage(&agent, &broker, plan.warmup, plan.measure).await);
         }
-        let pick =
-            |f: &dyn Fn(&process::Usage) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let _ = writeln!(
             out,
             "| {n} | {:.1} | {:.1} | {:.2} | {:.0} |",
-            pick(&|u| u.rss_mib),
-            pick(&|u| u.peak_mib),
-            pick(&|u| u.cpu_pct),
-            pick(&|u| u.verified_per_s)
+            median_by(&runs, |u| u.rss_mib),
+            median_by(&runs, |u| u.peak_mib),
+            median_by(&runs, |u| u.cpu_pct),
+            median_by(&runs, |u| u.verified_per_s)
         );
     }
     if let Some(old) = baseline {
@@ -328,15 +322,12 @@ async fn footprint_section(plan: &Plan, baseline: Option<&std::path::Path>) -> S
         let row = |name: &str, v: &[process::Usage]| {
             format!(
                 "| {name} | {:.1} | {:.2} |",
-                median(&v.iter().map(|u| u.rss_mib).collect::<Vec<_>>()),
-                median(&v.iter().map(|u| u.cpu_pct).collect::<Vec<_>>())
+                median_by(v, |u| u.rss_mib),
+                median_by(v, |u| u.cpu_pct)
             )
         };
         let _ = writeln!(out, "{}\n{}", row("before", &before), row("after", &after));
-        let ratio = |f: fn(&process::Usage) -> f64| {
-            median(&after.iter().map(f).collect::<Vec<_>>())
-                / median(&before.iter().map(f).collect::<Vec<_>>())
-        };
+        let ratio = |f: fn(&process::Usage) -> f64| median_by(&after, f) / median_by(&before, f);
         let _ = writeln!(
             out,
             "\nafter / before: RSS x{:.2}, CPU x{:.2}",
@@ -374,13 +365,11 @@ async fn capacity_section(plan: &Plan) -> String {
             );
             runs.push(process::usage(&agent, &broker, plan.warmup, plan.capacity_measure).await);
         }
-        let pick =
-            |f: &dyn Fn(&process::Usage) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let (verified, cpu, broker_cpu, p99) = (
-            pick(&|u| u.verified_per_s),
-            pick(&|u| u.cpu_pct),
-            pick(&|u| u.broker_cpu_pct),
-            pick(&|u| u.p99_ms),
+            median_by(&runs, |u| u.verified_per_s),
+            median_by(&runs, |u| u.cpu_pct),
+            median_by(&runs, |u| u.broker_cpu_pct),
+            median_by(&runs, |u| u.p99_ms),
         );
         let sent = per_probe * n as f64;
         let (base_p99, base_cpu, base_verified) = *base.get_or_insert((p99, cpu, verified));
@@ -420,13 +409,8 @@ async fn detection_section(plan: &Plan) -> String {
         runs.push(process::detection(&agent_bin(), &mut broker, plan.detection_timeout).await);
     }
     let t = plan.detection_timeout.as_secs_f64();
-    let lost = median(&runs.iter().map(|d| d.first_lost_s).collect::<Vec<_>>());
-    let drop = median(
-        &runs
-            .iter()
-            .map(|d| d.availability_drop_s)
-            .collect::<Vec<_>>(),
-    );
+    let lost = median_by(&runs, |d| d.first_lost_s);
+    let drop = median_by(&runs, |d| d.availability_drop_s);
     format!(
         "## 5. Detection\n\nThe broker process is killed (SIGKILL) under a probe at 200 ms; the harness reads `/metrics` every 20 ms.\n\n\
          | timeout | first `lost` after | availability drops after | first `lost` / timeout |\n|---|---|---|---|\n\

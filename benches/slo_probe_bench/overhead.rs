@@ -12,7 +12,7 @@ use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use slo_probe::probe::task::Plan;
 
-use crate::env::{Broker, FETCH_WAIT, agent_in_process, reader};
+use crate::env::{Broker, agent_in_process, reader};
 use crate::stats;
 
 const PARTITIONS: i32 = 3;
@@ -41,7 +41,7 @@ pub async fn run(broker: &Broker, rounds: u64, interval: Duration, tag: &str) ->
         "name: overhead\ntopic: {probe_topic}\ninterval: {}\ntimeout: 5s\n",
         humantime::format_duration(interval)
     );
-    let (_tree, agent) = agent_in_process(broker, &probe, Plan::Rounds(rounds), FETCH_WAIT).await;
+    let (_tree, agent) = agent_in_process(broker, &probe, Plan::Rounds(rounds)).await;
     let bootstrap = broker.bootstrap();
     let (raw, twin) = tokio::join!(
         raw_loop(&bootstrap, &raw_topic, rounds, interval),

@@ -41,6 +41,11 @@ pub fn bucketed(samples: &[f64], bounds: &[f64], q: f64) -> f64 {
     bounds[bounds.len() - 1]
 }
 
+/// The median of `f` over `runs`.
+pub fn median_by<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    median(&runs.iter().map(f).collect::<Vec<_>>())
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);

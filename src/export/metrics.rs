@@ -8,6 +8,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -104,19 +105,25 @@ pub struct Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    registered(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registered(
+        registry,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// `metric`, once registered with `registry`.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    g
+    metric
 }
 
 impl Metrics {
@@ -128,7 +135,7 @@ impl Metrics {
         buckets.extend(slo_thresholds.into_iter().map(|d| d.as_secs_f64()));
         buckets.sort_by(f64::total_cmp);
         buckets.dedup();
-        let e2e_distribution = HistogramVec::new(
+        let e2e_distribution = registered(&r, HistogramVec::new(
             HistogramOpts::new(
                 names::E2E_DISTRIBUTION,
                 "End-to-end latency of verified records (scheduled send to verification); aggregatable across replicas.",
@@ -136,42 +143,39 @@ impl Metrics {
             .buckets(buckets),
             &["probe"],
         )
-        .expect("valid metric");
-        r.register(Box::new(e2e_distribution.clone()))
-            .expect("metric registered once");
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                names::IN_FLIGHT,
-                "Records sent and awaiting their final outcome.",
-            ),
-            &["probe"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(in_flight.clone()))
-            .expect("metric registered once");
+        .expect("valid metric"));
+        let in_flight = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    names::IN_FLIGHT,
+                    "Records sent and awaiting their final outcome.",
+                ),
+                &["probe"],
+            )
+            .expect("valid metric"),
+        );
 
-        let build_info = IntGaugeVec::new(
-            Opts::new(names::BUILD_INFO, "Build of this agent; always 1."),
-            &["version", "librdkafka"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(build_info.clone()))
-            .expect("metric registered once");
+        let build_info = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(names::BUILD_INFO, "Build of this agent; always 1."),
+                &["version", "librdkafka"],
+            )
+            .expect("valid metric"),
+        );
         let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), librdkafka.as_str()])
             .set(1);
-        let send_lag = Histogram::with_opts(
+        let send_lag = registered(&r, Histogram::with_opts(
             HistogramOpts::new(
                 names::SEND_LAG,
                 "How long after its scheduled slot the agent handed a round to the producer: the agent's own scheduling delay, \
                  included in the end-to-end latency (a high value means a starved agent, not a slow pipeline).",
             )
             .buckets(SEND_LAG_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        r.register(Box::new(send_lag.clone()))
-            .expect("metric registered once");
+        ).expect("valid metric"));
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -270,16 +274,14 @@ impl Metrics {
                 "Final outcomes per partition (per_partition_metrics).",
                 &["probe", "partition", "outcome"],
             ),
-            partition_leader: {
-                let g = IntGaugeVec::new(
+            partition_leader: registered(
+                &r,
+                IntGaugeVec::new(
                     Opts::new(names::PARTITION_LEADER, "Broker id leading the partition at the last metadata refresh (per_partition_metrics)."),
                     &["probe", "partition"],
                 )
-                .expect("valid metric");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
+                .expect("valid metric"),
+            ),
             registry: r,
             consistency: RwLock::new(()),
         }
