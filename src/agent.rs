@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CreateTopic;
+use crate::config::{AgentConfig, TracingConfig};
 use crate::config::{ClusterConfig, Config, Partitions};
 use crate::embedded::EmbeddedCluster;
+use crate::export::traces::{Exporter, Identity, Spans};
 use crate::export::{http, metrics::Metrics};
 use crate::kafka::Producer;
 use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
@@ -54,6 +56,8 @@ pub enum StartError {
     },
     #[error("cannot start the embedded cluster: {0}")]
     Embedded(rdkafka::error::KafkaError),
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 pub struct Agent {
@@ -67,6 +71,8 @@ pub struct Agent {
     stop_all: CancellationToken,
     send_loops: TaskTracker,
     background: TaskTracker,
+    /// OTLP export, flushed at shutdown.
+    spans: Option<Exporter>,
     // Dropped last: the clients, then the embedded cluster they talk to.
     _producers: BTreeMap<String, Arc<Producer>>,
     _verifiers: BTreeMap<String, Arc<KafkaVerifier>>,
@@ -135,6 +141,8 @@ impl Agent {
             })?;
             producers.insert(p.cluster.clone(), Arc::new(producer));
         }
+        let (spans, exporter) = start_spans(&config.agent, metrics.spans_dropped())?;
+        let spans = Arc::new(spans);
         let mut verifiers: BTreeMap<String, Arc<KafkaVerifier>> = BTreeMap::new();
         let probes: Vec<Arc<Probe>> = config
             .probes
@@ -144,6 +152,7 @@ impl Agent {
                     p.clone(),
                     &config.agent,
                     Arc::clone(&metrics),
+                    Arc::clone(&spans),
                     opts.plan != Plan::Forever,
                 ))
             })
@@ -249,6 +258,7 @@ impl Agent {
             stop_all,
             send_loops,
             background,
+            spans: exporter,
             _producers: producers,
             _verifiers: verifiers,
             embedded,
@@ -361,6 +371,9 @@ impl Agent {
         self.stop_all.cancel();
         self.background.close();
         self.background.wait().await;
+        if let Some(spans) = self.spans {
+            spans.shutdown().await;
+        }
         let per_probe = self
             .probes
             .iter()
@@ -368,6 +381,31 @@ impl Agent {
             .collect();
         ShutdownReport { per_probe, drained }
     }
+}
+
+/// The span pipeline: on when the agent file has a `tracing` section or the environment names
+/// an OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+fn start_spans(
+    agent: &AgentConfig,
+    dropped: prometheus::IntCounter,
+) -> Result<(Spans, Option<Exporter>), StartError> {
+    let from_env = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let cfg = match &agent.tracing {
+        Some(cfg) => cfg.clone(),
+        None if from_env => TracingConfig::default(),
+        None => return Ok((Spans::disabled(dropped), None)),
+    };
+    let who = Identity {
+        site: &agent.site,
+        instance: &agent.instance,
+    };
+    let (spans, exporter) = Spans::start(&cfg, who, dropped).map_err(StartError::Tracing)?;
+    Ok((spans, Some(exporter)))
 }
 
 /// The read side of a running agent.

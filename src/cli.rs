@@ -15,6 +15,7 @@ use crate::export::logging::{self, LogFormat};
 use crate::probe::Outcome;
 use crate::probe::task::Plan;
 use crate::report::{ProbeVerdict, Verdict};
+use tracing::Level;
 
 /// Exit codes, the contract CI jobs rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,12 +200,26 @@ fn load(common: &Common) -> Result<Config, Exit> {
             Ok(c)
         }
         Err(diags) => {
-            eprintln!("{diags}");
+            let json = common.log_format == LogFormat::Json;
+            for d in diags.iter() {
+                logging::say(
+                    common.log_format,
+                    Level::ERROR,
+                    &d.to_string(),
+                    "configuration problem",
+                    serde_json::json!({
+                        "file": d.loc.file.display().to_string(),
+                        "line": d.loc.line,
+                        "column": d.loc.column,
+                        "problem": d.message,
+                    }),
+                );
+            }
             let n = diags.len();
-            eprintln!(
-                "slo-probe: {n} configuration problem{}",
-                if n == 1 { "" } else { "s" }
-            );
+            let summary = format!("{n} configuration problem{}", if n == 1 { "" } else { "s" });
+            if !json {
+                eprintln!("slo-probe: {summary}");
+            }
             Err(Exit::Config)
         }
     }
@@ -231,10 +246,12 @@ fn check(config: &Config) -> Exit {
     Exit::Ok
 }
 
-fn start_error(e: &StartError) -> Exit {
-    eprintln!("slo-probe: {e}");
+fn start_error(format: LogFormat, e: &StartError) -> Exit {
+    let text = format!("slo-probe: {e}");
+    let fields = serde_json::json!({ "error": e.to_string() });
+    logging::say(format, Level::ERROR, &text, "cannot start", fields);
     match e {
-        StartError::Client { .. } => Exit::Config,
+        StartError::Client { .. } | StartError::Tracing(_) => Exit::Config,
         StartError::Listen { .. } | StartError::Embedded(_) => Exit::CouldNotRun,
     }
 }
@@ -248,7 +265,7 @@ async fn run(config: Config, common: &Common) -> Exit {
     };
     let agent = match Agent::start(config, opts).await {
         Ok(a) => a,
-        Err(e) => return start_error(&e),
+        Err(e) => return start_error(common.log_format, &e),
     };
     tracing::info!(
         probes = agent.probes().len(),
@@ -305,25 +322,46 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     };
     let agent = match Agent::start(config, opts).await {
         Ok(a) => a,
-        Err(e) => return start_error(&e),
+        Err(e) => return start_error(common.log_format, &e),
     };
     if let Err(stuck) = agent.wait_discovered(args.connect_timeout).await {
         for (probe, error) in &stuck {
-            eprintln!("slo-probe: probe {probe}: {error}");
+            let text = format!("slo-probe: probe {probe}: {error}");
+            let fields = serde_json::json!({ "probe": probe, "error": error });
+            logging::say(
+                common.log_format,
+                Level::ERROR,
+                &text,
+                "topic unreachable",
+                fields,
+            );
         }
-        eprintln!(
+        let text = format!(
             "slo-probe: could not run: {} probe(s) could not reach their topic within {}",
             stuck.len(),
             humantime::format_duration(args.connect_timeout)
         );
+        let fields = serde_json::json!({ "probes": stuck.len() });
+        logging::say(
+            common.log_format,
+            Level::ERROR,
+            &text,
+            "could not run",
+            fields,
+        );
         agent.shutdown(std::future::ready(())).await;
         return Exit::CouldNotRun;
     }
-    let progress = tokio::spawn(show_progress(agent.probes().to_vec(), plan));
+    let progress = tokio::spawn(show_progress(
+        agent.probes().to_vec(),
+        plan,
+        common.log_format,
+    ));
     let interrupted = tokio::select! {
         _ = agent.wait_finished() => false,
         _ = signals::first() => {
-            eprintln!("slo-probe: interrupted; reporting partial results");
+            let text = "slo-probe: interrupted; reporting partial results";
+            logging::say(common.log_format, Level::WARN, text, "interrupted; reporting partial results", serde_json::json!({}));
             true
         }
     };
@@ -355,7 +393,16 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
             _ => verdict.to_text(),
         };
         if let Err(e) = std::fs::write(path, body) {
-            eprintln!("slo-probe: cannot write report {}: {e}", path.display());
+            let text = format!("slo-probe: cannot write report {}: {e}", path.display());
+            let fields =
+                serde_json::json!({ "path": path.display().to_string(), "error": e.to_string() });
+            logging::say(
+                common.log_format,
+                Level::ERROR,
+                &text,
+                "cannot write report",
+                fields,
+            );
             return Exit::CouldNotRun;
         }
     }
@@ -367,10 +414,14 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
 }
 
 /// One stderr line per settled round of each probe.
-async fn show_progress(probes: Vec<std::sync::Arc<crate::probe::Probe>>, plan: Plan) {
-    let total = match plan {
-        Plan::Rounds(n) => n.to_string(),
-        _ => "?".into(),
+async fn show_progress(
+    probes: Vec<std::sync::Arc<crate::probe::Probe>>,
+    plan: Plan,
+    format: LogFormat,
+) {
+    let (total, rounds) = match plan {
+        Plan::Rounds(n) => (n.to_string(), Some(n)),
+        _ => ("?".into(), None),
     };
     let mut tasks = tokio::task::JoinSet::new();
     for p in probes {
@@ -383,15 +434,22 @@ async fn show_progress(probes: Vec<std::sync::Arc<crate::probe::Probe>>, plan: P
                 if s.rounds_completed > shown {
                     shown = s.rounds_completed;
                     let c = s.counts;
-                    eprintln!(
-                        "[{}] round {shown}/{total} settled: {} ok, {} lost, {} corrupt, {} send_failed, {} in flight",
-                        p.name(),
+                    let (ok, lost, corrupt, send_failed) = (
                         c.get(Outcome::Ok),
                         c.get(Outcome::Lost),
                         c.get(Outcome::Corrupt),
                         c.get(Outcome::SendFailed),
+                    );
+                    let text = format!(
+                        "[{}] round {shown}/{total} settled: {ok} ok, {lost} lost, {corrupt} corrupt, {send_failed} send_failed, {} in flight",
+                        p.name(),
                         c.in_flight
                     );
+                    let fields = serde_json::json!({
+                        "probe": p.name(), "round": shown, "rounds": rounds, "ok": ok, "lost": lost,
+                        "corrupt": corrupt, "send_failed": send_failed, "in_flight": c.in_flight,
+                    });
+                    logging::say(format, Level::INFO, &text, "round settled", fields);
                 }
                 if s.finished || rx.changed().await.is_err() {
                     break;

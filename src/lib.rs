@@ -18,7 +18,7 @@
 //! - [`record`]: the record format: envelope, digest, headers, W3C trace context, and checks.
 //! - [`verify`]: how records are read back (the paired Kafka consumer).
 //! - [`stats`]: HDR histograms over a sliding window, availability, SLO event counts.
-//! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events.
+//! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events, OTLP spans.
 //! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.
 
 pub mod agent;

@@ -14,7 +14,7 @@ use std::fmt;
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -101,7 +101,8 @@ pub struct Outgoing {
     pub body: Body,
 }
 
-/// Builds the record for one (partition, seq) slot. A fresh trace per record, always sampled.
+/// Builds the record for one (partition, seq) slot. A fresh trace per record; `sampled` is
+/// written into its `traceparent` flags (spans are exported for sampled records only).
 pub fn build(
     origin: &Origin,
     partition: i32,
@@ -109,13 +110,18 @@ pub fn build(
     scheduled_at_ns: u64,
     tags: &BTreeMap<String, String>,
     payload_bytes: usize,
+    sampled: bool,
 ) -> Outgoing {
     let id = Uuid::now_v7();
     let ids = RandomIdGenerator::default();
     let span_context = SpanContext::new(
         ids.new_trace_id(),
         ids.new_span_id(),
-        TraceFlags::SAMPLED,
+        if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
         false,
         TraceState::default(),
     );
@@ -232,10 +238,15 @@ impl<'a> View<'a> {
 
     /// The trace id carried by `traceparent`, if it is a valid W3C value.
     pub fn trace_id(&self) -> Option<TraceId> {
+        self.span_context().map(|sc| sc.trace_id())
+    }
+
+    /// The context carried by `traceparent` (and `tracestate`), if it is a valid W3C value.
+    pub fn span_context(&self) -> Option<SpanContext> {
         let cx = TraceContextPropagator::new().extract(self);
         let span = cx.span();
         let sc = span.span_context();
-        sc.is_valid().then(|| sc.trace_id())
+        sc.is_valid().then(|| sc.clone())
     }
 }
 
@@ -360,6 +371,20 @@ pub fn claim(view: &View) -> Claim {
 pub struct Expected {
     pub body: Body,
     pub trace_id: TraceId,
+    /// The producer span's id (the `traceparent` parent id).
+    pub span_id: SpanId,
+    pub sampled: bool,
+}
+
+impl Expected {
+    pub fn of(out: &Outgoing) -> Expected {
+        Expected {
+            body: out.body.clone(),
+            trace_id: out.span_context.trace_id(),
+            span_id: out.span_context.span_id(),
+            sampled: out.span_context.is_sampled(),
+        }
+    }
 }
 
 /// Why an own record is `corrupt`. The first failed check is reported.
@@ -620,7 +645,7 @@ mod tests {
 
     fn sample() -> Outgoing {
         let tags = BTreeMap::from([("team".to_string(), "payments".to_string())]);
-        build(&origin(), 2, 41, 1_700_000_000_123_456_789, &tags, 64)
+        build(&origin(), 2, 41, 1_700_000_000_123_456_789, &tags, 64, true)
     }
 
     fn message(
@@ -641,10 +666,7 @@ mod tests {
     }
 
     fn expected(out: &Outgoing) -> Expected {
-        Expected {
-            body: out.body.clone(),
-            trace_id: out.span_context.trace_id(),
-        }
+        Expected::of(out)
     }
 
     fn view(m: &OwnedMessage) -> View<'_> {

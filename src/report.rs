@@ -12,7 +12,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use crate::config::Sli;
-use crate::probe::{Counts, Outcome, PartitionCounts, Probe, Snapshot};
+use crate::probe::{Counts, Noted, Outcome, PartitionCounts, Probe, Snapshot};
 use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 
@@ -452,6 +452,49 @@ pub struct ProbeStatus {
     /// Records in flight and finished ids remembered (bounded by `max_in_flight`).
     pub tracked_in_flight: usize,
     pub tracked_finished: usize,
+    /// The last results (every outcome), newest first.
+    pub last_results: Vec<RecordBrief>,
+    /// The slowest verified records of the window, slowest first: from a latency outlier to
+    /// its trace.
+    pub slowest: Vec<RecordBrief>,
+}
+
+/// One record in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordBrief {
+    pub record_id: String,
+    pub outcome: &'static str,
+    pub partition: i32,
+    pub offset: Option<i64>,
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub scheduled_at: String,
+    pub latency_ms: Option<f64>,
+    /// Why it is not ok: a short kind, and the sentence.
+    pub reason: Option<&'static str>,
+    pub detail: Option<String>,
+    pub trace_id: String,
+    /// The span that carries the outcome.
+    pub span_id: String,
+}
+
+impl From<&Noted> for RecordBrief {
+    fn from(n: &Noted) -> Self {
+        let scheduled = std::time::UNIX_EPOCH + Duration::from_nanos(n.scheduled_at_ns);
+        RecordBrief {
+            record_id: n.id.hyphenated().to_string(),
+            outcome: n.outcome.as_str(),
+            partition: n.partition,
+            offset: n.offset,
+            seq: n.seq,
+            scheduled_at: humantime::format_rfc3339_micros(scheduled).to_string(),
+            latency_ms: n.latency.map(|l| (l.as_secs_f64() * 1e6).round() / 1e3),
+            reason: n.reason.as_ref().map(|r| r.kind),
+            detail: n.reason.as_ref().map(|r| r.detail.clone()),
+            trace_id: n.trace_id.to_string(),
+            span_id: n.span_id.to_string(),
+        }
+    }
 }
 
 impl ProbeStatus {
@@ -477,6 +520,8 @@ impl ProbeStatus {
             conserved: c.conserved(),
             tracked_in_flight: s.footprint.pending,
             tracked_finished: s.footprint.recent,
+            last_results: s.last.iter().map(RecordBrief::from).collect(),
+            slowest: s.slowest.iter().map(RecordBrief::from).collect(),
         }
     }
 }

@@ -200,6 +200,21 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "tracing section",
+        agent: Some(
+            "tracing:\n  endpoint: http://c:4317\n  otlp_endpoint: collector:4317\n  protocol: http/json\n  sampling_ratio: 1.5\n  timeout: soon\n  headers: { x-api-key: '${SLO_PROBE_TEST_UNSET_KEY}' }\n",
+        ),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "slo-probe.yaml:2:3: unknown field `endpoint` in `tracing`; expected one of: otlp_endpoint, protocol, headers, timeout, sampling_ratio",
+            "slo-probe.yaml:3:18: `tracing.otlp_endpoint` must be an http:// or https:// URL like http://otel-collector:4317, got `collector:4317`",
+            "slo-probe.yaml:4:13: `tracing.protocol` must be `grpc` or `http/protobuf`, got `http/json`",
+            "slo-probe.yaml:5:19: `tracing.sampling_ratio` must be a number from 0 to 1, got `1.5`",
+            "slo-probe.yaml:6:12: `tracing.timeout` is not a duration (`soon`: expected number at 0); use e.g. 10s, 1m30s, 500ms",
+            "slo-probe.yaml:7:25: `tracing.headers.x-api-key`: environment variable SLO_PROBE_TEST_UNSET_KEY is not set",
+        ],
+    },
+    Case {
         name: "create_topic, id_from and expect",
         agent: Some(AGENT),
         probes: &[
@@ -319,6 +334,41 @@ fn a_good_config_passes_and_secrets_come_from_env_and_files() {
         ),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn with_json_logs_each_problem_is_one_json_line() {
+    let case = &CASES[0];
+    let t = tree(case);
+    let out = run(t.path(), &["check", "--log-format", "json"], &[]);
+    assert_eq!(out.code(), 78, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    let l = &lines[0];
+    assert_eq!(
+        (
+            &l["level"],
+            &l["message"],
+            &l["file"],
+            &l["line"],
+            &l["column"]
+        ),
+        (
+            &"ERROR".into(),
+            &"configuration problem".into(),
+            &"probes/a.yaml".into(),
+            &2.into(),
+            &1.into()
+        )
+    );
+    assert_eq!(
+        l["problem"],
+        "unknown field `intreval` in probe, did you mean `interval`?"
     );
 }
 

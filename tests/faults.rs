@@ -100,18 +100,7 @@ fn state(p: &Arc<Probe>) -> (Counts, Snapshot) {
 
 /// Runs one probe for `ROUNDS` rounds through a relay applying `fault`.
 async fn through_relay(fault: Fault, picker: Picker, slos: &str) -> (Counts, Snapshot, Tally) {
-    let cluster = EmbeddedCluster::start(3).unwrap();
-    for topic in ["in", "out"] {
-        cluster.create_topic(topic, PARTITIONS, 1).unwrap();
-    }
-    let relay = Relay::start(
-        cluster.bootstrap_servers(),
-        "in",
-        "out",
-        PARTITIONS,
-        fault,
-        picker,
-    );
+    let (cluster, relay) = Relay::on_embedded(3, PARTITIONS, fault, picker);
     let yaml = format!(
         "name: relayed\ntopic: in\ninterval: 100ms\ntimeout: 2s\nverify:\n  kafka: {{ topic: out }}\n{slos}"
     );
@@ -187,6 +176,57 @@ async fn a_changed_payload_byte_is_corrupt() {
     assert_eq!(
         (c.get(Outcome::Lost), c.duplicates, c.reordered, c.late),
         (0, 0, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_or_changed_traceparent_is_corrupt_trace_context() {
+    // picks both even (header dropped) and odd (trace id changed) seqs in rounds 6-9
+    const PICK: Picker = Picker { seed: 1, one_in: 4 };
+    let k = expected_picks(PICK);
+    let (c, s, tally) = through_relay(Fault::TraceContext, PICK, "").await;
+    assert!(
+        tally.traceparent_dropped > 0 && tally.traceparent_changed > 0,
+        "{tally:?}"
+    );
+    assert_eq!(tally.traceparent_dropped + tally.traceparent_changed, k);
+    assert_eq!(c.get(Outcome::Corrupt), k);
+    assert_eq!(c.get(Outcome::Ok), c.sent - k);
+    assert_eq!((c.get(Outcome::Lost), c.duplicates, c.late), (0, 0, 0));
+    // Every picked record of the last rounds is among the last results, corrupt for the right
+    // reason (the last results hold 20 records; rounds 6-9 are 12, leaving room for the first
+    // rounds settling late).
+    let mut checked_kinds = [false; 2];
+    for (partition, seq) in (0..PARTITIONS).flat_map(|p| (6..ROUNDS).map(move |s| (p, s))) {
+        let r = s
+            .last
+            .iter()
+            .find(|r| r.partition == partition && r.seq == seq)
+            .unwrap_or_else(|| panic!("{partition}/{seq} not in the last results: {:?}", s.last));
+        if !PICK.picks(partition, seq) {
+            assert_eq!(r.outcome, Outcome::Ok);
+            continue;
+        }
+        checked_kinds[(seq % 2) as usize] = true;
+        let reason = r.reason.as_ref().expect("a corrupt record has a reason");
+        assert_eq!(
+            (r.outcome, reason.kind),
+            (Outcome::Corrupt, "trace_context")
+        );
+        let want = if seq % 2 == 0 {
+            "trace context: traceparent header missing".to_string()
+        } else {
+            format!("trace context: trace id changed from {} to ", r.trace_id)
+        };
+        assert!(
+            reason.detail.starts_with(&want),
+            "{partition}/{seq}: {reason}"
+        );
+    }
+    assert_eq!(
+        checked_kinds,
+        [true, true],
+        "the seed picks records of both kinds in the last rounds"
     );
 }
 

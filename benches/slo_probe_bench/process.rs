@@ -54,7 +54,11 @@ impl AgentProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("http://{}/metrics", self.addr)).await {
+        match crate::common::http_client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+        {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
@@ -69,7 +73,10 @@ impl AgentProcess {
     pub async fn ready(&self, within: Duration) -> bool {
         let end = Instant::now() + within;
         while Instant::now() < end {
-            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.addr)).await
+            if let Ok(r) = crate::common::http_client()
+                .get(format!("http://{}/readyz", self.addr))
+                .send()
+                .await
                 && r.status().as_u16() == 200
             {
                 return true;

@@ -9,7 +9,7 @@ use marked_yaml::types::MarkedMappingNode;
 
 use super::diag::Diagnostics;
 use super::yaml::Doc;
-use super::{AgentConfig, ClusterConfig};
+use super::{AgentConfig, ClusterConfig, OtlpProtocol, TracingConfig};
 
 const AGENT_FIELDS: &[&str] = &[
     "site",
@@ -18,6 +18,14 @@ const AGENT_FIELDS: &[&str] = &[
     "window",
     "metadata_refresh",
     "clusters",
+    "tracing",
+];
+const TRACING_FIELDS: &[&str] = &[
+    "otlp_endpoint",
+    "protocol",
+    "headers",
+    "timeout",
+    "sampling_ratio",
 ];
 const CLUSTER_FIELDS: &[&str] = &["bootstrap_servers", "properties", "producer", "consumer"];
 
@@ -75,7 +83,72 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
     if let Some(n) = map.get_node("clusters") {
         cfg.clusters = clusters(&mut doc, n);
     }
+    if let Some(n) = map.get_node("tracing") {
+        cfg.tracing = tracing(&mut doc, n);
+    }
     cfg
+}
+
+fn tracing(doc: &mut Doc, node: &Node) -> Option<TracingConfig> {
+    let t = doc.table(node, "`tracing`", TRACING_FIELDS)?;
+    let mut cfg = TracingConfig::default();
+    if let Some(n) = t.get_node("otlp_endpoint")
+        && let Some(s) = doc.scalar(n, "tracing.otlp_endpoint")
+    {
+        cfg.endpoint = doc.expand_env(s, "tracing.otlp_endpoint");
+        if let Some(e) = &cfg.endpoint
+            && !is_http_url(e)
+        {
+            doc.error(
+                n.span(),
+                format!(
+                    "`tracing.otlp_endpoint` must be an http:// or https:// URL like http://otel-collector:4317, got `{e}`"
+                ),
+            );
+        }
+    }
+    if let Some(n) = t.get_node("protocol")
+        && let Some(s) = doc.scalar(n, "tracing.protocol")
+    {
+        cfg.protocol = OtlpProtocol::parse(s.as_str());
+        if cfg.protocol.is_none() {
+            doc.error(
+                n.span(),
+                format!(
+                    "`tracing.protocol` must be `grpc` or `http/protobuf`, got `{}`",
+                    s.as_str()
+                ),
+            );
+        }
+    }
+    if let Some(n) = t.get_node("headers") {
+        cfg.headers = doc.string_map(n, "tracing.headers", true);
+    }
+    if let Some(n) = t.get_node("timeout") {
+        cfg.timeout = doc.duration(n, "tracing.timeout");
+    }
+    if let Some(n) = t.get_node("sampling_ratio")
+        && let Some(s) = doc.scalar(n, "tracing.sampling_ratio")
+    {
+        match s.as_str().trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => cfg.sampling_ratio = r,
+            _ => doc.error(
+                n.span(),
+                format!(
+                    "`tracing.sampling_ratio` must be a number from 0 to 1, got `{}`",
+                    s.as_str()
+                ),
+            ),
+        }
+    }
+    Some(cfg)
+}
+
+fn is_http_url(s: &str) -> bool {
+    s.parse::<axum::http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some_and(|a| !a.host().is_empty())
+    })
 }
 
 /// Asks librdkafka whether each property name and value is valid, as it would when creating a

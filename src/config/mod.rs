@@ -55,6 +55,65 @@ pub struct AgentConfig {
     /// How often each probe re-reads topic metadata to pick up added partitions.
     pub metadata_refresh: Duration,
     pub clusters: BTreeMap<String, ClusterConfig>,
+    /// OTLP span export; `None` when the agent file has no `tracing` section and no
+    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` is set.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// How spans leave the agent. Fields not set here come from the standard
+/// `OTEL_EXPORTER_OTLP_*` environment variables, then from the OTLP defaults.
+#[derive(Clone, PartialEq)]
+pub struct TracingConfig {
+    pub endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    /// Sent with every export (e.g. an API key); values may come from `${ENV}` or `_file`.
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// Share of records whose traces are sampled (1.0: all, the default; they are few and each
+    /// matters). The decision is written into each record's `traceparent` flags.
+    pub sampling_ratio: f64,
+}
+
+/// Header values are credentials: only their names are shown.
+impl fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracingConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("sampling_ratio", &self.sampling_ratio)
+            .finish()
+    }
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            timeout: None,
+            sampling_ratio: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The names the OTLP specification uses (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            _ => None,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -67,6 +126,7 @@ impl Default for AgentConfig {
             window: Duration::from_secs(300),
             metadata_refresh: Duration::from_secs(30),
             clusters: BTreeMap::new(),
+            tracing: None,
         }
     }
 }

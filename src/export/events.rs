@@ -1,6 +1,9 @@
 //! Log lines for record outcomes and events, one function per kind so that every line of a kind
-//! carries the same fields: trace_id, probe, topic, partition, offset, record_id, site, instance,
-//! and latency/reason where they apply. Metrics are counted by the probe, under its lock.
+//! carries the same fields: trace_id, span_id, probe, topic, partition, offset, record_id, site,
+//! instance, and latency/reason where they apply. `span_id` is the span that carries the
+//! outcome (see [`Finished::outcome_span_id`]); for events about a record read back it is the
+//! producer span from the record's `traceparent`. Metrics are counted by the probe, under its
+//! lock.
 
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
         target: TARGET,
         outcome = f.outcome.as_str(),
         trace_id = %f.trace_id,
+        span_id = %f.outcome_span_id(),
+        producer_span_id = %f.span_id,
         probe = %origin.probe,
         topic,
         partition = f.partition,
@@ -33,17 +38,20 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
         site = %origin.site,
         instance = %origin.instance,
         latency_ms = ms(f.latency),
-        reason = f.reason.as_deref(),
+        reason = f.reason.as_ref().map(|r| r.kind),
+        detail = f.reason.as_ref().map(|r| r.detail.as_str()),
         "record {}",
         f.outcome.as_str()
     );
 }
 
 pub fn duplicate(origin: &Origin, view: &View, id: &uuid::Uuid) {
+    let cx = view.span_context();
     info!(
         target: TARGET,
         event = "duplicate",
-        trace_id = view.trace_id().map(|t| t.to_string()),
+        trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
+        span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
         topic = view.topic,
         partition = view.partition,
@@ -60,6 +68,7 @@ pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
         target: TARGET,
         event = "reordered",
         trace_id = %f.trace_id,
+        span_id = %f.outcome_span_id(),
         probe = %origin.probe,
         topic,
         partition = f.partition,
@@ -68,15 +77,18 @@ pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
         seq = f.seq,
         site = %origin.site,
         instance = %origin.instance,
+        latency_ms = ms(f.latency),
         "record verified after a later one on its partition"
     );
 }
 
 pub fn late(origin: &Origin, view: &View, id: &uuid::Uuid, latency: Option<Duration>) {
+    let cx = view.span_context();
     warn!(
         target: TARGET,
         event = "late_arrival",
-        trace_id = view.trace_id().map(|t| t.to_string()),
+        trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
+        span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
         topic = view.topic,
         partition = view.partition,

@@ -28,3 +28,32 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
     };
 }
+
+/// A line for the operator on stderr that is not a log event (smoke progress, why a command
+/// could not run), printed whatever the log level. As text: `text`. With `--log-format json`:
+/// one JSON object shaped like the log lines (`timestamp`, `level`, `target`, `message`, then
+/// `fields`), so that every stderr line of a JSON run parses.
+pub fn say(
+    format: LogFormat,
+    level: tracing::Level,
+    text: &str,
+    message: &str,
+    fields: serde_json::Value,
+) {
+    match format {
+        LogFormat::Text => eprintln!("{text}"),
+        LogFormat::Json => {
+            let mut line = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": level.as_str(),
+                "target": "slo_probe",
+                "message": message,
+            });
+            if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields)
+            {
+                line.extend(fields);
+            }
+            eprintln!("{line}");
+        }
+    }
+}

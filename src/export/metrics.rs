@@ -39,6 +39,7 @@ pub mod names {
     pub const ERROR_BUDGET_REMAINING: &str = "slo_probe_error_budget_remaining_ratio";
     pub const BURN_RATE: &str = "slo_probe_burn_rate";
     pub const SEND_LAG: &str = "slo_probe_send_lag_seconds";
+    pub const SPANS_DROPPED: &str = "slo_probe_spans_dropped_total";
     pub const PARTITION_RECORDS_SENT: &str = "slo_probe_partition_records_sent_total";
     pub const PARTITION_RECORDS: &str = "slo_probe_partition_records_total";
     pub const PARTITION_LEADER: &str = "slo_probe_partition_leader";
@@ -62,6 +63,7 @@ pub mod names {
         ERROR_BUDGET_REMAINING,
         BURN_RATE,
         SEND_LAG,
+        SPANS_DROPPED,
     ];
 
     /// Exported only by probes with `per_partition_metrics: true`.
@@ -102,6 +104,7 @@ pub struct Metrics {
     partition_records: IntCounterVec,
     partition_leader: IntGaugeVec,
     send_lag: Histogram,
+    spans_dropped: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,8 +185,17 @@ impl Metrics {
         ))
         .expect("process metrics registered once");
 
+        let spans_dropped = registered(
+            &r,
+            IntCounter::new(
+                names::SPANS_DROPPED,
+                "OTLP spans dropped: the export queue was full or the collector did not accept them. Outcomes and metrics are unaffected.",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             send_lag,
+            spans_dropped,
             records_sent: counter(
                 &r,
                 names::RECORDS_SENT,
@@ -346,6 +358,11 @@ impl Metrics {
             g.set(1.0);
         }
         m
+    }
+
+    /// The counter of dropped spans, for the span pipeline.
+    pub fn spans_dropped(&self) -> IntCounter {
+        self.spans_dropped.clone()
     }
 
     /// A round left `lag` after its slot.

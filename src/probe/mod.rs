@@ -4,6 +4,7 @@
 
 mod clock;
 pub mod discovery;
+mod notable;
 pub mod task;
 mod tracker;
 
@@ -16,11 +17,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-pub use tracker::{Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Tracker};
+pub use notable::{LAST, Noted, SLOWEST};
+pub use tracker::{
+    Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Reason, Tracker,
+};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig, Verify};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics};
+use crate::export::traces::{RecordSpan, Spans};
 use crate::kafka;
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
@@ -49,6 +54,7 @@ struct Core {
     /// Scheduled send time of the newest verified record.
     newest_verified: Option<Instant>,
     slos: Vec<SloState>,
+    notable: notable::Notable,
 }
 
 pub struct Probe {
@@ -64,6 +70,9 @@ pub struct Probe {
     started: Instant,
     metrics: Arc<Metrics>,
     series: ProbeMetrics,
+    spans: Arc<Spans>,
+    /// Share of records whose traces are sampled.
+    sampling_ratio: f64,
     core: Mutex<Core>,
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
@@ -88,6 +97,10 @@ pub struct Snapshot {
     pub slos: Vec<SloSummary>,
     pub foreign: u64,
     pub footprint: Footprint,
+    /// The last results, newest first.
+    pub last: Vec<Noted>,
+    /// The slowest verified records of the window, slowest first.
+    pub slowest: Vec<Noted>,
 }
 
 impl Probe {
@@ -96,6 +109,7 @@ impl Probe {
         config: ProbeConfig,
         agent: &AgentConfig,
         metrics: Arc<Metrics>,
+        spans: Arc<Spans>,
         run_totals: bool,
     ) -> Self {
         let now = Instant::now();
@@ -113,6 +127,7 @@ impl Probe {
             produce: Latency::new(agent.window, now, run_totals),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
+            notable: notable::Notable::new(agent.window, now),
             slos: config
                 .slos
                 .iter()
@@ -133,6 +148,8 @@ impl Probe {
             started: now,
             metrics,
             series,
+            spans,
+            sampling_ratio: agent.tracing.as_ref().map_or(1.0, |t| t.sampling_ratio),
             core: Mutex::new(core),
             progress: watch::Sender::new(Progress::default()),
             foreign: AtomicU64::new(0),
@@ -182,10 +199,7 @@ impl Probe {
         let mut refused = Vec::new();
         let mut to_send = Vec::with_capacity(records.len());
         for r in records {
-            let expected = Expected {
-                body: r.body.clone(),
-                trace_id: r.span_context.trace_id(),
-            };
+            let expected = Expected::of(&r);
             let partition = r.body.partition;
             let registered = {
                 let _consistent = self.metrics.update();
@@ -211,7 +225,7 @@ impl Probe {
         self.publish(&core);
         drop(core);
         for f in &refused {
-            events::finished(&self.origin, &self.config.topic, f);
+            self.settled(&self.config.topic, f);
         }
         to_send
     }
@@ -234,7 +248,7 @@ impl Probe {
         self.publish(&core);
         drop(core);
         if let Some(f) = finished {
-            events::finished(&self.origin, &self.config.topic, &f);
+            self.settled(&self.config.topic, &f);
         }
     }
 
@@ -274,7 +288,7 @@ impl Probe {
                 finished,
                 reordered,
             }) => {
-                events::finished(&self.origin, view.topic, &finished);
+                self.settled(view.topic, &finished);
                 if reordered {
                     events::reordered(&self.origin, view.topic, &finished);
                 }
@@ -320,7 +334,7 @@ impl Probe {
         self.publish(&core);
         drop(core);
         for f in &expired {
-            events::finished(&self.origin, &self.config.topic, f);
+            self.settled(&self.config.topic, f);
         }
     }
 
@@ -330,6 +344,24 @@ impl Probe {
 
     pub fn in_flight(&self) -> u64 {
         self.lock().tracker.counts().in_flight
+    }
+
+    /// Whether the next record's trace is sampled.
+    pub(crate) fn sample(&self) -> bool {
+        self.sampling_ratio >= 1.0 || fastrand::f64() < self.sampling_ratio
+    }
+
+    /// A record reached its final outcome (after the metrics were updated): its log line and
+    /// its spans.
+    fn settled(&self, topic: &str, f: &Finished) {
+        events::finished(&self.origin, topic, f);
+        self.spans.record(&RecordSpan {
+            probe: &self.origin.probe,
+            topic: &self.config.topic,
+            verify_topic: &self.verify_topic,
+            instance: &self.origin.instance,
+            finished: f,
+        });
     }
 
     /// Counts, histograms, SLO events and series of one final outcome. Caller holds the lock.
@@ -343,6 +375,7 @@ impl Probe {
             .in_flight
             .set(core.tracker.counts().in_flight as i64);
         core.availability.record(now, f.outcome);
+        core.notable.record(now, f);
         if f.outcome == Outcome::Ok
             && let Some(latency) = f.latency
         {
@@ -434,6 +467,8 @@ impl Probe {
             slos: core.slos.iter().map(|s| s.summary(now)).collect(),
             foreign: self.foreign.load(Ordering::Relaxed),
             footprint: core.tracker.footprint(),
+            last: core.notable.last(),
+            slowest: core.notable.slowest(now),
         }
     }
 }
@@ -460,14 +495,20 @@ mod tests {
             _ => None,
         });
         let metrics = Arc::new(Metrics::new(thresholds));
-        Probe::new(cfg.probes[0].clone(), &cfg.agent, metrics, true)
+        Probe::new(
+            cfg.probes[0].clone(),
+            &cfg.agent,
+            Arc::clone(&metrics),
+            Arc::new(Spans::disabled(metrics.spans_dropped())),
+            true,
+        )
     }
 
     /// Builds and registers one round; returns the records to send.
     fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
         let records = partitions
             .iter()
-            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16))
+            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16, true))
             .collect();
         p.register(round, Instant::now(), records)
     }

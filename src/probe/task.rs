@@ -131,6 +131,7 @@ fn prepare_round(
                 scheduled_at_ns,
                 &cfg.tags,
                 cfg.payload_bytes,
+                probe.sample(),
             );
             *seq += 1;
             r
@@ -210,7 +211,15 @@ mod tests {
         };
         let agent = AgentConfig::default();
         let metrics = Arc::new(Metrics::new([]));
-        let probe = Arc::new(Probe::new(loaded.probes[0].clone(), &agent, metrics, true));
+        let probe = Arc::new(Probe::new(
+            loaded.probes[0].clone(),
+            &agent,
+            Arc::clone(&metrics),
+            Arc::new(crate::export::traces::Spans::disabled(
+                metrics.spans_dropped(),
+            )),
+            true,
+        ));
         let producer =
             Arc::new(Producer::new(&cluster, &agent.instance, Duration::from_secs(5)).unwrap());
         let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());

@@ -66,11 +66,63 @@ pub struct Finished {
     pub partition: i32,
     pub seq: u64,
     pub trace_id: opentelemetry::trace::TraceId,
+    /// The producer span (the record's `traceparent`), and whether its trace is sampled.
+    pub span_id: opentelemetry::trace::SpanId,
+    pub sampled: bool,
+    /// Scheduled send, wall clock (ns since the Unix epoch), as in the envelope.
+    pub scheduled_at_ns: u64,
+    /// From the scheduled send to the broker's acknowledgement, when there was one.
+    pub acked_after: Option<Duration>,
+    /// From the scheduled send to this outcome.
+    pub since_scheduled: Duration,
     pub offset: Option<i64>,
     pub outcome: Outcome,
     /// End-to-end latency (scheduled send to verification), for records that arrived.
     pub latency: Option<Duration>,
-    pub reason: Option<String>,
+    /// Why it is not `ok`.
+    pub reason: Option<Reason>,
+}
+
+impl Finished {
+    /// The id of the span that verified (or gave up on) this record. Derived from the record
+    /// id (the random bits of its UUIDv7, never zero), so log lines and exported spans agree
+    /// whether or not the trace is exported.
+    pub fn verify_span_id(&self) -> opentelemetry::trace::SpanId {
+        super::notable::verify_span_id(&self.id)
+    }
+
+    /// The span that carries this record's outcome: the producer span for a record that was
+    /// never delivered, the verification span otherwise.
+    pub fn outcome_span_id(&self) -> opentelemetry::trace::SpanId {
+        match self.outcome {
+            Outcome::SendFailed => self.span_id,
+            _ => self.verify_span_id(),
+        }
+    }
+}
+
+/// Why a record did not end `ok`: a short, low-cardinality kind to filter on (`timeout`,
+/// `backpressure`, `producer`, or the corruption's kind such as `trace_context`), and the
+/// sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Reason {
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Reason {
+        Reason {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 /// What an arriving own record turned out to be.
@@ -208,7 +260,7 @@ impl Tracker {
         expected: Expected,
         scheduled: Instant,
         round: u64,
-    ) -> Result<(), Finished> {
+    ) -> Result<(), Box<Finished>> {
         let id = expected.body.id;
         let deadline = scheduled + self.timeout;
         self.counts.sent += 1;
@@ -229,7 +281,13 @@ impl Tracker {
                 "backpressure: {} records already in flight (max_in_flight)",
                 self.pending.len()
             );
-            return Err(self.finish(pending, scheduled, Outcome::SendFailed, None, Some(reason)));
+            return Err(Box::new(self.finish(
+                pending,
+                scheduled,
+                Outcome::SendFailed,
+                None,
+                Some(Reason::new("backpressure", reason)),
+            )));
         }
         self.deadlines.push_back((deadline, id));
         self.pending.insert(id, pending);
@@ -251,6 +309,7 @@ impl Tracker {
     /// The producer gave up on the record.
     pub fn send_failed(&mut self, id: &Uuid, now: Instant, reason: String) -> Option<Finished> {
         let p = self.pending.remove(id)?;
+        let reason = Reason::new("producer", reason);
         Some(self.finish(p, now, Outcome::SendFailed, None, Some(reason)))
     }
 
@@ -270,7 +329,7 @@ impl Tracker {
             }
             let (outcome, reason) = match check(&p.expected) {
                 Ok(()) => (Outcome::Ok, None),
-                Err(c) => (Outcome::Corrupt, Some(c.to_string())),
+                Err(c) => (Outcome::Corrupt, Some(Reason::new(c.kind(), c.to_string()))),
             };
             let partition = p.expected.body.partition;
             let seq = p.expected.body.seq;
@@ -337,6 +396,7 @@ impl Tracker {
                     None => "not read back within the timeout (never acknowledged by the broker)"
                         .to_string(),
                 };
+                let reason = Reason::new("timeout", reason);
                 out.push(self.finish(p, now, Outcome::Lost, None, Some(reason)));
             }
         }
@@ -350,7 +410,7 @@ impl Tracker {
         now: Instant,
         outcome: Outcome,
         latency: Option<Duration>,
-        reason: Option<String>,
+        reason: Option<Reason>,
     ) -> Finished {
         let body = &p.expected.body;
         self.counts.in_flight -= 1;
@@ -376,6 +436,13 @@ impl Tracker {
             partition: body.partition,
             seq: body.seq,
             trace_id: p.expected.trace_id,
+            span_id: p.expected.span_id,
+            sampled: p.expected.sampled,
+            scheduled_at_ns: body.scheduled_at_ns,
+            acked_after: p
+                .acked
+                .map(|(at, _)| at.saturating_duration_since(p.scheduled)),
+            since_scheduled: now.saturating_duration_since(p.scheduled),
             offset: p.acked.map(|(_, o)| o),
             outcome,
             latency,
@@ -408,11 +475,15 @@ mod tests {
             instance: "i".into(),
             site: "s".into(),
         };
-        let out = record::build(&origin, partition, seq, 0, &BTreeMap::new(), 8);
-        Expected {
-            body: out.body,
-            trace_id: out.span_context.trace_id(),
-        }
+        Expected::of(&record::build(
+            &origin,
+            partition,
+            seq,
+            0,
+            &BTreeMap::new(),
+            8,
+            true,
+        ))
     }
 
     const T: Duration = Duration::from_secs(30);
@@ -473,7 +544,7 @@ mod tests {
         let expired = t.expire(Instant::now());
         let outcomes: Vec<_> = expired
             .iter()
-            .map(|f| (f.partition, f.outcome, f.reason.clone().unwrap()))
+            .map(|f| (f.partition, f.outcome, f.reason.clone().unwrap().detail))
             .collect();
         assert_eq!(
             outcomes,
@@ -523,7 +594,9 @@ mod tests {
         assert!(t.register(expected(1, 0), now, 0).is_ok());
         let f = t.register(expected(2, 0), now, 0).unwrap_err();
         assert_eq!(f.outcome, Outcome::SendFailed);
-        assert!(f.reason.unwrap().starts_with("backpressure"));
+        let reason = f.reason.unwrap();
+        assert_eq!(reason.kind, "backpressure");
+        assert!(reason.detail.starts_with("backpressure"), "{reason}");
         let c = t.counts();
         assert_eq!((c.sent, c.in_flight, c.get(Outcome::SendFailed)), (3, 2, 1));
         assert!(c.conserved());

@@ -208,7 +208,7 @@ impl Prometheus {
     /// An instant query: the `data.result` array.
     pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let url = format!("http://{}/api/v1/query", self.addr);
-        let client = reqwest::Client::new();
+        let client = super::http_client();
         let body = client
             .get(url)
             .query(&[("query", promql)])

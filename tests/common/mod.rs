@@ -243,10 +243,18 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// An HTTP client (with the crypto provider the agent's TLS uses installed first).
+pub fn http_client() -> reqwest::Client {
+    slo_probe::export::traces::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// GET `http://{addr}{path}`: (status, body).
 pub async fn get(addr: &str, path: &str) -> (u16, String) {
     let url = format!("http://{addr}{path}");
-    let r = reqwest::get(&url)
+    let r = http_client()
+        .get(&url)
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
     let status = r.status().as_u16();

@@ -36,6 +36,9 @@ pub enum Fault {
     /// without a key; headers passed through only when `keep_headers`. Picked records get a
     /// wrong `amount` (41).
     Transform { delay: Duration, keep_headers: bool },
+    /// Picked records lose their `traceparent` header (even seq) or get another trace id in it
+    /// (odd seq, still a valid W3C value): a pipeline that drops or mangles trace context.
+    TraceContext,
     /// Forward every record after `fast`, picked records after `slow` instead (a known mixed
     /// distribution; later records may overtake a slow one, as in a real pipeline).
     Mixed { fast: Duration, slow: Duration },
@@ -79,6 +82,9 @@ pub struct Tally {
     pub garbage: u64,
     /// Transform: records given a wrong amount.
     pub wrong: u64,
+    /// TraceContext: headers dropped and headers given another trace id.
+    pub traceparent_dropped: u64,
+    pub traceparent_changed: u64,
 }
 
 pub struct Relay {
@@ -148,6 +154,29 @@ impl Relay {
         };
         let task = tokio::spawn(run(consumer, state, stop.clone()));
         Relay { tally, stop, task }
+    }
+
+    /// A fresh embedded cluster with topics `in` and `out` (`partitions` each) and a relay
+    /// `in` -> `out` applying `fault`.
+    pub fn on_embedded(
+        brokers: i32,
+        partitions: i32,
+        fault: Fault,
+        picker: Picker,
+    ) -> (slo_probe::embedded::EmbeddedCluster, Relay) {
+        let cluster = slo_probe::embedded::EmbeddedCluster::start(brokers).unwrap();
+        for topic in ["in", "out"] {
+            cluster.create_topic(topic, partitions, 1).unwrap();
+        }
+        let relay = Relay::start(
+            cluster.bootstrap_servers(),
+            "in",
+            "out",
+            partitions,
+            fault,
+            picker,
+        );
+        (cluster, relay)
     }
 
     pub fn tally(&self) -> Tally {
@@ -241,6 +270,37 @@ fn transform(m: &OwnedMessage, wrong: bool, keep_headers: bool) -> OwnedMessage 
     )
 }
 
+/// The record with its `traceparent` removed, or with another (valid) trace id in it.
+fn retrace(m: &OwnedMessage, drop: bool) -> OwnedMessage {
+    let mut headers = OwnedHeaders::new();
+    for h in m.headers().unwrap().iter() {
+        if h.key != "traceparent" {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        } else if !drop {
+            // 00-<trace id>-<parent id>-<flags>: flip the trace id's last hex digit
+            let mut v = h.value.unwrap().to_vec();
+            let at = 3 + 31;
+            v[at] = if v[at] == b'0' { b'1' } else { b'0' };
+            headers = headers.insert(Header {
+                key: h.key,
+                value: Some(&v),
+            });
+        }
+    }
+    OwnedMessage::new(
+        m.payload().map(<[u8]>::to_vec),
+        m.key().map(<[u8]>::to_vec),
+        m.topic().to_string(),
+        m.timestamp(),
+        m.partition(),
+        m.offset(),
+        Some(headers),
+    )
+}
+
 fn garbage(m: &OwnedMessage) -> OwnedMessage {
     OwnedMessage::new(
         Some(b"\xde\xad not a probe record".to_vec()),
@@ -304,7 +364,18 @@ impl State {
                     (now + delay, transform(&m, picked, keep_headers)),
                 );
             }
-            Fault::Drop | Fault::Duplicate | Fault::Corrupt => enqueue(&mut self.queue, (now, m)),
+            Fault::TraceContext if picked => {
+                let drop = seq % 2 == 0;
+                if drop {
+                    t.traceparent_dropped += 1;
+                } else {
+                    t.traceparent_changed += 1;
+                }
+                enqueue(&mut self.queue, (now, retrace(&m, drop)));
+            }
+            Fault::Drop | Fault::Duplicate | Fault::Corrupt | Fault::TraceContext => {
+                enqueue(&mut self.queue, (now, m))
+            }
         }
     }
 

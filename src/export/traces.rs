@@ -1,0 +1,438 @@
+//! OTLP spans, two per record, following OpenTelemetry's messaging conventions for Kafka:
+//!
+//! - `send {topic}` (PRODUCER): scheduled send to the broker's acknowledgement. Its context is
+//!   exactly the one written into the record's `traceparent` (same trace id and span id).
+//! - `process {topic}` (CONSUMER): the verification, a child of the producer span and linked to
+//!   it; for a lost record it spans scheduled send to deadline, with error status and
+//!   `error.type=lost`.
+//!
+//! Spans are built when a record reaches its final outcome, with the real timestamps, straight
+//! as `SpanData`: the SDK's tracer would need the same ids forced on it and its batch processor
+//! neither reports what it drops nor lets the probe loop avoid its locks. Here the probe only
+//! `try_send`s into a bounded queue (never blocks); one task exports batches with the OTLP
+//! exporter. Spans that do not fit in the queue or whose export fails are dropped and counted
+//! (`slo_probe_spans_dropped_total`); the probe's outcomes never depend on the collector.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OtlpProtocol, TracingConfig};
+use crate::probe::{Finished, Outcome};
+
+/// Spans waiting for export; beyond this they are dropped (a collector down for a while must
+/// not grow the agent).
+const QUEUE: usize = 8192;
+/// Spans per export request.
+const BATCH: usize = 512;
+/// How long spans wait for a batch to fill.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Who is exporting: the resource of every span.
+pub struct Identity<'a> {
+    pub site: &'a str,
+    pub instance: &'a str,
+}
+
+/// The agent's span pipeline. Cheap to share; a disabled one does nothing.
+pub struct Spans {
+    queue: Option<mpsc::Sender<SpanData>>,
+    dropped: IntCounter,
+    scope: InstrumentationScope,
+}
+
+/// The export task; finish it with [`Exporter::shutdown`] after the last span was handed over.
+pub struct Exporter {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Exporter {
+    /// Exports what is queued (each request bounded by the exporter's timeout) and stops.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// One record's facts at its final outcome, as spans need them.
+pub struct RecordSpan<'a> {
+    pub probe: &'a str,
+    pub topic: &'a str,
+    pub verify_topic: &'a str,
+    /// The agent instance: the Kafka clients' ids derive from it.
+    pub instance: &'a str,
+    pub finished: &'a Finished,
+}
+
+impl Spans {
+    pub fn disabled(dropped: IntCounter) -> Spans {
+        Spans {
+            queue: None,
+            dropped,
+            scope: scope(),
+        }
+    }
+
+    /// Starts the export task on the current runtime. Errors name what is wrong with the
+    /// configuration (e.g. an endpoint that is not a URL).
+    pub fn start(
+        cfg: &TracingConfig,
+        who: Identity<'_>,
+        dropped: IntCounter,
+    ) -> Result<(Spans, Exporter), String> {
+        install_crypto_provider();
+        let mut exporter = build_exporter(cfg)?;
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_attributes([
+                    KeyValue::new("service.name", "slo-probe"),
+                    KeyValue::new("service.instance.id", who.instance.to_string()),
+                    KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                    KeyValue::new("slo_probe.site", who.site.to_string()),
+                ])
+                .build(),
+        );
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(export_loop(exporter, rx, stop.clone(), dropped.clone()));
+        Ok((
+            Spans {
+                queue: Some(tx),
+                dropped,
+                scope: scope(),
+            },
+            Exporter { task, stop },
+        ))
+    }
+
+    /// Queues the spans of a settled record (when its trace is sampled). Never blocks.
+    pub fn record(&self, r: &RecordSpan<'_>) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let f = r.finished;
+        if !f.sampled {
+            return;
+        }
+        for span in self.spans_of(r) {
+            if queue.try_send(span).is_err() {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    fn spans_of(&self, r: &RecordSpan<'_>) -> Vec<SpanData> {
+        let f = r.finished;
+        let scheduled = UNIX_EPOCH + Duration::from_nanos(f.scheduled_at_ns);
+        let settled = scheduled + f.since_scheduled;
+        let producer_cx = SpanContext::new(
+            f.trace_id,
+            f.span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let common = |operation: &'static str, name: &'static str, topic: &str| {
+            let role = if operation == "send" {
+                "producer"
+            } else {
+                "consumer"
+            };
+            let mut a = vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.type", operation),
+                KeyValue::new("messaging.operation.name", name),
+                KeyValue::new("messaging.destination.name", topic.to_string()),
+                KeyValue::new(
+                    "messaging.destination.partition.id",
+                    f.partition.to_string(),
+                ),
+                KeyValue::new("messaging.kafka.message.key", f.id.hyphenated().to_string()),
+                KeyValue::new(
+                    "messaging.client.id",
+                    format!("slo-probe-{}-{role}", r.instance),
+                ),
+                KeyValue::new("slo_probe.probe", r.probe.to_string()),
+                KeyValue::new("slo_probe.outcome", f.outcome.as_str()),
+                KeyValue::new("slo_probe.record_id", f.id.hyphenated().to_string()),
+                KeyValue::new("slo_probe.seq", f.seq as i64),
+            ];
+            if let Some(offset) = f.offset {
+                a.push(KeyValue::new("messaging.kafka.offset", offset));
+            }
+            if let Some(l) = f.latency {
+                a.push(KeyValue::new("slo_probe.latency_ms", l.as_secs_f64() * 1e3));
+            }
+            a
+        };
+        // Error status with the reason's sentence (the failed assertion of a corrupt record),
+        // `error.type` the outcome and `slo_probe.reason` the reason's kind.
+        let error = |kind: &str, attrs: &mut Vec<KeyValue>| {
+            attrs.push(KeyValue::new("error.type", kind.to_string()));
+            let detail = match &f.reason {
+                Some(r) => {
+                    attrs.push(KeyValue::new("slo_probe.reason", r.kind));
+                    format!("{kind}: {}", r.detail)
+                }
+                None => kind.to_string(),
+            };
+            Status::error(detail)
+        };
+        // The producer span: until the acknowledgement, or until the outcome when there was none.
+        let mut send_attrs = common("send", "send", r.topic);
+        let mut send_status = Status::Ok;
+        if f.outcome == Outcome::SendFailed {
+            send_status = error("send_failed", &mut send_attrs);
+        }
+        let send_end = f.acked_after.map_or(settled, |a| scheduled + a);
+        let send = self.span(
+            producer_cx.clone(),
+            SpanId::INVALID,
+            SpanKind::Producer,
+            format!("send {}", r.topic),
+            (scheduled, send_end),
+            send_attrs,
+            SpanLinks::default(),
+            send_status,
+        );
+        if f.outcome == Outcome::SendFailed {
+            return vec![send];
+        }
+        // The verification: a child of the producer span, and linked to it.
+        let mut attrs = common("process", "process", r.verify_topic);
+        let (status, start) = match f.outcome {
+            Outcome::Ok => (Status::Ok, settled),
+            Outcome::Corrupt => (error("corrupt", &mut attrs), settled),
+            _ => (error("lost", &mut attrs), scheduled),
+        };
+        let mut links = SpanLinks::default();
+        links.links.push(Link::with_context(producer_cx));
+        let process_cx = SpanContext::new(
+            f.trace_id,
+            f.verify_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let process = self.span(
+            process_cx,
+            f.span_id,
+            SpanKind::Consumer,
+            format!("process {}", r.verify_topic),
+            (start, settled),
+            attrs,
+            links,
+            status,
+        );
+        vec![send, process]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        cx: SpanContext,
+        parent: SpanId,
+        kind: SpanKind,
+        name: String,
+        (start, end): (SystemTime, SystemTime),
+        attributes: Vec<KeyValue>,
+        links: SpanLinks,
+        status: Status,
+    ) -> SpanData {
+        SpanData {
+            span_context: cx,
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: Cow::Owned(name),
+            start_time: start,
+            end_time: end.max(start),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links,
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+/// rustls needs a process-wide crypto provider for HTTPS (the OTLP HTTP client); slo-probe uses
+/// ring, like its TLS elsewhere. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("slo-probe")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// The protocol: the agent file's, else `OTEL_EXPORTER_OTLP_{TRACES_,}PROTOCOL`, else gRPC
+/// (the design's example endpoint is a collector's gRPC port, 4317).
+fn protocol(cfg: &TracingConfig) -> Result<OtlpProtocol, String> {
+    if let Some(p) = cfg.protocol {
+        return Ok(p);
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            return OtlpProtocol::parse(&v)
+                .ok_or_else(|| format!("{var} must be `grpc` or `http/protobuf`, got `{v}`"));
+        }
+    }
+    Ok(OtlpProtocol::Grpc)
+}
+
+fn build_exporter(cfg: &TracingConfig) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match protocol(cfg)? {
+        OtlpProtocol::Grpc => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(e) = &cfg.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if let Some(t) = cfg.timeout {
+                b = b.with_timeout(t);
+            }
+            if !cfg.headers.is_empty() {
+                let mut md = tonic::metadata::MetadataMap::new();
+                for (k, v) in &cfg.headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_lowercase().as_bytes())
+                        .map_err(|_| {
+                            format!("tracing.headers: `{k}` is not a valid header name")
+                        })?;
+                    let value = v
+                        .parse()
+                        .map_err(|_| format!("tracing.headers.{k}: not a valid header value"))?;
+                    md.insert(key, value);
+                }
+                b = b.with_metadata(md);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(e) = &cfg.endpoint {
+                b = b.with_endpoint(http_traces_url(e));
+            }
+            if let Some(t) = cfg.timeout {
+                b = b.with_timeout(t);
+            }
+            if !cfg.headers.is_empty() {
+                b = b.with_headers(cfg.headers.clone().into_iter().collect());
+            }
+            b.build()
+        }
+    };
+    built.map_err(|e| format!("cannot set up OTLP span export: {e}"))
+}
+
+/// An HTTP endpoint given as a collector's base URL (`http://collector:4318`, as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` would be) gets the traces path; a URL with a path is used as is.
+fn http_traces_url(endpoint: &str) -> String {
+    let after_scheme = endpoint.find("://").map_or(0, |i| i + 3);
+    match endpoint[after_scheme..].find('/') {
+        Some(i) if endpoint[after_scheme + i..] != *"/" => endpoint.to_string(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
+async fn export_loop(
+    exporter: opentelemetry_otlp::SpanExporter,
+    mut rx: mpsc::Receiver<SpanData>,
+    stop: CancellationToken,
+    dropped: IntCounter,
+) {
+    let send = Batches {
+        exporter,
+        dropped,
+        quiet: crate::kafka::Quiet::default(),
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    // A batch goes when full, or FLUSH_EVERY after its first span.
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            got = rx.recv() => match got {
+                Some(s) => {
+                    batch.push(s);
+                    due.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
+                    if batch.len() < BATCH {
+                        continue;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
+        }
+        due = None;
+        send.export(std::mem::take(&mut batch)).await;
+    }
+    // Stopping: what is queued still goes out.
+    rx.close();
+    while let Some(s) = rx.recv().await {
+        batch.push(s);
+        if batch.len() == BATCH {
+            send.export(std::mem::take(&mut batch)).await;
+        }
+    }
+    if !batch.is_empty() {
+        send.export(batch).await;
+    }
+    let _ = send.exporter.shutdown();
+}
+
+struct Batches {
+    exporter: opentelemetry_otlp::SpanExporter,
+    dropped: IntCounter,
+    quiet: crate::kafka::Quiet,
+}
+
+impl Batches {
+    async fn export(&self, batch: Vec<SpanData>) {
+        let n = batch.len() as u64;
+        if let Err(e) = self.exporter.export(batch).await {
+            self.dropped.inc_by(n);
+            if self.quiet.allow("export") {
+                tracing::warn!(spans = n, error = %e, "OTLP export failed; spans dropped (repeats are quiet for a minute)");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_endpoints_without_a_path_get_the_traces_path() {
+        for (given, used) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("https://c.example", "https://c.example/v1/traces"),
+            ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+            (
+                "https://gw.example/otlp/v1/traces",
+                "https://gw.example/otlp/v1/traces",
+            ),
+        ] {
+            assert_eq!(http_traces_url(given), used, "{given}");
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Single records worth showing an operator (`/status`): a probe's last results, and the
+//! slowest verified records of the current window, each with its trace id, so that a p999 point
+//! on a dashboard leads to the exact record and its trace.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TraceId};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{Finished, Outcome, Reason};
+use crate::stats::{DEFAULT_SLOTS, Sliding};
+
+/// Results kept per probe.
+pub const LAST: usize = 20;
+/// Slowest records shown per probe.
+pub const SLOWEST: usize = 10;
+
+/// One record as `/status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noted {
+    pub id: Uuid,
+    pub trace_id: TraceId,
+    /// The span carrying the outcome ([`Finished::outcome_span_id`]).
+    pub span_id: SpanId,
+    pub partition: i32,
+    pub offset: Option<i64>,
+    pub seq: u64,
+    /// Scheduled send, ns since the Unix epoch.
+    pub scheduled_at_ns: u64,
+    pub outcome: Outcome,
+    pub latency: Option<Duration>,
+    pub reason: Option<Reason>,
+}
+
+impl Noted {
+    pub fn of(f: &Finished) -> Noted {
+        Noted {
+            id: f.id,
+            trace_id: f.trace_id,
+            span_id: f.outcome_span_id(),
+            partition: f.partition,
+            offset: f.offset,
+            seq: f.seq,
+            scheduled_at_ns: f.scheduled_at_ns,
+            outcome: f.outcome,
+            latency: f.latency,
+            reason: f.reason.clone(),
+        }
+    }
+}
+
+/// A verified record among the slowest of its window slot (compact: no reason, always ok).
+#[derive(Debug, Clone, Copy)]
+struct Slow {
+    latency: Duration,
+    id: Uuid,
+    trace_id: TraceId,
+    partition: i32,
+    offset: Option<i64>,
+    seq: u64,
+    scheduled_at_ns: u64,
+}
+
+/// The slowest [`SLOWEST`] records of one window slot, slowest first.
+#[derive(Debug, Default)]
+struct Top(Vec<Slow>);
+
+impl Top {
+    fn offer(&mut self, s: Slow) {
+        if self.0.len() == SLOWEST && self.0.last().is_some_and(|l| l.latency >= s.latency) {
+            return;
+        }
+        let at = self.0.partition_point(|x| x.latency >= s.latency);
+        self.0.insert(at, s);
+        self.0.truncate(SLOWEST);
+    }
+}
+
+/// The last results and the window's slowest records of one probe.
+#[derive(Debug)]
+pub struct Notable {
+    last: VecDeque<Noted>,
+    slowest: Sliding<Top>,
+}
+
+impl Notable {
+    pub fn new(window: Duration, origin: Instant) -> Self {
+        Notable {
+            last: VecDeque::with_capacity(LAST),
+            slowest: Sliding::new(window, DEFAULT_SLOTS, origin),
+        }
+    }
+
+    pub fn record(&mut self, now: Instant, f: &Finished) {
+        if self.last.len() == LAST {
+            self.last.pop_front();
+        }
+        self.last.push_back(Noted::of(f));
+        if let (Outcome::Ok, Some(latency)) = (f.outcome, f.latency) {
+            self.slowest.current(now).offer(Slow {
+                latency,
+                id: f.id,
+                trace_id: f.trace_id,
+                partition: f.partition,
+                offset: f.offset,
+                seq: f.seq,
+                scheduled_at_ns: f.scheduled_at_ns,
+            });
+        }
+    }
+
+    /// The last results, newest first.
+    pub fn last(&self) -> Vec<Noted> {
+        self.last.iter().rev().cloned().collect()
+    }
+
+    /// The slowest verified records of the window at `now`, slowest first.
+    pub fn slowest(&self, now: Instant) -> Vec<Noted> {
+        let mut all: Vec<Slow> = self
+            .slowest
+            .live(now)
+            .flat_map(|t| t.0.iter().copied())
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.latency));
+        all.truncate(SLOWEST);
+        all.into_iter()
+            .map(|s| Noted {
+                id: s.id,
+                trace_id: s.trace_id,
+                span_id: verify_span_id(&s.id),
+                partition: s.partition,
+                offset: s.offset,
+                seq: s.seq,
+                scheduled_at_ns: s.scheduled_at_ns,
+                outcome: Outcome::Ok,
+                latency: Some(s.latency),
+                reason: None,
+            })
+            .collect()
+    }
+}
+
+/// See [`Finished::verify_span_id`].
+pub fn verify_span_id(id: &Uuid) -> SpanId {
+    SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(seq: u64, outcome: Outcome, latency_ms: u64) -> Finished {
+        Finished {
+            id: Uuid::now_v7(),
+            partition: (seq % 3) as i32,
+            seq,
+            trace_id: TraceId::from_bytes([seq as u8 + 1; 16]),
+            span_id: SpanId::from_bytes([7; 8]),
+            sampled: true,
+            scheduled_at_ns: 1_700_000_000_000_000_000 + seq,
+            acked_after: None,
+            since_scheduled: Duration::from_millis(latency_ms),
+            offset: Some(seq as i64),
+            outcome,
+            latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
+            reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_the_last_results_newest_first() {
+        let mut n = Notable::new(Duration::from_secs(10), Instant::now());
+        for seq in 0..(LAST as u64 + 5) {
+            let outcome = if seq % 7 == 0 {
+                Outcome::Lost
+            } else {
+                Outcome::Ok
+            };
+            n.record(Instant::now(), &finished(seq, outcome, 5));
+        }
+        let last = n.last();
+        assert_eq!(last.len(), LAST);
+        let seqs: Vec<u64> = last.iter().map(|r| r.seq).collect();
+        let want: Vec<u64> = (5..LAST as u64 + 5).rev().collect();
+        assert_eq!(seqs, want);
+        let lost = last.iter().find(|r| r.seq == 21).unwrap();
+        assert_eq!(lost.outcome, Outcome::Lost);
+        assert_eq!(lost.reason.as_ref().unwrap().kind, "timeout");
+        assert_eq!(lost.span_id, verify_span_id(&lost.id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slowest_of_the_window_across_slots() {
+        let window = Duration::from_secs(10);
+        let mut n = Notable::new(window, Instant::now());
+        // slot 0: latencies 1..=30 ms; the 30 ms one is the outlier that must be shown
+        for seq in 1..=30 {
+            n.record(Instant::now(), &finished(seq, Outcome::Ok, seq));
+        }
+        // lost records have no latency and never rank
+        n.record(Instant::now(), &finished(99, Outcome::Lost, 10_000));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // a later slot: 25.5 ms equivalents, interleaving with slot 0's top
+        for seq in 100..105 {
+            n.record(Instant::now(), &finished(seq, Outcome::Ok, seq - 75));
+        }
+        let slow = n.slowest(Instant::now());
+        let lat: Vec<u64> = slow
+            .iter()
+            .map(|r| r.latency.unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(lat, vec![30, 29, 29, 28, 28, 27, 27, 26, 26, 25]);
+        assert_eq!(slow[0].seq, 30);
+        assert_eq!(slow[0].trace_id, TraceId::from_bytes([31; 16]));
+        assert!(slow.iter().all(|r| r.outcome == Outcome::Ok));
+        // slot 0 leaves the window: only the later slot's records remain
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let lat: Vec<u64> = n
+            .slowest(Instant::now())
+            .iter()
+            .map(|r| r.latency.unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(lat, vec![29, 28, 27, 26, 25]);
+        // and later nothing
+        tokio::time::advance(window).await;
+        assert!(n.slowest(Instant::now()).is_empty());
+    }
+}
