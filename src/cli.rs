@@ -200,7 +200,6 @@ fn load(common: &Common) -> Result<Config, Exit> {
             Ok(c)
         }
         Err(diags) => {
-            let json = common.log_format == LogFormat::Json;
             for d in diags.iter() {
                 logging::say(
                     common.log_format,
@@ -215,10 +214,11 @@ fn load(common: &Common) -> Result<Config, Exit> {
                     }),
                 );
             }
-            let n = diags.len();
-            let summary = format!("{n} configuration problem{}", if n == 1 { "" } else { "s" });
-            if !json {
-                eprintln!("slo-probe: {summary}");
+            // As text, a closing count; as JSON, each problem is already its own line.
+            if common.log_format == LogFormat::Text {
+                let n = diags.len();
+                let s = if n == 1 { "" } else { "s" };
+                eprintln!("slo-probe: {n} configuration problem{s}");
             }
             Err(Exit::Config)
         }

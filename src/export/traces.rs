@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{OtlpProtocol, TracingConfig};
 use crate::probe::{Finished, Outcome};
+use crate::record::Origin;
 
 /// Spans waiting for export; beyond this they are dropped (a collector down for a while must
 /// not grow the agent).
@@ -65,11 +66,10 @@ impl Exporter {
 
 /// One record's facts at its final outcome, as spans need them.
 pub struct RecordSpan<'a> {
-    pub probe: &'a str,
+    /// Probe name and agent instance (the Kafka clients' ids derive from it).
+    pub origin: &'a Origin,
     pub topic: &'a str,
     pub verify_topic: &'a str,
-    /// The agent instance: the Kafka clients' ids derive from it.
-    pub instance: &'a str,
     pub finished: &'a Finished,
 }
 
@@ -159,9 +159,9 @@ impl Spans {
                 KeyValue::new("messaging.kafka.message.key", f.id.hyphenated().to_string()),
                 KeyValue::new(
                     "messaging.client.id",
-                    format!("slo-probe-{}-{role}", r.instance),
+                    format!("slo-probe-{}-{role}", r.origin.instance),
                 ),
-                KeyValue::new("slo_probe.probe", r.probe.to_string()),
+                KeyValue::new("slo_probe.probe", r.origin.probe.clone()),
                 KeyValue::new("slo_probe.outcome", f.outcome.as_str()),
                 KeyValue::new("slo_probe.record_id", f.id.hyphenated().to_string()),
                 KeyValue::new("slo_probe.seq", f.seq as i64),

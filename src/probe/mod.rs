@@ -356,10 +356,9 @@ impl Probe {
     fn settled(&self, topic: &str, f: &Finished) {
         events::finished(&self.origin, topic, f);
         self.spans.record(&RecordSpan {
-            probe: &self.origin.probe,
+            origin: &self.origin,
             topic: &self.config.topic,
             verify_topic: &self.verify_topic,
-            instance: &self.origin.instance,
             finished: f,
         });
     }

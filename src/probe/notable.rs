@@ -9,6 +9,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::tracker::verify_span_id;
 use super::{Finished, Outcome, Reason};
 use crate::stats::{DEFAULT_SLOTS, Sliding};
 
@@ -145,11 +146,6 @@ impl Notable {
             })
             .collect()
     }
-}
-
-/// See [`Finished::verify_span_id`].
-pub fn verify_span_id(id: &Uuid) -> SpanId {
-    SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

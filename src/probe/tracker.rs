@@ -84,11 +84,9 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// The id of the span that verified (or gave up on) this record. Derived from the record
-    /// id (the random bits of its UUIDv7, never zero), so log lines and exported spans agree
-    /// whether or not the trace is exported.
+    /// The id of the span that verified (or gave up on) this record: see [`verify_span_id`].
     pub fn verify_span_id(&self) -> opentelemetry::trace::SpanId {
-        super::notable::verify_span_id(&self.id)
+        verify_span_id(&self.id)
     }
 
     /// The span that carries this record's outcome: the producer span for a record that was
@@ -99,6 +97,13 @@ impl Finished {
             _ => self.verify_span_id(),
         }
     }
+}
+
+/// The id of the span that verifies (or gives up on) record `id`. Derived from the record id
+/// (the random bits of its UUIDv7, never zero), so log lines, `/status` and exported spans agree
+/// whether or not the trace is exported.
+pub fn verify_span_id(id: &Uuid) -> opentelemetry::trace::SpanId {
+    opentelemetry::trace::SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
 }
 
 /// Why a record did not end `ok`: a short, low-cardinality kind to filter on (`timeout`,
