@@ -25,6 +25,7 @@ use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWat
 use crate::probe::task::{self, Plan, SendLoop};
 use crate::probe::{Counts, Probe};
 use crate::verify::kafka::KafkaVerifier;
+use crate::verify::sink;
 
 /// Brokers of the embedded cluster (librdkafka's in-process mock).
 pub const EMBEDDED_BROKERS: i32 = 3;
@@ -58,6 +59,8 @@ pub enum StartError {
     Embedded(rdkafka::error::KafkaError),
     #[error("tracing: {0}")]
     Tracing(String),
+    #[error("probe {probe}: {error}")]
+    Sink { probe: String, error: String },
 }
 
 pub struct Agent {
@@ -158,7 +161,9 @@ impl Agent {
             })
             .collect();
         for probe in &probes {
-            let name = &probe.verify_cluster;
+            let Some(name) = &probe.verify_cluster else {
+                continue;
+            };
             if !verifiers.contains_key(name) {
                 let v = KafkaVerifier::new(cluster(&config, name), &instance).map_err(|error| {
                     StartError::Client {
@@ -176,6 +181,14 @@ impl Agent {
         let (send_loops, background) = (TaskTracker::new(), TaskTracker::new());
         for v in verifiers.values() {
             background.spawn(Arc::clone(v).run(stop_all.clone()));
+        }
+        for probe in &probes {
+            sink::start(probe, &metrics, &background, &stop_all).map_err(|error| {
+                StartError::Sink {
+                    probe: probe.name().to_string(),
+                    error,
+                }
+            })?;
         }
         // One metadata watch per (cluster, topic), shared by every probe on it: probe topics
         // are read with the cluster's producer, verify-only topics with its verifier.
@@ -219,16 +232,23 @@ impl Agent {
         }
         for (probe, produce) in probes.iter().zip(produce_watches) {
             let cfg = &probe.config;
-            let same = probe.verify_cluster == cfg.cluster && probe.verify_topic == cfg.topic;
-            let verifier = Arc::clone(&verifiers[&probe.verify_cluster]);
-            let verify = (!same).then(|| {
-                watch(
-                    &probe.verify_cluster,
-                    &probe.verify_topic,
-                    MetadataClient::Verifier(Arc::clone(&verifier)),
-                    None,
-                )
-            });
+            let verifier = probe
+                .verify_cluster
+                .as_ref()
+                .map(|c| (c, Arc::clone(&verifiers[c])));
+            // Another topic (or cluster) to read back from: its partitions are watched too.
+            let verify = verifier
+                .as_ref()
+                .filter(|(c, _)| **c != cfg.cluster || probe.verify_topic != cfg.topic)
+                .map(|(c, v)| {
+                    watch(
+                        c,
+                        &probe.verify_topic,
+                        MetadataClient::Verifier(Arc::clone(v)),
+                        None,
+                    )
+                });
+            let verifier = verifier.map(|(_, v)| v);
             let (tx, rx) = watch::channel(None);
             background.spawn(discovery::follow(Follow {
                 probe: Arc::clone(probe),
@@ -477,8 +497,11 @@ fn point_at_embedded(config: &mut Config, embedded: &EmbeddedCluster) {
         .probes
         .iter()
         .flat_map(|p| {
-            let crate::config::Verify::Kafka(v) = &p.verify;
-            [p.cluster.clone(), v.cluster.clone()]
+            let verify = match &p.verify {
+                crate::config::Verify::Kafka(v) => Some(v.cluster.clone()),
+                _ => None,
+            };
+            std::iter::once(p.cluster.clone()).chain(verify)
         })
         .chain(config.agent.clusters.keys().cloned())
         .collect();
@@ -509,8 +532,11 @@ fn create_embedded_topics(
             Partitions::All => EMBEDDED_BROKERS,
             Partitions::List(l) => (l.iter().max().copied().unwrap_or(0) + 1).max(EMBEDDED_BROKERS),
         };
-        let crate::config::Verify::Kafka(v) = &p.verify;
-        for t in [&p.topic, &v.topic] {
+        let verify = match &p.verify {
+            crate::config::Verify::Kafka(v) => Some(&v.topic),
+            _ => None,
+        };
+        for t in std::iter::once(&p.topic).chain(verify) {
             let e = topics.entry(t.clone()).or_insert(needed);
             *e = (*e).max(needed);
         }

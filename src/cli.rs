@@ -156,9 +156,11 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command; tests call this directly.
 pub async fn execute(cli: Cli) -> Exit {
+    // The connection pool's own warnings repeat what the sink poller reports (once per
+    // distinct error, with the probe): kept to errors.
     let default_level = match cli.command {
-        Command::Run => "info",
-        Command::Smoke(_) | Command::Check => "warn",
+        Command::Run => "info,deadpool=error",
+        Command::Smoke(_) | Command::Check => "warn,deadpool=error",
     };
     logging::init(
         cli.common.log_format,
@@ -251,7 +253,9 @@ fn start_error(format: LogFormat, e: &StartError) -> Exit {
     let fields = serde_json::json!({ "error": e.to_string() });
     logging::say(format, Level::ERROR, &text, "cannot start", fields);
     match e {
-        StartError::Client { .. } | StartError::Tracing(_) => Exit::Config,
+        StartError::Client { .. } | StartError::Tracing(_) | StartError::Sink { .. } => {
+            Exit::Config
+        }
         StartError::Listen { .. } | StartError::Embedded(_) => Exit::CouldNotRun,
     }
 }

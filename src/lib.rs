@@ -2,8 +2,9 @@
 //! clients see it.
 //!
 //! Every `interval`, each probe sends one synthetic record per partition of its topic; a paired
-//! consumer reads them back and settles each record as `ok`, `lost`, `corrupt` or
-//! `send_failed`. Latency (from the *scheduled* send time) goes into HDR histograms; outcomes,
+//! consumer reads them back, or a sink poller looks them up where the pipeline puts them (a
+//! PostgreSQL table, an HTTP/JSON search index), and settles each record as `ok`, `lost`,
+//! `corrupt` or `send_failed`. Latency (from the *scheduled* send time) goes into HDR histograms; outcomes,
 //! quantiles, availability and freshness are exported to Prometheus.
 //!
 //! A tour of the modules, in the order a record travels:
@@ -16,7 +17,8 @@
 //! - [`probe`]: a probe's state ([`probe::Probe`]), its schedule ([`probe::task`]) and the
 //!   in-flight tracker that gives every record exactly one outcome.
 //! - [`record`]: the record format: envelope, digest, headers, W3C trace context, and checks.
-//! - [`verify`]: how records are read back (the paired Kafka consumer).
+//! - [`verify`]: how records are verified: the paired Kafka consumer, or a sink poller
+//!   (PostgreSQL, HTTP) that looks every pending record up with one query per poll.
 //! - [`stats`]: HDR histograms over a sliding window, availability, SLO event counts.
 //! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events, OTLP spans.
 //! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.

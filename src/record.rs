@@ -479,24 +479,7 @@ pub fn verify_transformed(
             .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
         let got: serde_json::Value = serde_json::from_slice(value)
             .map_err(|e| Corruption::Undecodable(format!("not JSON: {e}")))?;
-        let original = serde_json::to_value(&expected.body).expect("envelope serialises");
-        for (pointer, e) in expect {
-            let want = match e {
-                Expectation::Literal(v) => v.clone(),
-                Expectation::FromOriginal(from) => original
-                    .pointer(from)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
-            };
-            let actual = got.pointer(pointer);
-            if !actual.is_some_and(|a| same_json(a, &want)) {
-                return Err(Corruption::Assertion {
-                    pointer: pointer.clone(),
-                    expected: want.to_string(),
-                    got: actual.map_or("nothing".into(), |a| a.to_string()),
-                });
-            }
-        }
+        check_expectations(expected, &got, expect)?;
     }
     match (view.header(header::TRACEPARENT), view.trace_id()) {
         (None, _) => Ok(()),
@@ -509,6 +492,38 @@ pub fn verify_transformed(
             "traceparent is not a valid W3C value".into(),
         )),
     }
+}
+
+/// Checks the content assertions on what a pipeline made of the record (a transformed record's
+/// value, a sink's row or document): each pointer must hold its literal or the original
+/// record's field. The first failed assertion is reported.
+pub fn check_expectations(
+    expected: &Expected,
+    got: &serde_json::Value,
+    expect: &[(String, Expectation)],
+) -> Result<(), Corruption> {
+    if expect.is_empty() {
+        return Ok(());
+    }
+    let original = serde_json::to_value(&expected.body).expect("envelope serialises");
+    for (pointer, e) in expect {
+        let want = match e {
+            Expectation::Literal(v) => v.clone(),
+            Expectation::FromOriginal(from) => original
+                .pointer(from)
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        };
+        let actual = got.pointer(pointer);
+        if !actual.is_some_and(|a| same_json(a, &want)) {
+            return Err(Corruption::Assertion {
+                pointer: pointer.clone(),
+                expected: want.to_string(),
+                got: actual.map_or("nothing".into(), |a| a.to_string()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// JSON equality with numbers compared by value (42 == 42.0).

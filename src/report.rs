@@ -12,7 +12,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use crate::config::Sli;
-use crate::probe::{Counts, Noted, Outcome, PartitionCounts, Probe, Snapshot};
+use crate::probe::{Counts, Noted, Outcome, PartitionCounts, Probe, SinkSummary, Snapshot};
 use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 
@@ -131,6 +131,10 @@ impl From<&SloSummary> for SloVerdict {
     }
 }
 
+fn poll_ms(probe: &Probe) -> Option<f64> {
+    probe.config.verify.poll().map(|p| p.as_secs_f64() * 1e3)
+}
+
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
@@ -162,6 +166,12 @@ pub struct ProbeVerdict {
     pub name: String,
     pub cluster: String,
     pub topic: String,
+    /// How records were verified: `kafka`, `postgres` or `http`.
+    pub verify: &'static str,
+    /// A sink's poll interval: the resolution of the latencies below.
+    pub poll_interval_ms: Option<f64>,
+    /// A sink's polls and failed polls.
+    pub sink: Option<SinkSummary>,
     pub passed: bool,
     /// Why it failed, one sentence each.
     pub failures: Vec<String>,
@@ -182,6 +192,18 @@ impl ProbeVerdict {
         let c = s.progress.counts;
         let slos: Vec<SloVerdict> = s.slos.iter().map(SloVerdict::from).collect();
         let mut failures = Vec::new();
+        if let Some(sink) = &s.sink
+            && sink.errors > 0
+            && c.get(Outcome::Lost) > 0
+        {
+            failures.push(format!(
+                "{} of {} polls of the {} sink failed (last: {})",
+                sink.errors,
+                sink.polls,
+                probe.verify_topic,
+                sink.last_error.as_deref().unwrap_or("-")
+            ));
+        }
         if c.sent == 0 {
             let why = s
                 .progress
@@ -223,6 +245,9 @@ impl ProbeVerdict {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
             topic: probe.config.topic.clone(),
+            verify: probe.config.verify.kind(),
+            poll_interval_ms: poll_ms(probe),
+            sink: s.sink.clone(),
             passed: failures.is_empty(),
             failures,
             rounds: s.progress.rounds_started,
@@ -278,6 +303,7 @@ impl Verdict {
             "p50",
             "p99",
             "p999",
+            "poll",
             "availability",
         ]);
         for p in &self.probes {
@@ -298,6 +324,7 @@ impl Verdict {
                 ms(p.latency.p50_ms),
                 ms(p.latency.p99_ms),
                 ms(p.latency.p999_ms),
+                ms(p.poll_interval_ms),
                 p.availability_percent
                     .map_or("-".into(), |a| format!("{a}%")),
             ]);
@@ -431,8 +458,14 @@ pub struct ProbeStatus {
     pub name: String,
     pub cluster: String,
     pub topic: String,
-    pub verify_cluster: String,
+    /// `kafka`, `postgres` or `http`.
+    pub verify: &'static str,
+    /// The Kafka verifier's cluster (none for a sink).
+    pub verify_cluster: Option<String>,
+    /// The topic records are read back from, or the kind of sink.
     pub verify_topic: String,
+    pub poll_interval_ms: Option<f64>,
+    pub sink: Option<SinkSummary>,
     pub partitions: Vec<i32>,
     /// Partition -> leader broker id, at the last metadata refresh.
     pub leaders: BTreeMap<i32, i32>,
@@ -504,8 +537,11 @@ impl ProbeStatus {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
             topic: probe.config.topic.clone(),
+            verify: probe.config.verify.kind(),
             verify_cluster: probe.verify_cluster.clone(),
             verify_topic: probe.verify_topic.clone(),
+            poll_interval_ms: poll_ms(probe),
+            sink: s.sink.clone(),
             partitions: s.progress.partitions.clone(),
             leaders: s.progress.leaders.clone(),
             discovery_error: s.progress.discovery_error.clone(),

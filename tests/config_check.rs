@@ -239,6 +239,61 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "postgres sink: connection string, query, poll, pool, assertions, secrets",
+        agent: Some(AGENT),
+        probes: &[
+            (
+                "a.yaml",
+                "name: pg\ntimeout: 2s\nverify:\n  postgres:\n    dsn: \"host=db port=notaport\"\n    query: select id from sink where id = 'x'\n    poll: 2s\n    pool_size: 0\n    expect: { team: payments, seq: { from: /nope } }\n",
+            ),
+            (
+                "b.yaml",
+                "name: pg2\nverify:\n  postgres: { dsn: x, dsn_file: /nonexistent, query: \"select 1 where $1\" }\n",
+            ),
+            (
+                "c.yaml",
+                "name: pg3\nverify:\n  postgres: { query: \"select $1\" }\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:5:10: `verify.postgres.dsn` is not a valid connection string: invalid value for option `port`",
+            "probes/a.yaml:6:12: `verify.postgres.query` must take the pending record ids as `$1`, e.g. `select id, amount from sink where id = any($1)`",
+            "probes/a.yaml:7:11: `verify.postgres.poll` (2s) must be shorter than the probe's `timeout` (2s), or records are lost before they are looked for",
+            "probes/a.yaml:8:16: `verify.postgres.pool_size` must be at least 1",
+            "probes/a.yaml:9:44: `from` must point into the original record (v, id, probe, instance, site, partition, seq, scheduled_at_ns, tags, payload), got `/nope`",
+            "probes/b.yaml:3:33: `verify.postgres` has both `dsn` and `dsn_file`; give one",
+            "probes/c.yaml:3:15: missing field `dsn` (or `dsn_file`) in verify.postgres",
+        ],
+    },
+    Case {
+        name: "http sink: URL, method, ids placeholder, pointers, headers, one verifier",
+        agent: Some(AGENT),
+        probes: &[
+            (
+                "a.yaml",
+                "name: search\nverify:\n  http:\n    url: ftp://search/_search\n    method: GET\n    body: '{\"ids\": 1}'\n    ids_pointer: hits\n    headers: { \"bad header\": x }\n    colour: red\n",
+            ),
+            (
+                "b.yaml",
+                "name: search2\nverify:\n  http: { url: \"http://search:9200/x/_search\" }\n  kafka: {}\n",
+            ),
+            (
+                "c.yaml",
+                "name: search3\nverify:\n  http: { url: \"http://search:9200/x/_search\", method: PUT }\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:4:10: `verify.http.url` must be an http:// or https:// URL, got `ftp://search/_search`",
+            "probes/a.yaml:6:11: `verify.http.body` needs `method: POST`",
+            "probes/a.yaml:7:18: `verify.http.ids_pointer` must be a JSON pointer like /hits/hits (or empty for the whole response), got `hits`",
+            "probes/a.yaml:8:14: `verify.http.headers.bad header` is not a valid HTTP header name and value",
+            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, poll, timeout, ca_file, expect",
+            "probes/b.yaml:3:7: `verify` must have exactly one of: kafka, postgres, http",
+            "probes/c.yaml:3:16: `verify.http` must put the pending record ids into its `url` or `body`: use {ids} (comma-separated) or {ids_json} (a JSON array)",
+            "probes/c.yaml:3:56: `verify.http.method` must be GET or POST, got `PUT`",
+        ],
+    },
+    Case {
         name: "no probe files",
         agent: Some(AGENT),
         probes: &[],
@@ -381,6 +436,26 @@ fn the_example_probes_are_valid() {
         &[],
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
+    // the sink examples need their secrets from the environment, and say so when missing
+    let sinks = ["check", "--probes", "probes/sinks"];
+    let env = [
+        (
+            "ORDERS_PG_DSN",
+            "host=warehouse dbname=orders user=slo_probe",
+        ),
+        ("SEARCH_URL", "https://search:9200"),
+        ("SEARCH_API_KEY", "k"),
+    ];
+    let out = run(std::path::Path::new(root), &sinks, &env);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let out = run(std::path::Path::new(root), &sinks, &env[1..]);
+    assert_eq!(out.code(), 78);
+    assert!(
+        out.stderr
+            .contains("`verify.postgres.dsn`: environment variable ORDERS_PG_DSN is not set"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

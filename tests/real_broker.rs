@@ -4,59 +4,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use common::front::Front;
 use common::infra::{Prometheus, Tansu, free_port, promtool};
 use common::relay::{Fault, Picker, Relay};
-use common::{Running, Tree, get, sample};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use common::{Running, Tree, create_topics, eventually, get, sample};
 use serde_json::Value;
 use slo_probe::agent::Agent;
 use slo_probe::probe::task::Plan;
 use slo_probe::probe::{Counts, Outcome, Snapshot};
 
-const GUARD: Duration = Duration::from_secs(120);
-
-/// Creates topics the way an operator (or a pipeline's deployment) would.
-async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-}
-
-/// Re-checks `check` every 100 ms until it returns `Some` (an external process changes state
-/// on its own schedule; this is a bounded wait for it, not a fixed sleep).
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let wait = async {
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(GUARD, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
-}
+use common::GUARD;
 
 fn smoke_json(out: &common::Output) -> Value {
     serde_json::from_str(&out.stdout)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Diagnostics, Loc};
+pub use probe_file::fill;
 pub use yaml::check_name;
 
 /// The topic probes use when their file names none.
@@ -205,6 +206,105 @@ pub enum Partitions {
 #[derive(Debug, Clone)]
 pub enum Verify {
     Kafka(KafkaVerify),
+    Postgres(PostgresVerify),
+    Http(HttpVerify),
+}
+
+impl Verify {
+    /// `kafka`, `postgres` or `http`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verify::Kafka(_) => "kafka",
+            Verify::Postgres(_) => "postgres",
+            Verify::Http(_) => "http",
+        }
+    }
+
+    /// How often a sink is polled (`None` for the Kafka verifier, which is pushed records).
+    pub fn poll(&self) -> Option<Duration> {
+        match self {
+            Verify::Kafka(_) => None,
+            Verify::Postgres(p) => Some(p.sink.poll),
+            Verify::Http(h) => Some(h.sink.poll),
+        }
+    }
+}
+
+/// What every sink poller has: its cadence, its bound per poll, and content assertions.
+#[derive(Debug, Clone)]
+pub struct SinkPoll {
+    /// Pending records are looked up this often (and at once when the first becomes pending).
+    pub poll: Duration,
+    /// Bound on one poll (connecting included); a slower poll is a `timeout` error.
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for TLS, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Content assertions: JSON pointer into the found row or document -> expected value.
+    pub expect: Vec<(String, Expectation)>,
+}
+
+/// Sink poller for PostgreSQL: one query per poll for every pending record of the probe.
+#[derive(Clone)]
+pub struct PostgresVerify {
+    /// Connection string (key=value or postgresql:// URL); may hold a password: never shown.
+    pub dsn: String,
+    /// Run with the pending record ids as `$1` (a `uuid[]` or `text[]` parameter).
+    pub query: String,
+    /// The result column holding the record id.
+    pub id_column: String,
+    /// Connections kept open.
+    pub pool_size: usize,
+    pub sink: SinkPoll,
+}
+
+impl fmt::Debug for PostgresVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresVerify")
+            .field("dsn", &"<redacted>")
+            .field("query", &self.query)
+            .field("id_column", &self.id_column)
+            .field("pool_size", &self.pool_size)
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+/// Sink poller for an HTTP/JSON endpoint (Elasticsearch/OpenSearch `_search`, a REST API): one
+/// request per poll for every pending record of the probe.
+#[derive(Clone)]
+pub struct HttpVerify {
+    /// May contain `{ids}` (comma-separated), `{ids_json}` (a JSON array) and `{count}`.
+    pub url: String,
+    pub method: HttpMethod,
+    /// Request body template (JSON), same placeholders as the URL.
+    pub body: Option<String>,
+    /// Request headers; values may be secrets: never shown.
+    pub headers: BTreeMap<String, String>,
+    /// Where the found documents (or ids) are in the response: a JSON pointer to an array.
+    pub ids_pointer: String,
+    /// Where a found document carries the record id (for documents that are objects).
+    pub id_pointer: String,
+    pub sink: SinkPoll,
+}
+
+impl fmt::Debug for HttpVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpVerify")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("ids_pointer", &self.ids_pointer)
+            .field("id_pointer", &self.id_pointer)
+            .field("sink", &self.sink)
+            .finish()
+    }
 }
 
 /// Paired consumer: reads the records back from a topic.
@@ -411,8 +511,9 @@ fn resolve(
         let Some(mut probe) = p.probe else { continue };
         if let (None, Some(only)) = (&p.cluster, &only) {
             probe.cluster = only.clone();
-            let Verify::Kafka(k) = &mut probe.verify;
-            if p.verify_cluster.is_none() {
+            if let Verify::Kafka(k) = &mut probe.verify
+                && p.verify_cluster.is_none()
+            {
                 k.cluster = only.clone();
             }
         }

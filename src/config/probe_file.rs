@@ -5,14 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{Node, Span};
 
 use super::diag::{Diagnostics, Loc};
 use super::yaml::{Doc, table_start};
 use super::{
-    CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, Expectation, IdFrom, KafkaVerify,
-    MAX_PAYLOAD_BYTES, Partitions, ProbeConfig, Sli, SloConfig, Verify,
+    CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, Expectation, HttpMethod, HttpVerify, IdFrom,
+    KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, PostgresVerify, ProbeConfig, SinkPoll, Sli,
+    SloConfig, Verify,
 };
 use crate::record::is_reserved_header;
 
@@ -31,8 +32,39 @@ const PROBE_FIELDS: &[&str] = &[
     "per_partition_metrics",
     "create_topic",
 ];
-const VERIFIERS: &[&str] = &["kafka"];
+const VERIFIERS: &[&str] = &["kafka", "postgres", "http"];
 const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic", "id_from", "expect"];
+const POSTGRES_VERIFY_FIELDS: &[&str] = &[
+    "dsn",
+    "dsn_file",
+    "query",
+    "id_column",
+    "poll",
+    "timeout",
+    "pool_size",
+    "ca_file",
+    "expect",
+];
+const HTTP_VERIFY_FIELDS: &[&str] = &[
+    "url",
+    "method",
+    "body",
+    "headers",
+    "ids_pointer",
+    "id_pointer",
+    "poll",
+    "timeout",
+    "ca_file",
+    "expect",
+];
+/// Placeholders of an HTTP sink's URL and body.
+pub const IDS: &str = "{ids}";
+pub const IDS_JSON: &str = "{ids_json}";
+pub const COUNT: &str = "{count}";
+/// Defaults of the sink pollers.
+const DEFAULT_POLL: Duration = Duration::from_secs(1);
+const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_POOL_SIZE: usize = 2;
 const CREATE_TOPIC_FIELDS: &[&str] = &["partitions", "replication_factor"];
 /// Envelope fields an expectation may refer to.
 const ENVELOPE_FIELDS: &[&str] = &[
@@ -147,6 +179,7 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
             n,
             &cluster,
             topic.as_deref().unwrap_or(DEFAULT_TOPIC),
+            timeout,
             parsed,
         ),
         None => Some(Verify::Kafka(KafkaVerify {
@@ -298,6 +331,7 @@ fn verify(
     node: &Node,
     cluster: &str,
     topic_name: &str,
+    timeout: Option<Duration>,
     parsed: &mut Parsed,
 ) -> Option<Verify> {
     let map = doc.table(node, "verify", VERIFIERS)?;
@@ -310,6 +344,12 @@ fn verify(
             ),
         );
         return None;
+    }
+    if let Some(n) = map.get_node("postgres") {
+        return postgres(doc, n, timeout).map(Verify::Postgres);
+    }
+    if let Some(n) = map.get_node("http") {
+        return http(doc, n, timeout).map(Verify::Http);
     }
     let kafka = map.get_node("kafka")?;
     let k = doc.table(kafka, "verify.kafka", KAFKA_VERIFY_FIELDS)?;
@@ -330,7 +370,7 @@ fn verify(
         None => Some(None),
     };
     let expect = match k.get_node("expect") {
-        Some(n) => expectations(doc, n),
+        Some(n) => expectations(doc, n, Keys::Pointers),
         None => Some(Vec::new()),
     };
     let (verify_cluster, verify_topic, id_from, expect) =
@@ -341,6 +381,260 @@ fn verify(
         id_from,
         expect,
     }))
+}
+
+/// The settings every sink poller shares.
+fn sink_poll(
+    doc: &mut Doc,
+    map: &MarkedMappingNode,
+    what: &str,
+    keys: Keys,
+    timeout: Option<Duration>,
+) -> Option<SinkPoll> {
+    let poll = opt(map, "poll", DEFAULT_POLL, |n| {
+        let poll = doc.duration(n, &format!("{what}.poll"))?;
+        if let Some(t) = timeout
+            && poll >= t
+        {
+            doc.error(
+                n.span(),
+                format!(
+                    "`{what}.poll` ({}) must be shorter than the probe's `timeout` ({}), or records are lost before they are looked for",
+                    humantime::format_duration(poll),
+                    humantime::format_duration(t)
+                ),
+            );
+            return None;
+        }
+        Some(poll)
+    });
+    let sink_timeout = opt(map, "timeout", DEFAULT_SINK_TIMEOUT, |n| {
+        doc.duration(n, &format!("{what}.timeout"))
+    });
+    let ca_file = opt(map, "ca_file", None, |n| {
+        let s = doc.scalar(n, &format!("{what}.ca_file"))?;
+        let path = doc.expand_env(s, &format!("{what}.ca_file"))?;
+        if let Err(e) = std::fs::metadata(&path) {
+            doc.error(
+                n.span(),
+                format!("`{what}.ca_file`: cannot read {path}: {e}"),
+            );
+            return None;
+        }
+        Some(Some(path.into()))
+    });
+    let expect = match map.get_node("expect") {
+        Some(n) => expectations(doc, n, keys),
+        None => Some(Vec::new()),
+    };
+    Some(SinkPoll {
+        poll: poll?,
+        timeout: sink_timeout?,
+        ca_file: ca_file?,
+        expect: expect?,
+    })
+}
+
+/// A secret given inline (with `${ENV}`) as `field` or read from the file named by `field_file`.
+fn secret(
+    doc: &mut Doc,
+    map: &MarkedMappingNode,
+    what: &str,
+    field: &str,
+) -> Option<(String, Span)> {
+    let file_field = format!("{field}_file");
+    match (map.get_node(field), map.get_node(&file_field)) {
+        (Some(_), Some(f)) => {
+            doc.error(
+                f.span(),
+                format!("`{what}` has both `{field}` and `{file_field}`; give one"),
+            );
+            None
+        }
+        (Some(n), None) => {
+            let s = doc.scalar(n, &format!("{what}.{field}"))?;
+            let v = doc.expand_env(s, &format!("{what}.{field}"))?;
+            Some((v, *n.span()))
+        }
+        (None, Some(n)) => {
+            let s = doc.scalar(n, &format!("{what}.{file_field}"))?;
+            let path = doc.expand_env(s, &format!("{what}.{file_field}"))?;
+            let v = doc.read_secret_file(n.span(), &path, &format!("{what}.{file_field}"))?;
+            Some((v, *n.span()))
+        }
+        (None, None) => {
+            doc.error(
+                &table_start(map),
+                format!("missing field `{field}` (or `{file_field}`) in {what}"),
+            );
+            None
+        }
+    }
+}
+
+fn postgres(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<PostgresVerify> {
+    const WHAT: &str = "verify.postgres";
+    let map = doc.table(node, WHAT, POSTGRES_VERIFY_FIELDS)?;
+    let dsn = secret(doc, map, WHAT, "dsn").and_then(|(dsn, span)| {
+        // Checked here so that a typo is a located error, not a failure at the first poll. The
+        // parser's message names the option, never its value.
+        match dsn.parse::<tokio_postgres::Config>() {
+            Ok(_) => Some(dsn),
+            Err(e) => {
+                let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                doc.error(
+                    &span,
+                    format!("`{WHAT}.dsn` is not a valid connection string: {why}"),
+                );
+                None
+            }
+        }
+    });
+    let query = doc.required(map, "query", WHAT).and_then(|n| {
+        let q = doc.string(n, &format!("{WHAT}.query"))?;
+        if !q.contains("$1") {
+            doc.error(
+                n.span(),
+                "`verify.postgres.query` must take the pending record ids as `$1`, e.g. `select id, amount from sink where id = any($1)`",
+            );
+            return None;
+        }
+        Some(q)
+    });
+    let id_column = opt(map, "id_column", "id".to_string(), |n| {
+        doc.string(n, &format!("{WHAT}.id_column"))
+    });
+    let pool_size = opt(map, "pool_size", DEFAULT_POOL_SIZE, |n| {
+        let v: usize = doc.integer(n, &format!("{WHAT}.pool_size"), "a number of connections")?;
+        if v == 0 {
+            doc.error(n.span(), "`verify.postgres.pool_size` must be at least 1");
+            return None;
+        }
+        Some(v)
+    });
+    let sink = sink_poll(doc, map, WHAT, Keys::Columns, timeout);
+    Some(PostgresVerify {
+        dsn: dsn?,
+        query: query?,
+        id_column: id_column?,
+        pool_size: pool_size?,
+        sink: sink?,
+    })
+}
+
+fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVerify> {
+    const WHAT: &str = "verify.http";
+    let map = doc.table(node, WHAT, HTTP_VERIFY_FIELDS)?;
+    let url_node = doc.required(map, "url", WHAT);
+    let url = url_node.and_then(|n| {
+        let s = doc.scalar(n, "verify.http.url")?;
+        let url = doc.expand_env(s, "verify.http.url")?;
+        // The URL as it will be requested (ids are UUIDs: nothing to escape).
+        let sample = fill(&url, &[uuid::Uuid::nil()]);
+        match reqwest::Url::parse(&sample) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(url),
+            _ => {
+                doc.error(
+                    n.span(),
+                    format!("`verify.http.url` must be an http:// or https:// URL, got `{url}`"),
+                );
+                None
+            }
+        }
+    });
+    let body = opt(map, "body", None, |n| {
+        let s = doc.scalar(n, "verify.http.body")?;
+        Some(Some(doc.expand_env(s, "verify.http.body")?))
+    });
+    let method = opt(map, "method", None, |n| {
+        let s = doc.string(n, "verify.http.method")?;
+        match s.to_ascii_uppercase().as_str() {
+            "GET" => Some(Some(HttpMethod::Get)),
+            "POST" => Some(Some(HttpMethod::Post)),
+            _ => {
+                doc.error(
+                    n.span(),
+                    format!("`verify.http.method` must be GET or POST, got `{s}`"),
+                );
+                None
+            }
+        }
+    });
+    let method = match (method, &body) {
+        (Some(Some(m)), _) => Some(m),
+        (Some(None), Some(Some(_))) => Some(HttpMethod::Post),
+        (Some(None), _) => Some(HttpMethod::Get),
+        (None, _) => None,
+    };
+    if let (Some(u), Some(b)) = (&url, &body) {
+        let has_ids = |t: &str| t.contains(IDS) || t.contains(IDS_JSON);
+        if !has_ids(u) && !b.as_deref().is_some_and(has_ids) {
+            doc.error(
+                &url_node.map_or(table_start(map), |n| *n.span()),
+                format!(
+                    "`verify.http` must put the pending record ids into its `url` or `body`: use {IDS} (comma-separated) or {IDS_JSON} (a JSON array)"
+                ),
+            );
+        }
+    }
+    if let (Some(HttpMethod::Get), Some(Some(_))) = (method, &body)
+        && let Some(n) = map.get_node("body")
+    {
+        doc.error(n.span(), "`verify.http.body` needs `method: POST`");
+    }
+    let headers = map.get_node("headers").map(|n| {
+        let headers = doc.string_map(n, "verify.http.headers", true);
+        for (name, value) in &headers {
+            let bad_name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err();
+            if bad_name || reqwest::header::HeaderValue::from_str(value).is_err() {
+                // The value may be a secret: only the name is shown.
+                doc.error(
+                    n.span(),
+                    format!(
+                        "`verify.http.headers.{name}` is not a valid HTTP header name and value"
+                    ),
+                );
+            }
+        }
+        headers
+    });
+    let mut json_pointer = |field: &str, default: &str| {
+        opt(map, field, default.to_string(), |n| {
+            let s = doc.string(n, &format!("{WHAT}.{field}"))?;
+            if !s.is_empty() && !s.starts_with('/') {
+                doc.error(
+                    n.span(),
+                    format!("`{WHAT}.{field}` must be a JSON pointer like /hits/hits (or empty for the whole response), got `{s}`"),
+                );
+                return None;
+            }
+            Some(s)
+        })
+    };
+    let ids_pointer = json_pointer("ids_pointer", "");
+    let id_pointer = json_pointer("id_pointer", "/id");
+    let sink = sink_poll(doc, map, WHAT, Keys::Pointers, timeout);
+    Some(HttpVerify {
+        url: url?,
+        method: method?,
+        body: body?,
+        headers: headers.unwrap_or_default(),
+        ids_pointer: ids_pointer?,
+        id_pointer: id_pointer?,
+        sink: sink?,
+    })
+}
+
+/// A URL or body template with the placeholders filled for these ids.
+pub fn fill(template: &str, ids: &[uuid::Uuid]) -> String {
+    let plain: Vec<String> = ids.iter().map(|id| id.hyphenated().to_string()).collect();
+    template
+        .replace(
+            IDS_JSON,
+            &serde_json::to_string(&plain).expect("strings serialise"),
+        )
+        .replace(IDS, &plain.join(","))
+        .replace(COUNT, &ids.len().to_string())
 }
 
 fn create_topic(doc: &mut Doc, node: &Node) -> Option<CreateTopic> {
@@ -411,18 +705,38 @@ fn id_from(doc: &mut Doc, node: &Node) -> Option<IdFrom> {
     Some(IdFrom::Pointer(s))
 }
 
-fn expectations(doc: &mut Doc, node: &Node) -> Option<Vec<(String, Expectation)>> {
+/// What the keys of an `expect` table name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// JSON pointers into a record or document.
+    Pointers,
+    /// Result columns of a query (kept as pointers into the row as a JSON object).
+    Columns,
+}
+
+fn expectations(doc: &mut Doc, node: &Node, keys: Keys) -> Option<Vec<(String, Expectation)>> {
     let Some(map) = node.as_mapping() else {
+        let what = match keys {
+            Keys::Pointers => "JSON pointers",
+            Keys::Columns => "column names",
+        };
         doc.error(
             node.span(),
-            "`expect` must be a mapping of JSON pointers to expected values",
+            format!("`expect` must be a mapping of {what} to expected values"),
         );
         return None;
     };
     let mut out = Vec::new();
     let mut ok = true;
     for (key, value) in map.iter() {
-        let Some(p) = pointer(doc, &Node::from(key.clone()), key.as_str(), "expect") else {
+        let p = match keys {
+            Keys::Pointers => pointer(doc, &Node::from(key.clone()), key.as_str(), "expect"),
+            Keys::Columns => Some(format!(
+                "/{}",
+                key.as_str().replace('~', "~0").replace('/', "~1")
+            )),
+        };
+        let Some(p) = p else {
             ok = false;
             continue;
         };

@@ -273,7 +273,7 @@ impl Doc<'_> {
         }
     }
 
-    fn read_secret_file(&mut self, span: &Span, path: &str, field: &str) -> Option<String> {
+    pub fn read_secret_file(&mut self, span: &Span, path: &str, field: &str) -> Option<String> {
         match std::fs::read_to_string(path) {
             Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
             Err(e) => {

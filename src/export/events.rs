@@ -45,17 +45,49 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
     );
 }
 
-pub fn duplicate(origin: &Origin, view: &View, id: &uuid::Uuid) {
-    let cx = view.span_context();
+/// Where an event about a record read back was seen: a record on a topic, or a sink's row.
+pub struct Seen<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// The record's `traceparent`, when it carried one.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
+}
+
+impl<'a> Seen<'a> {
+    /// In a sink (`postgres`, `http`): no partition, offset or headers.
+    pub fn sink(kind: &'a str) -> Self {
+        Seen {
+            topic: kind,
+            partition: None,
+            offset: None,
+            trace: None,
+        }
+    }
+}
+
+impl<'a> From<&View<'a>> for Seen<'a> {
+    fn from(view: &View<'a>) -> Self {
+        Seen {
+            topic: view.topic,
+            partition: Some(view.partition),
+            offset: Some(view.offset),
+            trace: view.span_context(),
+        }
+    }
+}
+
+pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid) {
+    let cx = &seen.trace;
     info!(
         target: TARGET,
         event = "duplicate",
         trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
         span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
-        topic = view.topic,
-        partition = view.partition,
-        offset = view.offset,
+        topic = seen.topic,
+        partition = seen.partition,
+        offset = seen.offset,
         record_id = %id,
         site = %origin.site,
         instance = %origin.instance,
@@ -82,17 +114,17 @@ pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
     );
 }
 
-pub fn late(origin: &Origin, view: &View, id: &uuid::Uuid, latency: Option<Duration>) {
-    let cx = view.span_context();
+pub fn late(origin: &Origin, seen: &Seen, id: &uuid::Uuid, latency: Option<Duration>) {
+    let cx = &seen.trace;
     warn!(
         target: TARGET,
         event = "late_arrival",
         trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
         span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
-        topic = view.topic,
-        partition = view.partition,
-        offset = view.offset,
+        topic = seen.topic,
+        partition = seen.partition,
+        offset = seen.offset,
         record_id = %id,
         site = %origin.site,
         instance = %origin.instance,

@@ -19,6 +19,7 @@ use crate::config::SloConfig;
 use crate::probe::Outcome;
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
+use crate::verify::sink::SinkErrorKind;
 
 /// Every metric name the agent exports.
 pub mod names {
@@ -43,6 +44,9 @@ pub mod names {
     pub const PARTITION_RECORDS_SENT: &str = "slo_probe_partition_records_sent_total";
     pub const PARTITION_RECORDS: &str = "slo_probe_partition_records_total";
     pub const PARTITION_LEADER: &str = "slo_probe_partition_leader";
+    pub const VERIFY_ERRORS: &str = "slo_probe_verify_errors_total";
+    pub const POLL_INTERVAL: &str = "slo_probe_poll_interval_seconds";
+    pub const SINK_POLLS: &str = "slo_probe_sink_polls_total";
 
     /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
@@ -69,6 +73,9 @@ pub mod names {
     /// Exported only by probes with `per_partition_metrics: true`.
     pub const PER_PARTITION: &[&str] =
         &[PARTITION_RECORDS_SENT, PARTITION_RECORDS, PARTITION_LEADER];
+
+    /// Exported for probes that verify at a sink (`verify: postgres` or `http`).
+    pub const SINK: &[&str] = &[VERIFY_ERRORS, POLL_INTERVAL, SINK_POLLS];
 }
 
 /// Buckets of the aggregatable latency histogram, in seconds; SLO thresholds are added.
@@ -105,6 +112,9 @@ pub struct Metrics {
     partition_leader: IntGaugeVec,
     send_lag: Histogram,
     spans_dropped: IntCounter,
+    verify_errors: IntCounterVec,
+    poll_interval: GaugeVec,
+    sink_polls: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -196,6 +206,24 @@ impl Metrics {
         Metrics {
             send_lag,
             spans_dropped,
+            verify_errors: counter(
+                &r,
+                names::VERIFY_ERRORS,
+                "Failed sink polls by reason: unreachable, auth, query, http_status, invalid_json, timeout. Records keep their deadline.",
+                &["probe", "reason"],
+            ),
+            poll_interval: gauge(
+                &r,
+                names::POLL_INTERVAL,
+                "How often the probe's sink is polled: the resolution of its end-to-end latency.",
+                &["probe"],
+            ),
+            sink_polls: counter(
+                &r,
+                names::SINK_POLLS,
+                "Sink polls (one query or request each, for every pending record of the probe).",
+                &["probe"],
+            ),
             records_sent: counter(
                 &r,
                 names::RECORDS_SENT,
@@ -360,6 +388,18 @@ impl Metrics {
         m
     }
 
+    /// Series of a probe that polls a sink every `poll`; every reason exists (at zero) from here.
+    pub fn sink(&self, probe: &str, poll: Duration) -> SinkMetrics {
+        self.poll_interval
+            .with_label_values(&[probe])
+            .set(poll.as_secs_f64());
+        SinkMetrics {
+            polls: self.sink_polls.with_label_values(&[probe]),
+            errors: SinkErrorKind::ALL
+                .map(|k| self.verify_errors.with_label_values(&[probe, k.as_str()])),
+        }
+    }
+
     /// The counter of dropped spans, for the span pipeline.
     pub fn spans_dropped(&self) -> IntCounter {
         self.spans_dropped.clone()
@@ -386,6 +426,19 @@ impl Metrics {
             .encode(&families, &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("text format is UTF-8")
+    }
+}
+
+/// Series of one sink poller.
+pub struct SinkMetrics {
+    pub polls: IntCounter,
+    /// Indexed like [`SinkErrorKind::ALL`].
+    pub errors: [IntCounter; 6],
+}
+
+impl SinkMetrics {
+    pub fn error(&self, kind: SinkErrorKind) -> &IntCounter {
+        &self.errors[kind as usize]
     }
 }
 

@@ -69,7 +69,10 @@ pub struct RecordSpan<'a> {
     /// Probe name and agent instance (the Kafka clients' ids derive from it).
     pub origin: &'a Origin,
     pub topic: &'a str,
+    /// The topic records are read back from, or the kind of sink they are looked up in.
     pub verify_topic: &'a str,
+    /// The sink (`postgres`, `http`) when the record was looked up there, not read back.
+    pub sink: Option<&'static str>,
     pub finished: &'a Finished,
 }
 
@@ -209,6 +212,21 @@ impl Spans {
         }
         // The verification: a child of the producer span, and linked to it.
         let mut attrs = common("process", "process", r.verify_topic);
+        if let Some(sink) = r.sink {
+            // Found by a sink poll: what was queried, not a topic.
+            attrs.retain(|kv| {
+                !kv.key.as_str().starts_with("messaging.")
+                    || kv.key.as_str() == "messaging.kafka.offset"
+            });
+            attrs.push(KeyValue::new("slo_probe.sink", sink));
+            if sink == "postgres" {
+                attrs.push(KeyValue::new("db.system.name", "postgresql"));
+            }
+        }
+        let process_name = match r.sink {
+            Some(sink) => format!("verify {sink}"),
+            None => format!("process {}", r.verify_topic),
+        };
         let (status, start) = match f.outcome {
             Outcome::Ok => (Status::Ok, settled),
             Outcome::Corrupt => (error("corrupt", &mut attrs), settled),
@@ -227,7 +245,7 @@ impl Spans {
             process_cx,
             f.span_id,
             SpanKind::Consumer,
-            format!("process {}", r.verify_topic),
+            process_name,
             (start, settled),
             attrs,
             links,
@@ -434,5 +452,53 @@ mod tests {
         ] {
             assert_eq!(http_traces_url(given), used, "{given}");
         }
+    }
+
+    #[test]
+    fn a_record_found_in_a_sink_gets_a_verify_span_without_topic_attributes() {
+        let f = Finished {
+            id: uuid::Uuid::now_v7(),
+            partition: 1,
+            seq: 4,
+            trace_id: opentelemetry::trace::TraceId::from_bytes([3; 16]),
+            span_id: SpanId::from_bytes([7; 8]),
+            sampled: true,
+            scheduled_at_ns: 1_700_000_000_000_000_000,
+            acked_after: Some(Duration::from_millis(2)),
+            since_scheduled: Duration::from_millis(450),
+            offset: Some(12),
+            outcome: Outcome::Ok,
+            latency: Some(Duration::from_millis(450)),
+            reason: None,
+        };
+        let origin = Origin {
+            probe: "orders-warehouse".into(),
+            instance: "i".into(),
+            site: "s".into(),
+        };
+        let spans = Spans::disabled(IntCounter::new("d", "d").unwrap());
+        let span = |sink: Option<&'static str>| {
+            let r = RecordSpan {
+                origin: &origin,
+                topic: "synthetic-sla",
+                verify_topic: sink.unwrap_or("synthetic-sla"),
+                sink,
+                finished: &f,
+            };
+            spans.spans_of(&r).pop().unwrap()
+        };
+        let keys = |s: &SpanData| -> Vec<String> {
+            s.attributes.iter().map(|kv| kv.key.to_string()).collect()
+        };
+        let sink = span(Some("postgres"));
+        assert_eq!(sink.name, "verify postgres");
+        assert_eq!(sink.parent_span_id, f.span_id);
+        let attrs = keys(&sink);
+        assert!(attrs.contains(&"db.system.name".to_string()), "{attrs:?}");
+        assert!(attrs.contains(&"slo_probe.sink".to_string()));
+        assert!(!attrs.contains(&"messaging.destination.name".to_string()));
+        let kafka = span(None);
+        assert_eq!(kafka.name, "process synthetic-sla");
+        assert!(keys(&kafka).contains(&"messaging.destination.name".to_string()));
     }
 }

@@ -107,7 +107,8 @@ pub(crate) struct Follow {
     pub produce: watch::Receiver<TopicState>,
     /// The verify topic's watch, when it is another topic (or cluster).
     pub verify: Option<watch::Receiver<TopicState>>,
-    pub verifier: Arc<KafkaVerifier>,
+    /// The Kafka verifier reading the records back; `None` for a probe that polls a sink.
+    pub verifier: Option<Arc<KafkaVerifier>>,
     /// The send loop's partitions.
     pub partitions: watch::Sender<Option<Vec<i32>>>,
     pub stop: CancellationToken,
@@ -198,10 +199,10 @@ async fn settle(
             Err(e) => return Some(Err(e)),
         },
     };
-    if let Err(e) = f
-        .verifier
-        .ensure_assigned(&f.probe.verify_topic, &verify_parts)
-        .await
+    if let Some(verifier) = &f.verifier
+        && let Err(e) = verifier
+            .ensure_assigned(&f.probe.verify_topic, &verify_parts)
+            .await
     {
         return Some(Err(e));
     }

@@ -22,7 +22,7 @@ pub use tracker::{
     Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Reason, Tracker,
 };
 
-use crate::config::{AgentConfig, KafkaVerify, ProbeConfig, Verify};
+use crate::config::{AgentConfig, Expectation, KafkaVerify, ProbeConfig, Verify};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics};
 use crate::export::traces::{RecordSpan, Spans};
@@ -60,13 +60,20 @@ struct Core {
 pub struct Probe {
     pub config: ProbeConfig,
     pub origin: Origin,
-    /// Cluster and topic the records are read back from.
-    pub verify_cluster: String,
+    /// Cluster the records are read back from; `None` for a probe that polls a sink.
+    pub verify_cluster: Option<String>,
+    /// The topic records are read back from, or the kind of sink they are looked up in.
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
-    /// How records are read back (copies, or a pipeline's transformed output).
-    verify: KafkaVerify,
+    /// How records are read back (copies, or a pipeline's transformed output); `None` for a
+    /// sink.
+    kafka: Option<KafkaVerify>,
+    /// A sink's content assertions.
+    sink_expect: Vec<(String, Expectation)>,
+    /// Woken when the broker acknowledges a record (the sink poller's cue).
+    acknowledged: tokio::sync::Notify,
+    sink: Mutex<SinkSummary>,
     started: Instant,
     metrics: Arc<Metrics>,
     series: ProbeMetrics,
@@ -77,6 +84,15 @@ pub struct Probe {
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
     foreign: AtomicU64,
+}
+
+/// A sink poller's record: polls, failed polls, the last failure.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SinkSummary {
+    pub polls: u64,
+    pub errors: u64,
+    /// The last failure's reason and message (never a credential).
+    pub last_error: Option<String>,
 }
 
 /// Everything known about a probe at one instant.
@@ -101,6 +117,8 @@ pub struct Snapshot {
     pub last: Vec<Noted>,
     /// The slowest verified records of the window, slowest first.
     pub slowest: Vec<Noted>,
+    /// For a probe that polls a sink.
+    pub sink: Option<SinkSummary>,
 }
 
 impl Probe {
@@ -113,10 +131,18 @@ impl Probe {
         run_totals: bool,
     ) -> Self {
         let now = Instant::now();
-        let Verify::Kafka(v) = &config.verify;
-        let verify = v.clone();
-        let (verify_cluster, verify_topic) = (v.cluster.clone(), v.topic.clone());
-        let same_topic = verify_cluster == config.cluster && verify_topic == config.topic;
+        let (kafka, verify_cluster, verify_topic, sink_expect) = match &config.verify {
+            Verify::Kafka(v) => (
+                Some(v.clone()),
+                Some(v.cluster.clone()),
+                v.topic.clone(),
+                Vec::new(),
+            ),
+            Verify::Postgres(p) => (None, None, "postgres".into(), p.sink.expect.clone()),
+            Verify::Http(h) => (None, None, "http".into(), h.sink.expect.clone()),
+        };
+        let same_topic =
+            verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
         let series = metrics.probe(&config.name, &config.slos, config.per_partition_metrics);
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
@@ -144,7 +170,10 @@ impl Probe {
             verify_cluster,
             verify_topic,
             same_topic,
-            verify,
+            kafka,
+            sink_expect,
+            acknowledged: tokio::sync::Notify::new(),
+            sink: Mutex::new(SinkSummary::default()),
             started: now,
             metrics,
             series,
@@ -237,6 +266,7 @@ impl Probe {
             Ok(offset) => {
                 if let Some(latency) = core.tracker.ack(id, at, offset) {
                     core.produce.record(at, latency);
+                    self.acknowledged.notify_one();
                 }
                 None
             }
@@ -254,16 +284,39 @@ impl Probe {
 
     /// An own record came back: verify it and settle its outcome or count the event.
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
-        let mut core = self.lock();
         let same_topic = self.same_topic;
-        let arrival = core.tracker.arrive(id, at, view.offset, |expected| {
-            if self.verify.transformed() {
-                record::verify_transformed(expected, view, &self.verify.expect)
+        let arrival = self.arrive(id, at, Some(view.offset), |expected| {
+            if let Some(k) = self.kafka.as_ref().filter(|k| k.transformed()) {
+                record::verify_transformed(expected, view, &k.expect)
             } else {
                 // On another topic the partition may differ; everything else must hold.
                 record::verify(expected, view, same_topic)
             }
         });
+        let place = events::Seen::from(view);
+        match arrival {
+            Some(arrival) => self.arrival_logged(view.topic, &place, id, arrival),
+            None => {
+                let mut core = self.lock();
+                core.tracker.forgotten_arrival();
+                self.series.late.inc();
+                self.publish(&core);
+                drop(core);
+                events::late(&self.origin, &place, id, None);
+            }
+        }
+    }
+
+    /// Settles (or counts) an arrival under the lock; logs and spans come after.
+    fn arrive(
+        &self,
+        id: &Uuid,
+        at: Instant,
+        offset: Option<i64>,
+        check: impl FnOnce(&record::Expected) -> Result<(), record::Corruption>,
+    ) -> Option<Arrival> {
+        let mut core = self.lock();
+        let arrival = core.tracker.arrive(id, at, offset, check);
         match &arrival {
             Some(Arrival::Final {
                 finished,
@@ -276,40 +329,74 @@ impl Probe {
             }
             Some(Arrival::Duplicate) => self.series.duplicates.inc(),
             Some(Arrival::Late { .. }) => self.series.late.inc(),
-            None => {
-                core.tracker.forgotten_arrival();
-                self.series.late.inc();
-            }
+            None => {}
         }
         self.publish(&core);
-        drop(core);
+        arrival
+    }
+
+    /// The log lines and spans of an arrival.
+    fn arrival_logged(&self, topic: &str, place: &events::Seen, id: &Uuid, arrival: Arrival) {
         match arrival {
-            Some(Arrival::Final {
+            Arrival::Final {
                 finished,
                 reordered,
-            }) => {
-                self.settled(view.topic, &finished);
+            } => {
+                self.settled(topic, &finished);
                 if reordered {
-                    events::reordered(&self.origin, view.topic, &finished);
+                    events::reordered(&self.origin, topic, &finished);
                 }
             }
-            Some(Arrival::Duplicate) => events::duplicate(&self.origin, view, id),
-            Some(Arrival::Late { latency }) => events::late(&self.origin, view, id, latency),
-            None => events::late(&self.origin, view, id, None),
+            Arrival::Duplicate => events::duplicate(&self.origin, place, id),
+            Arrival::Late { latency } => events::late(&self.origin, place, id, latency),
         }
     }
 
     /// Whether records come back transformed (ids found per `id_from`).
     pub fn transforms(&self) -> bool {
-        self.verify.transformed()
+        self.kafka.as_ref().is_some_and(KafkaVerify::transformed)
     }
 
     /// The id a record read back carries, per `id_from` (transformed records only).
     pub fn record_id(&self, view: &View) -> Option<Uuid> {
-        self.verify
-            .id_from
+        self.kafka
             .as_ref()
+            .and_then(|k| k.id_from.as_ref())
             .and_then(|from| record::transformed_id(view, from))
+    }
+
+    /// Records in flight that the broker acknowledged: what a sink poller looks for.
+    pub fn pending_ids(&self) -> Vec<Uuid> {
+        self.lock().tracker.acked_ids()
+    }
+
+    /// Resolves when the broker acknowledged a record since the last call (or now, if it did
+    /// before anyone waited).
+    pub async fn acknowledged(&self) {
+        self.acknowledged.notified().await;
+    }
+
+    /// A sink poller found the record with this id, as `doc` (a row as a JSON object, or a
+    /// document), in the poll that started `at`: settle it after checking its content. Ids
+    /// this probe does not know are ignored (a sink holds other rows too).
+    pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value) {
+        let arrival = self.arrive(id, at, None, |expected| {
+            record::check_expectations(expected, doc, &self.sink_expect)
+        });
+        if let Some(arrival) = arrival {
+            let place = events::Seen::sink(&self.verify_topic);
+            self.arrival_logged(&self.config.topic, &place, id, arrival);
+        }
+    }
+
+    /// A sink poll ended: `Err` with the failure's reason and message.
+    pub fn sink_polled(&self, result: Result<(), String>) {
+        let mut s = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        s.polls += 1;
+        if let Err(e) = result {
+            s.errors += 1;
+            s.last_error = Some(e);
+        }
     }
 
     /// Whether this probe sent the record with this id (in flight or recently finished).
@@ -359,6 +446,7 @@ impl Probe {
             origin: &self.origin,
             topic: &self.config.topic,
             verify_topic: &self.verify_topic,
+            sink: self.kafka.is_none().then(|| self.config.verify.kind()),
             finished: f,
         });
     }
@@ -468,6 +556,11 @@ impl Probe {
             footprint: core.tracker.footprint(),
             last: core.notable.last(),
             slowest: core.notable.slowest(now),
+            sink: self
+                .config
+                .verify
+                .poll()
+                .map(|_| self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 }

@@ -253,6 +253,15 @@ impl Tracker {
         self.pending.contains_key(id)
     }
 
+    /// Records in flight that the broker acknowledged (what a sink poller looks for).
+    pub fn acked_ids(&self) -> Vec<Uuid> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.acked.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// In flight or finished recently enough to be remembered.
     pub fn knows(&self, id: &Uuid) -> bool {
         self.pending.contains_key(id) || self.recent.contains_key(id)
@@ -318,17 +327,20 @@ impl Tracker {
         Some(self.finish(p, now, Outcome::SendFailed, None, Some(reason)))
     }
 
-    /// An own record arrived at `at`; `check` compares it with what was sent.
+    /// An own record arrived at `at` (read back at `offset`, or found in a sink); `check`
+    /// compares it with what was sent.
     pub fn arrive(
         &mut self,
         id: &Uuid,
         at: Instant,
-        offset: i64,
+        offset: Option<i64>,
         check: impl FnOnce(&Expected) -> Result<(), Corruption>,
     ) -> Option<Arrival> {
         if let Some(mut p) = self.pending.remove(id) {
             let latency = at.saturating_duration_since(p.scheduled);
-            if p.acked.is_none() {
+            if p.acked.is_none()
+                && let Some(offset) = offset
+            {
                 // Verified before the delivery report: the offset is known from the fetch.
                 p.acked = Some((at, offset));
             }
@@ -522,13 +534,13 @@ mod tests {
             "settled once"
         );
         let a = t
-            .arrive(&ids[0], t0 + Duration::from_millis(5), 10, |_| Ok(()))
+            .arrive(&ids[0], t0 + Duration::from_millis(5), Some(10), |_| Ok(()))
             .unwrap();
         assert!(
             matches!(a, Arrival::Final { finished: Finished { outcome: Outcome::Ok, latency: Some(l), .. }, reordered: false } if l == Duration::from_millis(5))
         );
         let a = t
-            .arrive(&ids[1], t0 + Duration::from_millis(6), 11, |_| {
+            .arrive(&ids[1], t0 + Duration::from_millis(6), Some(11), |_| {
                 Err(Corruption::Digest)
             })
             .unwrap();
@@ -575,11 +587,11 @@ mod tests {
 
         // after the fact: a duplicate of the ok record and a late arrival of the lost one
         assert!(matches!(
-            t.arrive(&ids[0], Instant::now(), 10, |_| Ok(())),
+            t.arrive(&ids[0], Instant::now(), Some(10), |_| Ok(())),
             Some(Arrival::Duplicate)
         ));
         assert!(matches!(
-            t.arrive(&ids[2], Instant::now(), 12, |_| Ok(())),
+            t.arrive(&ids[2], Instant::now(), Some(12), |_| Ok(())),
             Some(Arrival::Late { latency: Some(l) }) if l == T
         ));
         let c = t.counts();
@@ -617,14 +629,14 @@ mod tests {
         t.register(e1, now, 0).unwrap();
         t.register(e2, now, 1).unwrap();
         assert!(matches!(
-            t.arrive(&id2, now, 1, |_| Ok(())),
+            t.arrive(&id2, now, Some(1), |_| Ok(())),
             Some(Arrival::Final {
                 reordered: false,
                 ..
             })
         ));
         assert!(matches!(
-            t.arrive(&id1, now, 0, |_| Ok(())),
+            t.arrive(&id1, now, Some(0), |_| Ok(())),
             Some(Arrival::Final {
                 reordered: true,
                 ..
@@ -640,9 +652,9 @@ mod tests {
         let e = expected(0, 0);
         let id = e.body.id;
         t.register(e, Instant::now(), 0).unwrap();
-        t.arrive(&id, Instant::now(), 0, |_| Ok(()));
+        t.arrive(&id, Instant::now(), Some(0), |_| Ok(()));
         tokio::time::advance(Duration::from_secs(61)).await;
         t.expire(Instant::now());
-        assert!(t.arrive(&id, Instant::now(), 0, |_| Ok(())).is_none());
+        assert!(t.arrive(&id, Instant::now(), Some(0), |_| Ok(())).is_none());
     }
 }

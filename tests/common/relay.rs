@@ -44,6 +44,24 @@ pub enum Fault {
     Mixed { fast: Duration, slow: Duration },
 }
 
+/// A consumer of every partition of `topic` from its beginning, fetching with little delay.
+pub fn from_beginning(servers: &str, topic: &str, partitions: i32, group: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
+
 /// Picks about one record in `one_in` from `seed`, by (partition, seq).
 #[derive(Debug, Clone, Copy)]
 pub struct Picker {
@@ -123,19 +141,7 @@ impl Relay {
         picker: Picker,
     ) -> Relay {
         let ((from_servers, from), (to_servers, to)) = (from, to);
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", from_servers)
-            .set("group.id", "test-relay")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "5")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(from, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = from_beginning(from_servers, from, partitions, "test-relay");
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", to_servers)
             .set("linger.ms", "0")

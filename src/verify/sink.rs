@@ -1,0 +1,390 @@
+//! The sink poller: looks up every pending record of a probe at the end of the pipeline (a
+//! database table, a search index) with one query per poll, and settles what it finds.
+//!
+//! Timing: a record is looked for as soon as the broker acknowledged it (it cannot be in the sink
+//! earlier), then every `poll` while it is pending. Its latency is from its scheduled send to the
+//! start of the poll that found it: the row was there when the query began, so the latency is
+//! never more than the real one by the poll's own duration, and at most `poll` less precise.
+//! Failed polls back off (2×, 4×, 8×... `poll`, up to a third of the probe's timeout, at most 30 s);
+//! records keep their deadlines, so a sink that stays down makes them `lost`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use tokio_util::task::TaskTracker;
+
+use super::http::HttpSink;
+use super::postgres::PostgresSink;
+use crate::config::Verify;
+use crate::export::metrics::{Metrics, SinkMetrics};
+use crate::kafka::Quiet;
+use crate::probe::Probe;
+
+/// Longest pause between polls of a failing sink.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why a poll failed: the `reason` label of `slo_probe_verify_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkErrorKind {
+    /// No connection: refused, reset, DNS, TLS, the server shutting down.
+    Unreachable,
+    /// Credentials refused (PostgreSQL class 28, HTTP 401/403).
+    Auth,
+    /// The query failed (SQL error, a result the poller cannot read).
+    Query,
+    /// A non-2xx HTTP status other than 401/403.
+    HttpStatus,
+    /// The response is not JSON, or has no array where `ids_pointer` points.
+    InvalidJson,
+    /// No answer within the sink's `timeout`.
+    Timeout,
+}
+
+impl SinkErrorKind {
+    pub const ALL: [SinkErrorKind; 6] = [
+        SinkErrorKind::Unreachable,
+        SinkErrorKind::Auth,
+        SinkErrorKind::Query,
+        SinkErrorKind::HttpStatus,
+        SinkErrorKind::InvalidJson,
+        SinkErrorKind::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkErrorKind::Unreachable => "unreachable",
+            SinkErrorKind::Auth => "auth",
+            SinkErrorKind::Query => "query",
+            SinkErrorKind::HttpStatus => "http_status",
+            SinkErrorKind::InvalidJson => "invalid_json",
+            SinkErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    /// Never contains a credential.
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
+        SinkError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A record found in the sink: its id, and the row or document its content is checked on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub id: Uuid,
+    pub doc: serde_json::Value,
+}
+
+/// A place records end up in, looked up by id.
+pub trait Sink: Send {
+    /// `postgres` or `http`, for logs and spans.
+    fn kind(&self) -> &'static str;
+
+    /// Looks up these records in one query or request. Bounded by the sink's own timeout.
+    fn poll(&mut self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Found>, SinkError>> + Send;
+}
+
+/// Starts the sink poller of a probe that verifies at a sink (nothing for the Kafka verifier).
+pub fn start(
+    probe: &Arc<Probe>,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let Some(poll) = probe.config.verify.poll() else {
+        return Ok(());
+    };
+    let series = metrics.sink(probe.name(), poll);
+    let (probe, stop) = (Arc::clone(probe), stop.clone());
+    match &probe.config.verify {
+        Verify::Kafka(_) => {}
+        Verify::Postgres(cfg) => {
+            let sink = PostgresSink::new(cfg)?;
+            tasks.spawn(run(sink, probe, poll, series, stop));
+        }
+        Verify::Http(cfg) => {
+            let sink = HttpSink::new(cfg)?;
+            tasks.spawn(run(sink, probe, poll, series, stop));
+        }
+    }
+    Ok(())
+}
+
+/// Polls `sink` for `probe`'s pending records until `stop`.
+pub async fn run<S: Sink>(
+    mut sink: S,
+    probe: Arc<Probe>,
+    poll: Duration,
+    metrics: SinkMetrics,
+    stop: CancellationToken,
+) {
+    let max_backoff = (probe.config.timeout / 3).clamp(poll, MAX_BACKOFF.max(poll));
+    let quiet = Quiet::default();
+    let mut failures: u32 = 0;
+    loop {
+        let ids = probe.pending_ids();
+        if ids.is_empty() {
+            tokio::select! {
+                _ = probe.acknowledged() => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        let started = Instant::now();
+        metrics.polls.inc();
+        match sink.poll(&ids).await {
+            Ok(found) => {
+                if failures > 0 {
+                    tracing::info!(
+                        probe = probe.name(),
+                        sink = sink.kind(),
+                        failures,
+                        "sink reachable again"
+                    );
+                }
+                failures = 0;
+                probe.sink_polled(Ok(()));
+                for f in found {
+                    probe.found(&f.id, started, &f.doc);
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                metrics.error(e.kind).inc();
+                probe.sink_polled(Err(format!("{}: {}", e.kind.as_str(), e.message)));
+                // Once a minute per distinct error; the rest at debug level.
+                if quiet.allow(&format!("{}: {}", e.kind.as_str(), e.message)) {
+                    tracing::warn!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, pending = ids.len(), "sink poll failed; retrying with backoff");
+                } else {
+                    tracing::debug!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, "sink poll failed");
+                }
+            }
+        }
+        let wait = backoff(poll, failures, max_backoff);
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The pause after a poll: `poll`, doubled per consecutive failure up to `max`.
+fn backoff(poll: Duration, failures: u32, max: Duration) -> Duration {
+    if failures == 0 {
+        return poll;
+    }
+    poll.saturating_mul(1 << failures.min(16))
+        .min(max)
+        .max(poll)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{self, Sources};
+    use crate::export::traces::Spans;
+    use crate::probe::Outcome;
+    use crate::record;
+
+    /// A sink where each record appears at a given instant; the first `failures` polls fail.
+    struct Fake {
+        appears: Arc<Mutex<HashMap<Uuid, Instant>>>,
+        /// (when, how many ids) of every poll.
+        polls: Arc<Mutex<Vec<(Duration, usize)>>>,
+        failures: u32,
+        t0: Instant,
+    }
+
+    impl Sink for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn poll(&mut self, ids: &[Uuid]) -> Result<Vec<Found>, SinkError> {
+            let now = Instant::now();
+            self.polls.lock().unwrap().push((now - self.t0, ids.len()));
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(SinkError::new(SinkErrorKind::Unreachable, "refused"));
+            }
+            let appears = self.appears.lock().unwrap();
+            Ok(ids
+                .iter()
+                .filter(|id| appears.get(id).is_some_and(|at| *at <= now))
+                .map(|id| Found {
+                    id: *id,
+                    doc: serde_json::json!({}),
+                })
+                .collect())
+        }
+    }
+
+    struct Setup {
+        probe: Arc<Probe>,
+        metrics: Arc<Metrics>,
+        polls: Arc<Mutex<Vec<(Duration, usize)>>>,
+        t0: Instant,
+        stop: CancellationToken,
+    }
+
+    /// A probe (3 records sent at t0, acknowledged 5 ms later, in the sink at `appear`) and its
+    /// poller, polling every second.
+    async fn setup(timeout: &str, appear: Duration, failures: u32) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        let yaml = format!(
+            "name: sink\ninterval: 10s\ntimeout: {timeout}\nverify:\n  http: {{ url: \"http://s/{{ids}}\", poll: 1s }}\n"
+        );
+        std::fs::write(&file, yaml).unwrap();
+        let cfg = config::load(&Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new([]));
+        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
+        let probe = Arc::new(Probe::new(
+            cfg.probes[0].clone(),
+            &cfg.agent,
+            Arc::clone(&metrics),
+            spans,
+            true,
+        ));
+        let t0 = Instant::now();
+        let records: Vec<_> = (0..3)
+            .map(|p| record::build(&probe.origin, p, 0, 0, &probe.config.tags, 16, true))
+            .collect();
+        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        probe.register(0, t0, records);
+        let appears = Arc::new(Mutex::new(
+            ids.iter().map(|id| (*id, t0 + appear)).collect(),
+        ));
+        let polls = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake {
+            appears,
+            polls: Arc::clone(&polls),
+            failures,
+            t0,
+        };
+        let stop = CancellationToken::new();
+        let series = metrics.sink(probe.name(), Duration::from_secs(1));
+        tokio::spawn(run(
+            fake,
+            Arc::clone(&probe),
+            Duration::from_secs(1),
+            series,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for (offset, id) in ids.iter().enumerate() {
+            probe.delivered(id, Instant::now(), Ok(offset as i64));
+        }
+        Setup {
+            probe,
+            metrics,
+            polls,
+            t0,
+            stop,
+        }
+    }
+
+    impl Setup {
+        /// Once every record settled: each poll's (ms after t0, ids asked for).
+        async fn settled(&self) -> Vec<(u128, usize)> {
+            let mut progress = self.probe.progress();
+            progress
+                .wait_for(|p| p.counts.in_flight == 0)
+                .await
+                .unwrap();
+            ms(&self.polls.lock().unwrap())
+        }
+    }
+
+    fn ms(v: &[(Duration, usize)]) -> Vec<(u128, usize)> {
+        v.iter().map(|(d, n)| (d.as_millis(), *n)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_at_the_acknowledgement_then_every_interval_one_query_for_all() {
+        let s = setup("30s", Duration::from_millis(2500), 0).await;
+        // idle until the broker acknowledged the records, then at once, then every second
+        assert_eq!(s.settled().await, [(5, 3), (1005, 3), (2005, 3), (3005, 3)]);
+        let snap = s.probe.snapshot(Instant::now());
+        assert_eq!(snap.progress.counts.get(Outcome::Ok), 3);
+        // latency: scheduled send to the start of the poll that found them
+        let latencies: Vec<_> = snap.last.iter().map(|n| n.latency).collect();
+        assert_eq!(latencies, [Some(Duration::from_millis(3005)); 3]);
+        assert_eq!(Instant::now() - s.t0, Duration::from_millis(3005));
+        // nothing pending: the poller waits for the next acknowledgement, not the clock
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(s.polls.lock().unwrap().len(), 4);
+        s.stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_sink_is_polled_with_backoff_and_counted() {
+        // timeout 30s: backoff 2s, 4s, 8s, then found
+        let s = setup("30s", Duration::from_millis(100), 3).await;
+        assert_eq!(
+            s.settled().await,
+            [(5, 3), (2005, 3), (6005, 3), (14005, 3)]
+        );
+        let m = s.metrics.render();
+        assert!(
+            m.contains("slo_probe_verify_errors_total{probe=\"sink\",reason=\"unreachable\"} 3"),
+            "{m}"
+        );
+        assert!(m.contains("slo_probe_verify_errors_total{probe=\"sink\",reason=\"timeout\"} 0"));
+        assert!(m.contains("slo_probe_sink_polls_total{probe=\"sink\"} 4"));
+        assert!(m.contains("slo_probe_poll_interval_seconds{probe=\"sink\"} 1"));
+        let sink = s.probe.snapshot(Instant::now()).sink.unwrap();
+        assert_eq!((sink.polls, sink.errors), (4, 3));
+        assert_eq!(sink.last_error.as_deref(), Some("unreachable: refused"));
+        s.stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_still_end_lost_when_the_sink_stays_down() {
+        let s = setup("6s", Duration::ZERO, u32::MAX).await;
+        // the probe's deadlines are settled by its send loop; here by hand at the deadline
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        s.probe.expire(Instant::now());
+        let c = s.probe.progress().borrow().counts;
+        assert_eq!((c.get(Outcome::Lost), c.in_flight), (3, 0));
+        // backoff capped at a third of the timeout: 2s, 2s, ...
+        assert_eq!(ms(&s.polls.lock().unwrap()), [(5, 3), (2005, 3), (4005, 3)]);
+        s.stop.cancel();
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let p = Duration::from_millis(500);
+        let max = Duration::from_secs(5);
+        let got: Vec<u128> = (0..8).map(|n| backoff(p, n, max).as_millis()).collect();
+        assert_eq!(got, [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000]);
+        assert_eq!(backoff(p, u32::MAX, max), max);
+        // a poll slower than the bound is never shortened
+        assert_eq!(
+            backoff(Duration::from_secs(9), 3, max),
+            Duration::from_secs(9)
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! Sink pollers against real parts: a real PostgreSQL server (Debian's postgresql, started per
+//! test), a real HTTP server standing in for a search index, a real broker (tansu) and a writer
+//! that plays the pipeline's last stage (consumes the probe topic, writes rows or documents after
+//! a known delay, drops, corrupts or stops on cue). The probes are the example files under
+//! `probes/sinks/`, run faster. Every test asserts exact counts.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::infra::{Postgres, Tansu};
+use common::relay::Picker;
+use common::writer::{Faults, Index, Store, TABLE, Writer};
+use common::{GUARD, Running, Tree, create_topics, eventually, get, sample};
+use serde_json::{Value, json};
+
+const PARTITIONS: i32 = 3;
+const TOPIC: &str = "synthetic-sla";
+
+/// An example probe file, with `substitutions` (each must apply) to run it faster.
+fn example(file: &str, substitutions: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("probes/sinks")
+        .join(file);
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (from, to) in substitutions {
+        assert!(text.contains(from), "{file} has no `{from}`");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+async fn database(pg: &Postgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "create extension pg_stat_statements; {TABLE}; select pg_stat_statements_reset()"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+/// A broker with the probe topic, and a tree with an agent file pointing at it and the example
+/// probe `file`, run faster per `substitutions`.
+async fn probe_tree(file: &str, substitutions: &[(&str, &str)]) -> (Tansu, Tree) {
+    let broker = Tansu::start();
+    create_topics(&broker.bootstrap(), &[(TOPIC, PARTITIONS)]).await;
+    let t = Tree::new();
+    t.agent_file(&broker.bootstrap());
+    t.write(&format!("probes/{file}"), &example(file, substitutions));
+    (broker, t)
+}
+
+/// The pipeline's last stage, reading the probe topic of `broker`.
+fn writer(broker: &Tansu, store: Store, delay: Duration, faults: Faults) -> Writer {
+    Writer::start(&broker.bootstrap(), TOPIC, PARTITIONS, store, delay, faults)
+}
+
+/// `slo-probe smoke` for `rounds` with JSON logs, its verdict written to `verdict.json`.
+fn smoke(t: &Tree, rounds: u32, env: &[(&str, &str)]) -> (Running, std::path::PathBuf) {
+    let report = t.path().join("verdict.json");
+    let rounds = rounds.to_string();
+    let args = [
+        "smoke",
+        "--rounds",
+        &rounds,
+        "--report",
+        report.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    (Running::spawn(t.path(), &args, env), report)
+}
+
+fn verdict(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn count(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_outcomes_are_exact_and_latency_includes_the_writers_delay() {
+    const DELAY: Duration = Duration::from_millis(400);
+    let pg = Postgres::start();
+    let db = database(&pg).await;
+    let (broker, t) = probe_tree(
+        "orders-warehouse.yaml",
+        &[
+            ("interval: 10s", "interval: 300ms"),
+            ("timeout: 60s", "timeout: 6s"),
+            ("poll: 1s", "poll: 100ms"),
+        ],
+    )
+    .await;
+    // seeds chosen so that both faults pick records among the first rounds
+    let faults = Faults {
+        drop: Picker {
+            seed: 11,
+            one_in: 6,
+        },
+        corrupt: Picker {
+            seed: 12,
+            one_in: 6,
+        },
+    };
+    let writer = writer(&broker, Store::Postgres(pg.dsn()), DELAY, faults);
+    let dsn = pg.dsn();
+    let (mut smoke, report) = smoke(&t, 12, &[("ORDERS_PG_DSN", &dsn)]);
+    // The sink job stops part-way: every record it did not write is lost.
+    eventually("the writer wrote 15 rows", || async {
+        (writer.tally().written >= 15).then_some(())
+    })
+    .await;
+    writer.halt();
+    assert_eq!(
+        smoke.wait_exit(GUARD).code(),
+        Some(1),
+        "lost and corrupt fail the smoke check"
+    );
+    let w = writer.stop().await;
+    let p = &verdict(&report)["probes"][0];
+    let r = &p["records"];
+
+    let sent = 12 * PARTITIONS as u64;
+    assert_eq!(count(&r["sent"]), sent, "{p:#}");
+    assert_eq!(w.seen, sent, "{w:?}");
+    assert!(w.dropped > 0 && w.corrupted > 0 && w.stopped > 0, "{w:?}");
+    assert_eq!(w.written + w.dropped + w.stopped, sent, "{w:?}");
+    assert_eq!(count(&r["corrupt"]), w.corrupted, "{p:#}\n{w:?}");
+    assert_eq!(count(&r["ok"]), w.written - w.corrupted, "{p:#}\n{w:?}");
+    assert_eq!(count(&r["lost"]), w.dropped + w.stopped, "{p:#}\n{w:?}");
+    assert_eq!(count(&r["in_flight"]), 0);
+
+    // latency runs from the scheduled send to the poll that found the row: never below the
+    // writer's delay
+    assert_eq!(count(&p["latency"]["count"]), w.written - w.corrupted);
+    let p50 = p["latency"]["p50_ms"].as_f64().unwrap();
+    assert!(p50 >= DELAY.as_millis() as f64, "p50 {p50} ms");
+    assert_eq!(p["verify"], "postgres");
+    assert_eq!(p["poll_interval_ms"], 100.0);
+
+    // one query per poll, for the whole pending set
+    let polls = count(&p["sink"]["polls"]);
+    assert_eq!(count(&p["sink"]["errors"]), 0);
+    let stats = db
+        .query_one(
+            "select coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint from pg_stat_statements where query like '%from orders_sink where id = any%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (calls, rows): (i64, i64) = (stats.get(0), stats.get(1));
+    assert_eq!(calls as u64, polls, "queries == polls");
+    assert_eq!(
+        rows as u64, w.written,
+        "each written row found exactly once"
+    );
+
+    // each corrupt record: one log line naming the failed column
+    let corrupt: Vec<Value> = smoke.events("record corrupt");
+    assert_eq!(corrupt.len() as u64, w.corrupted);
+    for e in &corrupt {
+        let detail = e["detail"].as_str().unwrap();
+        assert_eq!(e["reason"], "assertion", "{e}");
+        assert!(
+            detail.contains("/team") && detail.contains("\"wrong\""),
+            "{detail}"
+        );
+    }
+    assert_eq!(
+        smoke.events("record lost").len() as u64,
+        w.dropped + w.stopped
+    );
+    assert!(
+        !smoke.seen.iter().any(|l| l.contains("user=postgres")),
+        "the connection string is never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_and_restarted_errors_are_counted_and_the_agent_recovers() {
+    let mut pg = Postgres::start();
+    let _db = database(&pg).await;
+    let (broker, t) = probe_tree(
+        "orders-warehouse.yaml",
+        &[
+            ("interval: 10s", "interval: 250ms"),
+            ("poll: 1s", "poll: 100ms"),
+            ("timeout: 5s ", "timeout: 1s "),
+        ],
+    )
+    .await;
+    let writer = writer(
+        &broker,
+        Store::Postgres(pg.dsn()),
+        Duration::from_millis(100),
+        Faults::NONE,
+    );
+    let dsn = pg.dsn();
+    let (mut agent, addr) = Running::run_ready(t.path(), &[], &[("ORDERS_PG_DSN", &dsn)]);
+    let ok = |m: &str| sample(m, "slo_probe_records_total", &[("outcome", "ok")]).unwrap();
+
+    pg.kill();
+    let failed = agent.wait_event(GUARD, "sink poll failed; retrying with backoff");
+    assert_eq!(failed["reason"], "unreachable", "{failed}");
+    assert_eq!(failed["probe"], "orders-warehouse");
+    pg.restart();
+    agent.wait_event(GUARD, "sink reachable again");
+    let (_, m) = get(&addr, "/metrics").await;
+    let at_recovery = ok(&m);
+    let m = eventually("records verified again after the restart", || async {
+        let (_, m) = get(&addr, "/metrics").await;
+        (ok(&m) >= at_recovery + 6.0).then_some(m)
+    })
+    .await;
+
+    let errors: f64 = [
+        "unreachable",
+        "auth",
+        "query",
+        "http_status",
+        "invalid_json",
+        "timeout",
+    ]
+    .iter()
+    .map(|r| sample(&m, "slo_probe_verify_errors_total", &[("reason", r)]).unwrap())
+    .sum();
+    assert!(errors >= 1.0, "{m}");
+    assert!(
+        sample(
+            &m,
+            "slo_probe_verify_errors_total",
+            &[("reason", "unreachable")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "slo_probe_poll_interval_seconds",
+            &[("probe", "orders-warehouse")]
+        ),
+        Some(0.1)
+    );
+    // accounting is conserved on every scrape
+    let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
+        .iter()
+        .map(|o| sample(&m, "slo_probe_records_total", &[("outcome", o)]).unwrap())
+        .sum();
+    let sent = sample(&m, "slo_probe_records_sent_total", &[]).unwrap();
+    let in_flight = sample(&m, "slo_probe_in_flight", &[]).unwrap();
+    assert_eq!(sent, settled + in_flight, "{m}");
+    assert_eq!(
+        sample(&m, "slo_probe_records_total", &[("outcome", "corrupt")]),
+        Some(0.0)
+    );
+
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+    writer.stop().await;
+}
+
+/// The search index's HTTP server: `POST /orders/_search` with a `terms` query on `id`, in
+/// Elasticsearch's response shape. Requests 4 and 5 get 503, 6 and 7 a body that is not JSON.
+struct Search {
+    index: Arc<Index>,
+    api_key: String,
+    requests: AtomicU64,
+    /// Ids asked for, per request.
+    asked: Mutex<Vec<usize>>,
+}
+
+async fn search(
+    State(s): State<Arc<Search>>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("ApiKey {}", s.api_key)) {
+        return (StatusCode::UNAUTHORIZED, "{\"error\":\"no key\"}".into());
+    }
+    let query: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<String> = query["query"]["terms"]["id"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(query["size"], ids.len());
+    s.asked.lock().unwrap().push(ids.len());
+    match n {
+        4 | 5 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"error\":\"shards unavailable\"}".into(),
+        ),
+        6 | 7 => (StatusCode::OK, "<html>proxy error</html>".into()),
+        _ => {
+            let hits: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| s.index.get(id))
+                .map(|doc| json!({ "_index": "orders", "_id": doc["id"], "_source": doc }))
+                .collect();
+            let body = json!({ "hits": { "total": { "value": hits.len() }, "hits": hits } });
+            (StatusCode::OK, body.to_string())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sink_counts_bad_statuses_and_invalid_json_and_finds_every_document() {
+    const DELAY: Duration = Duration::from_millis(200);
+    let index = Arc::new(Index::default());
+    let state = Arc::new(Search {
+        index: Arc::clone(&index),
+        api_key: "k3y-never-logged".into(),
+        requests: AtomicU64::new(0),
+        asked: Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/orders/_search", post(search))
+        .with_state(Arc::clone(&state));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (broker, t) = probe_tree(
+        "orders-search.yaml",
+        &[
+            ("interval: 10s", "interval: 300ms"),
+            ("timeout: 60s", "timeout: 8s"),
+            ("poll: 1s", "poll: 100ms"),
+        ],
+    )
+    .await;
+    let faults = Faults {
+        drop: Picker::NONE,
+        corrupt: Picker {
+            seed: 12,
+            one_in: 6,
+        },
+    };
+    let writer = writer(&broker, Store::Index(index), DELAY, faults);
+    let env = [
+        ("SEARCH_URL", url.as_str()),
+        ("SEARCH_API_KEY", &state.api_key),
+    ];
+    let (mut smoke, report) = smoke(&t, 10, &env);
+    let code = smoke.wait_exit(GUARD).code();
+    let w = writer.stop().await;
+    server.abort();
+    let p = &verdict(&report)["probes"][0];
+    let r = &p["records"];
+
+    assert_eq!(code, Some(1), "corrupt documents fail the smoke check");
+    assert!(w.corrupted > 0, "{w:?}");
+    assert_eq!(count(&r["sent"]), 30);
+    assert_eq!(count(&r["corrupt"]), w.corrupted, "{p:#}");
+    assert_eq!(
+        count(&r["ok"]),
+        30 - w.corrupted,
+        "every document found despite the errors: {p:#}"
+    );
+    assert_eq!(count(&r["lost"]), 0);
+    let p50 = p["latency"]["p50_ms"].as_f64().unwrap();
+    assert!(p50 >= DELAY.as_millis() as f64, "p50 {p50} ms");
+    assert_eq!(
+        (p["verify"].as_str(), p["poll_interval_ms"].as_f64()),
+        (Some("http"), Some(100.0))
+    );
+
+    // one request per poll, for the whole pending set; 4 failed
+    let requests = state.requests.load(Ordering::SeqCst);
+    assert_eq!(count(&p["sink"]["polls"]), requests);
+    assert_eq!(count(&p["sink"]["errors"]), 4, "{p:#}");
+    let asked = state.asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|&n| n >= PARTITIONS as usize),
+        "a poll asks for several records at once: {asked:?}"
+    );
+    assert_eq!(
+        asked.len() as u64,
+        requests,
+        "every request carried the key"
+    );
+
+    // each distinct error logged once (the second of each is quieted)
+    let failures = smoke.events("sink poll failed; retrying with backoff");
+    let reasons: Vec<&str> = failures
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["http_status", "invalid_json"], "{failures:#?}");
+    assert!(failures[0]["error"].as_str().unwrap().contains("503"));
+    let corrupt = smoke.events("record corrupt");
+    assert_eq!(corrupt.len() as u64, w.corrupted);
+    assert!(
+        corrupt
+            .iter()
+            .all(|e| e["detail"].as_str().unwrap().contains("/_source/team"))
+    );
+    assert!(
+        !smoke.seen.iter().any(|l| l.contains(&state.api_key)),
+        "the API key is never logged"
+    );
+}
