@@ -419,3 +419,85 @@ async fn http_sink_counts_bad_statuses_and_invalid_json_and_finds_every_document
         "the API key is never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one() {
+    let (pg, ca) = Postgres::start_tls();
+    // the server takes TLS connections only: a run where every record is found used TLS
+    let dsn = format!(
+        "host=localhost port={} user=postgres dbname=postgres sslmode=require",
+        pg.port
+    );
+    let (client, connection) = tokio_postgres::connect(
+        &dsn,
+        tokio_postgres_rustls::MakeRustlsConnect::new(trusting(&ca)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "{TABLE}; create role writer login; grant insert on orders_sink to writer"
+        ))
+        .await
+        .unwrap();
+    let subs = [
+        ("interval: 10s", "interval: 200ms"),
+        ("timeout: 60s", "timeout: 6s"),
+        ("poll: 1s", "poll: 100ms"),
+        (
+            "    expect:",
+            &format!("    ca_file: {}\n    expect:", ca.display()),
+        ),
+    ];
+    let (broker, t) = probe_tree("orders-warehouse.yaml", &subs).await;
+    let writer = writer(
+        &broker,
+        Store::Postgres(format!(
+            "host=localhost port={} user=writer dbname=postgres",
+            pg.port
+        )),
+        Duration::ZERO,
+        Faults::NONE,
+    );
+    let (mut trusted, report) = smoke(&t, 3, &[("ORDERS_PG_DSN", &dsn)]);
+    assert_eq!(trusted.wait_exit(GUARD).code(), Some(0));
+    let p = &verdict(&report)["probes"][0];
+    assert_eq!(
+        (count(&p["records"]["ok"]), count(&p["sink"]["errors"])),
+        (9, 0),
+        "{p:#}"
+    );
+
+    // without the CA the certificate is refused: every poll fails, every record is lost
+    let probe = t.path().join("probes/orders-warehouse.yaml");
+    let text = std::fs::read_to_string(&probe).unwrap();
+    let ca_line = format!("    ca_file: {}\n", ca.display());
+    std::fs::write(&probe, text.replace(&ca_line, "")).unwrap();
+    let (mut refused, report) = smoke(&t, 3, &[("ORDERS_PG_DSN", &dsn)]);
+    assert_eq!(refused.wait_exit(GUARD).code(), Some(1));
+    let p = &verdict(&report)["probes"][0];
+    assert_eq!(count(&p["records"]["lost"]), 9, "{p:#}");
+    assert_eq!(count(&p["sink"]["errors"]), count(&p["sink"]["polls"]));
+    let failed = &refused.events("sink poll failed; retrying with backoff")[0];
+    assert_eq!(failed["reason"], "unreachable");
+    assert!(
+        failed["error"].as_str().unwrap().contains("certificate"),
+        "{failed}"
+    );
+    writer.stop().await;
+}
+
+/// rustls trusting only the certificate in `ca`.
+fn trusting(ca: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    slo_probe::export::traces::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

@@ -240,6 +240,8 @@ pub struct Postgres {
     pub port: u16,
     dir: tempfile::TempDir,
     proc: Option<Proc>,
+    /// Serves TLS only (`hostssl` in pg_hba.conf).
+    tls: bool,
 }
 
 fn pg_bin(name: &str) -> PathBuf {
@@ -280,6 +282,39 @@ fn as_postgres(bin: PathBuf) -> Command {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::init(false)
+    }
+
+    /// A server that accepts TLS connections only (but from the role `writer`), with a
+    /// self-signed certificate for `localhost`; returns it and the PEM file to trust.
+    pub fn start_tls() -> (Postgres, PathBuf) {
+        let pg = Postgres::init(true);
+        let ca = pg.dir.path().join("ca.pem");
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, key.cert.pem()).unwrap();
+        let data = pg.dir.path().join("data");
+        std::fs::write(data.join("server.crt"), key.cert.pem()).unwrap();
+        std::fs::write(data.join("server.key"), key.signing_key.serialize_pem()).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            // `writer` (the tests' pipeline stand-in) may connect without TLS; nobody else
+            "local all all trust\nhost all writer 127.0.0.1/32 trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["server.crt", "server.key", "pg_hba.conf"] {
+            let path = data.join(f);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = postgres_user() {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let mut pg = pg;
+        pg.restart();
+        (pg, ca)
+    }
+
+    fn init(tls: bool) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         if let Some((uid, gid)) = postgres_user() {
@@ -299,8 +334,11 @@ impl Postgres {
             port: free_port(),
             dir,
             proc: None,
+            tls,
         };
-        pg.restart();
+        if !tls {
+            pg.restart(); // a TLS server starts once its certificate is in place
+        }
         pg
     }
 
@@ -337,6 +375,9 @@ impl Postgres {
                 "-c",
                 "synchronous_commit=off",
             ]);
+        if self.tls {
+            cmd.args(["-c", "ssl=on"]);
+        }
         self.proc = Some(Proc::start(
             cmd,
             "database system is ready to accept connections",
