@@ -421,7 +421,7 @@ async fn http_sink_counts_bad_statuses_and_invalid_json_and_finds_every_document
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one() {
+async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one_or_none() {
     let (pg, ca) = Postgres::start_tls();
     // the server takes TLS connections only: a run where every record is found used TLS
     let dsn = format!(
@@ -483,6 +483,19 @@ async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one() {
     assert_eq!(failed["reason"], "unreachable");
     assert!(
         failed["error"].as_str().unwrap().contains("certificate"),
+        "{failed}"
+    );
+
+    // without TLS the server refuses the login (pg_hba.conf): an `auth` error, not `unreachable`
+    let plain = dsn.replace("sslmode=require", "sslmode=disable");
+    let (mut refused, report) = smoke(&t, 1, &[("ORDERS_PG_DSN", &plain)]);
+    assert_eq!(refused.wait_exit(GUARD).code(), Some(1));
+    let p = &verdict(&report)["probes"][0];
+    assert_eq!(count(&p["records"]["lost"]), 3, "{p:#}");
+    let failed = &refused.events("sink poll failed; retrying with backoff")[0];
+    assert_eq!(failed["reason"], "auth", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("28000"),
         "{failed}"
     );
     writer.stop().await;
