@@ -1,4 +1,5 @@
-//! Commands: `run` (the daemon), `smoke` (a gate with an exit code), `check` (validate config).
+//! Commands: `run` (the daemon), `smoke` (a gate with an exit code), `check` (validate config),
+//! `rules` (Prometheus rules for the probes' SLOs).
 //! Every flag also reads an `SLO_PROBE_*` environment variable.
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use crate::export::logging::{self, LogFormat};
 use crate::probe::Outcome;
 use crate::probe::task::Plan;
 use crate::report::{ProbeVerdict, Verdict};
+use crate::rules::{self, RulesFormat, RulesOptions};
 use tracing::Level;
 
 /// Exit codes, the contract CI jobs rely on.
@@ -102,6 +104,39 @@ pub enum Command {
     Smoke(SmokeArgs),
     /// Validate the agent and probe files; report every problem as file:line:col.
     Check,
+    /// Print Prometheus recording rules and multiwindow burn-rate alerts for the probes' SLOs.
+    Rules(RulesArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RulesArgs {
+    /// A plain rules file, or a PrometheusRule resource for the Prometheus Operator.
+    #[arg(
+        long,
+        env = "SLO_PROBE_RULES_FORMAT",
+        value_enum,
+        default_value = "rules"
+    )]
+    pub format: RulesFormat,
+    /// metadata.name of the PrometheusRule.
+    #[arg(long, env = "SLO_PROBE_RULES_NAME", default_value = "slo-probe")]
+    pub name: String,
+    /// metadata.namespace of the PrometheusRule.
+    #[arg(long, env = "SLO_PROBE_RULES_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// A label of the PrometheusRule, KEY=VALUE (e.g. release=prometheus); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Runbook linked from every alert (annotation runbook_url).
+    #[arg(long, env = "SLO_PROBE_RUNBOOK_URL")]
+    pub runbook_url: Option<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,7 +195,7 @@ pub async fn execute(cli: Cli) -> Exit {
     // distinct error, with the probe): kept to errors.
     let default_level = match cli.command {
         Command::Run => "info,deadpool=error",
-        Command::Smoke(_) | Command::Check => "warn,deadpool=error",
+        Command::Smoke(_) | Command::Check | Command::Rules(_) => "warn,deadpool=error",
     };
     logging::init(
         cli.common.log_format,
@@ -174,6 +209,17 @@ pub async fn execute(cli: Cli) -> Exit {
         Command::Check => check(&config),
         Command::Run => run(config, &cli.common).await,
         Command::Smoke(args) => smoke(config, &cli.common, &args).await,
+        Command::Rules(args) => {
+            let opts = RulesOptions {
+                format: args.format,
+                name: args.name,
+                namespace: args.namespace,
+                labels: args.labels.into_iter().collect(),
+                runbook_url: args.runbook_url,
+            };
+            print!("{}", rules::render(&config.probes, &opts));
+            Exit::Ok
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //!
 //! A tour of the modules, in the order a record travels:
 //!
-//! - [`cli`]: the `run`, `smoke` and `check` commands and their exit codes.
+//! - [`cli`]: the `run`, `smoke`, `check` and `rules` commands and their exit codes.
 //! - [`config`]: agent and probe files, validated with every problem located (`file:line:col`).
 //! - [`agent`]: wires clusters, clients, probes, verifiers and the HTTP server; drains on stop.
 //! - [`embedded`]: librdkafka's in-process mock cluster, the zero-config default.
@@ -22,6 +22,7 @@
 //! - [`stats`]: HDR histograms over a sliding window, availability, SLO event counts.
 //! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events, OTLP spans.
 //! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.
+//! - [`rules`]: Prometheus recording rules and burn-rate alerts for the probes' SLOs.
 
 pub mod agent;
 pub mod cli;
@@ -32,5 +33,6 @@ pub mod kafka;
 pub mod probe;
 pub mod record;
 pub mod report;
+pub mod rules;
 pub mod stats;
 pub mod verify;

@@ -1,0 +1,405 @@
+//! `slo-probe rules`: Prometheus recording and alerting rules for the probes' SLOs, after the
+//! multiwindow, multi-burn-rate alerts of Google's SRE workbook (chapter 5, "Alerting on SLOs").
+//!
+//! - SLI error ratios of every probe and SLO over 5m, 30m, 1h, 2h, 6h, 1d, 3d and each SLO's own
+//!   window, from `slo_probe_slo_events_total` (the agent's ground truth, summed over replicas).
+//! - Per SLO: its objective and the error budget left over its window, as recorded series.
+//! - Per SLO, two alerts: `SloProbeBudgetBurn` with severity `page` (2% of a 30-day budget in
+//!   1h, confirmed over 5m; or 5% in 6h, confirmed over 30m) and `ticket` (10% in 1d over 2h;
+//!   or 10% in 3d over 6h). The burn-rate factors are derived from the SLO's window: for 30d
+//!   they are the workbook's 14.4, 6, 3 and 1.
+//! - Per probe: `SloProbeAbsent` when the probe's metrics are missing for 10 minutes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{ProbeConfig, SloConfig};
+use crate::export::metrics::names;
+
+/// Windows every SLI ratio is recorded over, besides each SLO's own window.
+pub const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+
+/// How long a probe's metrics must be missing before `SloProbeAbsent` fires.
+pub const ABSENT_FOR: &str = "10m";
+
+/// (severity, budget share, long window, short window) of each burn-rate condition.
+const CONDITIONS: [(&str, f64, &str, &str); 4] = [
+    ("page", 0.02, "1h", "5m"),
+    ("page", 0.05, "6h", "30m"),
+    ("ticket", 0.10, "1d", "2h"),
+    ("ticket", 0.10, "3d", "6h"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RulesFormat {
+    /// A plain Prometheus rules file (`rule_files:`).
+    Rules,
+    /// A `PrometheusRule` resource for the Prometheus Operator.
+    PrometheusRule,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesOptions {
+    pub format: RulesFormat,
+    /// `metadata.name` of a `PrometheusRule`.
+    pub name: String,
+    /// `metadata.namespace` of a `PrometheusRule`, when given.
+    pub namespace: Option<String>,
+    /// Labels added to the `PrometheusRule` (e.g. `release: prometheus` for its selector).
+    pub labels: BTreeMap<String, String>,
+    /// A runbook to link from every alert (`runbook_url`), besides the runbook text.
+    pub runbook_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleFile {
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Rule {
+    Record {
+        record: String,
+        expr: String,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+    },
+    Alert {
+        alert: String,
+        expr: String,
+        #[serde(rename = "for")]
+        for_: String,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+    },
+}
+
+/// The recorded SLI error ratio over `window`.
+pub fn error_ratio(window: &str) -> String {
+    format!("slo_probe:slo_errors:ratio_rate{window}")
+}
+
+pub const OBJECTIVE: &str = "slo_probe:slo_objective:ratio";
+pub const BUDGET_REMAINING: &str = "slo_probe:slo_error_budget_remaining:ratio";
+
+/// A duration the way Prometheus writes it (`30d`, `6h`, `90m`, `45s`).
+pub fn prometheus_duration(d: Duration) -> String {
+    let s = d.as_secs().max(1);
+    for (unit, secs) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s.is_multiple_of(secs) {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
+fn seconds(window: &str) -> f64 {
+    let (n, unit) = window.split_at(window.len() - 1);
+    let n: f64 = n.parse().expect("a Prometheus duration");
+    n * match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        _ => unreachable!("windows are written by prometheus_duration"),
+    }
+}
+
+/// The burn rate at which `share` of the budget of an SLO `window` long is spent in `long`.
+pub fn burn_factor(share: f64, window: Duration, long: &str) -> f64 {
+    share * window.as_secs_f64() / seconds(long)
+}
+
+/// Numbers in PromQL without float noise (14.4, not 14.399999999999999).
+fn num(x: f64) -> String {
+    let rounded = (x * 1e9).round() / 1e9;
+    format!("{rounded}")
+}
+
+/// Every rule for these probes.
+pub fn generate(probes: &[ProbeConfig], opts: &RulesOptions) -> RuleFile {
+    let mut windows: Vec<String> = WINDOWS.iter().map(|w| w.to_string()).collect();
+    for slo in probes.iter().flat_map(|p| &p.slos) {
+        let w = prometheus_duration(slo.window);
+        if !windows.contains(&w) {
+            windows.push(w);
+        }
+    }
+    let sli = windows
+        .iter()
+        .map(|w| Rule::Record {
+            record: error_ratio(w),
+            expr: format!(
+                "sum by (probe, slo) (rate({events}{{result=\"bad\"}}[{w}]))\n/\nsum by (probe, slo) (rate({events}[{w}]))",
+                events = names::SLO_EVENTS
+            ),
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    let mut budget = Vec::new();
+    let mut alerts = Vec::new();
+    for p in probes {
+        for slo in &p.slos {
+            let labels = BTreeMap::from([
+                ("probe".to_string(), p.name.clone()),
+                ("slo".to_string(), slo.name.clone()),
+            ]);
+            let selector = format!("{{probe=\"{}\", slo=\"{}\"}}", p.name, slo.name);
+            let allowed = 1.0 - slo.objective;
+            budget.push(Rule::Record {
+                record: OBJECTIVE.into(),
+                expr: format!("vector({})", num(slo.objective)),
+                labels: labels.clone(),
+            });
+            budget.push(Rule::Record {
+                record: BUDGET_REMAINING.into(),
+                expr: format!(
+                    "1 - {}{selector} / {}",
+                    error_ratio(&prometheus_duration(slo.window)),
+                    num(allowed)
+                ),
+                labels: labels.clone(),
+            });
+            for severity in ["page", "ticket"] {
+                alerts.push(burn_alert(p, slo, severity, &selector, opts));
+            }
+        }
+        alerts.push(absent_alert(p, opts));
+    }
+    RuleFile {
+        groups: vec![
+            Group {
+                name: "slo-probe-sli".into(),
+                rules: sli,
+            },
+            Group {
+                name: "slo-probe-budget".into(),
+                rules: budget,
+            },
+            Group {
+                name: "slo-probe-alerts".into(),
+                rules: alerts,
+            },
+        ],
+    }
+}
+
+fn burn_alert(
+    p: &ProbeConfig,
+    slo: &SloConfig,
+    severity: &str,
+    selector: &str,
+    opts: &RulesOptions,
+) -> Rule {
+    let allowed = 1.0 - slo.objective;
+    let window = prometheus_duration(slo.window);
+    let conditions: Vec<(f64, f64, &str, &str)> = CONDITIONS
+        .iter()
+        .filter(|c| c.0 == severity)
+        .map(|&(_, share, long, short)| (share, burn_factor(share, slo.window, long), long, short))
+        .collect();
+    let expr = conditions
+        .iter()
+        .map(|(_, factor, long, short)| {
+            let threshold = num(factor * allowed);
+            format!(
+                "(\n  {}{selector} > {threshold}\nand\n  {}{selector} > {threshold}\n)",
+                error_ratio(long),
+                error_ratio(short)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\nor\n");
+    let how = conditions
+        .iter()
+        .map(|(share, factor, long, short)| {
+            format!(
+                "{}% of the {window} budget in {long} (burn rate {}, confirmed over {short})",
+                num(share * 100.0),
+                num(*factor)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let objective = num(slo.objective * 100.0);
+    let what = match slo.sli {
+        crate::config::Sli::Latency { below } => format!(
+            "records verified within {}",
+            humantime::format_duration(below)
+        ),
+        crate::config::Sli::Completeness => "records verified intact within the timeout".into(),
+        crate::config::Sli::Availability => "records sent and verified intact".into(),
+    };
+    let mut annotations = BTreeMap::from([
+        (
+            "summary".to_string(),
+            format!(
+                "{}: SLO {} is burning its error budget too fast ({severity})",
+                p.name, slo.name
+            ),
+        ),
+        (
+            "description".to_string(),
+            format!(
+                "Probe {} (topic {}) has objective {objective}% {what} over {window}. Errors are spending the budget at: {how}.",
+                p.name, p.topic
+            ),
+        ),
+        ("runbook".to_string(), runbook(p)),
+    ]);
+    if let Some(url) = &opts.runbook_url {
+        annotations.insert("runbook_url".into(), url.clone());
+    }
+    Rule::Alert {
+        alert: "SloProbeBudgetBurn".into(),
+        expr,
+        // The short window already confirms the burn is current; a short `for` rides out a
+        // single evaluation's noise.
+        for_: "2m".into(),
+        labels: alert_labels(p, Some(slo), severity),
+        annotations,
+    }
+}
+
+fn absent_alert(p: &ProbeConfig, opts: &RulesOptions) -> Rule {
+    let mut annotations = BTreeMap::from([
+        (
+            "summary".to_string(),
+            format!("{}: the probe's metrics are missing", p.name),
+        ),
+        (
+            "description".to_string(),
+            format!(
+                "No {} series for probe {} for {ABSENT_FOR}: the agent is down, not scraped, or the probe was removed. Its SLOs are not being measured.",
+                names::RECORDS_SENT,
+                p.name
+            ),
+        ),
+        (
+            "runbook".to_string(),
+            [
+                "1. Is the slo-probe pod running and ready (kubectl get pods -l app.kubernetes.io/name=slo-probe)?",
+                "2. Is it scraped (the Prometheus targets page; the ServiceMonitor or PodMonitor selector)?",
+                "3. Was the probe renamed or removed from the configuration (slo-probe check)?",
+            ]
+            .join("\n"),
+        ),
+    ]);
+    if let Some(url) = &opts.runbook_url {
+        annotations.insert("runbook_url".into(), url.clone());
+    }
+    Rule::Alert {
+        alert: "SloProbeAbsent".into(),
+        expr: format!("absent({}{{probe=\"{}\"}})", names::RECORDS_SENT, p.name),
+        for_: ABSENT_FOR.into(),
+        labels: alert_labels(p, None, "page"),
+        annotations,
+    }
+}
+
+fn alert_labels(
+    p: &ProbeConfig,
+    slo: Option<&SloConfig>,
+    severity: &str,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("probe".to_string(), p.name.clone()),
+        ("severity".to_string(), severity.to_string()),
+    ]);
+    if let Some(slo) = slo {
+        labels.insert("slo".into(), slo.name.clone());
+    }
+    for (k, v) in &p.tags {
+        // Routing labels the team set on the probe (team, env...), unless they clash.
+        if crate::config::check_name(k).is_ok() && !k.contains(['.', '-']) {
+            labels
+                .entry(format!("tag_{k}"))
+                .or_insert_with(|| v.clone());
+        }
+    }
+    labels
+}
+
+fn runbook(p: &ProbeConfig) -> String {
+    [
+        format!(
+            "1. Graph sum by (outcome) (rate(slo_probe_records_total{{probe=\"{}\"}}[5m])): which outcome grows (lost, corrupt, send_failed), since when, and on which replicas.",
+            p.name
+        ),
+        "2. GET /status on the agent: last_results and slowest list the failing records with their trace ids; their traces show where the time went (producer acknowledgement, pipeline, sink).".into(),
+        format!(
+            "3. lost: is the pipeline consuming topic {} (consumer lag; sink errors in slo_probe_verify_errors_total)? corrupt: each corrupt record's log line names the failed check. send_failed: the cluster refuses or cannot take writes.",
+            p.topic
+        ),
+        "4. Only one replica affected and slo_probe_send_lag_seconds high: the agent is starved; restart or resize that replica.".into(),
+    ]
+    .join("\n")
+}
+
+/// The rules as YAML, in the requested format.
+pub fn render(probes: &[ProbeConfig], opts: &RulesOptions) -> String {
+    let file = generate(probes, opts);
+    let yaml = match opts.format {
+        RulesFormat::Rules => yaml_serde::to_string(&file),
+        RulesFormat::PrometheusRule => {
+            let mut labels = BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "slo-probe".to_string(),
+            )]);
+            labels.extend(opts.labels.clone());
+            let mut metadata = serde_json::json!({ "name": opts.name, "labels": labels });
+            if let Some(ns) = &opts.namespace {
+                metadata["namespace"] = ns.clone().into();
+            }
+            yaml_serde::to_string(&serde_json::json!({
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PrometheusRule",
+                "metadata": metadata,
+                "spec": file,
+            }))
+        }
+    };
+    let header =
+        "# Generated by `slo-probe rules` from the probes' SLOs; regenerate instead of editing.\n";
+    format!("{header}{}", yaml.expect("rules serialise"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workbook_factors_for_a_30_day_window() {
+        let w = Duration::from_secs(30 * 86_400);
+        let got: Vec<String> = CONDITIONS
+            .iter()
+            .map(|(_, share, long, _)| num(burn_factor(*share, w, long)))
+            .collect();
+        assert_eq!(got, ["14.4", "6", "3", "1"]);
+        // a 7-day window: same budget shares, smaller factors
+        let w = Duration::from_secs(7 * 86_400);
+        assert_eq!(num(burn_factor(0.02, w, "1h")), "3.36");
+    }
+
+    #[test]
+    fn durations_are_written_the_prometheus_way() {
+        for (secs, text) in [
+            (2_592_000, "30d"),
+            (604_800, "1w"),
+            (5_400, "90m"),
+            (45, "45s"),
+        ] {
+            assert_eq!(prometheus_duration(Duration::from_secs(secs)), text);
+        }
+    }
+}
