@@ -387,6 +387,28 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
             i = end;
         }
     }
+    // every query is valid PromQL: promtool parses them as recording rules
+    let record = |i: usize, e: &String| serde_json::json!({ "record": format!("dashboard:query:{i}"), "expr": e.replace("$probe", ".*") });
+    let queries = serde_json::json!({ "groups": [{
+        "name": "dashboard",
+        "rules": exprs.iter().filter(|e| !e.starts_with("label_values")).enumerate().map(|(i, e)| record(i, e)).collect::<Vec<_>>(),
+    }]});
+    let file = t.write(
+        "dashboard-queries.yaml",
+        &yaml_serde::to_string(&queries).unwrap(),
+    );
+    let out = Command::new(common::infra::promtool())
+        .args(["check", "rules", "--lint=none"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // the panels an on-call needs
     for want in [
         "availability",
