@@ -340,13 +340,16 @@ async fn a_leader_down_loses_its_partition_only_then_recovers() {
     assert!(c.late <= p0.outcomes[1] + p0.outcomes[3]);
 }
 
-/// Produce requests rejected: a permanent error (topic authorization) makes exactly the records
-/// of the rejected requests `send_failed`, with librdkafka's reason; a retriable one (not
-/// leader) is retried by librdkafka and costs nothing.
+/// Produce requests rejected: a permanent error (topic authorization) makes the records of the
+/// rejected requests `send_failed`, with librdkafka's reason, and nothing is lost; a retriable
+/// one (not leader) is retried by librdkafka and costs nothing. After a topic authorization
+/// error librdkafka also fails the topic's next records locally until a metadata refresh clears
+/// the topic's error state, so how many more records fail depends on that refresh's timing (seen
+/// from 0 to all 4 of them): only "at least the rejected ones" is a fact to assert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_are_send_failed_or_retried() {
     use RDKafkaRespErr::*;
-    for (errors, failed) in [
+    for (errors, at_least) in [
         (vec![RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2], 2),
         (vec![RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3], 0),
     ] {
@@ -361,12 +364,26 @@ async fn produce_errors_are_send_failed_or_retried() {
             .await
             .expect("finishes");
         conservation.finish().await;
-        let (c, _) = state(&agent.probes()[0]);
+        let (c, s) = state(&agent.probes()[0]);
         agent.shutdown(std::future::ready(())).await;
         assert_eq!(c.sent, 6);
-        assert_eq!(c.get(Outcome::SendFailed), failed, "{errors:?}: {c:?}");
+        let failed = c.get(Outcome::SendFailed);
+        if at_least == 0 {
+            assert_eq!(failed, 0, "{errors:?}: retried, not failed: {c:?}");
+        } else {
+            assert!(failed >= at_least, "{errors:?}: {c:?}");
+        }
         assert_eq!(c.get(Outcome::Ok), 6 - failed, "{errors:?}: {c:?}");
         assert_eq!((c.get(Outcome::Lost), c.get(Outcome::Corrupt)), (0, 0));
+        for n in s.last.iter().filter(|n| n.outcome == Outcome::SendFailed) {
+            let r = n.reason.as_ref().unwrap();
+            assert_eq!(r.kind, "producer");
+            assert!(
+                r.detail.contains("uthoriz"),
+                "librdkafka's reason: {}",
+                r.detail
+            );
+        }
     }
 }
 
