@@ -183,11 +183,9 @@ impl Agent {
             background.spawn(Arc::clone(v).run(stop_all.clone()));
         }
         for probe in &probes {
-            sink::start(probe, &metrics, &background, &stop_all).map_err(|error| {
-                StartError::Sink {
-                    probe: probe.name().to_string(),
-                    error,
-                }
+            sink::start(probe, &background, &stop_all).map_err(|error| StartError::Sink {
+                probe: probe.name().to_string(),
+                error,
             })?;
         }
         // One metadata watch per (cluster, topic), shared by every probe on it: probe topics

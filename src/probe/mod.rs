@@ -24,11 +24,12 @@ pub use tracker::{
 
 use crate::config::{AgentConfig, Expectation, KafkaVerify, ProbeConfig, Verify};
 use crate::export::events;
-use crate::export::metrics::{Metrics, ProbeMetrics};
+use crate::export::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use crate::export::traces::{RecordSpan, Spans};
 use crate::kafka;
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
+use crate::verify::sink::SinkError;
 
 /// What a probe is doing, for `/readyz`, `/status`, smoke progress and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -71,9 +72,8 @@ pub struct Probe {
     kafka: Option<KafkaVerify>,
     /// A sink's content assertions.
     sink_expect: Vec<(String, Expectation)>,
-    /// Woken when the broker acknowledges a record (the sink poller's cue).
-    acknowledged: tokio::sync::Notify,
-    sink: Mutex<SinkSummary>,
+    /// For a probe that polls a sink.
+    sink: Option<SinkState>,
     started: Instant,
     metrics: Arc<Metrics>,
     series: ProbeMetrics,
@@ -84,6 +84,15 @@ pub struct Probe {
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
     foreign: AtomicU64,
+}
+
+/// What a probe that polls a sink keeps besides its records.
+struct SinkState {
+    /// Woken when the broker acknowledges a record (the poller's cue).
+    acknowledged: tokio::sync::Notify,
+    /// Polls and failed polls by reason: the only count of them.
+    series: SinkMetrics,
+    last_error: Mutex<Option<String>>,
 }
 
 /// A sink poller's record: polls, failed polls, the last failure.
@@ -144,6 +153,11 @@ impl Probe {
         let same_topic =
             verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
         let series = metrics.probe(&config.name, &config.slos, config.per_partition_metrics);
+        let sink = config.verify.poll().map(|poll| SinkState {
+            acknowledged: tokio::sync::Notify::new(),
+            series: metrics.sink(&config.name, poll),
+            last_error: Mutex::new(None),
+        });
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
         let retention = (config.timeout * 10).max(agent.window);
@@ -172,8 +186,7 @@ impl Probe {
             same_topic,
             kafka,
             sink_expect,
-            acknowledged: tokio::sync::Notify::new(),
-            sink: Mutex::new(SinkSummary::default()),
+            sink,
             started: now,
             metrics,
             series,
@@ -266,7 +279,9 @@ impl Probe {
             Ok(offset) => {
                 if let Some(latency) = core.tracker.ack(id, at, offset) {
                     core.produce.record(at, latency);
-                    self.acknowledged.notify_one();
+                    if let Some(sink) = &self.sink {
+                        sink.acknowledged.notify_one();
+                    }
                 }
                 None
             }
@@ -371,9 +386,12 @@ impl Probe {
     }
 
     /// Resolves when the broker acknowledged a record since the last call (or now, if it did
-    /// before anyone waited).
+    /// before anyone waited); never for a probe that does not poll a sink.
     pub async fn acknowledged(&self) {
-        self.acknowledged.notified().await;
+        match &self.sink {
+            Some(sink) => sink.acknowledged.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// A sink poller found the record with this id, as `doc` (a row as a JSON object, or a
@@ -389,13 +407,14 @@ impl Probe {
         }
     }
 
-    /// A sink poll ended: `Err` with the failure's reason and message.
-    pub fn sink_polled(&self, result: Result<(), String>) {
-        let mut s = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-        s.polls += 1;
+    /// A sink poll ended, or failed with `error`: counted in the probe's sink series.
+    pub fn sink_polled(&self, result: Result<(), &SinkError>) {
+        let Some(sink) = &self.sink else { return };
+        sink.series.polls.inc();
         if let Err(e) = result {
-            s.errors += 1;
-            s.last_error = Some(e);
+            sink.series.error(e.kind).inc();
+            let last = format!("{}: {}", e.kind.as_str(), e.message);
+            *sink.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
         }
     }
 
@@ -556,11 +575,15 @@ impl Probe {
             footprint: core.tracker.footprint(),
             last: core.notable.last(),
             slowest: core.notable.slowest(now),
-            sink: self
-                .config
-                .verify
-                .poll()
-                .map(|_| self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            sink: self.sink.as_ref().map(|s| SinkSummary {
+                polls: s.series.polls.get(),
+                errors: s.series.errors.iter().map(|c| c.get()).sum(),
+                last_error: s
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            }),
         }
     }
 }

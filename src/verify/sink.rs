@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::http::HttpSink;
 use super::postgres::PostgresSink;
 use crate::config::Verify;
-use crate::export::metrics::{Metrics, SinkMetrics};
+
 use crate::kafka::Quiet;
 use crate::probe::Probe;
 
@@ -103,37 +103,29 @@ pub trait Sink: Send {
 /// Starts the sink poller of a probe that verifies at a sink (nothing for the Kafka verifier).
 pub fn start(
     probe: &Arc<Probe>,
-    metrics: &Metrics,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let Some(poll) = probe.config.verify.poll() else {
         return Ok(());
     };
-    let series = metrics.sink(probe.name(), poll);
     let (probe, stop) = (Arc::clone(probe), stop.clone());
     match &probe.config.verify {
         Verify::Kafka(_) => {}
         Verify::Postgres(cfg) => {
             let sink = PostgresSink::new(cfg)?;
-            tasks.spawn(run(sink, probe, poll, series, stop));
+            tasks.spawn(run(sink, probe, poll, stop));
         }
         Verify::Http(cfg) => {
             let sink = HttpSink::new(cfg)?;
-            tasks.spawn(run(sink, probe, poll, series, stop));
+            tasks.spawn(run(sink, probe, poll, stop));
         }
     }
     Ok(())
 }
 
 /// Polls `sink` for `probe`'s pending records until `stop`.
-pub async fn run<S: Sink>(
-    mut sink: S,
-    probe: Arc<Probe>,
-    poll: Duration,
-    metrics: SinkMetrics,
-    stop: CancellationToken,
-) {
+pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: CancellationToken) {
     let max_backoff = (probe.config.timeout / 3).clamp(poll, MAX_BACKOFF.max(poll));
     let quiet = Quiet::default();
     let mut failures: u32 = 0;
@@ -146,7 +138,6 @@ pub async fn run<S: Sink>(
             }
         }
         let started = Instant::now();
-        metrics.polls.inc();
         match sink.poll(&ids).await {
             Ok(found) => {
                 if failures > 0 {
@@ -165,8 +156,7 @@ pub async fn run<S: Sink>(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                metrics.error(e.kind).inc();
-                probe.sink_polled(Err(format!("{}: {}", e.kind.as_str(), e.message)));
+                probe.sink_polled(Err(&e));
                 // Once a minute per distinct error; the rest at debug level.
                 if quiet.allow(&format!("{}: {}", e.kind.as_str(), e.message)) {
                     tracing::warn!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, pending = ids.len(), "sink poll failed; retrying with backoff");
@@ -200,6 +190,7 @@ mod tests {
 
     use super::*;
     use crate::config::{self, Sources};
+    use crate::export::metrics::Metrics;
     use crate::export::traces::Spans;
     use crate::probe::Outcome;
     use crate::record;
@@ -285,12 +276,10 @@ mod tests {
             t0,
         };
         let stop = CancellationToken::new();
-        let series = metrics.sink(probe.name(), Duration::from_secs(1));
         tokio::spawn(run(
             fake,
             Arc::clone(&probe),
             Duration::from_secs(1),
-            series,
             stop.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(5)).await;
