@@ -495,10 +495,7 @@ fn point_at_embedded(config: &mut Config, embedded: &EmbeddedCluster) {
         .probes
         .iter()
         .flat_map(|p| {
-            let verify = match &p.verify {
-                crate::config::Verify::Kafka(v) => Some(v.cluster.clone()),
-                _ => None,
-            };
+            let verify = p.verify.kafka().map(|v| v.cluster.clone());
             std::iter::once(p.cluster.clone()).chain(verify)
         })
         .chain(config.agent.clusters.keys().cloned())
@@ -530,11 +527,7 @@ fn create_embedded_topics(
             Partitions::All => EMBEDDED_BROKERS,
             Partitions::List(l) => (l.iter().max().copied().unwrap_or(0) + 1).max(EMBEDDED_BROKERS),
         };
-        let verify = match &p.verify {
-            crate::config::Verify::Kafka(v) => Some(&v.topic),
-            _ => None,
-        };
-        for t in std::iter::once(&p.topic).chain(verify) {
+        for t in std::iter::once(&p.topic).chain(p.verify.kafka().map(|v| &v.topic)) {
             let e = topics.entry(t.clone()).or_insert(needed);
             *e = (*e).max(needed);
         }

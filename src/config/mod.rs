@@ -220,13 +220,26 @@ impl Verify {
         }
     }
 
-    /// How often a sink is polled (`None` for the Kafka verifier, which is pushed records).
-    pub fn poll(&self) -> Option<Duration> {
+    /// The paired consumer's settings, unless records are looked up in a sink.
+    pub fn kafka(&self) -> Option<&KafkaVerify> {
+        match self {
+            Verify::Kafka(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// A sink poller's settings (`None` for the Kafka verifier, which is pushed records).
+    pub fn sink(&self) -> Option<&SinkPoll> {
         match self {
             Verify::Kafka(_) => None,
-            Verify::Postgres(p) => Some(p.sink.poll),
-            Verify::Http(h) => Some(h.sink.poll),
+            Verify::Postgres(p) => Some(&p.sink),
+            Verify::Http(h) => Some(&h.sink),
         }
+    }
+
+    /// How often a sink is polled.
+    pub fn poll(&self) -> Option<Duration> {
+        self.sink().map(|s| s.poll)
     }
 }
 

@@ -22,7 +22,7 @@ pub use tracker::{
     Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Reason, Tracker,
 };
 
-use crate::config::{AgentConfig, Expectation, KafkaVerify, ProbeConfig, Verify};
+use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use crate::export::traces::{RecordSpan, Spans};
@@ -67,11 +67,6 @@ pub struct Probe {
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
-    /// How records are read back (copies, or a pipeline's transformed output); `None` for a
-    /// sink.
-    kafka: Option<KafkaVerify>,
-    /// A sink's content assertions.
-    sink_expect: Vec<(String, Expectation)>,
     /// For a probe that polls a sink.
     sink: Option<SinkState>,
     started: Instant,
@@ -140,15 +135,9 @@ impl Probe {
         run_totals: bool,
     ) -> Self {
         let now = Instant::now();
-        let (kafka, verify_cluster, verify_topic, sink_expect) = match &config.verify {
-            Verify::Kafka(v) => (
-                Some(v.clone()),
-                Some(v.cluster.clone()),
-                v.topic.clone(),
-                Vec::new(),
-            ),
-            Verify::Postgres(p) => (None, None, "postgres".into(), p.sink.expect.clone()),
-            Verify::Http(h) => (None, None, "http".into(), h.sink.expect.clone()),
+        let (verify_cluster, verify_topic) = match config.verify.kafka() {
+            Some(k) => (Some(k.cluster.clone()), k.topic.clone()),
+            None => (None, config.verify.kind().to_string()),
         };
         let same_topic =
             verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
@@ -184,8 +173,6 @@ impl Probe {
             verify_cluster,
             verify_topic,
             same_topic,
-            kafka,
-            sink_expect,
             sink,
             started: now,
             metrics,
@@ -301,7 +288,7 @@ impl Probe {
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let same_topic = self.same_topic;
         let arrival = self.arrive(id, at, Some(view.offset), |expected| {
-            if let Some(k) = self.kafka.as_ref().filter(|k| k.transformed()) {
+            if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
                 record::verify_transformed(expected, view, &k.expect)
             } else {
                 // On another topic the partition may differ; everything else must hold.
@@ -369,13 +356,17 @@ impl Probe {
 
     /// Whether records come back transformed (ids found per `id_from`).
     pub fn transforms(&self) -> bool {
-        self.kafka.as_ref().is_some_and(KafkaVerify::transformed)
+        self.config
+            .verify
+            .kafka()
+            .is_some_and(KafkaVerify::transformed)
     }
 
     /// The id a record read back carries, per `id_from` (transformed records only).
     pub fn record_id(&self, view: &View) -> Option<Uuid> {
-        self.kafka
-            .as_ref()
+        self.config
+            .verify
+            .kafka()
             .and_then(|k| k.id_from.as_ref())
             .and_then(|from| record::transformed_id(view, from))
     }
@@ -399,7 +390,8 @@ impl Probe {
     /// this probe does not know are ignored (a sink holds other rows too).
     pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value) {
         let arrival = self.arrive(id, at, None, |expected| {
-            record::check_expectations(expected, doc, &self.sink_expect)
+            let expect = self.config.verify.sink().map_or(&[][..], |s| &s.expect);
+            record::check_expectations(expected, doc, expect)
         });
         if let Some(arrival) = arrival {
             let place = events::Seen::sink(&self.verify_topic);
@@ -465,7 +457,7 @@ impl Probe {
             origin: &self.origin,
             topic: &self.config.topic,
             verify_topic: &self.verify_topic,
-            sink: self.kafka.is_none().then(|| self.config.verify.kind()),
+            sink: self.sink.is_some().then(|| self.config.verify.kind()),
             finished: f,
         });
     }
