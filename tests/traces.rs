@@ -26,9 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use prost::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use slo_probe::agent::{Agent, AgentOptions};
 use slo_probe::embedded::EmbeddedCluster;
@@ -187,18 +185,8 @@ struct Header {
 /// Every record on `topic` by record id (its key), with its `traceparent`: read back from the
 /// broker, as a pipeline would see them.
 async fn headers_on(bootstrap: &str, topic: &str, expect: usize) -> HashMap<String, Header> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-traceparent-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer =
+        common::relay::from_beginning(bootstrap, topic, PARTITIONS, "test-traceparent-reader");
     let mut out = HashMap::new();
     while out.len() < expect {
         let m = tokio::time::timeout(GUARD, consumer.recv())
