@@ -84,9 +84,30 @@ const CASES: &[Case] = &[
         )],
         expected: &[
             "probes/a.yaml:3:38: `objective` must be between 0% and 100% (both excluded), got `100%`",
-            "probes/a.yaml:4:38: `objective` must be between 0% and 100% (both excluded), got `0`",
-            "probes/a.yaml:7:16: `objective` must be between 0% and 100% (both excluded), got `150`",
+            "probes/a.yaml:4:38: `objective` must be a percentage between 0% and 100% (both excluded) like 99.9%, got `0`",
+            "probes/a.yaml:7:16: `objective` must be a percentage between 0% and 100% (both excluded) like 99.9%, got `150`",
             "probes/a.yaml:8:46: `objective` must be a percentage like 99.9%, got `most`",
+        ],
+    },
+    Case {
+        name: "objectives without their % sign, and bad ratios",
+        agent: Some(AGENT),
+        probes: &[(
+            "a.yaml",
+            "name: orders
+slos:
+  - { name: completeness, objective: 0.999 }
+  - { name: availability, objective: 99.9 }
+  - { name: a, sli: availability, objective: { ratio: 99.9 } }
+  - { name: b, sli: availability, objective: { ratoi: 0.9 } }
+",
+        )],
+        expected: &[
+            "probes/a.yaml:3:38: `objective` needs a `%` sign (or `{ ratio: 0.999 }`): `0.999` is 0.999%; did you mean 99.9%?",
+            "probes/a.yaml:4:38: `objective` needs a `%` sign: did you mean 99.9%?",
+            "probes/a.yaml:5:55: `objective.ratio` must be a number between 0 and 1 (both excluded), like 0.999, got `99.9`",
+            "probes/a.yaml:6:48: unknown field `ratoi` in `objective`, did you mean `ratio`?",
+            "probes/a.yaml:6:48: missing field `ratio` in `objective`",
         ],
     },
     Case {
@@ -466,4 +487,54 @@ fn a_bad_command_line_is_a_config_error() {
     let out = run(t.path(), &["--help"], &[]);
     assert_eq!(out.code(), 0);
     assert!(out.stdout.contains("smoke"));
+}
+
+/// `create_topic: false` is the documented default written out: it must load as the default,
+/// never drop the probe (which once made `check` say "0 probe(s)" and `smoke` pass).
+#[test]
+fn create_topic_false_written_out_keeps_the_probe() {
+    let t = Tree::new();
+    t.write("slo-probe.yaml", AGENT);
+    t.write("probes/a.yaml", "name: orders\ncreate_topic: false\n");
+    t.write("probes/b.yaml", "name: billing\ncreate_topic: true\n");
+    let out = run(t.path(), &["check"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("configuration ok: 2 probe(s): orders, billing; clusters: primary"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// No probe at all is never "ok": a configuration error naming where probes were looked for.
+#[test]
+fn no_probe_loaded_is_a_configuration_error_naming_the_paths() {
+    let err = slo_probe::config::load(&slo_probe::config::Sources {
+        agent_file: None,
+        probe_paths: Vec::new(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "probes: no probe to run: no probe was loaded from anywhere (no probe path given); add a probe file (see probes/orders-freshness.yaml in the repository) or name one with --probes"
+    );
+    let t = Tree::new();
+    let a = t.write("a/one.yaml", "name: one\n");
+    let b = t.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    // one path loads, one has nothing: the empty one is still reported
+    let out = run(
+        t.path(),
+        &["check", "--probes", a.to_str().unwrap(), "--probes", "b"],
+        &[],
+    );
+    assert_eq!(out.code(), 78, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .starts_with("b: no probe files (*.yaml, *.yml) in this directory"),
+        "{}",
+        out.stderr
+    );
 }

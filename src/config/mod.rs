@@ -420,6 +420,25 @@ pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
         }
     }
     let probes = resolve(&agent, parsed, &mut diags);
+    // Nothing to run is never a success: `check` would say "ok" and `smoke` would pass.
+    if diags.is_empty() && probes.is_empty() {
+        let searched: Vec<String> = sources
+            .probe_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let at = sources
+            .probe_paths
+            .first()
+            .map_or(Path::new("probes"), PathBuf::as_path);
+        diags.push_path(
+            at,
+            format!(
+                "no probe to run: no probe was loaded from {}; add a probe file (see probes/orders-freshness.yaml in the repository) or name one with --probes",
+                if searched.is_empty() { "anywhere (no probe path given)".to_string() } else { searched.join(", ") }
+            ),
+        );
+    }
     if diags.is_empty() {
         Ok(Config { agent, probes })
     } else {

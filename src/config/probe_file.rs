@@ -119,8 +119,15 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> Option<Parsed> {
         verify_cluster: None,
     };
     let probe = probe(&mut doc, map, &mut parsed);
-    // A probe with any problem is not kept, so that nothing later sees half a probe.
+    // A probe with any problem is not kept, so that nothing later sees half a probe. A probe
+    // dropped without a reported problem would vanish silently: that is reported too.
     if doc.diags.len() == before {
+        if probe.is_none() {
+            doc.error(
+                root.span(),
+                "this probe file could not be read, but no problem was found in it: please report this as a bug of slo-probe",
+            );
+        }
         parsed.probe = probe;
     }
     Some(parsed)
@@ -204,9 +211,7 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
     let per_partition_metrics = opt(map, "per_partition_metrics", false, |n| {
         doc.boolean(n, "per_partition_metrics")
     });
-    let create_topic = opt(map, "create_topic", None, |n| {
-        create_topic(doc, n).map(Some)
-    });
+    let create_topic = opt(map, "create_topic", None, |n| create_topic(doc, n));
 
     Some(ProbeConfig {
         name: name?,
@@ -637,12 +642,13 @@ pub fn fill(template: &str, ids: &[uuid::Uuid]) -> String {
         .replace(COUNT, &ids.len().to_string())
 }
 
-fn create_topic(doc: &mut Doc, node: &Node) -> Option<CreateTopic> {
+/// `true`, `false` (the default: a missing topic is an error) or `{ partitions, replication_factor }`.
+/// `Some(None)` is a valid `false`; `None` means a problem was reported.
+fn create_topic(doc: &mut Doc, node: &Node) -> Option<Option<CreateTopic>> {
     if let Some(s) = node.as_scalar() {
         return match s.as_bool() {
-            Some(true) => Some(CreateTopic::default()),
-            // `false` is the default: a missing topic is an error.
-            Some(false) => None,
+            Some(true) => Some(Some(CreateTopic::default())),
+            Some(false) => Some(None),
             None => {
                 doc.error(
                     node.span(),
@@ -669,10 +675,10 @@ fn create_topic(doc: &mut Doc, node: &Node) -> Option<CreateTopic> {
     };
     let partitions = count("partitions");
     let replication_factor = count("replication_factor");
-    Some(CreateTopic {
+    Some(Some(CreateTopic {
         partitions: partitions?,
         replication_factor: replication_factor?,
-    })
+    }))
 }
 
 fn pointer(doc: &mut Doc, node: &Node, s: &str, field: &str) -> Option<String> {

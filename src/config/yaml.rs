@@ -200,13 +200,46 @@ impl Doc<'_> {
         }
     }
 
-    /// An SLO objective as a percentage (`99.9%` or `99.9`), strictly between 0 and 100.
-    /// Returned as a ratio (0.999).
+    /// An SLO objective: a percentage with its sign (`99.9%`), strictly between 0 and 100, or
+    /// an explicit ratio (`{ ratio: 0.999 }`), strictly between 0 and 1. Returned as a ratio.
+    /// A bare number is refused: `0.999` would be 0.999 % to some readers and 99.9 % to others.
     pub fn objective(&mut self, node: &Node, field: &str) -> Option<f64> {
+        if node.as_mapping().is_some() {
+            let map = self.table(node, &format!("`{field}`"), &["ratio"])?;
+            let ratio_node = self.required(map, "ratio", &format!("`{field}`"))?;
+            let s = self.scalar(ratio_node, &format!("{field}.ratio"))?;
+            let text = s.as_str().trim();
+            return match text.parse::<f64>() {
+                Ok(r) if r > 0.0 && r < 1.0 => Some(r),
+                _ => {
+                    self.error(
+                        ratio_node.span(),
+                        format!("`{field}.ratio` must be a number between 0 and 1 (both excluded), like 0.999, got `{text}`"),
+                    );
+                    None
+                }
+            };
+        }
         let s = self.scalar(node, field)?;
         let text = s.as_str().trim();
-        let number = text.strip_suffix('%').unwrap_or(text).trim();
-        match number.parse::<f64>() {
+        let Some(number) = text.strip_suffix('%') else {
+            let message = match text.parse::<f64>() {
+                Ok(r) if r > 0.0 && r < 1.0 => format!(
+                    "`{field}` needs a `%` sign (or `{{ ratio: {text} }}`): `{text}` is {text}%; did you mean {}%?",
+                    plain_number(r * 100.0)
+                ),
+                Ok(p) if (1.0..100.0).contains(&p) => {
+                    format!("`{field}` needs a `%` sign: did you mean {text}%?")
+                }
+                Ok(_) => format!(
+                    "`{field}` must be a percentage between 0% and 100% (both excluded) like 99.9%, got `{text}`"
+                ),
+                Err(_) => format!("`{field}` must be a percentage like 99.9%, got `{text}`"),
+            };
+            self.error(node.span(), message);
+            return None;
+        };
+        match number.trim().parse::<f64>() {
             Ok(p) if p > 0.0 && p < 100.0 => Some(p / 100.0),
             Ok(_) => {
                 self.error(
@@ -327,6 +360,11 @@ pub fn expand_env_str(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A number without float noise (99.9, not 99.90000000000001).
+pub fn plain_number(x: f64) -> String {
+    format!("{}", (x * 1e9).round() / 1e9)
 }
 
 /// Names go into metric labels, record headers and log lines: keep them plain.
