@@ -8,7 +8,14 @@
 //!   1h, confirmed over 5m; or 5% in 6h, confirmed over 30m) and `ticket` (10% in 1d over 2h;
 //!   or 10% in 3d over 6h). The burn-rate factors are derived from the SLO's window: for 30d
 //!   they are the workbook's 14.4, 6, 3 and 1.
-//! - Per probe: `SloProbeAbsent` when the probe's metrics are missing for 10 minutes.
+//! - Per probe: `SloProbeAbsent` when the probe's metrics are missing for 10 minutes, and
+//!   `SloProbeNotSending` when an agent schedules no record of the probe, or more than half of
+//!   its records fail to send (cluster unreachable, topic missing, authorization), so that a
+//!   probe without an availability SLO still pages when it measures nothing.
+//!
+//! SLIs are summed over every replica and site (`sum by (probe, slo)`): the SLO is the
+//! pipeline's, wherever it is seen from. Each burn alert names the site with the highest error
+//! ratio over its long window (annotation `worst_site`, and in its description).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +30,13 @@ pub const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
 
 /// How long a probe's metrics must be missing before `SloProbeAbsent` fires.
 pub const ABSENT_FOR: &str = "10m";
+
+/// How long an agent must send nothing before `SloProbeNotSending` fires.
+pub const NOT_SENDING_FOR: &str = "1m";
+
+/// Share of a probe's records failing to send (over the not-sending window) that counts as
+/// sending nothing.
+pub const NOT_SENDING_SHARE: f64 = 0.5;
 
 /// (severity, budget share, long window, short window) of each burn-rate condition.
 const CONDITIONS: [(&str, f64, &str, &str); 4] = [
@@ -175,6 +189,7 @@ pub fn generate(probes: &[ProbeConfig], opts: &RulesOptions) -> RuleFile {
             }
         }
         alerts.push(absent_alert(p, opts));
+        alerts.push(not_sending_alert(p, opts));
     }
     RuleFile {
         groups: vec![
@@ -232,6 +247,9 @@ fn burn_alert(
         .collect::<Vec<_>>()
         .join(" or ");
     let objective = num(slo.objective * 100.0);
+    // The long window of the alert's fastest condition: where the worst site is looked for.
+    let long = conditions.first().map_or("1h", |c| c.2);
+    let worst = worst_site(p, slo, long);
     let what = match slo.sli {
         crate::config::Sli::Latency { below } => format!(
             "records verified within {}",
@@ -251,10 +269,11 @@ fn burn_alert(
         (
             "description".to_string(),
             format!(
-                "Probe {} (topic {}) has objective {objective}% {what} over {window}. Errors are spending the budget at: {how}.",
+                "Probe {} (topic {}) has objective {objective}% {what} over {window}, counted over every site. Errors are spending the budget at: {how}. Worst site over {long}: {worst}.",
                 p.name, p.topic
             ),
         ),
+        ("worst_site".to_string(), worst_site_name(p, slo, long)),
         ("runbook".to_string(), runbook(p)),
     ]);
     if let Some(url) = &opts.runbook_url {
@@ -267,6 +286,96 @@ fn burn_alert(
         // single evaluation's noise.
         for_: "2m".into(),
         labels: alert_labels(p, Some(slo), severity),
+        annotations,
+    }
+}
+
+/// The SLI error ratio of each site over `window`, highest first (PromQL).
+fn by_site(p: &ProbeConfig, slo: &SloConfig, window: &str) -> String {
+    let selector = format!("probe=\"{}\", slo=\"{}\"", p.name, slo.name);
+    format!(
+        "topk(1, sum by (site) (rate({events}{{{selector}, result=\"bad\"}}[{window}])) / sum by (site) (rate({events}{{{selector}}}[{window}])))",
+        events = names::SLO_EVENTS
+    )
+}
+
+/// Alert template text: the site with the highest error ratio over `window`, and that ratio.
+fn worst_site(p: &ProbeConfig, slo: &SloConfig, window: &str) -> String {
+    format!(
+        "{{{{ range query `{}` }}}}{{{{ .Labels.site }}}} ({{{{ .Value | humanizePercentage }}}} of its events bad){{{{ end }}}}",
+        by_site(p, slo, window)
+    )
+}
+
+/// Alert template text: only the name of the worst site.
+fn worst_site_name(p: &ProbeConfig, slo: &SloConfig, window: &str) -> String {
+    format!(
+        "{{{{ range query `{}` }}}}{{{{ .Labels.site }}}}{{{{ end }}}}",
+        by_site(p, slo, window)
+    )
+}
+
+/// The window over which "sends nothing" is judged: at least 5 minutes, and three intervals, so
+/// that a slow probe between two rounds is not taken for a silent one.
+pub fn not_sending_window(p: &ProbeConfig) -> String {
+    prometheus_duration((p.interval * 3).max(Duration::from_secs(300)))
+}
+
+fn not_sending_alert(p: &ProbeConfig, opts: &RulesOptions) -> Rule {
+    let w = not_sending_window(p);
+    let sent = format!("{}{{probe=\"{}\"}}", names::RECORDS_SENT, p.name);
+    let failed = format!(
+        "{}{{probe=\"{}\", outcome=\"send_failed\"}}",
+        names::RECORDS,
+        p.name
+    );
+    // Per agent (no aggregation): one silent replica must not hide behind a healthy one.
+    let expr = format!(
+        "rate({sent}[{w}]) == 0\nor\n(\n  rate({failed}[{w}])\n/ ignoring(outcome)\n  rate({sent}[{w}])\n) > {}",
+        num(NOT_SENDING_SHARE)
+    );
+    let mut annotations = BTreeMap::from([
+        (
+            "summary".to_string(),
+            format!(
+                "{}: the agent at site {{{{ $labels.site }}}} sends nothing",
+                p.name
+            ),
+        ),
+        (
+            "description".to_string(),
+            format!(
+                "The agent {{{{ $labels.instance }}}} (site {{{{ $labels.site }}}}) scheduled no record of probe {} (topic {}) over {w}, or more than {}% of them failed to send: its cluster is unreachable, the topic is missing, or an ACL refuses it. Its SLOs measure nothing meanwhile.",
+                p.name,
+                p.topic,
+                num(NOT_SENDING_SHARE * 100.0)
+            ),
+        ),
+        (
+            "runbook".to_string(),
+            [
+                "1. GET /readyz and /status on that agent: the probe's discovery_error, and its last_results' reasons (discovery, producer, backpressure), say why.".to_string(),
+                format!(
+                    "2. Can the agent resolve and reach the bootstrap servers of cluster {} (DNS, network policy, TLS)?",
+                    p.cluster
+                ),
+                format!(
+                    "3. Does topic {} exist, and may the agent's principal Describe and Write it (kafka-acls --list --topic {})?",
+                    p.topic, p.topic
+                ),
+                "4. No record scheduled at all: the agent's log shows a task restarting (slo_probe_task_restarts_total); restart the agent.".to_string(),
+            ]
+            .join("\n"),
+        ),
+    ]);
+    if let Some(url) = &opts.runbook_url {
+        annotations.insert("runbook_url".into(), url.clone());
+    }
+    Rule::Alert {
+        alert: "SloProbeNotSending".into(),
+        expr,
+        for_: NOT_SENDING_FOR.into(),
+        labels: alert_labels(p, None, "page"),
         annotations,
     }
 }

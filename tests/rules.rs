@@ -1,7 +1,9 @@
 //! `slo-probe rules` against the real promtool: the generated rules pass `promtool check rules`,
 //! and `promtool test rules` proves the alerts: a 2% budget burn in one hour pages, a steady
-//! 0.05% error rate at a 99.9% objective never alerts, an absent probe alerts. A deliberately
-//! wrong expectation makes promtool fail, so the tests can fail.
+//! 0.05% error rate at a 99.9% objective never alerts, an absent probe alerts, the SLO is
+//! counted across sites and the page names the worst one, and an agent that sends nothing (or
+//! whose sends fail) pages while a slow but healthy probe does not. A deliberately wrong
+//! expectation makes promtool fail, so the tests can fail.
 
 mod common;
 
@@ -53,6 +55,43 @@ fn alert(rules: &Value, name: &str, labels: Value) -> Value {
     json!({ "exp_labels": labels, "exp_annotations": annotations(rules, name, &labels) })
 }
 
+/// A burn alert as Prometheus expands it: its worst-site templates give `site` with its error
+/// ratio `ratio` (as `humanizePercentage` writes it).
+fn burn_alert(rules: &Value, labels: Value, site: &str, ratio: &str) -> Value {
+    let mut a = annotations(rules, "SloProbeBudgetBurn", &labels);
+    for (_, text) in a.as_object_mut().unwrap() {
+        let mut s = text.as_str().unwrap().to_string();
+        while let Some(start) = s.find("{{ range query `") {
+            let end = start + s[start..].find("{{ end }}").unwrap() + "{{ end }}".len();
+            let with_ratio = s[start..end].contains("humanizePercentage");
+            let expanded = if with_ratio {
+                format!("{site} ({ratio} of its events bad)")
+            } else {
+                site.to_string()
+            };
+            s.replace_range(start..end, &expanded);
+        }
+        *text = Value::String(s);
+    }
+    assert_eq!(a["worst_site"], site);
+    json!({ "exp_labels": labels, "exp_annotations": a })
+}
+
+/// An agent-level alert (labels of the series it fires on), its `$labels` templates expanded.
+fn agent_alert(rules: &Value, name: &str, labels: Value, series: &[(&str, &str)]) -> Value {
+    let rule = json!({ "probe": labels["probe"], "severity": labels["severity"] });
+    let mut a = annotations(rules, name, &rule);
+    for (_, text) in a.as_object_mut().unwrap() {
+        let mut s = text.as_str().unwrap().to_string();
+        for (k, v) in series {
+            s = s.replace(&format!("{{{{ $labels.{k} }}}}"), v);
+        }
+        assert!(!s.contains("{{"), "unexpanded template in {s}");
+        *text = Value::String(s);
+    }
+    json!({ "exp_labels": labels, "exp_annotations": a })
+}
+
 fn promtool_test(dir: &Path, test: &Value) -> (bool, String) {
     let file = dir.join("test.yaml");
     std::fs::write(&file, yaml_serde::to_string(test).unwrap()).unwrap();
@@ -70,8 +109,12 @@ fn promtool_test(dir: &Path, test: &Value) -> (bool, String) {
 }
 
 fn events(result: &str, values: &str) -> Value {
+    site_events("eu", result, values)
+}
+
+fn site_events(site: &str, result: &str, values: &str) -> Value {
     json!({
-        "series": format!("slo_probe_slo_events_total{{probe=\"orders\",slo=\"completeness\",result=\"{result}\"}}"),
+        "series": format!("slo_probe_slo_events_total{{probe=\"orders\",slo=\"completeness\",result=\"{result}\",site=\"{site}\"}}"),
         "values": values,
     })
 }
@@ -108,8 +151,8 @@ fn the_generated_rules_pass_promtool_check() {
             .flat_map(|g| g["rules"].as_array().unwrap())
             .filter(|r| r["alert"].is_string())
             .collect();
-        // 3 SLOs x (page, ticket) + 2 absent
-        assert_eq!(alerts.len(), 8);
+        // 3 SLOs x (page, ticket) + 2 x (absent, not sending)
+        assert_eq!(alerts.len(), 10);
         for a in &alerts {
             for key in ["summary", "description", "runbook", "runbook_url"] {
                 assert!(a["annotations"][key].is_string(), "{key} in {a}");
@@ -128,8 +171,8 @@ fn the_generated_rules_pass_promtool_check() {
                 "{text}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            // 9 windows (7 + 30d + 1w), objective and budget per SLO, 8 alerts
-            assert!(text.contains("SUCCESS: 23 rules found"), "{text}");
+            // 9 windows (7 + 30d + 1w), objective and budget per SLO, 10 alerts
+            assert!(text.contains("SUCCESS: 25 rules found"), "{text}");
         }
     }
     // the 7-day window's page threshold is derived from it: 2% of 7 days in 1h = burn 3.36
@@ -180,9 +223,11 @@ fn promtool_proves_the_alerts_page_stay_quiet_and_notice_absence() {
                         {
                             "eval_time": "195m",
                             "alertname": "SloProbeBudgetBurn",
+                            // over 1h 1.5% of events are bad; over the day so far,
+                            // 1125 of 193200 (0.5823%)
                             "exp_alerts": [
-                                alert(&r, "SloProbeBudgetBurn", page.clone()),
-                                alert(&r, "SloProbeBudgetBurn", ticket.clone()),
+                                burn_alert(&r, page.clone(), "eu", "1.5%"),
+                                burn_alert(&r, ticket.clone(), "eu", "0.5823%"),
                             ],
                         },
                     ],
@@ -232,10 +277,124 @@ fn promtool_proves_the_alerts_page_stay_quiet_and_notice_absence() {
     // a wrong expectation (a page on the steady error rate) fails: the test can fail
     let (ok, out) = promtool_test(
         t.path(),
-        &test(json!([alert(&r, "SloProbeBudgetBurn", page.clone())])),
+        &test(json!([burn_alert(&r, page.clone(), "eu", "0.05%")])),
     );
     assert!(!ok, "promtool accepted a wrong expectation:\n{out}");
     assert!(out.contains("a steady 0.05% error rate"), "{out}");
+}
+
+/// Two sites: the SLO is the pipeline's, counted over both; the page names the worse site.
+#[test]
+fn the_slo_is_counted_across_sites_and_the_page_names_the_worst() {
+    let t = Tree::new();
+    t.write("probes/orders.yaml", PROBE);
+    let r = rules(&t, &[]);
+    let page = json!({ "probe": "orders", "slo": "completeness", "severity": "page" });
+    let test = |b_bad_per_minute: u32, expected: Value| {
+        let b_good = 1000 - b_bad_per_minute;
+        json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "name": format!("site b {}% bad, site a clean", b_bad_per_minute as f64 / 10.0),
+                "interval": "1m",
+                "input_series": [
+                    site_events("a", "good", "0+1000x120"),
+                    site_events("a", "bad", "0+0x120"),
+                    site_events("b", "good", &format!("0+{b_good}x120")),
+                    site_events("b", "bad", &format!("0+{b_bad_per_minute}x120")),
+                ],
+                "alert_rule_test": [
+                    { "eval_time": "70m", "alertname": "SloProbeBudgetBurn", "exp_alerts": expected },
+                ],
+            }],
+        })
+    };
+    let ticket = json!({ "probe": "orders", "slo": "completeness", "severity": "ticket" });
+    // b at 4%: 2% over both sites, above the 1.44% page threshold (and the 0.3% ticket one)
+    let pages = json!([
+        burn_alert(&r, page.clone(), "b", "4%"),
+        burn_alert(&r, ticket.clone(), "b", "4%"),
+    ]);
+    let (ok, out) = promtool_test(t.path(), &test(40, pages));
+    assert!(ok, "{out}");
+    // b at 1%: above the 0.6% page threshold (5% of the budget in 6h) on its own, but 0.5%
+    // over both sites: a ticket only
+    let ticket_only = json!([burn_alert(&r, ticket.clone(), "b", "1%")]);
+    let (ok, out) = promtool_test(t.path(), &test(10, ticket_only));
+    assert!(ok, "{out}");
+    // and naming the wrong site fails
+    let wrong = json!([
+        burn_alert(&r, page.clone(), "a", "4%"),
+        burn_alert(&r, ticket.clone(), "b", "4%"),
+    ]);
+    let (ok, out) = promtool_test(t.path(), &test(40, wrong));
+    assert!(!ok, "promtool accepted the wrong site:\n{out}");
+}
+
+/// An agent that schedules nothing, or whose records all fail to send, pages; a slow probe
+/// between two rounds and a healthy one do not.
+#[test]
+fn an_agent_that_sends_nothing_pages() {
+    let t = Tree::new();
+    t.write("probes/orders.yaml", PROBE);
+    t.write(
+        "probes/slow.yaml",
+        "name: slow
+interval: 4m
+timeout: 5m
+",
+    );
+    let r = rules(&t, &[]);
+    let series = |probe: &str, site: &str, metric: &str, extra: &str, values: &str| {
+        json!({
+            "series": format!("{metric}{{probe=\"{probe}\",site=\"{site}\",instance=\"{site}:9747\",job=\"slo-probe\"{extra}}}"),
+            "values": values,
+        })
+    };
+    let sent = "slo_probe_records_sent_total";
+    let outcomes = "slo_probe_records_total";
+    let labels = |site: &str| json!({ "probe": "orders", "severity": "page", "site": site, "instance": format!("{site}:9747"), "job": "slo-probe" });
+    let expected = |site: &str| {
+        agent_alert(
+            &r,
+            "SloProbeNotSending",
+            labels(site),
+            &[("site", site), ("instance", &format!("{site}:9747"))],
+        )
+    };
+    let test = |at_10m: Value| {
+        json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "30s",
+            "tests": [{
+                "name": "silent and failing agents page",
+                "interval": "30s",
+                "input_series": [
+                    // a: healthy, 6 records a minute, all ok
+                    series("orders", "a", sent, "", "0+3x40"),
+                    series("orders", "a", outcomes, ",outcome=\"send_failed\"", "0+0x40"),
+                    // b: its cluster is unreachable: every record send_failed
+                    series("orders", "b", sent, "", "0+3x40"),
+                    series("orders", "b", outcomes, ",outcome=\"send_failed\"", "0+3x40"),
+                    // c: schedules nothing at all
+                    series("orders", "c", sent, "", "5+0x40"),
+                    series("orders", "c", outcomes, ",outcome=\"send_failed\"", "0+0x40"),
+                    // a probe sending every 4 minutes: its window is 12m, never empty
+                    series("slow", "a", sent, "", "1 1 1 1 1 1 1 1 2 2 2 2 2 2 2 2 3 3 3 3 3 3 3 3 4 4 4 4 4 4 4 4 5 5 5 5 5 5 5 5"),
+                    series("slow", "a", outcomes, ",outcome=\"send_failed\"", "0+0x40"),
+                ],
+                "alert_rule_test": [
+                    { "eval_time": "30s", "alertname": "SloProbeNotSending", "exp_alerts": [] },
+                    { "eval_time": "10m", "alertname": "SloProbeNotSending", "exp_alerts": at_10m },
+                ],
+            }],
+        })
+    };
+    let (ok, out) = promtool_test(t.path(), &test(json!([expected("b"), expected("c")])));
+    assert!(ok, "{out}");
+    let (ok, out) = promtool_test(t.path(), &test(json!([expected("b")])));
+    assert!(!ok, "promtool accepted a missing page:\n{out}");
 }
 
 #[test]
