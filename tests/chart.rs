@@ -155,6 +155,7 @@ fn the_chart_lints_and_renders_valid_manifests_for_each_values_file() {
             vec!["monitoring-values.yaml"],
             vec!["--set-file", rules_flag.as_str()],
         ),
+        (vec!["podmonitor-values.yaml"], vec![]),
     ] {
         let mut lint = vec!["lint", "--strict", chart];
         let files: Vec<String> = values.iter().map(|v| format!("{chart}/ci/{v}")).collect();
@@ -230,12 +231,19 @@ fn the_chart_lints_and_renders_valid_manifests_for_each_values_file() {
                     check_rendered_config(&docs, site, &env);
                 }
             }
+            Some("podmonitor-values.yaml") => {
+                // one way of scraping: the pods directly, not also through the Service
+                assert!(of_kind(&docs, "ServiceMonitor").is_empty());
+                let m = of_kind(&docs, "PodMonitor");
+                assert_eq!(m.len(), 1);
+                assert_eq!(m[0]["metadata"]["labels"]["release"], "prometheus");
+                assert_eq!(m[0]["spec"]["podMetricsEndpoints"][0]["interval"], "15s");
+            }
             Some(_) => {
-                for kind in ["ServiceMonitor", "PodMonitor"] {
-                    let m = of_kind(&docs, kind);
-                    assert_eq!(m.len(), 1, "{kind}");
-                    assert_eq!(m[0]["metadata"]["labels"]["release"], "prometheus");
-                }
+                assert!(of_kind(&docs, "PodMonitor").is_empty());
+                let m = of_kind(&docs, "ServiceMonitor");
+                assert_eq!(m.len(), 1);
+                assert_eq!(m[0]["metadata"]["labels"]["release"], "prometheus");
                 let rule = of_kind(&docs, "PrometheusRule");
                 let generated: Value =
                     yaml_serde::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
@@ -295,6 +303,14 @@ fn bad_values_are_refused_by_the_schema() {
         (vec!["--set", "logFormat=xml"], "at '/logFormat'"),
         (vec!["--set", "replicaCount=3"], "replicaCount"),
         (vec!["--set", "env[0].name=X"], "at '/env/0'"),
+        // both monitors would scrape every pod twice
+        (
+            vec![
+                "--set",
+                "serviceMonitor.enabled=true,podMonitor.enabled=true",
+            ],
+            "at '/podMonitor/enabled'",
+        ),
     ] {
         let mut args = vec!["template", "rel", chart.to_str().unwrap()];
         args.extend_from_slice(&flags);
@@ -306,6 +322,19 @@ fn bad_values_are_refused_by_the_schema() {
             "{flags:?}: {stderr}"
         );
     }
+    // without the schema (helm --skip-schema-validation), the template still refuses both
+    let (ok, _, stderr) = helm_run(&[
+        "template",
+        "rel",
+        chart.to_str().unwrap(),
+        "--skip-schema-validation",
+        "--set",
+        "serviceMonitor.enabled=true,podMonitor.enabled=true",
+    ]);
+    assert!(
+        !ok && stderr.contains("every pod would be scraped twice"),
+        "{stderr}"
+    );
     // and the PrometheusRule needs the generated rules
     let (ok, _, stderr) = helm_run(&[
         "template",
@@ -358,6 +387,21 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
                 .map(|t| t["expr"].as_str().unwrap().to_string()),
         );
     }
+    // every agent series is filtered by the site variable (recorded SLIs span every site)
+    for e in &exprs {
+        let agent_series = e.contains("slo_probe_");
+        assert!(
+            !agent_series || e.contains("site=~\"$site\""),
+            "{e} ignores $site"
+        );
+    }
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(variables, ["datasource", "probe", "site"]);
     for v in dashboard["templating"]["list"].as_array().unwrap() {
         if let Some(q) = v["definition"].as_str() {
             exprs.push(q.to_string());
@@ -388,7 +432,7 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         }
     }
     // every query is valid PromQL: promtool parses them as recording rules
-    let record = |i: usize, e: &String| serde_json::json!({ "record": format!("dashboard:query:{i}"), "expr": e.replace("$probe", ".*") });
+    let record = |i: usize, e: &String| serde_json::json!({ "record": format!("dashboard:query:{i}"), "expr": e.replace("$probe", ".*").replace("$site", ".*") });
     let queries = serde_json::json!({ "groups": [{
         "name": "dashboard",
         "rules": exprs.iter().filter(|e| !e.starts_with("label_values")).enumerate().map(|(i, e)| record(i, e)).collect::<Vec<_>>(),
