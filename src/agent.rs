@@ -23,7 +23,8 @@ use crate::export::{http, metrics::Metrics};
 use crate::kafka::Producer;
 use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
 use crate::probe::task::{self, Plan, SendLoop};
-use crate::probe::{Counts, Probe};
+use crate::probe::{Counts, Probe, Task};
+use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::kafka::KafkaVerifier;
 use crate::verify::sink;
 
@@ -96,11 +97,25 @@ impl Agent {
             let cluster = EmbeddedCluster::start(EMBEDDED_BROKERS).map_err(StartError::Embedded)?;
             point_at_embedded(&mut config, &cluster);
             create_embedded_topics(&config, &cluster).map_err(StartError::Embedded)?;
-            tracing::info!(
-                bootstrap_servers = cluster.bootstrap_servers(),
-                brokers = EMBEDDED_BROKERS,
-                "no cluster configured (or --embedded): running on the embedded mock cluster inside this process; records never leave it"
-            );
+            if opts.embedded {
+                tracing::info!(
+                    bootstrap_servers = cluster.bootstrap_servers(),
+                    brokers = EMBEDDED_BROKERS,
+                    "--embedded: running on the embedded mock cluster inside this process; records never leave it"
+                );
+            } else {
+                // The zero-config default: fine for a first look, never what a canary is for.
+                let agent_file = config.agent.source.as_ref().map_or_else(
+                    || "none (no slo-probe.yaml here, no --config)".to_string(),
+                    |p| format!("{} (it defines no clusters)", p.display()),
+                );
+                tracing::warn!(
+                    bootstrap_servers = cluster.bootstrap_servers(),
+                    brokers = EMBEDDED_BROKERS,
+                    agent_file,
+                    "no cluster configured: running on the embedded mock cluster inside this process; records never leave it and no real pipeline is checked (give an agent file with `clusters`, or --embedded to say this is intended)"
+                );
+            }
             Some(cluster)
         } else {
             None
@@ -114,7 +129,8 @@ impl Agent {
                 crate::config::Sli::Latency { below } => Some(below),
                 _ => None,
             });
-        let metrics = Arc::new(Metrics::new(thresholds));
+        let metrics = Arc::new(Metrics::new(&config.agent.site, thresholds));
+        metrics.set_build_info(embedded.is_some());
         let instance = config.agent.instance.clone();
 
         // One producer per producing cluster. librdkafka retries a record for the longest probe
@@ -179,39 +195,86 @@ impl Agent {
         let stop_sending = CancellationToken::new();
         let stop_all = CancellationToken::new();
         let (send_loops, background) = (TaskTracker::new(), TaskTracker::new());
-        for v in verifiers.values() {
-            background.spawn(Arc::clone(v).run(stop_all.clone()));
+        // Every long-lived task is supervised: a panic or an early end is logged with its
+        // probes, counted, makes them unready, and the task is started again.
+        let supervised = |tracker: &TaskTracker,
+                          ends: Ends,
+                          task: Task,
+                          probes: Vec<Arc<Probe>>,
+                          start: Box<dyn FnMut() -> BoxTask + Send>| {
+            tracker.spawn(supervise(
+                ends,
+                stop_all.clone(),
+                reporter(task, probes),
+                start,
+            ));
+        };
+        for (cluster_name, v) in &verifiers {
+            let probes: Vec<Arc<Probe>> = probes
+                .iter()
+                .filter(|p| p.verify_cluster.as_ref() == Some(cluster_name))
+                .cloned()
+                .collect();
+            let (v, stop) = (Arc::clone(v), stop_all.clone());
+            let start = move || Box::pin(Arc::clone(&v).run(stop.clone())) as BoxTask;
+            supervised(
+                &background,
+                Ends::WhenStopped,
+                Task::KafkaVerifier,
+                probes,
+                Box::new(start),
+            );
         }
         for probe in &probes {
-            sink::start(probe, &background, &stop_all).map_err(|error| StartError::Sink {
+            let poller = sink::poller(probe, &stop_all).map_err(|error| StartError::Sink {
                 probe: probe.name().to_string(),
                 error,
             })?;
+            if let Some(poller) = poller {
+                let probes = vec![Arc::clone(probe)];
+                supervised(
+                    &background,
+                    Ends::WhenStopped,
+                    Task::SinkPoller,
+                    probes,
+                    Box::new(poller),
+                );
+            }
         }
         // One metadata watch per (cluster, topic), shared by every probe on it: probe topics
         // are read with the cluster's producer, verify-only topics with its verifier.
+        let mut watches: BTreeMap<(String, String), Watched> = BTreeMap::new();
         let mut topics: BTreeMap<(String, String), watch::Receiver<TopicState>> = BTreeMap::new();
-        let mut watch = |cluster_name: &str,
+        let mut watch = |probe: &Arc<Probe>,
+                         cluster_name: &str,
                          topic: &str,
                          client: MetadataClient,
                          create: Option<CreateTopic>| {
-            topics
-                .entry((cluster_name.to_string(), topic.to_string()))
+            let key = (cluster_name.to_string(), topic.to_string());
+            let rx = topics
+                .entry(key.clone())
                 .or_insert_with(|| {
                     let (tx, rx) = watch::channel(None);
-                    background.spawn(discovery::watch_topic(TopicWatch {
+                    let w = TopicWatch {
                         cluster: cluster(&config, cluster_name).clone(),
                         topic: topic.to_string(),
                         client,
                         create,
                         instance: instance.clone(),
                         refresh: config.agent.metadata_refresh,
-                        state: tx,
+                        state: Arc::new(tx),
                         stop: stop_all.clone(),
-                    }));
+                    };
+                    watches.insert(key.clone(), (w, Vec::new()));
                     rx
                 })
-                .clone()
+                .clone();
+            watches
+                .get_mut(&key)
+                .expect("inserted with its receiver")
+                .1
+                .push(Arc::clone(probe));
+            rx
         };
         let mut produce_watches = Vec::new();
         for probe in &probes {
@@ -222,12 +285,14 @@ impl Agent {
             });
             let client = MetadataClient::Producer(Arc::clone(&producers[&cfg.cluster]));
             produce_watches.push(watch(
+                probe,
                 &cfg.cluster,
                 &cfg.topic,
                 client,
                 create.and_then(|p| p.create_topic),
             ));
         }
+        let mut follows = Vec::new();
         for (probe, produce) in probes.iter().zip(produce_watches) {
             let cfg = &probe.config;
             let verifier = probe
@@ -240,6 +305,7 @@ impl Agent {
                 .filter(|(c, _)| **c != cfg.cluster || probe.verify_topic != cfg.topic)
                 .map(|(c, v)| {
                     watch(
+                        probe,
                         c,
                         &probe.verify_topic,
                         MetadataClient::Verifier(Arc::clone(v)),
@@ -248,22 +314,57 @@ impl Agent {
                 });
             let verifier = verifier.map(|(_, v)| v);
             let (tx, rx) = watch::channel(None);
-            background.spawn(discovery::follow(Follow {
-                probe: Arc::clone(probe),
-                produce,
-                verify,
-                verifier,
-                partitions: tx,
-                stop: stop_all.clone(),
-            }));
-            let producer = Arc::clone(&producers[&cfg.cluster]);
-            send_loops.spawn(task::send_loop(SendLoop {
-                probe: Arc::clone(probe),
-                producer,
+            follows.push((
+                Follow {
+                    probe: Arc::clone(probe),
+                    produce,
+                    verify,
+                    verifier,
+                    partitions: Arc::new(tx),
+                    stop: stop_all.clone(),
+                },
+                rx,
+            ));
+        }
+        for (w, probes) in watches.into_values() {
+            let start = move || Box::pin(discovery::watch_topic(w.clone())) as BoxTask;
+            supervised(
+                &background,
+                Ends::WhenStopped,
+                Task::TopicWatch,
+                probes,
+                Box::new(start),
+            );
+        }
+        for (follow, rx) in follows {
+            let probe = Arc::clone(&follow.probe);
+            let start = move || Box::pin(discovery::follow(follow.clone())) as BoxTask;
+            let probes = vec![Arc::clone(&probe)];
+            supervised(
+                &background,
+                Ends::WhenStopped,
+                Task::Discovery,
+                probes,
+                Box::new(start),
+            );
+            let send = SendLoop {
+                probe: Arc::clone(&probe),
+                producer: Arc::clone(&producers[&probe.config.cluster]),
                 partitions: rx,
                 plan: opts.plan,
                 stop: stop_sending.clone(),
-            }));
+                schedule: Arc::default(),
+            };
+            let start = move || Box::pin(task::send_loop(send.clone())) as BoxTask;
+            // A send loop ends when its plan is done and its records settled; after a panic it
+            // resumes its schedule.
+            supervised(
+                &send_loops,
+                Ends::WhenDone,
+                Task::SendLoop,
+                vec![probe],
+                Box::new(start),
+            );
         }
         send_loops.close();
 
@@ -401,6 +502,45 @@ impl Agent {
     }
 }
 
+/// A topic's metadata watch and the probes that depend on it.
+type Watched = (TopicWatch, Vec<Arc<Probe>>);
+
+/// One run of a supervised task.
+type BoxTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How a supervised task's failures are reported: a log line per probe it serves, the probe's
+/// `slo_probe_task_restarts_total{task}`, and the probe unready until the task runs again.
+fn reporter(task: Task, probes: Vec<Arc<Probe>>) -> impl Fn(TaskEvent) + Send {
+    move |event| match event {
+        TaskEvent::Down { why, restart_in } => {
+            for p in &probes {
+                p.task_down(task, &why);
+                match restart_in {
+                    Some(wait) => tracing::error!(
+                        probe = p.name(),
+                        task = task.as_str(),
+                        error = %why,
+                        restart_in = %humantime::format_duration(wait),
+                        "task failed; restarting it"
+                    ),
+                    None => tracing::error!(
+                        probe = p.name(),
+                        task = task.as_str(),
+                        error = %why,
+                        "task failed while the agent stops"
+                    ),
+                }
+            }
+        }
+        TaskEvent::Restarted => {
+            for p in &probes {
+                p.task_up(task);
+                tracing::info!(probe = p.name(), task = task.as_str(), "task restarted");
+            }
+        }
+    }
+}
+
 /// The span pipeline: on when the agent file has a `tracing` section or the environment names
 /// an OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
 fn start_spans(
@@ -445,9 +585,10 @@ impl AgentView {
         self.metrics.render()
     }
 
-    /// Ready while every probe works: it completed a round (all its records settled), its topic
-    /// is reachable, and a record scheduled within the last timeout + interval was verified (so
-    /// an outage turns readiness off within about that long, and recovery turns it back on).
+    /// Ready while every probe works: none of its tasks is down, its topic is reachable, it
+    /// completed a round and verified a record, and a record scheduled within the last
+    /// `timeout + interval` was verified (so an outage turns readiness off within about that
+    /// long, and recovery turns it back on).
     /// Returns the probes that are not ready, with why.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let now = Instant::now();
@@ -458,10 +599,22 @@ impl AgentView {
                 let s = p.progress().borrow().clone();
                 let stale_after = p.config.timeout + p.config.interval;
                 let freshness = p.freshness(now);
-                let why = if let Some(e) = s.discovery_error {
+                let why = if let Some((task, (_, why))) = s.down.iter().next() {
+                    format!("task {} is down and being restarted: {why}", task.as_str())
+                } else if let Some(e) = s.discovery_error {
                     e
                 } else if s.rounds_completed == 0 {
                     "first round not complete".into()
+                } else if s.counts.get(crate::probe::Outcome::Ok) == 0 {
+                    // A settled round of lost or failed records is not a working probe.
+                    let c = s.counts;
+                    format!(
+                        "no record verified yet ({} settled: {} lost, {} corrupt, {} send_failed)",
+                        c.finished(),
+                        c.get(crate::probe::Outcome::Lost),
+                        c.get(crate::probe::Outcome::Corrupt),
+                        c.get(crate::probe::Outcome::SendFailed)
+                    )
                 } else if freshness > stale_after {
                     format!(
                         "no record verified for {} (more than timeout + interval)",
@@ -536,4 +689,144 @@ fn create_embedded_topics(
         embedded.create_topic(&topic, partitions, EMBEDDED_BROKERS)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Sources;
+    use crate::export::traces::Spans;
+    use crate::supervise::BACKOFF_MIN;
+
+    /// What the agent logs, as JSON lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn events(&self, message: &str) -> Vec<serde_json::Value> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["fields"]["message"] == message)
+                .collect()
+        }
+    }
+
+    /// A task of a probe panics twice: each death is logged with the probe and counted, the
+    /// probe is unready while the task is down, and the task comes back after 1 s, then 2 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_task_is_logged_counted_and_unready_until_restarted() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, "name: orders\n").unwrap();
+        let cfg = crate::config::load(&Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new("eu", []));
+        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
+        let probe = Arc::new(Probe::new(
+            cfg.probes[0].clone(),
+            &cfg.agent,
+            Arc::clone(&metrics),
+            spans,
+            false,
+        ));
+        let view = AgentView {
+            probes: vec![Arc::clone(&probe)],
+            metrics,
+            site: "eu".into(),
+            instance: "test".into(),
+        };
+        let restarts = |view: &AgentView| {
+            let m = view.render_metrics();
+            m.lines()
+                .find(|l| {
+                    l.starts_with("slo_probe_task_restarts_total{")
+                        && l.contains("task=\"kafka_verifier\"")
+                })
+                .and_then(|l| l.rsplit_once(' '))
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(
+            restarts(&view).as_deref(),
+            Some("0"),
+            "exported from the start"
+        );
+
+        let stop = CancellationToken::new();
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let r = Arc::clone(&runs);
+        let s = stop.clone();
+        let supervisor = tokio::spawn(supervise(
+            Ends::WhenStopped,
+            stop.clone(),
+            reporter(Task::KafkaVerifier, vec![Arc::clone(&probe)]),
+            move || {
+                let (n, s) = (
+                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    s.clone(),
+                );
+                async move {
+                    if n < 2 {
+                        panic!("unexpected broker answer");
+                    }
+                    s.cancelled().await;
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let why = view.readiness().unwrap_err();
+        assert_eq!(
+            why,
+            [
+                "orders: task kafka_verifier is down and being restarted: panicked: unexpected broker answer"
+            ]
+        );
+        assert_eq!(restarts(&view).as_deref(), Some("1"));
+        // restarted after 1 s, dies again at once, back after 2 s more
+        tokio::time::sleep(BACKOFF_MIN).await;
+        assert_eq!(restarts(&view).as_deref(), Some("2"));
+        assert!(view.readiness().unwrap_err()[0].contains("kafka_verifier is down"));
+        tokio::time::sleep(BACKOFF_MIN * 2).await;
+        let why = view.readiness().unwrap_err();
+        assert_eq!(
+            why,
+            ["orders: first round not complete"],
+            "the task runs again; the probe's own state decides"
+        );
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let failed = logs.events("task failed; restarting it");
+        assert_eq!(failed.len(), 2);
+        assert_eq!(failed[0]["level"], "ERROR");
+        assert_eq!(failed[0]["fields"]["probe"], "orders");
+        assert_eq!(failed[0]["fields"]["task"], "kafka_verifier");
+        assert_eq!(failed[0]["fields"]["restart_in"], "1s");
+        assert_eq!(failed[1]["fields"]["restart_in"], "2s");
+        assert_eq!(logs.events("task restarted").len(), 2);
+        stop.cancel();
+        supervisor.await.unwrap();
+    }
 }

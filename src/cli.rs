@@ -15,7 +15,7 @@ use crate::config::{self, Config, Sources};
 use crate::export::logging::{self, LogFormat};
 use crate::probe::Outcome;
 use crate::probe::task::Plan;
-use crate::report::{ProbeVerdict, Verdict};
+use crate::report::{ProbeVerdict, RunResult, Verdict};
 use crate::rules::{self, RulesFormat, RulesOptions};
 use tracing::Level;
 
@@ -56,7 +56,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Agent file (clusters, site, listen address). Default: slo-probe.yaml when it exists;
-    /// without one, probes run on the embedded cluster.
+    /// without a cluster, `run` uses the embedded cluster (with a warning) and `smoke` refuses.
     #[arg(long, global = true, env = "SLO_PROBE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Probe file or directory of probe files; repeatable (or comma-separated in the
@@ -73,7 +73,8 @@ pub struct Common {
     /// 0.0.0.0:9747). `smoke` serves them only when this is given.
     #[arg(long, global = true, env = "SLO_PROBE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Run on the embedded (in-process mock) cluster instead of the configured clusters.
+    /// Run on the embedded (in-process mock) cluster instead of the configured clusters. `smoke`
+    /// needs it to run without a cluster; every verdict then says so first.
     #[arg(long, global = true, env = "SLO_PROBE_EMBEDDED")]
     pub embedded: bool,
     /// Log format on stderr.
@@ -203,7 +204,17 @@ pub async fn execute(cli: Cli) -> Exit {
     );
     let config = match load(&cli.common) {
         Ok(c) => c,
-        Err(exit) => return exit,
+        Err(problems) => {
+            // A gate's report exists whatever happened, so CI shows why the step failed.
+            if let Command::Smoke(args) = &cli.command
+                && let Some(path) = &args.report
+            {
+                let why = format!("configuration problems: {}", problems.join("; "));
+                let verdict = Verdict::new(Vec::new(), Duration::ZERO, false).config_error(why);
+                write_report(&verdict, path, cli.common.log_format);
+            }
+            return Exit::Config;
+        }
     };
     match cli.command {
         Command::Check => check(&config),
@@ -223,9 +234,12 @@ pub async fn execute(cli: Cli) -> Exit {
     }
 }
 
+/// The agent file read when `--config` names none and it exists.
+pub const DEFAULT_AGENT_FILE: &str = "slo-probe.yaml";
+
 /// Where configuration comes from when flags say nothing.
 pub fn sources(common: &Common) -> Sources {
-    let default_agent = Path::new("slo-probe.yaml");
+    let default_agent = Path::new(DEFAULT_AGENT_FILE);
     Sources {
         agent_file: common
             .config
@@ -239,7 +253,8 @@ pub fn sources(common: &Common) -> Sources {
     }
 }
 
-fn load(common: &Common) -> Result<Config, Exit> {
+/// The configuration, or (after printing each problem) the problems.
+fn load(common: &Common) -> Result<Config, Vec<String>> {
     match config::load(&sources(common)) {
         Ok(mut c) => {
             if let Some(addr) = common.listen {
@@ -268,7 +283,7 @@ fn load(common: &Common) -> Result<Config, Exit> {
                 let s = if n == 1 { "" } else { "s" };
                 eprintln!("slo-probe: {n} configuration problem{s}");
             }
-            Err(Exit::Config)
+            Err(diags.iter().map(|d| d.to_string()).collect())
         }
     }
 }
@@ -276,7 +291,8 @@ fn load(common: &Common) -> Result<Config, Exit> {
 fn check(config: &Config) -> Exit {
     let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
     let clusters = if config.is_zero_config() {
-        "none (probes run on the embedded cluster)".to_string()
+        "none (`run` would use the embedded mock cluster; `smoke` refuses without --embedded)"
+            .to_string()
     } else {
         config
             .agent
@@ -358,13 +374,52 @@ fn log_final(report: &ShutdownReport) {
     }
 }
 
+/// Why `smoke` refuses to run on the embedded cluster unasked: naming the agent file it looked
+/// for, since a misnamed or misplaced file is the usual cause.
+fn no_cluster(config: &Config) -> String {
+    let fix = "give an agent file with `clusters` (--config FILE), or --embedded to check on the mock cluster inside slo-probe";
+    match &config.agent.source {
+        Some(path) => format!(
+            "no cluster to check: the agent file {} defines no `clusters`; {fix}",
+            path.display()
+        ),
+        None => {
+            let here = std::env::current_dir().unwrap_or_default();
+            let mut why = format!(
+                "no cluster to check: no agent file (looked for {}, and no --config was given); {fix}",
+                here.join(DEFAULT_AGENT_FILE).display()
+            );
+            for near in ["slo-probe.yml", "slo_probe.yaml", "slo_probe.yml"] {
+                if Path::new(near).exists() {
+                    why.push_str(&format!(" ({near} is here: did you mean --config {near}?)"));
+                }
+            }
+            why
+        }
+    }
+}
+
 async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
+    let started = Instant::now();
+    let embedded = common.embedded || config.is_zero_config();
+    // A gate must never pass a pipeline it never touched: the mock cluster only when asked for.
+    if config.is_zero_config() && !common.embedded {
+        let why = no_cluster(&config);
+        logging::say(
+            common.log_format,
+            Level::ERROR,
+            &format!("slo-probe: {why}"),
+            "no cluster to check",
+            serde_json::json!({ "error": why }),
+        );
+        let verdict = Verdict::new(Vec::new(), started.elapsed(), false).config_error(why);
+        return report(&verdict, args, common).unwrap_or(Exit::Config);
+    }
     let plan = match (args.rounds, args.duration) {
         (Some(n), _) => Plan::Rounds(n),
         (None, Some(d)) => Plan::For(d),
         (None, None) => Plan::Rounds(3),
     };
-    let started = Instant::now();
     let opts = AgentOptions {
         plan,
         listen: common.listen,
@@ -372,35 +427,77 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     };
     let agent = match Agent::start(config, opts).await {
         Ok(a) => a,
-        Err(e) => return start_error(common.log_format, &e),
+        Err(e) => {
+            let exit = start_error(common.log_format, &e);
+            let verdict = Verdict::new(Vec::new(), started.elapsed(), embedded);
+            let verdict = match exit {
+                Exit::Config => verdict.config_error(e.to_string()),
+                _ => verdict.could_not_run(e.to_string()),
+            };
+            return report(&verdict, args, common).unwrap_or(exit);
+        }
     };
-    if let Err(stuck) = agent.wait_discovered(args.connect_timeout).await {
-        for (probe, error) in &stuck {
-            let text = format!("slo-probe: probe {probe}: {error}");
-            let fields = serde_json::json!({ "probe": probe, "error": error });
+    let verdicts = |agent: &Agent| -> Vec<ProbeVerdict> {
+        let now = Instant::now();
+        agent
+            .probes()
+            .iter()
+            .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
+            .collect()
+    };
+    let discovered = tokio::select! {
+        d = agent.wait_discovered(args.connect_timeout) => Some(d),
+        _ = signals::first() => None,
+    };
+    match discovered {
+        None => {
+            interrupted_note(common.log_format);
+            let verdict = Verdict::new(verdicts(&agent), started.elapsed(), embedded).interrupted();
+            agent.shutdown(std::future::ready(())).await;
+            return report(&verdict, args, common).unwrap_or(Exit::Interrupted);
+        }
+        Some(Err(stuck)) => {
+            for (probe, error) in &stuck {
+                let text = format!("slo-probe: probe {probe}: {error}");
+                let fields = serde_json::json!({ "probe": probe, "error": error });
+                logging::say(
+                    common.log_format,
+                    Level::ERROR,
+                    &text,
+                    "topic unreachable",
+                    fields,
+                );
+            }
+            let why = format!(
+                "{} probe(s) could not reach their topic within {}",
+                stuck.len(),
+                humantime::format_duration(args.connect_timeout)
+            );
+            let text = format!("slo-probe: could not run: {why}");
+            let fields = serde_json::json!({ "probes": stuck.len() });
             logging::say(
                 common.log_format,
                 Level::ERROR,
                 &text,
-                "topic unreachable",
+                "could not run",
                 fields,
             );
+            let mut probes = verdicts(&agent);
+            for p in &mut probes {
+                if let Some((_, error)) = stuck.iter().find(|(name, _)| *name == p.name) {
+                    p.error(format!(
+                        "could not reach its topic within {}: {error}",
+                        humantime::format_duration(args.connect_timeout)
+                    ));
+                } else {
+                    p.error("not run: another probe could not reach its topic");
+                }
+            }
+            let verdict = Verdict::new(probes, started.elapsed(), embedded).could_not_run(why);
+            agent.shutdown(std::future::ready(())).await;
+            return report(&verdict, args, common).unwrap_or(Exit::CouldNotRun);
         }
-        let text = format!(
-            "slo-probe: could not run: {} probe(s) could not reach their topic within {}",
-            stuck.len(),
-            humantime::format_duration(args.connect_timeout)
-        );
-        let fields = serde_json::json!({ "probes": stuck.len() });
-        logging::say(
-            common.log_format,
-            Level::ERROR,
-            &text,
-            "could not run",
-            fields,
-        );
-        agent.shutdown(std::future::ready(())).await;
-        return Exit::CouldNotRun;
+        Some(Ok(())) => {}
     }
     let progress = tokio::spawn(show_progress(
         agent.probes().to_vec(),
@@ -410,8 +507,7 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     let interrupted = tokio::select! {
         _ = agent.wait_finished() => false,
         _ = signals::first() => {
-            let text = "slo-probe: interrupted; reporting partial results";
-            logging::say(common.log_format, Level::WARN, text, "interrupted; reporting partial results", serde_json::json!({}));
+            interrupted_note(common.log_format);
             true
         }
     };
@@ -421,45 +517,63 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
         // Every probe is finished, so each progress line is printed and the task ends.
         let _ = progress.await;
     }
-    let now = Instant::now();
-    let verdicts: Vec<ProbeVerdict> = agent
-        .probes()
-        .iter()
-        .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
-        .collect();
-    let verdict = Verdict::new(verdicts, started.elapsed());
+    let verdict = Verdict::new(verdicts(&agent), started.elapsed(), embedded);
+    let verdict = if interrupted {
+        verdict.interrupted()
+    } else {
+        verdict
+    };
     agent.shutdown(std::future::ready(())).await;
+    report(&verdict, args, common).unwrap_or(match verdict.result {
+        RunResult::Pass => Exit::Ok,
+        RunResult::Fail => Exit::Failed,
+        RunResult::Interrupted => Exit::Interrupted,
+        RunResult::CouldNotRun => Exit::CouldNotRun,
+        RunResult::ConfigError => Exit::Config,
+    })
+}
 
+fn interrupted_note(format: LogFormat) {
+    let text = "slo-probe: interrupted; reporting partial results";
+    logging::say(
+        format,
+        Level::WARN,
+        text,
+        "interrupted; reporting partial results",
+        serde_json::json!({}),
+    );
+}
+
+/// Prints the verdict on stdout and writes `--report`; `Err`-like `Some(exit)` only when the
+/// report cannot be written (exit 2), else `None` and the caller's exit code stands.
+fn report(verdict: &Verdict, args: &SmokeArgs, common: &Common) -> Option<Exit> {
     let rendered = match args.output {
         Output::Text => verdict.to_text(),
         Output::Json => verdict.to_json(),
         Output::Junit => verdict.to_junit(),
     };
     println!("{}", rendered.trim_end());
-    if let Some(path) = &args.report {
-        let body = match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => verdict.to_json(),
-            Some("xml") => verdict.to_junit(),
-            _ => verdict.to_text(),
-        };
-        if let Err(e) = std::fs::write(path, body) {
+    let path = args.report.as_ref()?;
+    (!write_report(verdict, path, common.log_format)).then_some(Exit::CouldNotRun)
+}
+
+/// Writes the verdict to `path` (JSON for `*.json`, JUnit for `*.xml`, text otherwise); false
+/// (after saying why) when it cannot.
+fn write_report(verdict: &Verdict, path: &Path, format: LogFormat) -> bool {
+    let body = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => verdict.to_json(),
+        Some("xml") => verdict.to_junit(),
+        _ => verdict.to_text(),
+    };
+    match std::fs::write(path, body) {
+        Ok(()) => true,
+        Err(e) => {
             let text = format!("slo-probe: cannot write report {}: {e}", path.display());
             let fields =
                 serde_json::json!({ "path": path.display().to_string(), "error": e.to_string() });
-            logging::say(
-                common.log_format,
-                Level::ERROR,
-                &text,
-                "cannot write report",
-                fields,
-            );
-            return Exit::CouldNotRun;
+            logging::say(format, Level::ERROR, &text, "cannot write report", fields);
+            false
         }
-    }
-    match (interrupted, verdict.passed) {
-        (true, _) => Exit::Interrupted,
-        (false, true) => Exit::Ok,
-        (false, false) => Exit::Failed,
     }
 }
 

@@ -45,6 +45,11 @@ enum Command {
         errors: Vec<RDKafkaRespErr>,
         reply: Reply,
     },
+    TopicError {
+        topic: String,
+        error: RDKafkaRespErr,
+        reply: Reply,
+    },
 }
 
 pub struct EmbeddedCluster {
@@ -101,6 +106,11 @@ impl EmbeddedCluster {
                             mock.request_errors(api, &errors);
                             (Ok(()), reply)
                         }
+                        Command::TopicError {
+                            topic,
+                            error,
+                            reply,
+                        } => (mock.topic_error(&topic, error), reply),
                     };
                     let _ = reply.send(result);
                 }
@@ -191,6 +201,19 @@ impl EmbeddedCluster {
         self.call(|reply| Command::RequestErrors {
             api,
             errors: errors.to_vec(),
+            reply,
+        })
+    }
+}
+
+impl EmbeddedCluster {
+    /// Every metadata answer about `topic` carries `error` from now on (e.g.
+    /// `RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED`: an ACL denying Describe);
+    /// `RD_KAFKA_RESP_ERR_NO_ERROR` clears it.
+    pub fn set_topic_error(&self, topic: &str, error: RDKafkaRespErr) -> Result<(), KafkaError> {
+        self.call(|reply| Command::TopicError {
+            topic: topic.into(),
+            error,
             reply,
         })
     }

@@ -23,6 +23,7 @@
 //! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events, OTLP spans.
 //! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.
 //! - [`rules`]: Prometheus recording rules and burn-rate alerts for the probes' SLOs.
+//! - [`supervise`]: restarts a long-lived task that panicked or ended, reporting each failure.
 
 pub mod agent;
 pub mod cli;
@@ -35,4 +36,5 @@ pub mod record;
 pub mod report;
 pub mod rules;
 pub mod stats;
+pub mod supervise;
 pub mod verify;

@@ -173,8 +173,11 @@ pub struct ProbeVerdict {
     /// A sink's polls and failed polls.
     pub sink: Option<SinkSummary>,
     pub passed: bool,
-    /// Why it failed, one sentence each.
+    /// Why it failed, one sentence each: what the pipeline did wrong.
     pub failures: Vec<String>,
+    /// Why it was not fully checked (cluster unreachable, run interrupted): not the pipeline's
+    /// failures, but never a pass.
+    pub errors: Vec<String>,
     pub rounds: u64,
     pub records: Records,
     pub events: Events,
@@ -250,6 +253,7 @@ impl ProbeVerdict {
             sink: s.sink.clone(),
             passed: failures.is_empty(),
             failures,
+            errors: Vec::new(),
             rounds: s.progress.rounds_started,
             records: c.into(),
             events: Events::of(s),
@@ -263,21 +267,99 @@ impl ProbeVerdict {
     }
 }
 
+impl ProbeVerdict {
+    /// Not fully checked, for `why`: the probe does not pass.
+    pub fn error(&mut self, why: impl Into<String>) {
+        self.errors.push(why.into());
+        self.passed = false;
+    }
+}
+
+/// How a smoke run ended; the exit code follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunResult {
+    /// Every probe passed (exit 0).
+    Pass,
+    /// A probe failed an SLO or an assertion (exit 1).
+    Fail,
+    /// Stopped by a signal before the end: partial results, never a pass (exit 130).
+    Interrupted,
+    /// A cluster or topic could not be reached, or the agent could not start (exit 2).
+    CouldNotRun,
+    /// The configuration or command line is wrong (exit 78).
+    ConfigError,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Pass => "PASS",
+            RunResult::Fail => "FAIL",
+            RunResult::Interrupted => "INTERRUPTED",
+            RunResult::CouldNotRun => "COULD NOT RUN",
+            RunResult::ConfigError => "CONFIG ERROR",
+        }
+    }
+}
+
+/// What an embedded run says first, in every format.
+pub const EMBEDDED_NOTICE: &str = "EMBEDDED CLUSTER: this run used the mock Kafka cluster inside slo-probe; no real pipeline was checked";
+
 /// The whole smoke run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
+    /// First, so nobody misses it: the run used the embedded mock cluster, not a pipeline.
+    pub embedded: bool,
+    pub result: RunResult,
     pub passed: bool,
+    /// Why the run could not run or was interrupted.
+    pub reason: Option<String>,
     pub duration_seconds: f64,
     pub probes: Vec<ProbeVerdict>,
 }
 
 impl Verdict {
-    pub fn new(probes: Vec<ProbeVerdict>, duration: Duration) -> Self {
+    pub fn new(probes: Vec<ProbeVerdict>, duration: Duration, embedded: bool) -> Self {
+        let passed = !probes.is_empty() && probes.iter().all(|p| p.passed);
         Verdict {
-            passed: probes.iter().all(|p| p.passed),
+            embedded,
+            result: if passed {
+                RunResult::Pass
+            } else {
+                RunResult::Fail
+            },
+            passed,
+            reason: None,
             duration_seconds: duration.as_secs_f64(),
             probes,
         }
+    }
+
+    /// The run was stopped before the end: what it has is partial, and none of it passes.
+    pub fn interrupted(mut self) -> Self {
+        let why = "interrupted before the end: partial results";
+        for p in &mut self.probes {
+            p.error(why);
+        }
+        self.end(RunResult::Interrupted, why)
+    }
+
+    /// The run could not be done (`why`); probes not fully checked carry their own error.
+    pub fn could_not_run(self, why: impl Into<String>) -> Self {
+        self.end(RunResult::CouldNotRun, why)
+    }
+
+    /// The configuration or command line was refused (`why`).
+    pub fn config_error(self, why: impl Into<String>) -> Self {
+        self.end(RunResult::ConfigError, why)
+    }
+
+    fn end(mut self, result: RunResult, why: impl Into<String>) -> Self {
+        self.result = result;
+        self.passed = false;
+        self.reason = Some(why.into());
+        self
     }
 
     pub fn to_json(&self) -> String {
@@ -310,7 +392,7 @@ impl Verdict {
             let r = &p.records;
             probes.add_row([
                 p.name.clone(),
-                pass_fail(p.passed).into(),
+                self.probe_verdict(p).into(),
                 p.rounds.to_string(),
                 r.sent.to_string(),
                 r.ok.to_string(),
@@ -329,7 +411,13 @@ impl Verdict {
                     .map_or("-".into(), |a| format!("{a}%")),
             ]);
         }
-        let mut out = format!("{probes}\n");
+        let mut out = String::new();
+        if self.embedded {
+            let _ = writeln!(out, "{EMBEDDED_NOTICE}");
+        }
+        if !self.probes.is_empty() {
+            let _ = writeln!(out, "{probes}");
+        }
         let mut slos = Table::new();
         slos.load_preset(UTF8_BORDERS_ONLY).set_header([
             "probe",
@@ -372,66 +460,114 @@ impl Verdict {
             for f in &p.failures {
                 let _ = writeln!(out, "FAIL {}: {f}", p.name);
             }
+            for e in &p.errors {
+                let _ = writeln!(out, "ERROR {}: {e}", p.name);
+            }
         }
         let records: u64 = self.probes.iter().map(|p| p.records.sent).sum();
+        let reason = match (&self.reason, self.result) {
+            (Some(r), RunResult::CouldNotRun | RunResult::ConfigError) => format!(": {r}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "smoke: {} ({} probe{}, {records} records, {:.1}s)",
-            pass_fail(self.passed),
+            "smoke: {}{} ({} probe{}, {records} records, {:.1}s{})",
+            self.result.as_str(),
+            reason,
             self.probes.len(),
             if self.probes.len() == 1 { "" } else { "s" },
-            self.duration_seconds
+            self.duration_seconds,
+            if self.embedded {
+                ", on the embedded cluster"
+            } else {
+                ""
+            }
         );
         out
+    }
+
+    /// A probe's verdict in the table.
+    fn probe_verdict(&self, p: &ProbeVerdict) -> &'static str {
+        match (p.failures.is_empty(), p.errors.is_empty(), self.result) {
+            (false, _, _) => "FAIL",
+            (true, true, _) => "PASS",
+            (true, false, RunResult::Interrupted) => "INTERRUPTED",
+            (true, false, _) => "ERROR",
+        }
     }
 
     /// JUnit XML for CI systems: one suite per probe, one case for the records and one per SLO.
     pub fn to_junit(&self) -> String {
         use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-        let mut report = Report::new("slo-probe smoke");
+        // The report's name is the first thing a CI system shows: it says how the run ended
+        // unless it simply passed or failed, and whether it touched a real pipeline.
+        let mut name = "slo-probe smoke".to_string();
+        if !matches!(self.result, RunResult::Pass | RunResult::Fail) {
+            name = format!("{name}: {}", self.result.as_str());
+        }
+        if self.embedded {
+            name = format!("{name} ({EMBEDDED_NOTICE})");
+        }
+        let mut report = Report::new(name);
         report.set_time(Duration::from_secs_f64(self.duration_seconds));
+        let status = |kind: NonSuccessKind, messages: &[&String]| {
+            if messages.is_empty() {
+                return TestCaseStatus::success();
+            }
+            let mut s = TestCaseStatus::non_success(kind);
+            s.set_message(
+                messages
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            s
+        };
         for p in &self.probes {
             let mut suite = TestSuite::new(p.name.as_str());
-            let mut case = |name: String, failures: Vec<&String>| {
-                let status = if failures.is_empty() {
-                    TestCaseStatus::success()
-                } else {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    s.set_message(
-                        failures
-                            .iter()
-                            .map(|f| f.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    );
-                    s
-                };
-                suite.add_test_case(TestCase::new(name, status));
-            };
-            let record_failures = p
+            // A probe that could not be fully checked: its records case is an error (not a
+            // failure of the pipeline), naming why.
+            let errors: Vec<&String> = p.errors.iter().collect();
+            let record_failures: Vec<&String> = p
                 .failures
                 .iter()
                 .filter(|f| !f.starts_with("slo "))
                 .collect();
-            case("records".into(), record_failures);
+            let records = if errors.is_empty() {
+                status(NonSuccessKind::Failure, &record_failures)
+            } else {
+                let all: Vec<&String> = errors.iter().copied().chain(record_failures).collect();
+                status(NonSuccessKind::Error, &all)
+            };
+            suite.add_test_case(TestCase::new("records", records));
             for s in &p.slos {
                 let prefix = format!("slo {} ", s.name);
-                case(
+                let failures: Vec<&String> = p
+                    .failures
+                    .iter()
+                    .filter(|f| f.starts_with(&prefix))
+                    .collect();
+                suite.add_test_case(TestCase::new(
                     format!("slo {}", s.name),
-                    p.failures
-                        .iter()
-                        .filter(|f| f.starts_with(&prefix))
-                        .collect(),
-                );
+                    status(NonSuccessKind::Failure, &failures),
+                ));
             }
+            report.add_test_suite(suite);
+        }
+        // Nothing ran (the agent could not start, or the configuration was refused): one error
+        // case says why, so the report is never empty.
+        if self.probes.is_empty() || self.result == RunResult::ConfigError {
+            let why = self
+                .reason
+                .clone()
+                .unwrap_or_else(|| "no probe ran".to_string());
+            let mut suite = TestSuite::new("slo-probe");
+            suite.add_test_case(TestCase::new("run", status(NonSuccessKind::Error, &[&why])));
             report.add_test_suite(suite);
         }
         report.to_string().expect("JUnit report serialises")
     }
-}
-
-fn pass_fail(passed: bool) -> &'static str {
-    if passed { "PASS" } else { "FAIL" }
 }
 
 /// Milliseconds for people: `850µs`, `12.3ms`, `1.25s`.
@@ -470,6 +606,8 @@ pub struct ProbeStatus {
     /// Partition -> leader broker id, at the last metadata refresh.
     pub leaders: BTreeMap<i32, i32>,
     pub discovery_error: Option<String>,
+    /// Supervised tasks of the probe that are down (being restarted) -> why the last one died.
+    pub tasks_down: BTreeMap<&'static str, String>,
     pub rounds_started: u64,
     pub rounds_completed: u64,
     pub records: Records,
@@ -545,6 +683,12 @@ impl ProbeStatus {
             partitions: s.progress.partitions.clone(),
             leaders: s.progress.leaders.clone(),
             discovery_error: s.progress.discovery_error.clone(),
+            tasks_down: s
+                .progress
+                .down
+                .iter()
+                .map(|(task, (_, why))| (task.as_str(), why.clone()))
+                .collect(),
             rounds_started: s.progress.rounds_started,
             rounds_completed: s.progress.rounds_completed,
             records: c.into(),

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::{Running, Tree, get, sample};
-use serde_json::Value;
+use serde_json::{Value, json};
 use slo_probe::agent::{Agent, AgentOptions};
 use slo_probe::cli::{Cli, Exit, execute};
 use slo_probe::config::{self, Sources};
 use slo_probe::embedded::EmbeddedCluster;
 use slo_probe::export::metrics::names;
 use slo_probe::probe::task::Plan;
+use slo_probe::report::EMBEDDED_NOTICE;
 
 /// Guards against a hang; never expected to elapse.
 const GUARD: Duration = Duration::from_secs(120);
@@ -159,10 +160,8 @@ async fn metrics_over_http_carry_the_whole_contract() {
         Some(9.0)
     );
     // the SLO threshold is a bucket boundary
-    assert!(m.contains(&format!(
-        "{}_bucket{{probe=\"canary\",le=\"1\"}} 9",
-        names::E2E_DISTRIBUTION
-    )));
+    let bucket = format!("{}_bucket", names::E2E_DISTRIBUTION);
+    assert_eq!(sample(&m, &bucket, &[probe, ("le", "1")]), Some(9.0));
     assert_eq!(sample(&m, names::AVAILABILITY, &[probe]), Some(1.0));
     assert!(sample(&m, names::FRESHNESS, &[probe]).unwrap() >= 0.0);
     assert_eq!(
@@ -173,14 +172,21 @@ async fn metrics_over_http_carry_the_whole_contract() {
         ),
         Some(9.0)
     );
+    // the build, and that this agent ran on the embedded cluster, not a pipeline
     assert_eq!(
         sample(
             &m,
             names::BUILD_INFO,
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[("version", env!("CARGO_PKG_VERSION")), ("embedded", "true")]
         ),
         Some(1.0)
     );
+    // every series carries the agent's site (its only value: no added cardinality)
+    let samples: Vec<&str> = m.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(samples.len() > 50, "{m}");
+    for l in samples {
+        assert!(l.contains("site=\"default\""), "no site label: {l}");
+    }
 
     assert_eq!(get(&addr, "/healthz").await.0, 200);
     assert_eq!(get(&addr, "/readyz").await, (200, "ready\n".to_string()));
@@ -302,7 +308,14 @@ fn an_unreachable_cluster_exits_2_naming_the_servers() {
     let t = Tree::new();
     t.agent_file(&servers);
     t.write("probes/a.yaml", "name: orders\n");
-    let mut agent = Running::spawn(t.path(), &["smoke", "--connect-timeout", "3s"], &[]);
+    let args = [
+        "smoke",
+        "--connect-timeout",
+        "3s",
+        "--report",
+        "verdict.xml",
+    ];
+    let mut agent = Running::spawn(t.path(), &args, &[]);
     let status = agent.wait_exit(GUARD);
     let stderr = agent.seen.join("\n");
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -315,6 +328,45 @@ fn an_unreachable_cluster_exits_2_naming_the_servers() {
     assert!(
         stderr.contains("could not run: 1 probe(s) could not reach their topic within 3s"),
         "{stderr}"
+    );
+    // the report is written all the same: CI shows why the step failed
+    let junit = std::fs::read_to_string(t.path().join("verdict.xml")).unwrap();
+    assert!(
+        junit.contains(r#"<testsuites name="slo-probe smoke: COULD NOT RUN""#),
+        "{junit}"
+    );
+    assert!(
+        junit.contains(&format!(
+            r#"<error message="could not reach its topic within 3s: cannot reach cluster primary ({servers})"#
+        )),
+        "{junit}"
+    );
+    let out = common::run(
+        t.path(),
+        &[
+            "smoke",
+            "--connect-timeout",
+            "1s",
+            "--report",
+            "verdict.json",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 2);
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("verdict.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["result"], "COULD_NOT_RUN");
+    assert_eq!(
+        v["reason"],
+        "1 probe(s) could not reach their topic within 1s"
+    );
+    let error = v["probes"][0]["errors"][0].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "could not reach its topic within 1s: cannot reach cluster primary ({servers})"
+        )),
+        "{error}"
     );
 }
 
@@ -554,4 +606,157 @@ async fn smoke_for_a_duration_sends_every_slot_in_it() {
     // slots at 0, 300, 600 and 900 ms fall within 1 s
     assert_eq!(v["probes"][0]["rounds"], 4, "{v:#}");
     assert_eq!(v["probes"][0]["records"]["ok"], 12);
+}
+
+/// A gate never passes a pipeline it never touched: without a cluster `smoke` refuses (78),
+/// naming the agent file it looked for (and a misnamed one next to it); with `--embedded` it
+/// runs, and every verdict format says so first.
+#[test]
+fn smoke_refuses_to_check_nothing_and_flags_the_embedded_cluster_first() {
+    let t = Tree::new();
+    t.write("probes/canary.yaml", CANARY);
+    t.write(
+        "slo-probe.yml",
+        "clusters:\n  primary:\n    bootstrap_servers: kafka-1:9092\n",
+    );
+    let out = common::run(
+        t.path(),
+        &["smoke", "--rounds", "1", "--report", "verdict.json"],
+        &[],
+    );
+    assert_eq!(out.code(), 78, "{}\n{}", out.stdout, out.stderr);
+    let looked = std::fs::canonicalize(t.path())
+        .unwrap()
+        .join("slo-probe.yaml");
+    assert!(
+        out.stderr.contains(&format!(
+            "slo-probe: no cluster to check: no agent file (looked for {}, and no --config was given)",
+            looked.display()
+        )) && out
+            .stderr
+            .contains("(slo-probe.yml is here: did you mean --config slo-probe.yml?)"),
+        "{}",
+        out.stderr
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("verdict.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&v["result"], &v["passed"], &v["embedded"]),
+        (&json!("CONFIG_ERROR"), &json!(false), &json!(false))
+    );
+    assert!(
+        out.stdout
+            .starts_with("smoke: CONFIG ERROR: no cluster to check: no agent file")
+    );
+
+    // an agent file without clusters is named too
+    t.write("slo-probe.yaml", "site: lab\n");
+    let out = common::run(t.path(), &["smoke", "--rounds", "1"], &[]);
+    assert_eq!(out.code(), 78);
+    assert!(
+        out.stderr
+            .contains("no cluster to check: the agent file slo-probe.yaml defines no `clusters`"),
+        "{}",
+        out.stderr
+    );
+
+    // asked for: it runs, and says so first in every format
+    let out = common::run(
+        t.path(),
+        &["smoke", "--embedded", "--rounds", "1", "--report", "v.xml"],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.lines().next(), Some(EMBEDDED_NOTICE));
+    assert!(
+        out.stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains(", on the embedded cluster)"),
+        "{}",
+        out.stdout
+    );
+    let junit = std::fs::read_to_string(t.path().join("v.xml")).unwrap();
+    assert!(
+        junit.contains(&format!(
+            r#"<testsuites name="slo-probe smoke ({EMBEDDED_NOTICE})""#
+        )),
+        "{junit}"
+    );
+    let out = common::run(
+        t.path(),
+        &["smoke", "--rounds", "1", "--output", "json"],
+        &[("SLO_PROBE_EMBEDDED", "true")],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("{\n  \"embedded\": true,\n  \"result\": \"PASS\","),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Ctrl-C during a smoke run: exit 130, and every format says INTERRUPTED (never PASS), with
+/// what was measured so far.
+#[test]
+fn an_interrupted_smoke_says_so_in_every_format() {
+    let t = Tree::new();
+    t.write("probes/canary.yaml", CANARY);
+    for report in ["v.txt", "v.json", "v.xml"] {
+        let mut agent = Running::spawn(
+            t.path(),
+            &[
+                "smoke",
+                "--embedded",
+                "--duration",
+                "1h",
+                "--log-format",
+                "json",
+                "--report",
+                report,
+            ],
+            &[],
+        );
+        agent.wait_event(GUARD, "round settled");
+        agent.signal("INT");
+        assert_eq!(agent.wait_exit(GUARD).code(), Some(130), "{report}");
+        let text = std::fs::read_to_string(t.path().join(report)).unwrap();
+        match report {
+            "v.txt" => {
+                let last = text.trim_end().lines().last().unwrap();
+                assert!(last.starts_with("smoke: INTERRUPTED (1 probe, "), "{text}");
+                assert!(
+                    text.contains("ERROR canary: interrupted before the end: partial results"),
+                    "{text}"
+                );
+                assert!(!text.contains("PASS"), "{text}");
+            }
+            "v.json" => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["result"], "INTERRUPTED");
+                assert_eq!(v["passed"], false);
+                assert_eq!(v["probes"][0]["passed"], false);
+                assert!(
+                    v["probes"][0]["records"]["ok"].as_u64().unwrap() >= 3,
+                    "{v:#}"
+                );
+            }
+            _ => {
+                assert!(
+                    text.contains(r#"<testsuites name="slo-probe smoke: INTERRUPTED"#),
+                    "{text}"
+                );
+                assert!(
+                    text.contains(
+                        r#"<error message="interrupted before the end: partial results""#
+                    ),
+                    "{text}"
+                );
+            }
+        }
+    }
 }

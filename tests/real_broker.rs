@@ -147,6 +147,12 @@ async fn prometheus_scrapes_the_agent_and_promtool_accepts_its_metrics() {
 
     let (status, metrics) = get(&listen, "/metrics").await;
     assert_eq!(status, 200);
+    // a real cluster: the build says so
+    assert_eq!(
+        common::sample(&metrics, "slo_probe_build_info", &[("embedded", "false")]),
+        Some(1.0),
+        "{metrics}"
+    );
     let check = std::process::Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

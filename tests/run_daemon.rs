@@ -120,10 +120,22 @@ async fn the_readme_quick_start_serves_metrics_with_records_flowing() {
         l.contains("running on the embedded mock cluster")
     });
     assert!(embedded.contains("records never leave it"), "{embedded}");
+    // the zero-config default is fine for a first look, and never silent
+    let line: serde_json::Value = serde_json::from_str(&embedded).unwrap();
+    assert_eq!(line["level"], "WARN", "{embedded}");
+    assert!(
+        embedded.contains("no real pipeline is checked"),
+        "{embedded}"
+    );
     let addr = http_addr(&mut agent);
     agent.wait_event(GUARD, "first round settled: probe ready");
     let (status, m) = get(&addr, "/metrics").await;
     assert_eq!(status, 200);
+    assert_eq!(
+        sample(&m, "slo_probe_build_info", &[("embedded", "true")]),
+        Some(1.0),
+        "{m}"
+    );
     let probe = ("probe", "orders-freshness");
     assert!(
         sample(&m, "slo_probe_records_sent_total", &[probe]).unwrap() >= 3.0,

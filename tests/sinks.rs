@@ -514,3 +514,72 @@ fn trusting(ca: &Path) -> rustls::ClientConfig {
         .with_root_certificates(roots)
         .with_no_client_auth()
 }
+
+/// A server (or a proxy) answering with a malformed SQLSTATE once panicked the poller: its task
+/// died, every later record was `lost` and nothing said why. Now each failed poll is counted
+/// (reason `query`: the server answered, but not as PostgreSQL does), the poller goes on polling
+/// with backoff, and no task ever needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
+    use common::malformed_pg::MalformedPostgres;
+    use slo_probe::embedded::EmbeddedCluster;
+
+    let confused = MalformedPostgres::start("X");
+    let cluster = EmbeddedCluster::start(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let t = Tree::new();
+    t.agent_file(cluster.bootstrap_servers());
+    t.write(
+        "probes/orders-warehouse.yaml",
+        &example(
+            "orders-warehouse.yaml",
+            &[
+                ("interval: 10s", "interval: 200ms"),
+                ("poll: 1s", "poll: 100ms"),
+                ("timeout: 60s", "timeout: 6s"),
+                ("timeout: 5s ", "timeout: 1s "),
+            ],
+        ),
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=slo_probe dbname=warehouse",
+        confused.port
+    );
+    let listen = format!("127.0.0.1:{}", common::infra::free_port());
+    let mut agent = Running::spawn(
+        t.path(),
+        &["run", "--listen", &listen, "--log-format", "json"],
+        &[("ORDERS_PG_DSN", &dsn)],
+    );
+    let failed = agent.wait_event(GUARD, "sink poll failed; retrying with backoff");
+    assert_eq!(failed["reason"], "query", "{failed}");
+    assert_eq!(failed["error"], "FATAL (X): the server is confused");
+    // the poller lives on: polls keep failing (with backoff) and are counted, records are lost
+    // at their deadline, and no task died
+    let m = eventually("several failed polls and a lost record", || async {
+        let (_, m) = get(&listen, "/metrics").await;
+        let errors = sample(&m, "slo_probe_verify_errors_total", &[("reason", "query")])?;
+        let lost = sample(&m, "slo_probe_records_total", &[("outcome", "lost")])?;
+        (errors >= 3.0 && lost >= 1.0).then_some(m)
+    })
+    .await;
+    assert!(confused.answered.load(Ordering::SeqCst) >= 3);
+    assert_eq!(
+        sample(
+            &m,
+            "slo_probe_task_restarts_total",
+            &[("task", "sink_poller")]
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(agent.events("task failed; restarting it").is_empty());
+    let (status, body) = get(&listen, "/readyz").await;
+    assert_eq!(status, 503, "nothing is verified: {body}");
+    assert!(
+        body.contains("orders-warehouse: no record verified yet ("),
+        "{body}"
+    );
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+}

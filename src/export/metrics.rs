@@ -16,7 +16,7 @@ use prometheus::{
 
 use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
-use crate::probe::Outcome;
+use crate::probe::{Outcome, Task};
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
 use crate::verify::sink::SinkErrorKind;
@@ -47,6 +47,7 @@ pub mod names {
     pub const VERIFY_ERRORS: &str = "slo_probe_verify_errors_total";
     pub const POLL_INTERVAL: &str = "slo_probe_poll_interval_seconds";
     pub const SINK_POLLS: &str = "slo_probe_sink_polls_total";
+    pub const TASK_RESTARTS: &str = "slo_probe_task_restarts_total";
 
     /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
@@ -68,6 +69,7 @@ pub mod names {
         BURN_RATE,
         SEND_LAG,
         SPANS_DROPPED,
+        TASK_RESTARTS,
     ];
 
     /// Exported only by probes with `per_partition_metrics: true`.
@@ -91,6 +93,7 @@ const SEND_LAG_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    build_info: IntGaugeVec,
     consistency: RwLock<()>,
     records_sent: IntCounterVec,
     records: IntCounterVec,
@@ -115,6 +118,7 @@ pub struct Metrics {
     verify_errors: IntCounterVec,
     poll_interval: GaugeVec,
     sink_polls: IntCounterVec,
+    task_restarts: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -140,10 +144,12 @@ fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) ->
 }
 
 impl Metrics {
-    /// `slo_thresholds` become extra buckets of the latency distribution so that SLO queries on
-    /// it are exact at the threshold.
-    pub fn new(slo_thresholds: impl IntoIterator<Item = Duration>) -> Self {
-        let r = Registry::new();
+    /// `site` labels every series (one value per agent, so it adds no cardinality): replicas
+    /// at several vantage points stay apart when aggregated. `slo_thresholds` become extra
+    /// buckets of the latency distribution so that SLO queries on it are exact at the threshold.
+    pub fn new(site: &str, slo_thresholds: impl IntoIterator<Item = Duration>) -> Self {
+        let labels = std::collections::HashMap::from([("site".to_string(), site.to_string())]);
+        let r = Registry::new_custom(None, Some(labels)).expect("a valid common label");
         let mut buckets: Vec<f64> = BASE_BUCKETS.to_vec();
         buckets.extend(slo_thresholds.into_iter().map(|d| d.as_secs_f64()));
         buckets.sort_by(f64::total_cmp);
@@ -172,15 +178,14 @@ impl Metrics {
         let build_info = registered(
             &r,
             IntGaugeVec::new(
-                Opts::new(names::BUILD_INFO, "Build of this agent; always 1."),
-                &["version", "librdkafka"],
+                Opts::new(
+                    names::BUILD_INFO,
+                    "Build of this agent, and whether it runs on the embedded mock cluster (embedded=\"true\": nothing it reports concerns a real pipeline); always 1.",
+                ),
+                &["version", "librdkafka", "embedded"],
             )
             .expect("valid metric"),
         );
-        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), librdkafka.as_str()])
-            .set(1);
         let send_lag = registered(&r, Histogram::with_opts(
             HistogramOpts::new(
                 names::SEND_LAG,
@@ -204,6 +209,13 @@ impl Metrics {
             .expect("valid metric"),
         );
         Metrics {
+            build_info,
+            task_restarts: counter(
+                &r,
+                names::TASK_RESTARTS,
+                "Supervised tasks of a probe (send_loop, discovery, topic_watch, kafka_verifier, sink_poller) that panicked or ended unexpectedly and were restarted.",
+                &["probe", "task"],
+            ),
             send_lag,
             spans_dropped,
             verify_errors: counter(
@@ -328,8 +340,23 @@ impl Metrics {
     }
 
     /// Handles bound to one probe; every series of the probe exists (at zero) from here on.
-    pub fn probe(&self, probe: &str, slos: &[SloConfig], per_partition: bool) -> ProbeMetrics {
+    pub fn probe(
+        &self,
+        probe: &str,
+        slos: &[SloConfig],
+        per_partition: bool,
+        tasks: &[Task],
+    ) -> ProbeMetrics {
         let m = ProbeMetrics {
+            task_restarts: tasks
+                .iter()
+                .map(|t| {
+                    (
+                        *t,
+                        self.task_restarts.with_label_values(&[probe, t.as_str()]),
+                    )
+                })
+                .collect(),
             sent: self.records_sent.with_label_values(&[probe]),
             outcomes: Outcome::ALL.map(|o| self.records.with_label_values(&[probe, o.as_str()])),
             duplicates: self.duplicates.with_label_values(&[probe]),
@@ -400,6 +427,19 @@ impl Metrics {
         }
     }
 
+    /// Says which build runs, and whether on the embedded cluster; set once at start.
+    pub fn set_build_info(&self, embedded: bool) {
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                librdkafka.as_str(),
+                if embedded { "true" } else { "false" },
+            ])
+            .set(1);
+    }
+
     /// The counter of dropped spans, for the span pipeline.
     pub fn spans_dropped(&self) -> IntCounter {
         self.spans_dropped.clone()
@@ -467,6 +507,8 @@ pub struct ProbeMetrics {
     pub burn: Vec<[Gauge; 4]>,
     /// Present with `per_partition_metrics: true`.
     pub partitions: Option<PartitionSeries>,
+    /// Restarts of each supervised task the probe depends on.
+    pub task_restarts: Vec<(Task, IntCounter)>,
 }
 
 /// Per-partition series of one probe; partitions come and go with metadata, so children are

@@ -37,22 +37,31 @@ impl MetadataClient {
     async fn partitions(
         &self,
         cluster: &ClusterConfig,
-        topic: &str,
+        topic_name: &str,
     ) -> Result<kafka::Partitions, TopicError> {
         match self {
             MetadataClient::Producer(p) => {
-                let (p, cluster, topic) = (Arc::clone(p), cluster.clone(), topic.to_string());
+                let (p, cluster, topic) = (Arc::clone(p), cluster.clone(), topic_name.to_string());
+                let name = cluster.name.clone();
                 tokio::task::spawn_blocking(move || {
                     kafka::partitions_blocking(p.client(), &cluster, &topic, METADATA_TIMEOUT)
                 })
                 .await
-                .expect("metadata lookup does not panic")
+                .unwrap_or_else(|e| {
+                    Err(TopicError::Other {
+                        cluster: name,
+                        topic: topic_name.to_string(),
+                        error: format!("the metadata lookup failed: {e}"),
+                    })
+                })
             }
-            MetadataClient::Verifier(v) => v.partitions(topic).await,
+            MetadataClient::Verifier(v) => v.partitions(topic_name).await,
         }
     }
 }
 
+/// Everything a topic's watch needs; cloned for each (re)start of the task.
+#[derive(Clone)]
 pub(crate) struct TopicWatch {
     pub cluster: ClusterConfig,
     pub topic: String,
@@ -61,7 +70,8 @@ pub(crate) struct TopicWatch {
     pub create: Option<CreateTopic>,
     pub instance: String,
     pub refresh: Duration,
-    pub state: watch::Sender<TopicState>,
+    /// Shared so that a restarted watch keeps publishing to the same receivers.
+    pub state: Arc<watch::Sender<TopicState>>,
     pub stop: CancellationToken,
 }
 
@@ -101,6 +111,8 @@ pub(crate) async fn watch_topic(w: TopicWatch) {
     }
 }
 
+/// Everything a probe's discovery needs; cloned for each (re)start of the task.
+#[derive(Clone)]
 pub(crate) struct Follow {
     pub probe: Arc<Probe>,
     /// The probe topic's watch.
@@ -109,8 +121,8 @@ pub(crate) struct Follow {
     pub verify: Option<watch::Receiver<TopicState>>,
     /// The Kafka verifier reading the records back; `None` for a probe that polls a sink.
     pub verifier: Option<Arc<KafkaVerifier>>,
-    /// The send loop's partitions.
-    pub partitions: watch::Sender<Option<Vec<i32>>>,
+    /// The send loop's partitions (shared so that a restarted task keeps publishing to it).
+    pub partitions: Arc<watch::Sender<Option<Vec<i32>>>>,
     pub stop: CancellationToken,
 }
 

@@ -45,6 +45,37 @@ pub struct Progress {
     pub discovery_error: Option<String>,
     /// Stopped sending, and every record has its final outcome.
     pub finished: bool,
+    /// Supervised tasks serving this probe that are down (panicked or ended), with how many
+    /// of that kind are down and why the last one died; they are being restarted.
+    pub down: BTreeMap<Task, (u32, String)>,
+}
+
+/// The supervised tasks a probe depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    /// Schedules, sends and settles the probe's records ([`task::send_loop`]).
+    SendLoop,
+    /// Turns topic metadata into the probe's partitions ([`discovery::follow`]).
+    Discovery,
+    /// Reads a topic's partitions, shared by the probes on it ([`discovery::watch_topic`]).
+    TopicWatch,
+    /// The paired consumer reading records back, shared by the probes on its cluster.
+    KafkaVerifier,
+    /// The sink poller looking records up ([`crate::verify::sink::run`]).
+    SinkPoller,
+}
+
+impl Task {
+    /// The `task` label of `slo_probe_task_restarts_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::SendLoop => "send_loop",
+            Task::Discovery => "discovery",
+            Task::TopicWatch => "topic_watch",
+            Task::KafkaVerifier => "kafka_verifier",
+            Task::SinkPoller => "sink_poller",
+        }
+    }
 }
 
 struct Core {
@@ -56,6 +87,8 @@ struct Core {
     newest_verified: Option<Instant>,
     slos: Vec<SloState>,
     notable: notable::Notable,
+    /// "probe ready" was logged.
+    announced_ready: bool,
 }
 
 pub struct Probe {
@@ -141,7 +174,17 @@ impl Probe {
         };
         let same_topic =
             verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
-        let series = metrics.probe(&config.name, &config.slos, config.per_partition_metrics);
+        let verifier = match config.verify.kafka() {
+            Some(_) => Task::KafkaVerifier,
+            None => Task::SinkPoller,
+        };
+        let tasks = [Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier];
+        let series = metrics.probe(
+            &config.name,
+            &config.slos,
+            config.per_partition_metrics,
+            &tasks,
+        );
         let sink = config.verify.poll().map(|poll| SinkState {
             acknowledged: tokio::sync::Notify::new(),
             series: metrics.sink(&config.name, poll),
@@ -156,6 +199,7 @@ impl Probe {
             produce: Latency::new(agent.window, now, run_totals),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
+            announced_ready: false,
             notable: notable::Notable::new(agent.window, now),
             slos: config
                 .slos
@@ -199,19 +243,20 @@ impl Probe {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, core: &Core) {
+    fn publish(&self, core: &mut Core) {
         let counts = core.tracker.counts();
         let completed = core.tracker.rounds_completed();
-        let mut first_round = false;
         self.progress.send_if_modified(|p| {
             let changed = p.counts != counts || p.rounds_completed != completed;
-            first_round = p.rounds_completed == 0 && completed > 0;
             p.counts = counts;
             p.rounds_completed = completed;
             changed
         });
-        if first_round {
-            let ok = counts.get(Outcome::Ok);
+        // Said once, when a round has settled and a record was verified: a round whose records
+        // all failed is settled, but the probe is not working.
+        let ok = counts.get(Outcome::Ok);
+        if !core.announced_ready && completed > 0 && ok > 0 {
+            core.announced_ready = true;
             tracing::info!(probe = %self.origin.probe, ok, settled = counts.finished(), "first round settled: probe ready");
         }
     }
@@ -224,6 +269,29 @@ impl Probe {
         scheduled: Instant,
         records: Vec<Outgoing>,
     ) -> Vec<Outgoing> {
+        self.register_round(round, scheduled, records, None)
+    }
+
+    /// Counts the records of a round that cannot be sent (`reason`: its topic's partitions are
+    /// unknown) as sent and settles them `send_failed` at once.
+    pub(crate) fn refuse(
+        &self,
+        round: u64,
+        scheduled: Instant,
+        records: Vec<Outgoing>,
+        reason: Reason,
+    ) {
+        let sent = self.register_round(round, scheduled, records, Some(reason));
+        debug_assert!(sent.is_empty());
+    }
+
+    fn register_round(
+        &self,
+        round: u64,
+        scheduled: Instant,
+        records: Vec<Outgoing>,
+        unsendable: Option<Reason>,
+    ) -> Vec<Outgoing> {
         let mut core = self.lock();
         let mut refused = Vec::new();
         let mut to_send = Vec::with_capacity(records.len());
@@ -233,13 +301,23 @@ impl Probe {
             let registered = {
                 let _consistent = self.metrics.update();
                 self.series.sent.inc();
-                let registered = core.tracker.register(expected, scheduled, round);
+                let registered = match &unsendable {
+                    None => core.tracker.register(expected, scheduled, round),
+                    Some(reason) => Err(Box::new(core.tracker.refuse(
+                        expected,
+                        scheduled,
+                        round,
+                        reason.clone(),
+                    ))),
+                };
                 self.series
                     .in_flight
                     .set(core.tracker.counts().in_flight as i64);
                 registered
             };
-            if let Some(p) = &self.series.partitions {
+            if let Some(p) = &self.series.partitions
+                && partition >= 0
+            {
                 p.sent(partition);
             }
             match registered {
@@ -250,8 +328,10 @@ impl Probe {
                 }
             }
         }
-        self.progress.send_modify(|p| p.rounds_started = round + 1);
-        self.publish(&core);
+        // A held round may be sent after later ones fell due.
+        self.progress
+            .send_modify(|p| p.rounds_started = p.rounds_started.max(round + 1));
+        self.publish(&mut core);
         drop(core);
         for f in &refused {
             self.settled(&self.config.topic, f);
@@ -277,7 +357,7 @@ impl Probe {
         if let Some(f) = &finished {
             self.apply(&mut core, f, at);
         }
-        self.publish(&core);
+        self.publish(&mut core);
         drop(core);
         if let Some(f) = finished {
             self.settled(&self.config.topic, &f);
@@ -302,7 +382,7 @@ impl Probe {
                 let mut core = self.lock();
                 core.tracker.forgotten_arrival();
                 self.series.late.inc();
-                self.publish(&core);
+                self.publish(&mut core);
                 drop(core);
                 events::late(&self.origin, &place, id, None);
             }
@@ -333,7 +413,7 @@ impl Probe {
             Some(Arrival::Late { .. }) => self.series.late.inc(),
             None => {}
         }
-        self.publish(&core);
+        self.publish(&mut core);
         arrival
     }
 
@@ -429,7 +509,7 @@ impl Probe {
         for f in &expired {
             self.apply(&mut core, f, now);
         }
-        self.publish(&core);
+        self.publish(&mut core);
         drop(core);
         for f in &expired {
             self.settled(&self.config.topic, f);
@@ -466,7 +546,9 @@ impl Probe {
     fn apply(&self, core: &mut Core, f: &Finished, now: Instant) {
         let _consistent = self.metrics.update();
         self.series.outcome(f.outcome).inc();
-        if let Some(p) = &self.series.partitions {
+        if let Some(p) = &self.series.partitions
+            && f.partition >= 0
+        {
             p.outcome(f.partition, f.outcome);
         }
         self.series
@@ -491,6 +573,36 @@ impl Probe {
                 None => {}
             }
         }
+    }
+
+    /// The tasks this probe depends on.
+    pub fn tasks(&self) -> Vec<Task> {
+        self.series.task_restarts.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// A supervised task serving this probe panicked or ended: counted, and the probe is not
+    /// ready until it runs again ([`Probe::task_up`]).
+    pub fn task_down(&self, task: Task, why: &str) {
+        if let Some((_, c)) = self.series.task_restarts.iter().find(|(t, _)| *t == task) {
+            c.inc();
+        }
+        self.progress.send_modify(|p| {
+            let down = p.down.entry(task).or_insert((0, String::new()));
+            down.0 += 1;
+            down.1 = why.to_string();
+        });
+    }
+
+    /// A task that was down runs again.
+    pub fn task_up(&self, task: Task) {
+        self.progress.send_modify(|p| {
+            if let Some(down) = p.down.get_mut(&task) {
+                down.0 = down.0.saturating_sub(1);
+                if down.0 == 0 {
+                    p.down.remove(&task);
+                }
+            }
+        });
     }
 
     /// Discovery found these partitions (or failed); shown by `/status` and smoke.
@@ -601,7 +713,7 @@ mod tests {
             crate::config::Sli::Latency { below } => Some(below),
             _ => None,
         });
-        let metrics = Arc::new(Metrics::new(thresholds));
+        let metrics = Arc::new(Metrics::new("default", thresholds));
         Probe::new(
             cfg.probes[0].clone(),
             &cfg.agent,
@@ -780,11 +892,11 @@ mod tests {
                     Some(1.0)
                 );
                 let ok0 = format!(
-                    "{}{{outcome=\"ok\",partition=\"0\",probe=\"parts\"}} 1",
+                    "{}{{outcome=\"ok\",partition=\"0\",probe=\"parts\",site=\"default\"}} 1",
                     names::PARTITION_RECORDS
                 );
                 let lost1 = format!(
-                    "{}{{outcome=\"lost\",partition=\"1\",probe=\"parts\"}} 1",
+                    "{}{{outcome=\"lost\",partition=\"1\",probe=\"parts\",site=\"default\"}} 1",
                     names::PARTITION_RECORDS
                 );
                 assert!(m.contains(&ok0) && m.contains(&lost1), "{m}");

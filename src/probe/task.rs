@@ -7,10 +7,22 @@
 //! late). Latency is measured from that time, so a stall shows up as latency instead of
 //! vanishing (coordinated omission). The same loop settles deadlines and, once told to stop or
 //! done with its plan, keeps settling until nothing is in flight.
-//! Partitions come from [`super::discovery`].
+//!
+//! Partitions come from [`super::discovery`]. A finite run (`smoke`) starts its schedule once
+//! they are known (the command gives up after its connect timeout). A daemon (`run`) starts it
+//! at discovery's first answer, partitions or an error (or after `timeout` without any): a
+//! probe that cannot find its topic must fail visibly, not sit silent. A round that falls due
+//! while no partition is known waits, like a record in librdkafka's queue, until partitions
+//! are known (then it is sent, its latency counted from its slot) or until its deadline (slot +
+//! `timeout`), when it counts as one `send_failed` record (reason `discovery`, partition -1).
+//! Once partitions were known, rounds keep going to the last known ones while discovery fails,
+//! and each record gets its outcome from the broker.
+//!
+//! The schedule ([`Schedule`]) lives outside the loop's task, so a loop restarted by its
+//! supervisor after a panic resumes it instead of starting over.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::producer::BaseRecord;
@@ -18,8 +30,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::Probe;
 use super::clock::Clock;
+use super::{Probe, Reason};
 use crate::kafka::{Producer, Ticket};
 use crate::record::{self, Outgoing};
 
@@ -45,6 +57,24 @@ impl Plan {
     }
 }
 
+/// The partition of a record whose round fell due while no partition was known.
+pub const UNKNOWN_PARTITION: i32 = -1;
+
+/// Where a probe's schedule is. Shared with the loop's supervisor so that a restarted loop
+/// resumes it.
+#[derive(Debug, Default)]
+pub(crate) struct Schedule {
+    /// Slot 0 (monotonic, and wall clock since the Unix epoch), once the schedule started.
+    start: Option<(Instant, Duration)>,
+    /// The next round to fall due.
+    round: u64,
+    /// Next seq per partition.
+    seqs: HashMap<i32, u64>,
+    /// Rounds that fell due while no partition was known, oldest first.
+    held: VecDeque<u64>,
+}
+
+#[derive(Clone)]
 pub(crate) struct SendLoop {
     pub probe: Arc<Probe>,
     pub producer: Arc<Producer>,
@@ -52,97 +82,222 @@ pub(crate) struct SendLoop {
     pub plan: Plan,
     /// Cancelled when the agent stops sending (shutdown or smoke end).
     pub stop: CancellationToken,
+    pub schedule: Arc<Mutex<Schedule>>,
+}
+
+impl SendLoop {
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self) -> bool {
+        self.partitions
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+    }
+
+    /// Slot `round` of a schedule that started at `start`.
+    fn slot(&self, start: (Instant, Duration), round: u64) -> (Instant, Duration) {
+        let offset = self.probe.config.interval * u32::try_from(round).unwrap_or(u32::MAX);
+        (start.0 + offset, start.1 + offset)
+    }
 }
 
 pub(crate) async fn send_loop(mut s: SendLoop) {
     let probe = Arc::clone(&s.probe);
-    // Wait for the partitions; a probe stopped before that has nothing to settle.
-    loop {
-        if s.partitions
-            .borrow()
-            .as_ref()
-            .is_some_and(|p| !p.is_empty())
-        {
-            break;
+    let started = s.schedule().start;
+    let start = match started {
+        Some(start) => start,
+        None => {
+            if !first_answer(&mut s).await {
+                // Stopped before the schedule started: nothing to settle.
+                probe.set_finished();
+                return;
+            }
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let start = (Instant::now(), wall);
+            s.schedule().start = Some(start);
+            start
         }
-        tokio::select! {
-            changed = s.partitions.changed() => if changed.is_err() { probe.set_finished(); return },
-            _ = s.stop.cancelled() => { probe.set_finished(); return }
-        }
-    }
+    };
     let interval = probe.config.interval;
-    let start = Instant::now();
-    let wall_start = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut seqs: HashMap<i32, u64> = HashMap::new();
-    let mut round: u64 = 0;
-    let mut sending = s.plan.wants(0, Duration::ZERO);
+    let timeout = probe.config.timeout;
     let mut progress = probe.progress();
     let lead = LEAD.min(interval / 2);
+    let mut open = true; // the partitions channel still has a sender
+    let mut sending = {
+        let round = s.schedule().round;
+        !s.stop.is_cancelled() && s.plan.wants(round, s.slot(start, round).0 - start.0)
+    };
     loop {
-        let slot = start + interval * u32::try_from(round).unwrap_or(u32::MAX);
+        let (round, oldest_held) = {
+            let sched = s.schedule();
+            (sched.round, sched.held.front().copied())
+        };
+        let (slot, wall) = s.slot(start, round);
+        let held_deadline = oldest_held.map(|r| s.slot(start, r).0 + timeout);
         let deadline = probe.next_deadline();
         tokio::select! {
             biased;
-            _ = s.stop.cancelled(), if sending => sending = false,
-                        _ = sleep_until(slot.checked_sub(lead).unwrap_or(slot)), if sending => {
-                let wall = wall_start + (slot - start);
-                let records = prepare_round(&s.probe, &s.partitions, &mut seqs, round, slot, wall);
-                send_at(&s, slot, records).await;
-                round += 1;
-                sending = s.plan.wants(round, interval * u32::try_from(round).unwrap_or(u32::MAX));
+            _ = s.stop.cancelled(), if sending => {
+                sending = false;
+                refuse_held(&s, start);
             }
-                                    _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
+            _ = sleep_until(slot.checked_sub(lead).unwrap_or(slot)), if sending => {
+                if s.known() {
+                    let records = prepare_round(&s, round, slot, wall);
+                    send_at(&s, slot, records).await;
+                } else {
+                    s.schedule().held.push_back(round);
+                }
+                let next = round + 1;
+                s.schedule().round = next;
+                sending = s.plan.wants(next, s.slot(start, next).0 - start.0);
+            }
+            _ = sleep_until(held_deadline.unwrap_or(slot)), if held_deadline.is_some() => {
+                let oldest = s.schedule().held.pop_front();
+                if let Some(r) = oldest {
+                    refuse(&s, r, s.slot(start, r), &unknown_partitions(&s));
+                }
+            }
+            changed = s.partitions.changed(), if open && oldest_held.is_some() => {
+                open = changed.is_ok();
+                if s.known() {
+                    // Late, but sent: their latency is counted from their slots.
+                    let held: Vec<u64> = s.schedule().held.drain(..).collect();
+                    for r in held {
+                        let (slot, wall) = s.slot(start, r);
+                        let records = prepare_round(&s, r, slot, wall);
+                        send_at(&s, slot, records).await;
+                    }
+                }
+            }
+            _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
             // While draining, an arrival may settle the last record in flight. (While sending,
             // waking on every settled record would only recompute the same next deadline.)
             _ = progress.changed(), if !sending => {}
         }
-        if !sending && probe.in_flight() == 0 {
+        if !sending && s.schedule().held.is_empty() && probe.in_flight() == 0 {
             break;
         }
     }
     probe.set_finished();
 }
 
+/// Waits until the schedule may start: partitions are known, or (for a daemon) discovery
+/// answered with an error or did not answer within the probe's timeout. False when stopped
+/// first.
+async fn first_answer(s: &mut SendLoop) -> bool {
+    let hold = s.plan == Plan::Forever;
+    let mut progress = s.probe.progress();
+    let bound = tokio::time::sleep(s.probe.config.timeout);
+    tokio::pin!(bound);
+    loop {
+        if s.known() {
+            return true;
+        }
+        if hold && progress.borrow_and_update().discovery_error.is_some() {
+            return true;
+        }
+        tokio::select! {
+            changed = s.partitions.changed() => if changed.is_err() { return false },
+            changed = progress.changed(), if hold => if changed.is_err() { return false },
+            _ = &mut bound, if hold => return true,
+            _ = s.stop.cancelled() => return false,
+        }
+    }
+}
+
+/// Why the topic's partitions are unknown: discovery's error, or its silence.
+fn discovery_error(s: &SendLoop) -> String {
+    let cfg = &s.probe.config;
+    s.probe
+        .progress()
+        .borrow()
+        .discovery_error
+        .clone()
+        .unwrap_or_else(|| {
+            format!(
+                "no answer from cluster {} within {}",
+                cfg.cluster,
+                humantime::format_duration(cfg.timeout)
+            )
+        })
+}
+
+/// Why a held round was not sent by its deadline.
+fn unknown_partitions(s: &SendLoop) -> Reason {
+    Reason::new(
+        "discovery",
+        format!(
+            "not sent: the partitions of topic {} were not known by the round's deadline ({})",
+            s.probe.config.topic,
+            discovery_error(s)
+        ),
+    )
+}
+
+/// Settles every held round now (the agent is stopping).
+fn refuse_held(s: &SendLoop, start: (Instant, Duration)) {
+    let held: Vec<u64> = s.schedule().held.drain(..).collect();
+    let reason = Reason::new(
+        "discovery",
+        format!(
+            "not sent: the agent stopped before the partitions of topic {} were known ({})",
+            s.probe.config.topic,
+            discovery_error(s)
+        ),
+    );
+    for r in held {
+        refuse(s, r, s.slot(start, r), &reason);
+    }
+}
+
+/// Counts a round that could not be sent as one `send_failed` record.
+fn refuse(s: &SendLoop, round: u64, (slot, wall): (Instant, Duration), reason: &Reason) {
+    let record = build(s, UNKNOWN_PARTITION, wall);
+    s.probe.refuse(round, slot, vec![record], reason.clone());
+}
+
 /// How long before its slot a round is built and registered.
 const LEAD: Duration = Duration::from_millis(5);
 
-/// Builds and registers the records of one round; returns those to send.
-fn prepare_round(
-    probe: &Probe,
-    partitions: &watch::Receiver<Option<Vec<i32>>>,
-    seqs: &mut HashMap<i32, u64>,
-    round: u64,
-    slot: Instant,
-    wall: Duration,
-) -> Vec<Outgoing> {
+/// The next record of `partition`.
+fn build(s: &SendLoop, partition: i32, wall: Duration) -> Outgoing {
+    let probe = &s.probe;
     let cfg = &probe.config;
-    let partitions = partitions.borrow().clone().unwrap_or_default();
     let scheduled_at_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
-    let records: Vec<Outgoing> = partitions
-        .iter()
-        .map(|&p| {
-            let seq = seqs.entry(p).or_insert(0);
-            let r = record::build(
-                &probe.origin,
-                p,
-                *seq,
-                scheduled_at_ns,
-                &cfg.tags,
-                cfg.payload_bytes,
-                probe.sample(),
-            );
-            *seq += 1;
-            r
-        })
-        .collect();
-    probe.register(round, slot, records)
+    let mut sched = s.schedule();
+    let seq = sched.seqs.entry(partition).or_insert(0);
+    let r = record::build(
+        &probe.origin,
+        partition,
+        *seq,
+        scheduled_at_ns,
+        &cfg.tags,
+        cfg.payload_bytes,
+        probe.sample(),
+    );
+    *seq += 1;
+    r
+}
+
+/// Builds and registers the records of one round; returns those to send.
+fn prepare_round(s: &SendLoop, round: u64, slot: Instant, wall: Duration) -> Vec<Outgoing> {
+    let partitions = s.partitions.borrow().clone().unwrap_or_default();
+    let records: Vec<Outgoing> = partitions.iter().map(|&p| build(s, p, wall)).collect();
+    s.probe.register(round, slot, records)
 }
 
 /// Sends a prepared round at its slot: from the clock thread, or (in unit tests, which pause
 /// tokio's clock and so cannot use a real-time thread) from this task.
 async fn send_at(s: &SendLoop, slot: Instant, records: Vec<Outgoing>) {
+    if records.is_empty() {
+        return;
+    }
     if cfg!(test) {
         sleep_until(slot).await;
         send_records(&s.probe, &s.producer, slot, records);
@@ -183,6 +338,157 @@ mod tests {
     use crate::probe::Outcome;
     use crate::verify::kafka::KafkaVerifier;
 
+    fn probe_on(yaml: &str) -> Arc<Probe> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let loaded = config::load(&Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new("default", []));
+        Arc::new(Probe::new(
+            loaded.probes[0].clone(),
+            &AgentConfig::default(),
+            Arc::clone(&metrics),
+            Arc::new(crate::export::traces::Spans::disabled(
+                metrics.spans_dropped(),
+            )),
+            false,
+        ))
+    }
+
+    /// A daemon whose topic cannot be discovered is not silent: its schedule starts at
+    /// discovery's first answer (an error), each round waits for partitions until its deadline
+    /// and then counts as one `send_failed` record (reason `discovery`); rounds still within
+    /// their deadline when partitions arrive are sent then, with their own slot as scheduled
+    /// time; stopping settles the rounds still waiting.
+    #[tokio::test(start_paused = true)]
+    async fn rounds_without_partitions_fail_at_their_deadline_or_go_out_late() {
+        let probe = probe_on("name: blind\ninterval: 1s\ntimeout: 3s\n");
+        // Nothing listens there: records handed to it are never acknowledged.
+        let cluster = crate::config::ClusterConfig {
+            name: "primary".into(),
+            bootstrap_servers: "127.0.0.1:1".into(),
+            properties: Default::default(),
+            producer: Default::default(),
+            consumer: Default::default(),
+        };
+        let producer = Arc::new(Producer::new(&cluster, "test", Duration::from_secs(60)).unwrap());
+        let (tx, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let t0 = Instant::now();
+        let sender = tokio::spawn(send_loop(SendLoop {
+            probe: Arc::clone(&probe),
+            producer,
+            partitions: rx,
+            plan: Plan::Forever,
+            stop: stop.clone(),
+            schedule: Arc::default(),
+        }));
+        let counts = || probe.progress().borrow().counts;
+        // no answer from discovery yet: nothing is scheduled
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(counts().sent, 0);
+        // the first answer is an error: the schedule starts now (t = 0.5 s)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        probe.set_partitions(Err(
+            "cannot reach cluster primary (127.0.0.1:1): timed out".into()
+        ));
+        // rounds 0, 1, 2 fall due at 0.5, 1.5, 2.5 s and wait; round 0 fails at 3.5 s
+        tokio::time::sleep(Duration::from_millis(2900)).await;
+        assert_eq!(counts().sent, 0, "rounds wait until their deadline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let c = counts();
+        assert_eq!((c.sent, c.get(Outcome::SendFailed)), (1, 1));
+        let failed = &probe.snapshot(Instant::now()).last[0];
+        assert_eq!(failed.partition, UNKNOWN_PARTITION);
+        let reason = failed.reason.as_ref().unwrap();
+        assert_eq!(reason.kind, "discovery");
+        assert_eq!(
+            reason.detail,
+            "not sent: the partitions of topic synthetic-sla were not known by the round's deadline (cannot reach cluster primary (127.0.0.1:1): timed out)"
+        );
+        // at 4.6 s rounds 0 and 1 have failed; partitions arrive: rounds 2, 3 and 4 (due at
+        // 2.5, 3.5, 4.5 s) go out at once, one record per partition, scheduled at their slots
+        tokio::time::sleep_until(t0 + Duration::from_millis(4600)).await;
+        assert_eq!(counts().get(Outcome::SendFailed), 2);
+        tx.send_replace(Some(vec![0, 1]));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let c = counts();
+        assert_eq!((c.sent, c.in_flight), (2 + 3 * 2, 6), "{c:?}");
+        // never acknowledged: each is lost at its own slot's deadline (5.5, 6.5 and 7.5 s)
+        tokio::time::sleep_until(t0 + Duration::from_millis(5600)).await;
+        assert_eq!(
+            counts().get(Outcome::Lost),
+            2,
+            "round 2 (slot 2.5 s) is lost at 5.5 s: {:?} {:?}",
+            counts(),
+            probe.snapshot(Instant::now()).last
+        );
+        // round 5 (5.5 s) went out on time; stop at 6 s: nothing waits, in-flight records
+        // settle at their deadlines and the loop ends
+        tokio::time::sleep_until(t0 + Duration::from_secs(6)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), sender)
+            .await
+            .expect("drained")
+            .unwrap();
+        let c = counts();
+        assert_eq!(
+            (
+                c.sent,
+                c.get(Outcome::SendFailed),
+                c.get(Outcome::Lost),
+                c.in_flight
+            ),
+            (10, 2, 8, 0),
+            "{c:?}"
+        );
+        assert!(c.conserved());
+    }
+
+    /// Stopping while rounds wait for partitions settles them at once, never leaves them out.
+    #[tokio::test(start_paused = true)]
+    async fn stopping_settles_the_rounds_still_waiting_for_partitions() {
+        let probe = probe_on("name: blind\ninterval: 1s\ntimeout: 30s\n");
+        let cluster = crate::config::ClusterConfig {
+            name: "primary".into(),
+            bootstrap_servers: "127.0.0.1:1".into(),
+            properties: Default::default(),
+            producer: Default::default(),
+            consumer: Default::default(),
+        };
+        let producer = Arc::new(Producer::new(&cluster, "test", Duration::from_secs(60)).unwrap());
+        let (_tx, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let sender = tokio::spawn(send_loop(SendLoop {
+            probe: Arc::clone(&probe),
+            producer,
+            partitions: rx,
+            plan: Plan::Forever,
+            stop: stop.clone(),
+            schedule: Arc::default(),
+        }));
+        // no answer from discovery at all: the schedule starts after the timeout (30 s)
+        tokio::time::sleep(Duration::from_millis(32_500)).await;
+        assert_eq!(probe.progress().borrow().counts.sent, 0);
+        stop.cancel();
+        sender.await.unwrap();
+        let c = probe.progress().borrow().counts;
+        assert_eq!((c.sent, c.get(Outcome::SendFailed)), (3, 3), "{c:?}");
+        let reason = probe.snapshot(Instant::now()).last[0]
+            .reason
+            .clone()
+            .unwrap();
+        assert_eq!(
+            reason.detail,
+            "not sent: the agent stopped before the partitions of topic synthetic-sla were known (no answer from cluster default within 30s)"
+        );
+        assert!(probe.progress().borrow().finished);
+    }
+
     /// Partitions added to a topic: discovery publishes the larger set after assigning the new
     /// partitions to the verifier (no broker available here can add partitions, so the test
     /// plays discovery's part); from the next round every partition gets and verifies records.
@@ -210,7 +516,7 @@ mod tests {
             consumer: Default::default(),
         };
         let agent = AgentConfig::default();
-        let metrics = Arc::new(Metrics::new([]));
+        let metrics = Arc::new(Metrics::new("default", []));
         let probe = Arc::new(Probe::new(
             loaded.probes[0].clone(),
             &agent,
@@ -237,6 +543,7 @@ mod tests {
             partitions: rx,
             plan: Plan::Forever,
             stop: stop_sending.clone(),
+            schedule: Default::default(),
         }));
         let mut progress = probe.progress();
         let ok_on = |p: &Probe, part: i32| {

@@ -275,37 +275,58 @@ impl Tracker {
         scheduled: Instant,
         round: u64,
     ) -> Result<(), Box<Finished>> {
+        if self.pending.len() >= self.max_in_flight {
+            let reason = format!(
+                "backpressure: {} records already in flight (max_in_flight)",
+                self.pending.len()
+            );
+            let reason = Reason::new("backpressure", reason);
+            return Err(Box::new(self.refuse(expected, scheduled, round, reason)));
+        }
         let id = expected.body.id;
-        let deadline = scheduled + self.timeout;
-        self.counts.sent += 1;
-        self.counts.in_flight += 1;
-        self.partitions
-            .entry(expected.body.partition)
-            .or_default()
-            .sent += 1;
-        *self.open_rounds.entry(round).or_default() += 1;
+        self.count_scheduled(&expected, round);
+        self.deadlines.push_back((scheduled + self.timeout, id));
+        self.pending.insert(
+            id,
+            Pending {
+                expected,
+                scheduled,
+                round,
+                acked: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A record that is counted as sent but never handed to the producer (over the in-flight
+    /// bound, or its topic's partitions are unknown): settled `send_failed` at once.
+    pub fn refuse(
+        &mut self,
+        expected: Expected,
+        scheduled: Instant,
+        round: u64,
+        reason: Reason,
+    ) -> Finished {
+        self.count_scheduled(&expected, round);
         let pending = Pending {
             expected,
             scheduled,
             round,
             acked: None,
         };
-        if self.pending.len() >= self.max_in_flight {
-            let reason = format!(
-                "backpressure: {} records already in flight (max_in_flight)",
-                self.pending.len()
-            );
-            return Err(Box::new(self.finish(
-                pending,
-                scheduled,
-                Outcome::SendFailed,
-                None,
-                Some(Reason::new("backpressure", reason)),
-            )));
+        self.finish(pending, scheduled, Outcome::SendFailed, None, Some(reason))
+    }
+
+    fn count_scheduled(&mut self, expected: &Expected, round: u64) {
+        self.counts.sent += 1;
+        self.counts.in_flight += 1;
+        if expected.body.partition >= 0 {
+            self.partitions
+                .entry(expected.body.partition)
+                .or_default()
+                .sent += 1;
         }
-        self.deadlines.push_back((deadline, id));
-        self.pending.insert(id, pending);
-        Ok(())
+        *self.open_rounds.entry(round).or_default() += 1;
     }
 
     /// The broker acknowledged the record: returns produce latency (from the scheduled send).
@@ -432,7 +453,10 @@ impl Tracker {
         let body = &p.expected.body;
         self.counts.in_flight -= 1;
         self.counts.outcomes[outcome.index()] += 1;
-        self.partitions.entry(body.partition).or_default().outcomes[outcome.index()] += 1;
+        // A record whose partition was never known (-1) has no partition to count under.
+        if body.partition >= 0 {
+            self.partitions.entry(body.partition).or_default().outcomes[outcome.index()] += 1;
+        }
         if let Some(n) = self.open_rounds.get_mut(&p.round) {
             *n -= 1;
             if *n == 0 {

@@ -64,12 +64,12 @@ impl KafkaVerifier {
     pub async fn partitions(&self, topic: &str) -> Result<kafka::Partitions, TopicError> {
         let consumer = Arc::clone(&self.consumer);
         let cluster = self.cluster.clone();
-        let topic = topic.to_string();
+        let t = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            kafka::partitions_blocking(consumer.client(), &cluster, &topic, METADATA_TIMEOUT)
+            kafka::partitions_blocking(consumer.client(), &cluster, &t, METADATA_TIMEOUT)
         })
         .await
-        .expect("metadata lookup does not panic")
+        .unwrap_or_else(|e| Err(self.lookup_failed(topic, &e)))
     }
 
     /// Starts reading the given partitions of `topic` from their current end, if not already.
@@ -101,11 +101,18 @@ impl KafkaVerifier {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .expect("watermark lookup does not panic")?;
+        .unwrap_or_else(|e| Err(self.lookup_failed(topic, &e)))?;
         let mut tpl = TopicPartitionList::new();
         for &(p, high) in &starts {
+            // A broker reporting a negative end offset is broken, not a reason to panic.
             tpl.add_partition_offset(topic, p, Offset::Offset(high))
-                .expect("valid offset");
+                .map_err(|e| TopicError::Other {
+                    cluster: self.cluster.name.clone(),
+                    topic: topic.to_string(),
+                    error: format!(
+                        "the broker reported an invalid end offset {high} for partition {p}: {e}"
+                    ),
+                })?;
         }
         self.consumer
             .incremental_assign(&tpl)
@@ -119,6 +126,15 @@ impl KafkaVerifier {
             assigned.insert((topic.to_string(), p));
         }
         Ok(())
+    }
+
+    /// A metadata lookup whose blocking task failed (librdkafka panicked or was cancelled).
+    fn lookup_failed(&self, topic: &str, e: &tokio::task::JoinError) -> TopicError {
+        TopicError::Other {
+            cluster: self.cluster.name.clone(),
+            topic: topic.to_string(),
+            error: format!("the metadata lookup failed: {e}"),
+        }
     }
 
     /// Reads and dispatches records until `stop`.

@@ -214,7 +214,9 @@ fn json(row: &Row, column: &str) -> Result<serde_json::Value, SinkError> {
 fn classify(e: tokio_postgres::Error) -> SinkError {
     let kind = match e.code() {
         Some(code) => {
-            let class = &code.code()[..2];
+            // The class is the SQLSTATE's first two characters. A server (or a proxy in front of
+            // it) may send anything there: a malformed code has no class, never a panic.
+            let class = code.code().get(..2).unwrap_or_default();
             if class == "28" || *code == SqlState::INVALID_CATALOG_NAME {
                 SinkErrorKind::Auth
             } else if class == "08"

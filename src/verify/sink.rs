@@ -16,8 +16,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use tokio_util::task::TaskTracker;
-
 use super::http::HttpSink;
 use super::postgres::PostgresSink;
 use crate::config::Verify;
@@ -100,29 +98,74 @@ pub trait Sink: Send {
     fn poll(&mut self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Found>, SinkError>> + Send;
 }
 
-/// Starts the sink poller of a probe that verifies at a sink (nothing for the Kafka verifier).
-pub fn start(
-    probe: &Arc<Probe>,
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    let Some(poll) = probe.config.verify.poll() else {
-        return Ok(());
-    };
-    let (probe, stop) = (Arc::clone(probe), stop.clone());
-    match &probe.config.verify {
-        Verify::Kafka(_) => {}
-        Verify::Postgres(cfg) => {
-            let sink = PostgresSink::new(cfg)?;
-            tasks.spawn(run(sink, probe, poll, stop));
-        }
-        Verify::Http(cfg) => {
-            let sink = HttpSink::new(cfg)?;
-            tasks.spawn(run(sink, probe, poll, stop));
+/// The sink of a probe's `verify` section: one variant per kind of sink.
+pub enum AnySink {
+    Postgres(PostgresSink),
+    Http(HttpSink),
+}
+
+impl AnySink {
+    /// The sink `verify` names (`None` for the Kafka verifier, which is pushed records).
+    pub fn new(verify: &Verify) -> Option<Result<AnySink, String>> {
+        match verify {
+            Verify::Kafka(_) => None,
+            Verify::Postgres(cfg) => Some(PostgresSink::new(cfg).map(AnySink::Postgres)),
+            Verify::Http(cfg) => Some(HttpSink::new(cfg).map(AnySink::Http)),
         }
     }
-    Ok(())
 }
+
+impl Sink for AnySink {
+    fn kind(&self) -> &'static str {
+        match self {
+            AnySink::Postgres(s) => s.kind(),
+            AnySink::Http(s) => s.kind(),
+        }
+    }
+
+    async fn poll(&mut self, ids: &[Uuid]) -> Result<Vec<Found>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.poll(ids).await,
+            AnySink::Http(s) => s.poll(ids).await,
+        }
+    }
+}
+
+/// The poller of a probe that verifies at a sink (`None` for the Kafka verifier), as a factory
+/// of its task for the supervisor. The first sink is built here, so that a bad setting stops
+/// the agent at start; each restart builds a new one (new connections, new pool).
+pub fn poller(
+    probe: &Arc<Probe>,
+    stop: &CancellationToken,
+) -> Result<Option<impl FnMut() -> PollerTask + Send + use<>>, String> {
+    let (Some(poll), Some(first)) = (
+        probe.config.verify.poll(),
+        AnySink::new(&probe.config.verify),
+    ) else {
+        return Ok(None);
+    };
+    let mut first = Some(first?);
+    let (probe, stop) = (Arc::clone(probe), stop.clone());
+    Ok(Some(move || {
+        let sink = match first.take() {
+            Some(sink) => Ok(sink),
+            None => AnySink::new(&probe.config.verify)
+                .unwrap_or_else(|| Err("the probe no longer verifies at a sink".into())),
+        };
+        let (probe, stop) = (Arc::clone(&probe), stop.clone());
+        Box::pin(async move {
+            match sink {
+                Ok(sink) => run(sink, probe, poll, stop).await,
+                Err(error) => {
+                    tracing::error!(probe = probe.name(), %error, "cannot restart the sink poller")
+                }
+            }
+        }) as PollerTask
+    }))
+}
+
+/// One run of a sink poller.
+pub type PollerTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Polls `sink` for `probe`'s pending records until `stop`.
 pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: CancellationToken) {
@@ -250,7 +293,7 @@ mod tests {
             probe_paths: vec![file],
         })
         .unwrap();
-        let metrics = Arc::new(Metrics::new([]));
+        let metrics = Arc::new(Metrics::new("default", []));
         let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
         let probe = Arc::new(Probe::new(
             cfg.probes[0].clone(),
@@ -338,12 +381,14 @@ mod tests {
         );
         let m = s.metrics.render();
         assert!(
-            m.contains("slo_probe_verify_errors_total{probe=\"sink\",reason=\"unreachable\"} 3"),
+            m.contains("slo_probe_verify_errors_total{probe=\"sink\",reason=\"unreachable\",site=\"default\"} 3"),
             "{m}"
         );
-        assert!(m.contains("slo_probe_verify_errors_total{probe=\"sink\",reason=\"timeout\"} 0"));
-        assert!(m.contains("slo_probe_sink_polls_total{probe=\"sink\"} 4"));
-        assert!(m.contains("slo_probe_poll_interval_seconds{probe=\"sink\"} 1"));
+        assert!(m.contains(
+            "slo_probe_verify_errors_total{probe=\"sink\",reason=\"timeout\",site=\"default\"} 0"
+        ));
+        assert!(m.contains("slo_probe_sink_polls_total{probe=\"sink\",site=\"default\"} 4"));
+        assert!(m.contains("slo_probe_poll_interval_seconds{probe=\"sink\",site=\"default\"} 1"));
         let sink = s.probe.snapshot(Instant::now()).sink.unwrap();
         assert_eq!((sink.polls, sink.errors), (4, 3));
         assert_eq!(sink.last_error.as_deref(), Some("unreachable: refused"));

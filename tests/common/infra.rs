@@ -172,15 +172,31 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[String]) -> Prometheus {
+        Prometheus::start_with(targets, None)
+    }
+
+    /// Also evaluating the rules file `rules` (every second) and sending alerts to the
+    /// Alertmanager at `alertmanager`.
+    pub fn alerting(targets: &[String], rules: &Path, alertmanager: &str) -> Prometheus {
+        Prometheus::start_with(targets, Some((rules, alertmanager)))
+    }
+
+    fn start_with(targets: &[String], alerting: Option<(&Path, &str)>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let targets = targets
             .iter()
             .map(|t| format!("'{t}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let config = format!(
+        let mut config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: slo-probe\n    static_configs:\n      - targets: [{targets}]\n"
         );
+        if let Some((rules, alertmanager)) = alerting {
+            config.push_str(&format!(
+                "rule_files: ['{}']\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n",
+                rules.display()
+            ));
+        }
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -222,6 +238,83 @@ impl Prometheus {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "success", "{body}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port, without
+/// clustering, routing every alert at once to the webhook `webhook` (a URL).
+pub struct Alertmanager {
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Alertmanager {
+    pub fn start(webhook: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "route:\n  receiver: hook\n  group_by: [alertname, probe, site]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: false\n"
+        );
+        std::fs::write(dir.path().join("alertmanager.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let bin = tool(
+            "SLO_PROBE_TEST_ALERTMANAGER",
+            &[PathBuf::from("/usr/bin/prometheus-alertmanager")],
+        );
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("alertmanager.yml").display()
+        ))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--cluster.listen-address=");
+        let proc = Proc::start(cmd, "Listening on");
+        Alertmanager {
+            addr,
+            _dir: dir,
+            _proc: proc,
+        }
+    }
+}
+
+/// An HTTP server in the test that receives Alertmanager's webhook notifications: every alert
+/// of every notification, in order of arrival.
+pub struct Webhook {
+    pub url: String,
+    alerts: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Webhook {
+    pub async fn start() -> Webhook {
+        use axum::routing::post;
+        let (tx, alerts) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/alerts",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let tx = tx.clone();
+                async move {
+                    for alert in body["alerts"].as_array().cloned().unwrap_or_default() {
+                        let _ = tx.send(alert);
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Webhook { url, alerts }
+    }
+
+    /// The next alert notified, within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<serde_json::Value> {
+        tokio::time::timeout(within, self.alerts.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 

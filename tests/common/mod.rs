@@ -6,6 +6,7 @@
 
 pub mod front;
 pub mod infra;
+pub mod malformed_pg;
 pub mod relay;
 pub mod writer;
 

@@ -1,0 +1,172 @@
+//! The alerting chain when a probe cannot send, with real parts only: `slo-probe run` agents,
+//! the rules `slo-probe rules` generates, a real Prometheus scraping the agents and evaluating
+//! the rules, and a real Alertmanager notifying a webhook served by this test.
+//!
+//! One agent's cluster is unreachable from the start (a closed port); the other's cluster
+//! answers every metadata request about the probe topic with TOPIC_AUTHORIZATION_FAILED (an
+//! ACL denying Describe; librdkafka's mock cluster, in this test's process, plays the cluster).
+//! Neither can send a record. Both must page within five minutes of starting, and the
+//! availability SLO must burn.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::infra::{Alertmanager, Prometheus, Webhook, free_port};
+use common::{Running, Tree, closed_port, get, run};
+use rdkafka::types::RDKafkaRespErr;
+use serde_json::Value;
+use slo_probe::embedded::EmbeddedCluster;
+
+/// The longest an agent that cannot send may go unpaged.
+const PAGE_WITHIN: Duration = Duration::from_secs(300);
+
+fn agent_tree(site: &str, bootstrap: &str, probe: &str) -> Tree {
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!("site: {site}\nclusters:\n  primary:\n    bootstrap_servers: {bootstrap}\n"),
+    );
+    t.write(&format!("probes/{}.yaml", probe_name(probe)), probe);
+    t
+}
+
+fn probe_name(probe: &str) -> &str {
+    probe
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_cannot_send_page_within_five_minutes() {
+    let started = Instant::now();
+    // The probe without an availability SLO: only the not-sending alert can page for it.
+    let closed_probe = "name: unreachable\ninterval: 1s\ntimeout: 5s\nslos:\n  - { name: completeness, objective: 99.9% }\n";
+    let denied_probe = "name: denied\ntopic: denied-topic\ninterval: 1s\ntimeout: 5s\nslos:\n  - { name: availability, objective: 99.9% }\n";
+    let cluster = EmbeddedCluster::start(1).unwrap();
+    cluster.create_topic("denied-topic", 1, 1).unwrap();
+    cluster
+        .set_topic_error(
+            "denied-topic",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let closed = agent_tree(
+        "lab-a",
+        &format!("127.0.0.1:{}", closed_port()),
+        closed_probe,
+    );
+    let denied = agent_tree("lab-b", cluster.bootstrap_servers(), denied_probe);
+
+    // The rules, as a user generates them for these probes.
+    let rules_dir = Tree::new();
+    let out = run(
+        rules_dir.path(),
+        &[
+            "rules",
+            "--probes",
+            closed.path().join("probes").to_str().unwrap(),
+            "--probes",
+            denied.path().join("probes").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let rules = rules_dir.write("rules.yaml", &out.stdout);
+
+    let mut webhook = Webhook::start().await;
+    let alertmanager = Alertmanager::start(&webhook.url);
+    let mut agents = Vec::new();
+    let mut targets = Vec::new();
+    for t in [&closed, &denied] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = ["run", "--listen", &listen, "--log-format", "json"];
+        agents.push(Running::spawn(t.path(), &args, &[]));
+        targets.push(listen);
+    }
+    let prometheus = Prometheus::alerting(&targets, &rules, &alertmanager.addr);
+
+    // Both agents say why they cannot send, and are not ready.
+    for agent in &mut agents {
+        agent.wait_event(PAGE_WITHIN, "cannot discover partitions");
+    }
+    for (addr, why) in [
+        (&targets[0], "unreachable: cannot reach cluster primary"),
+        (
+            &targets[1],
+            "denied: cannot read topic denied-topic on cluster primary: TopicAuthorizationFailed (Broker: Topic authorization failed)",
+        ),
+    ] {
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(why), "{body}");
+    }
+
+    // The page: each agent's not-sending alert, from Prometheus through Alertmanager.
+    let mut paged: Vec<(String, String)> = Vec::new();
+    while paged.len() < 2 {
+        let left = PAGE_WITHIN.saturating_sub(started.elapsed());
+        let alert = webhook.next(left).await.unwrap_or_else(|| {
+            panic!(
+                "not paged within {PAGE_WITHIN:?} (paged so far: {paged:?}); agents said:\n{}",
+                agents
+                    .iter()
+                    .flat_map(|a| a.seen.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        let labels = &alert["labels"];
+        if labels["alertname"] != "SloProbeNotSending" {
+            continue;
+        }
+        assert_eq!(alert["status"], "firing");
+        assert_eq!(labels["severity"], "page");
+        let (probe, site) = (
+            labels["probe"].as_str().unwrap(),
+            labels["site"].as_str().unwrap(),
+        );
+        let description = alert["annotations"]["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("(site {site})")) && !description.contains("{{"),
+            "{description}"
+        );
+        paged.push((probe.to_string(), site.to_string()));
+    }
+    paged.sort();
+    assert_eq!(
+        paged,
+        [
+            ("denied".to_string(), "lab-b".to_string()),
+            ("unreachable".to_string(), "lab-a".to_string())
+        ]
+    );
+    let paged_after = started.elapsed();
+    eprintln!("both agents paged {paged_after:?} after they started");
+
+    // What Prometheus saw: rounds counted as sent and send_failed, and the availability SLO of
+    // the probe that has one spending its budget.
+    for probe in ["unreachable", "denied"] {
+        let failed = prometheus
+            .query(&format!(
+                "slo_probe_records_total{{probe=\"{probe}\", outcome=\"send_failed\"}}"
+            ))
+            .await;
+        let value = |v: &Value| v["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+        assert!(value(&failed[0]) >= 1.0, "{probe}: {failed:?}");
+    }
+    let burn = prometheus
+        .query("slo_probe:slo_errors:ratio_rate5m{probe=\"denied\", slo=\"availability\"}")
+        .await;
+    assert_eq!(
+        burn[0]["value"][1], "1",
+        "every availability event is bad: {burn:?}"
+    );
+    for agent in &agents {
+        agent.signal("TERM");
+    }
+    for agent in &mut agents {
+        assert_eq!(agent.wait_exit(Duration::from_secs(60)).code(), Some(0));
+    }
+}
