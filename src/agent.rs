@@ -696,8 +696,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::Sources;
-    use crate::export::traces::Spans;
     use crate::supervise::BACKOFF_MIN;
 
     /// What the agent logs, as JSON lines.
@@ -736,27 +734,14 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
 
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.yaml");
-        std::fs::write(&file, "name: orders\n").unwrap();
-        let cfg = crate::config::load(&Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap();
-        let metrics = Arc::new(Metrics::new("eu", []));
-        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
-        let probe = Arc::new(Probe::new(
-            cfg.probes[0].clone(),
-            &cfg.agent,
-            Arc::clone(&metrics),
-            spans,
-            false,
+        let probe = Arc::new(crate::probe::from_yaml(
+            "name: orders
+",
         ));
         let view = AgentView {
             probes: vec![Arc::clone(&probe)],
-            metrics,
-            site: "eu".into(),
+            metrics: probe.metrics(),
+            site: "default".into(),
             instance: "test".into(),
         };
         let restarts = |view: &AgentView| {

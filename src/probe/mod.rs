@@ -692,35 +692,50 @@ impl Probe {
     }
 }
 
+/// A probe read from a probe file's text (no agent file: site `default`), with metrics of its
+/// own (its SLO thresholds among the histogram buckets) and no span export: where the unit
+/// tests that need a probe start.
+#[cfg(test)]
+pub(crate) fn from_yaml(yaml: &str) -> Probe {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let cfg = crate::config::load(&crate::config::Sources {
+        agent_file: None,
+        probe_paths: vec![file],
+    })
+    .unwrap();
+    let thresholds = cfg.probes[0].slos.iter().filter_map(|s| match s.sli {
+        crate::config::Sli::Latency { below } => Some(below),
+        _ => None,
+    });
+    let metrics = Arc::new(Metrics::new(&cfg.agent.site, thresholds));
+    Probe::new(
+        cfg.probes[0].clone(),
+        &cfg.agent,
+        Arc::clone(&metrics),
+        Arc::new(Spans::disabled(metrics.spans_dropped())),
+        true,
+    )
+}
+
+#[cfg(test)]
+impl Probe {
+    /// The registry this probe's series are in.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{self, Sources};
     use crate::export::metrics::names;
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;
 
     fn probe(yaml: &str) -> Probe {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let cfg = config::load(&Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap();
-        let thresholds = cfg.probes[0].slos.iter().filter_map(|s| match s.sli {
-            crate::config::Sli::Latency { below } => Some(below),
-            _ => None,
-        });
-        let metrics = Arc::new(Metrics::new("default", thresholds));
-        Probe::new(
-            cfg.probes[0].clone(),
-            &cfg.agent,
-            Arc::clone(&metrics),
-            Arc::new(Spans::disabled(metrics.spans_dropped())),
-            true,
-        )
+        from_yaml(yaml)
     }
 
     /// Builds and registers one round; returns the records to send.

@@ -338,36 +338,11 @@ mod tests {
     use crate::probe::Outcome;
     use crate::verify::kafka::KafkaVerifier;
 
-    fn probe_on(yaml: &str) -> Arc<Probe> {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let loaded = config::load(&Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap();
-        let metrics = Arc::new(Metrics::new("default", []));
-        Arc::new(Probe::new(
-            loaded.probes[0].clone(),
-            &AgentConfig::default(),
-            Arc::clone(&metrics),
-            Arc::new(crate::export::traces::Spans::disabled(
-                metrics.spans_dropped(),
-            )),
-            false,
-        ))
-    }
-
-    /// A daemon whose topic cannot be discovered is not silent: its schedule starts at
-    /// discovery's first answer (an error), each round waits for partitions until its deadline
-    /// and then counts as one `send_failed` record (reason `discovery`); rounds still within
-    /// their deadline when partitions arrive are sent then, with their own slot as scheduled
-    /// time; stopping settles the rounds still waiting.
-    #[tokio::test(start_paused = true)]
-    async fn rounds_without_partitions_fail_at_their_deadline_or_go_out_late() {
-        let probe = probe_on("name: blind\ninterval: 1s\ntimeout: 3s\n");
-        // Nothing listens there: records handed to it are never acknowledged.
+    /// A daemon's send loop for a probe given by `yaml`, producing to a cluster nothing listens
+    /// at (records handed to it are never acknowledged), its partitions published through the
+    /// returned sender; stopped by the returned token.
+    fn blind_daemon(yaml: &str) -> BlindDaemon {
+        let probe = Arc::new(crate::probe::from_yaml(yaml));
         let cluster = crate::config::ClusterConfig {
             name: "primary".into(),
             bootstrap_servers: "127.0.0.1:1".into(),
@@ -378,7 +353,6 @@ mod tests {
         let producer = Arc::new(Producer::new(&cluster, "test", Duration::from_secs(60)).unwrap());
         let (tx, rx) = watch::channel(None);
         let stop = CancellationToken::new();
-        let t0 = Instant::now();
         let sender = tokio::spawn(send_loop(SendLoop {
             probe: Arc::clone(&probe),
             producer,
@@ -387,6 +361,35 @@ mod tests {
             stop: stop.clone(),
             schedule: Arc::default(),
         }));
+        BlindDaemon {
+            probe,
+            partitions: tx,
+            stop,
+            sender,
+        }
+    }
+
+    struct BlindDaemon {
+        probe: Arc<Probe>,
+        partitions: watch::Sender<Option<Vec<i32>>>,
+        stop: CancellationToken,
+        sender: tokio::task::JoinHandle<()>,
+    }
+
+    /// A daemon whose topic cannot be discovered is not silent: its schedule starts at
+    /// discovery's first answer (an error), each round waits for partitions until its deadline
+    /// and then counts as one `send_failed` record (reason `discovery`); rounds still within
+    /// their deadline when partitions arrive are sent then, with their own slot as scheduled
+    /// time; stopping settles the rounds still waiting.
+    #[tokio::test(start_paused = true)]
+    async fn rounds_without_partitions_fail_at_their_deadline_or_go_out_late() {
+        let t0 = Instant::now();
+        let BlindDaemon {
+            probe,
+            partitions: tx,
+            stop,
+            sender,
+        } = blind_daemon("name: blind\ninterval: 1s\ntimeout: 3s\n");
         let counts = || probe.progress().borrow().counts;
         // no answer from discovery yet: nothing is scheduled
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -452,25 +455,12 @@ mod tests {
     /// Stopping while rounds wait for partitions settles them at once, never leaves them out.
     #[tokio::test(start_paused = true)]
     async fn stopping_settles_the_rounds_still_waiting_for_partitions() {
-        let probe = probe_on("name: blind\ninterval: 1s\ntimeout: 30s\n");
-        let cluster = crate::config::ClusterConfig {
-            name: "primary".into(),
-            bootstrap_servers: "127.0.0.1:1".into(),
-            properties: Default::default(),
-            producer: Default::default(),
-            consumer: Default::default(),
-        };
-        let producer = Arc::new(Producer::new(&cluster, "test", Duration::from_secs(60)).unwrap());
-        let (_tx, rx) = watch::channel(None);
-        let stop = CancellationToken::new();
-        let sender = tokio::spawn(send_loop(SendLoop {
-            probe: Arc::clone(&probe),
-            producer,
-            partitions: rx,
-            plan: Plan::Forever,
-            stop: stop.clone(),
-            schedule: Arc::default(),
-        }));
+        let BlindDaemon {
+            probe,
+            partitions: _tx,
+            stop,
+            sender,
+        } = blind_daemon("name: blind\ninterval: 1s\ntimeout: 30s\n");
         // no answer from discovery at all: the schedule starts after the timeout (30 s)
         tokio::time::sleep(Duration::from_millis(32_500)).await;
         assert_eq!(probe.progress().borrow().counts.sent, 0);

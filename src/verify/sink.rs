@@ -232,9 +232,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::{self, Sources};
     use crate::export::metrics::Metrics;
-    use crate::export::traces::Spans;
     use crate::probe::Outcome;
     use crate::record;
 
@@ -282,26 +280,11 @@ mod tests {
     /// A probe (3 records sent at t0, acknowledged 5 ms later, in the sink at `appear`) and its
     /// poller, polling every second.
     async fn setup(timeout: &str, appear: Duration, failures: u32) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.yaml");
         let yaml = format!(
             "name: sink\ninterval: 10s\ntimeout: {timeout}\nverify:\n  http: {{ url: \"http://s/{{ids}}\", poll: 1s }}\n"
         );
-        std::fs::write(&file, yaml).unwrap();
-        let cfg = config::load(&Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap();
-        let metrics = Arc::new(Metrics::new("default", []));
-        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
-        let probe = Arc::new(Probe::new(
-            cfg.probes[0].clone(),
-            &cfg.agent,
-            Arc::clone(&metrics),
-            spans,
-            true,
-        ));
+        let probe = Arc::new(crate::probe::from_yaml(&yaml));
+        let metrics = probe.metrics();
         let t0 = Instant::now();
         let records: Vec<_> = (0..3)
             .map(|p| record::build(&probe.origin, p, 0, 0, &probe.config.tags, 16, true))
