@@ -200,6 +200,9 @@ fn the_chart_lints_and_renders_valid_manifests_for_each_values_file() {
             None => {
                 assert_eq!(of_kind(&docs, "Deployment").len(), 1);
                 check_rendered_config(&docs, "default", &[]);
+                // inside the cluster only, and open to it unless a policy is asked for
+                assert_eq!(of_kind(&docs, "Service")[0]["spec"]["type"], "ClusterIP");
+                assert!(of_kind(&docs, "NetworkPolicy").is_empty());
             }
             Some("multi-site-values.yaml") => {
                 let deployments = of_kind(&docs, "Deployment");
@@ -240,6 +243,25 @@ fn the_chart_lints_and_renders_valid_manifests_for_each_values_file() {
                 assert_eq!(m[0]["spec"]["podMetricsEndpoints"][0]["interval"], "15s");
             }
             Some(_) => {
+                // only Prometheus' namespace reaches the HTTP port of the agents' pods
+                let policy = of_kind(&docs, "NetworkPolicy");
+                assert_eq!(policy.len(), 1);
+                let spec = &policy[0]["spec"];
+                assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+                let pod_labels =
+                    &of_kind(&docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"];
+                for (k, v) in spec["podSelector"]["matchLabels"].as_object().unwrap() {
+                    assert_eq!(&pod_labels[k], v, "the policy selects the agents");
+                }
+                let rule = &spec["ingress"][0];
+                assert_eq!(
+                    rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                    "monitoring"
+                );
+                assert_eq!(
+                    rule["ports"],
+                    serde_json::json!([{ "port": "http", "protocol": "TCP" }])
+                );
                 assert!(of_kind(&docs, "PodMonitor").is_empty());
                 let m = of_kind(&docs, "ServiceMonitor");
                 assert_eq!(m.len(), 1);
@@ -303,6 +325,11 @@ fn bad_values_are_refused_by_the_schema() {
         (vec!["--set", "logFormat=xml"], "at '/logFormat'"),
         (vec!["--set", "replicaCount=3"], "replicaCount"),
         (vec!["--set", "env[0].name=X"], "at '/env/0'"),
+        // a policy that lets nobody in would also cut off the scraper: it must name peers
+        (
+            vec!["--set", "networkPolicy.enabled=true"],
+            "at '/networkPolicy/from'",
+        ),
         // both monitors would scrape every pod twice
         (
             vec![
