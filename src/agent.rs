@@ -465,7 +465,8 @@ impl Agent {
         self.stop_sending.cancel();
     }
 
-    /// The longest time draining can take: every in-flight record is settled by its deadline.
+    /// The longest time draining records can take: every in-flight record is settled by its
+    /// deadline. Stopping takes at most this plus [`STOP_GRACE`] and the span flush.
     pub fn drain_bound(&self) -> Duration {
         self.config
             .probes
@@ -477,21 +478,49 @@ impl Agent {
     }
 
     /// Stops sending, waits (up to `drain_bound`, or until `abort`) for every in-flight record to
-    /// be settled, then stops everything.
+    /// be settled, then stops everything: tasks get [`STOP_GRACE`] to end (the HTTP server
+    /// drops connections that do not finish), the span queue is flushed (each export bounded by
+    /// the exporter's timeout).
     pub async fn shutdown(self, abort: impl std::future::Future<Output = ()>) -> ShutdownReport {
+        self.shutdown_with(abort, std::future::pending()).await
+    }
+
+    /// As [`Agent::shutdown`], and `hard` (a second signal) also ends the waits after the
+    /// drain: the tasks' grace and the span flush. Stopping never waits on a client.
+    pub async fn shutdown_with(
+        self,
+        abort: impl std::future::Future<Output = ()>,
+        hard: impl std::future::Future<Output = ()>,
+    ) -> ShutdownReport {
+        tokio::pin!(hard);
         self.stop_sending.cancel();
+        let mut stopped = false;
         tokio::select! {
             biased;
             _ = self.send_loops.wait() => {}
             _ = tokio::time::sleep(self.drain_bound()) => {}
             _ = abort => {}
+            _ = &mut hard => stopped = true,
         }
         let drained = self.probes.iter().all(|p| p.in_flight() == 0);
         self.stop_all.cancel();
         self.background.close();
-        self.background.wait().await;
-        if let Some(spans) = self.spans {
-            spans.shutdown().await;
+        if !stopped {
+            tokio::select! {
+                _ = self.background.wait() => {}
+                _ = tokio::time::sleep(STOP_GRACE) => {
+                    tracing::warn!(grace = ?STOP_GRACE, "tasks still running at stop were left behind");
+                }
+                _ = &mut hard => stopped = true,
+            }
+        }
+        if let Some(spans) = self.spans
+            && !stopped
+        {
+            tokio::select! {
+                _ = spans.shutdown() => {}
+                _ = &mut hard => {}
+            }
         }
         let per_probe = self
             .probes
@@ -501,6 +530,10 @@ impl Agent {
         ShutdownReport { per_probe, drained }
     }
 }
+
+/// How long the agent's tasks get to end once told to stop (the HTTP server needs
+/// [`http::DRAIN`] twice at most).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A topic's metadata watch and the probes that depend on it.
 type Watched = (TopicWatch, Vec<Arc<Probe>>);
@@ -693,46 +726,14 @@ fn create_embedded_topics(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
     use crate::supervise::BACKOFF_MIN;
-
-    /// What the agent logs, as JSON lines.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn events(&self, message: &str) -> Vec<serde_json::Value> {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["fields"]["message"] == message)
-                .collect()
-        }
-    }
 
     /// A task of a probe panics twice: each death is logged with the probe and counted, the
     /// probe is unready while the task is down, and the task comes back after 1 s, then 2 s.
     #[tokio::test(start_paused = true)]
     async fn a_dead_task_is_logged_counted_and_unready_until_restarted() {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = crate::export::logging::captured();
 
         let probe = Arc::new(crate::probe::from_yaml(
             "name: orders

@@ -259,6 +259,7 @@ fn load(common: &Common) -> Result<Config, Vec<String>> {
         Ok(mut c) => {
             if let Some(addr) = common.listen {
                 c.agent.listen = addr;
+                c.agent.listen_chosen = true;
             }
             Ok(c)
         }
@@ -323,7 +324,11 @@ fn start_error(format: LogFormat, e: &StartError) -> Exit {
 }
 
 async fn run(config: Config, common: &Common) -> Exit {
+    let mut signals = signals::Signals::new();
     let listen = config.agent.listen;
+    if let Some(warning) = exposure_warning(listen, config.agent.listen_chosen) {
+        tracing::warn!(addr = %listen, "{warning}");
+    }
     let opts = AgentOptions {
         plan: Plan::Forever,
         listen: Some(listen),
@@ -339,10 +344,19 @@ async fn run(config: Config, common: &Common) -> Exit {
         instance = %agent.config.agent.instance,
         "slo-probe running"
     );
-    signals::first().await;
+    signals.next().await;
     let bound = agent.drain_bound();
     tracing::info!(bound = ?bound, "stopping: no new records; settling the ones in flight (signal again to stop now)");
-    let report = agent.shutdown(signals::first()).await;
+    // The second signal ends every wait: the records' drain, the tasks' grace, the span flush.
+    let second = tokio_util::sync::CancellationToken::new();
+    let on_signal = second.clone();
+    tokio::spawn(async move {
+        signals.next().await;
+        on_signal.cancel();
+    });
+    let report = agent
+        .shutdown_with(second.clone().cancelled_owned(), second.cancelled_owned())
+        .await;
     log_final(&report);
     if report.drained {
         Exit::Ok
@@ -374,6 +388,18 @@ fn log_final(report: &ShutdownReport) {
     }
 }
 
+/// The default address serves every interface, which a container needs (its port is reached
+/// through the pod or a published port, and the chart sets `listen` and can add a
+/// NetworkPolicy). Elsewhere it puts `/status` (topics, bootstrap servers, leaders, sink errors)
+/// in front of anyone who can reach the host, unauthenticated. Telling a container from a host
+/// is guesswork (a `/.dockerenv` file is on many CI machines), so the rule is about choice: the
+/// default on every interface is warned about; an address that was chosen, even 0.0.0.0, is not.
+pub fn exposure_warning(listen: SocketAddr, chosen: bool) -> Option<&'static str> {
+    (!chosen && listen.ip().is_unspecified()).then_some(
+        "serving /metrics, /readyz and /status (topics, bootstrap servers, leaders, sink errors) on every interface without authentication, by default: choose `listen` (or --listen), e.g. 127.0.0.1:9747 to keep them on this host, or 0.0.0.0:9747 once only your scraper can reach the port (a firewall, the chart's NetworkPolicy)",
+    )
+}
+
 /// Why `smoke` refuses to run on the embedded cluster unasked: naming the agent file it looked
 /// for, since a misnamed or misplaced file is the usual cause.
 fn no_cluster(config: &Config) -> String {
@@ -400,6 +426,7 @@ fn no_cluster(config: &Config) -> String {
 }
 
 async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
+    let mut signals = signals::Signals::new();
     let started = Instant::now();
     let embedded = common.embedded || config.is_zero_config();
     // A gate must never pass a pipeline it never touched: the mock cluster only when asked for.
@@ -447,7 +474,7 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     };
     let discovered = tokio::select! {
         d = agent.wait_discovered(args.connect_timeout) => Some(d),
-        _ = signals::first() => None,
+        _ = signals.next() => None,
     };
     match discovered {
         None => {
@@ -506,7 +533,7 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     ));
     let interrupted = tokio::select! {
         _ = agent.wait_finished() => false,
-        _ = signals::first() => {
+        _ = signals.next() => {
             interrupted_note(common.log_format);
             true
         }
@@ -625,20 +652,57 @@ async fn show_progress(
 }
 
 mod signals {
-    /// Resolves on the first SIGINT or SIGTERM received after the call.
-    pub async fn first() {
+    /// SIGINT and SIGTERM, listened to from creation on: a signal that arrives while the agent
+    /// is busy between two waits (a quick second Ctrl-C) is not missed.
+    pub struct Signals {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        interrupt: tokio::signal::unix::Signal,
+        #[cfg(unix)]
+        terminate: tokio::signal::unix::Signal,
+    }
+
+    impl Signals {
+        pub fn new() -> Signals {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                Signals {
+                    interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+                    terminate: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+                }
+            }
+            #[cfg(not(unix))]
+            Signals {}
+        }
+
+        /// Resolves on the next SIGINT or SIGTERM (one received since the previous call counts).
+        pub async fn next(&mut self) {
+            #[cfg(unix)]
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_default_on_every_interface_is_warned_about() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(exposure_warning(addr("0.0.0.0:9747"), false).is_some());
+        assert!(exposure_warning(addr("[::]:9747"), false).is_some());
+        assert!(
+            exposure_warning(addr("0.0.0.0:9747"), true).is_none(),
+            "chosen"
+        );
+        assert!(exposure_warning(addr("127.0.0.1:9747"), false).is_none());
     }
 }

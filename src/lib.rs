@@ -24,6 +24,7 @@
 //! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.
 //! - [`rules`]: Prometheus recording rules and burn-rate alerts for the probes' SLOs.
 //! - [`supervise`]: restarts a long-lived task that panicked or ended, reporting each failure.
+//! - [`util`]: small shared helpers (outside text made printable).
 
 pub mod agent;
 pub mod cli;
@@ -37,4 +38,5 @@ pub mod report;
 pub mod rules;
 pub mod stats;
 pub mod supervise;
+pub mod util;
 pub mod verify;

@@ -308,7 +308,7 @@ slos:
             "probes/a.yaml:6:11: `verify.http.body` needs `method: POST`",
             "probes/a.yaml:7:18: `verify.http.ids_pointer` must be a JSON pointer like /hits/hits (or empty for the whole response), got `hits`",
             "probes/a.yaml:8:14: `verify.http.headers.bad header` is not a valid HTTP header name and value",
-            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, poll, timeout, ca_file, expect",
+            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, max_response_bytes, poll, timeout, ca_file, expect",
             "probes/b.yaml:3:7: `verify` must have exactly one of: kafka, postgres, http",
             "probes/c.yaml:3:16: `verify.http` must put the pending record ids into its `url` or `body`: use {ids} (comma-separated) or {ids_json} (a JSON array)",
             "probes/c.yaml:3:56: `verify.http.method` must be GET or POST, got `PUT`",
@@ -406,7 +406,7 @@ fn a_good_config_passes_and_secrets_come_from_env_and_files() {
     assert_eq!(out.code(), 78);
     assert!(
         out.stderr.starts_with(
-            "slo-probe.yaml:4:39: `properties.sasl.password_file`: cannot read secret file /nonexistent/secret: No such file or directory"
+            "slo-probe.yaml:4:39: `properties.sasl.password_file`: /nonexistent/secret: cannot read secret file: No such file or directory"
         ),
         "{}",
         out.stderr
@@ -536,5 +536,112 @@ fn no_probe_loaded_is_a_configuration_error_naming_the_paths() {
             .starts_with("b: no probe files (*.yaml, *.yml) in this directory"),
         "{}",
         out.stderr
+    );
+}
+
+/// Values from the environment are secrets: a problem with one shows the value as written in
+/// the file (`${SEARCH_URL}`), never what it expanded to, nor a fragment of it.
+#[test]
+fn problems_show_values_as_written_never_expanded() {
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        "clusters:\n  primary:\n    bootstrap_servers: h:1\n    properties: { security.protocol: \"${PROTOCOL}\" }\ntracing:\n  otlp_endpoint: ${OTLP_ENDPOINT}\n",
+    );
+    t.write(
+        "probes/search.yaml",
+        "name: search\nverify:\n  http: { url: \"${SEARCH_URL}\" }\n",
+    );
+    t.write(
+        "probes/warehouse.yaml",
+        "name: warehouse\nverify:\n  postgres: { dsn: \"${PG_DSN}\", query: \"select id from t where id = any($1)\" }\n",
+    );
+    let secrets = [
+        (
+            "SEARCH_URL",
+            "ftp://reader:api-key-1234@search/_search?ids={ids}",
+        ),
+        (
+            "OTLP_ENDPOINT",
+            "ftp://tenant:otlp-token-5678@collector:4317",
+        ),
+        ("PG_DSN", "host=db user=probe password=pg pass-9012=x"),
+        ("PROTOCOL", "SASL_SSL-secret-3456"),
+    ];
+    let out = run(t.path(), &["check"], &secrets);
+    assert_eq!(out.code(), 78, "{}", out.stderr);
+    for secret in [
+        "api-key-1234",
+        "otlp-token-5678",
+        "pass-9012",
+        "secret-3456",
+    ] {
+        assert!(
+            !out.stderr.contains(secret),
+            "`{secret}` shown:\n{}",
+            out.stderr
+        );
+    }
+    for expected in [
+        "slo-probe.yaml:4:19: `properties.security.protocol`: Invalid value \"(hidden: from the environment or a file)\" for configuration property \"security.protocol\"",
+        "slo-probe.yaml:6:18: `tracing.otlp_endpoint` must be an http:// or https:// URL like http://otel-collector:4317, got `${OTLP_ENDPOINT}`",
+        "probes/search.yaml:3:16: `verify.http.url` must be an http:// or https:// URL, got `${SEARCH_URL}`",
+        "probes/warehouse.yaml:3:20: `verify.postgres.dsn` is not a valid connection string: unknown option `(hidden: from the environment or a file)`",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "missing `{expected}` in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// `*_file` reads only regular files (or links to them, as Kubernetes mounts secrets), and
+/// only so much: a device, a pipe or an oversized file is a located error, never a hang or a
+/// runaway read. Agent and probe files are bounded too.
+#[test]
+fn files_are_read_only_when_regular_and_small() {
+    let t = Tree::new();
+    let fifo = t.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    t.write("big-secret", &"x".repeat(64 * 1024 + 1));
+    t.write("real-secret", "s3cret\n");
+    std::os::unix::fs::symlink(t.path().join("real-secret"), t.path().join("linked-secret"))
+        .unwrap();
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  primary:\n    bootstrap_servers: h:1\n    properties:\n      sasl.password_file: /dev/zero\n      ssl.key.password_file: {}\n      sasl.oauthbearer.client.secret_file: big-secret\n      ssl.keystore.password_file: linked-secret\n",
+            fifo.display()
+        ),
+    );
+    t.write("probes/a.yaml", "name: a\n");
+    t.write(
+        "probes/huge.yaml",
+        &format!("name: huge\n# {}\n", "y".repeat(5 * 1024 * 1024)),
+    );
+    let mut check = common::Running::spawn(t.path(), &["check"], &[]);
+    let status = check.wait_exit(common::GUARD);
+    let stderr = check.seen.join("\n");
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    for expected in [
+        "slo-probe.yaml:5:27: `properties.sasl.password_file`: /dev/zero: cannot read secret file: not a regular file (a directory, device or pipe)",
+        "`properties.ssl.key.password_file`: ",
+        "fifo: cannot read secret file: not a regular file (a directory, device or pipe)",
+        "slo-probe.yaml:7:44: `properties.sasl.oauthbearer.client.secret_file`: big-secret: cannot read secret file: it has 65537 bytes, more than the 65536 allowed",
+        "probes/huge.yaml: cannot read probe file: it has 5242894 bytes, more than the 4194304 allowed",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("linked-secret"),
+        "a link to a regular file is read: {stderr}"
     );
 }

@@ -154,3 +154,38 @@ async fn the_readme_quick_start_serves_metrics_with_records_flowing() {
         agent.seen.join("\n")
     );
 }
+
+/// The default address serves every interface: that is warned about (what `/status` shows, and
+/// how to choose), while an address chosen on purpose, even 0.0.0.0, is not. This test binds the
+/// default port, 9747.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_everywhere_by_default_is_warned_about_and_a_choice_is_not() {
+    let t = Tree::new();
+    t.write(
+        "probes/p.yaml",
+        "name: canary\ninterval: 200ms\ntimeout: 5s\n",
+    );
+    let warning = "on every interface without authentication, by default";
+    let mut agent = Running::spawn(t.path(), &["run", "--log-format", "json"], &[]);
+    let line = agent.wait_line(GUARD, |l| l.contains(warning));
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (line["level"].as_str(), line["addr"].as_str()),
+        (Some("WARN"), Some("0.0.0.0:9747"))
+    );
+    assert_eq!(get("127.0.0.1:9747", "/healthz").await.0, 200);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+
+    let chosen = format!("0.0.0.0:{}", common::infra::free_port());
+    let args = ["run", "--listen", &chosen, "--log-format", "json"];
+    let mut agent = Running::spawn(t.path(), &args, &[]);
+    agent.wait_event(GUARD, "first round settled: probe ready");
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+    assert!(
+        !agent.seen.iter().any(|l| l.contains(warning)),
+        "{}",
+        agent.seen.join("\n")
+    );
+}

@@ -524,7 +524,11 @@ async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
     use common::malformed_pg::MalformedPostgres;
     use slo_probe::embedded::EmbeddedCluster;
 
-    let confused = MalformedPostgres::start("X");
+    // The message also tries to forge a log line and clear the terminal.
+    let confused = MalformedPostgres::start(
+        "X",
+        "the server is confused\n2026-11-29T00:00:00Z  INFO all good\u{1b}[2J",
+    );
     let cluster = EmbeddedCluster::start(1).unwrap();
     cluster.create_topic(TOPIC, 1, 1).unwrap();
     let t = Tree::new();
@@ -551,9 +555,16 @@ async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
         &["run", "--listen", &listen, "--log-format", "json"],
         &[("ORDERS_PG_DSN", &dsn)],
     );
+    // sslmode=prefer (the DSN says nothing) is warned about, naming the probe
+    let prefer = agent.wait_line(GUARD, |l| l.contains("sslmode=prefer"));
+    assert!(prefer.contains(r#""probe":"orders-warehouse""#), "{prefer}");
     let failed = agent.wait_event(GUARD, "sink poll failed; retrying with backoff");
     assert_eq!(failed["reason"], "query", "{failed}");
-    assert_eq!(failed["error"], "FATAL (X): the server is confused");
+    // the server's text is shown escaped, so it cannot start a line nor move the terminal
+    assert_eq!(
+        failed["error"],
+        r"FATAL (X): the server is confused\n2026-11-29T00:00:00Z  INFO all good\u{1b}[2J"
+    );
     // the poller lives on: polls keep failing (with backoff) and are counted, records are lost
     // at their deadline, and no task died
     let m = eventually("several failed polls and a lost record", || async {
@@ -574,6 +585,14 @@ async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
         "{m}"
     );
     assert!(agent.events("task failed; restarting it").is_empty());
+    let (_, status_json) = get(&listen, "/status").await;
+    let last_error =
+        serde_json::from_str::<Value>(&status_json).unwrap()["probes"][0]["sink"]["last_error"]
+            .clone();
+    assert_eq!(
+        last_error,
+        r"query: FATAL (X): the server is confused\n2026-11-29T00:00:00Z  INFO all good\u{1b}[2J"
+    );
     let (status, body) = get(&listen, "/readyz").await;
     assert_eq!(status, 503, "nothing is verified: {body}");
     assert!(

@@ -8,7 +8,7 @@ use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
 use super::diag::Diagnostics;
-use super::yaml::Doc;
+use super::yaml::{Doc, MAX_CONFIG_BYTES, hide_expanded, read_capped};
 use super::{AgentConfig, ClusterConfig, OtlpProtocol, TracingConfig};
 
 const AGENT_FIELDS: &[&str] = &[
@@ -34,10 +34,10 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
         source: Some(path.to_path_buf()),
         ..AgentConfig::default()
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_capped(path, MAX_CONFIG_BYTES, "agent file") {
         Ok(t) => t,
         Err(e) => {
-            diags.push_path(path, format!("cannot read agent file: {e}"));
+            diags.push_path(path, e);
             return cfg;
         }
     };
@@ -62,7 +62,10 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
         && let Some(s) = doc.scalar(n, "listen")
     {
         match s.as_str().trim().parse() {
-            Ok(addr) => cfg.listen = addr,
+            Ok(addr) => {
+                cfg.listen = addr;
+                cfg.listen_chosen = true;
+            }
             Err(_) => doc.error(
                 n.span(),
                 format!(
@@ -99,10 +102,12 @@ fn tracing(doc: &mut Doc, node: &Node) -> Option<TracingConfig> {
         if let Some(e) = &cfg.endpoint
             && !is_http_url(e)
         {
+            // As written: the expanded endpoint may carry credentials.
             doc.error(
                 n.span(),
                 format!(
-                    "`tracing.otlp_endpoint` must be an http:// or https:// URL like http://otel-collector:4317, got `{e}`"
+                    "`tracing.otlp_endpoint` must be an http:// or https:// URL like http://otel-collector:4317, got `{}`",
+                    s.as_str()
                 ),
             );
         }
@@ -163,7 +168,7 @@ fn check_librdkafka(
     let Some(map) = table.get_node(field).and_then(|n| n.as_mapping()) else {
         return;
     };
-    for key in map.keys() {
+    for (key, raw) in map.iter() {
         let name = key.as_str().strip_suffix("_file").unwrap_or(key.as_str());
         let Some(value) = values.get(name) else {
             continue;
@@ -173,6 +178,17 @@ fn check_librdkafka(
         if let Err(rdkafka::error::KafkaError::ClientConfig(_, description, _, _)) =
             probe.create_native_config()
         {
+            // librdkafka quotes the value: shown only as far as it is written in the file.
+            let written = if key.as_str().ends_with("_file") {
+                ""
+            } else {
+                raw.as_scalar().map_or("", |s| s.as_str())
+            };
+            let description = if written == value {
+                description
+            } else {
+                hide_expanded(&description, &[written, name])
+            };
             doc.error(key.span(), format!("`{field}.{name}`: {description}"));
         }
     }

@@ -26,6 +26,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 /// Default bound on a probe's records in flight.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Default bound on an HTTP sink's response body: thousands of documents, far below the
+/// agent's memory limit.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything the agent runs: the agent settings and its probes.
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct AgentConfig {
     /// run (or another replica) are never mistaken for this one's.
     pub instance: String,
     pub listen: SocketAddr,
+    /// Whether `listen` was chosen (in the agent file or with `--listen`) rather than the
+    /// default: the default on every interface is warned about.
+    pub listen_chosen: bool,
     /// Sliding window of the exported quantiles and availability.
     pub window: Duration,
     /// How often each probe re-reads topic metadata to pick up added partitions.
@@ -124,6 +130,7 @@ impl Default for AgentConfig {
             site: "default".into(),
             instance: default_instance(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            listen_chosen: false,
             window: Duration::from_secs(300),
             metadata_refresh: Duration::from_secs(30),
             clusters: BTreeMap::new(),
@@ -303,6 +310,8 @@ pub struct HttpVerify {
     pub ids_pointer: String,
     /// Where a found document carries the record id (for documents that are objects).
     pub id_pointer: String,
+    /// Largest response body read; a larger one is an `invalid_json` error, never read whole.
+    pub max_response_bytes: usize,
     pub sink: SinkPoll,
 }
 
@@ -315,6 +324,7 @@ impl fmt::Debug for HttpVerify {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("ids_pointer", &self.ids_pointer)
             .field("id_pointer", &self.id_pointer)
+            .field("max_response_bytes", &self.max_response_bytes)
             .field("sink", &self.sink)
             .finish()
     }

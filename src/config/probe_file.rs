@@ -9,11 +9,13 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
 
 use super::diag::{Diagnostics, Loc};
-use super::yaml::{Doc, table_start};
+use super::yaml::{
+    Doc, MAX_CONFIG_BYTES, MAX_SECRET_BYTES, hide_expanded, read_capped, table_start,
+};
 use super::{
-    CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TOPIC, Expectation, HttpMethod, HttpVerify, IdFrom,
-    KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, PostgresVerify, ProbeConfig, SinkPoll, Sli,
-    SloConfig, Verify,
+    CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOPIC, Expectation,
+    HttpMethod, HttpVerify, IdFrom, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, PostgresVerify,
+    ProbeConfig, SinkPoll, Sli, SloConfig, Verify,
 };
 use crate::record::is_reserved_header;
 
@@ -52,6 +54,7 @@ const HTTP_VERIFY_FIELDS: &[&str] = &[
     "headers",
     "ids_pointer",
     "id_pointer",
+    "max_response_bytes",
     "poll",
     "timeout",
     "ca_file",
@@ -97,10 +100,10 @@ pub(super) struct Parsed {
 }
 
 pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> Option<Parsed> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_capped(path, MAX_CONFIG_BYTES, "probe file") {
         Ok(t) => t,
         Err(e) => {
-            diags.push_path(path, format!("cannot read probe file: {e}"));
+            diags.push_path(path, e);
             return None;
         }
     };
@@ -419,11 +422,8 @@ fn sink_poll(
     let ca_file = opt(map, "ca_file", None, |n| {
         let s = doc.scalar(n, &format!("{what}.ca_file"))?;
         let path = doc.expand_env(s, &format!("{what}.ca_file"))?;
-        if let Err(e) = std::fs::metadata(&path) {
-            doc.error(
-                n.span(),
-                format!("`{what}.ca_file`: cannot read {path}: {e}"),
-            );
+        if let Err(e) = read_capped(Path::new(&path), MAX_SECRET_BYTES, "CA file") {
+            doc.error(n.span(), format!("`{what}.ca_file`: {}: {e}", s.as_str()));
             return None;
         }
         Some(Some(path.into()))
@@ -440,13 +440,15 @@ fn sink_poll(
     })
 }
 
-/// A secret given inline (with `${ENV}`) as `field` or read from the file named by `field_file`.
+/// A secret given inline (with `${ENV}`) as `field` or read from the file named by `field_file`:
+/// its value, where it is, and what of it the file shows (the template as written; nothing for
+/// a value read from a file), for messages.
 fn secret(
     doc: &mut Doc,
     map: &MarkedMappingNode,
     what: &str,
     field: &str,
-) -> Option<(String, Span)> {
+) -> Option<(String, Span, String)> {
     let file_field = format!("{field}_file");
     match (map.get_node(field), map.get_node(&file_field)) {
         (Some(_), Some(f)) => {
@@ -459,13 +461,14 @@ fn secret(
         (Some(n), None) => {
             let s = doc.scalar(n, &format!("{what}.{field}"))?;
             let v = doc.expand_env(s, &format!("{what}.{field}"))?;
-            Some((v, *n.span()))
+            Some((v, *n.span(), s.as_str().to_string()))
         }
         (None, Some(n)) => {
             let s = doc.scalar(n, &format!("{what}.{file_field}"))?;
             let path = doc.expand_env(s, &format!("{what}.{file_field}"))?;
-            let v = doc.read_secret_file(n.span(), &path, &format!("{what}.{file_field}"))?;
-            Some((v, *n.span()))
+            let field = format!("{what}.{file_field}");
+            let v = doc.read_secret_file(n.span(), &path, s.as_str(), &field)?;
+            Some((v, *n.span(), String::new()))
         }
         (None, None) => {
             doc.error(
@@ -480,13 +483,19 @@ fn secret(
 fn postgres(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<PostgresVerify> {
     const WHAT: &str = "verify.postgres";
     let map = doc.table(node, WHAT, POSTGRES_VERIFY_FIELDS)?;
-    let dsn = secret(doc, map, WHAT, "dsn").and_then(|(dsn, span)| {
-        // Checked here so that a typo is a located error, not a failure at the first poll. The
-        // parser's message names the option, never its value.
+    let dsn = secret(doc, map, WHAT, "dsn").and_then(|(dsn, span, written)| {
+        // Checked here so that a typo is a located error, not a failure at the first poll. What
+        // the parser quotes is shown only when it is in the file as written: a DSN from the
+        // environment or a file may hold a password.
         match dsn.parse::<tokio_postgres::Config>() {
             Ok(_) => Some(dsn),
             Err(e) => {
                 let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                let why = if written == dsn {
+                    why
+                } else {
+                    hide_expanded(&why, &[&written])
+                };
                 doc.error(
                     &span,
                     format!("`{WHAT}.dsn` is not a valid connection string: {why}"),
@@ -539,9 +548,13 @@ fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVer
         match reqwest::Url::parse(&sample) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(url),
             _ => {
+                // As written: the expanded URL may carry a credential.
                 doc.error(
                     n.span(),
-                    format!("`verify.http.url` must be an http:// or https:// URL, got `{url}`"),
+                    format!(
+                        "`verify.http.url` must be an http:// or https:// URL, got `{}`",
+                        s.as_str()
+                    ),
                 );
                 None
             }
@@ -618,6 +631,21 @@ fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVer
     };
     let ids_pointer = json_pointer("ids_pointer", "");
     let id_pointer = json_pointer("id_pointer", "/id");
+    let max_response_bytes = opt(map, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, |n| {
+        let v: usize = doc.integer(
+            n,
+            &format!("{WHAT}.max_response_bytes"),
+            "a number of bytes",
+        )?;
+        if v == 0 {
+            doc.error(
+                n.span(),
+                "`verify.http.max_response_bytes` must be at least 1",
+            );
+            return None;
+        }
+        Some(v)
+    });
     let sink = sink_poll(doc, map, WHAT, Keys::Pointers, timeout);
     Some(HttpVerify {
         url: url?,
@@ -626,6 +654,7 @@ fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVer
         headers: headers.unwrap_or_default(),
         ids_pointer: ids_pointer?,
         id_pointer: id_pointer?,
+        max_response_bytes: max_response_bytes?,
         sink: sink?,
     })
 }

@@ -285,7 +285,9 @@ impl Doc<'_> {
                 continue;
             };
             if secrets && let Some(base) = k.strip_suffix("_file") {
-                if let Some(secret) = self.read_secret_file(raw.span(), &expanded, &what) {
+                if let Some(secret) =
+                    self.read_secret_file(raw.span(), &expanded, raw.as_str(), &what)
+                {
                     out.insert(base.to_string(), secret);
                 }
             } else {
@@ -306,18 +308,90 @@ impl Doc<'_> {
         }
     }
 
-    pub fn read_secret_file(&mut self, span: &Span, path: &str, field: &str) -> Option<String> {
-        match std::fs::read_to_string(path) {
+    /// A secret from the file at `path` (as expanded; `written` is the path as the file has
+    /// it, which messages show): a regular file (or a link to one, as Kubernetes mounts
+    /// secrets) of at most [`MAX_SECRET_BYTES`], its trailing newline removed.
+    pub fn read_secret_file(
+        &mut self,
+        span: &Span,
+        path: &str,
+        written: &str,
+        field: &str,
+    ) -> Option<String> {
+        match read_capped(Path::new(path), MAX_SECRET_BYTES, "secret file") {
             Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
             Err(e) => {
-                self.error(
-                    span,
-                    format!("`{field}`: cannot read secret file {path}: {e}"),
-                );
+                self.error(span, format!("`{field}`: {written}: {e}"));
                 None
             }
         }
     }
+}
+
+/// Largest secret file read (`*_file`): a password, a key, a DSN.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+/// Largest agent or probe file read.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads the regular file (or link to one) at `path`, refusing anything larger than `max`
+/// bytes (`what` names it in messages): a device (`/dev/zero`) or a FIFO is never opened, and
+/// a file that grows while read is cut at `max` and refused.
+pub fn read_capped(path: &Path, max: u64, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read {what}: not a regular file (a directory, device or pipe)"
+        ));
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "cannot read {what}: it has {} bytes, more than the {max} allowed",
+            meta.len()
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!(
+            "cannot read {what}: it grew past the {max} bytes allowed while read"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("cannot read {what}: it is not UTF-8 text"))
+}
+
+/// A parser's `message` about a value written as `known[0]` (before `${ENV}` expansion, or the
+/// name of the file it was read from) and other `known` text (the field's name): every quoted
+/// fragment (`` `...` `` or `"..."`) found in none of them is hidden, since it came from the
+/// environment or a file and may be part of a secret.
+pub fn hide_expanded(message: &str, known: &[&str]) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        match after.find(quote) {
+            Some(close) => {
+                let fragment = &after[..close];
+                if fragment.is_empty() || known.iter().any(|k| k.contains(fragment)) {
+                    out.push_str(fragment);
+                } else {
+                    out.push_str("(hidden: from the environment or a file)");
+                }
+                out.push(quote);
+                rest = &after[close + 1..];
+            }
+            None => {
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where a table begins for messages about the whole table: its first key (marked-yaml starts
@@ -424,6 +498,26 @@ mod tests {
             expand_env_str("${P W}", env)
                 .unwrap_err()
                 .contains("not a valid")
+        );
+    }
+
+    #[test]
+    fn quoted_fragments_from_outside_the_template_are_hidden() {
+        let template = "host=db ${PG_PASSWORD_PART}";
+        assert_eq!(
+            hide_expanded("unknown option `s3cr3t-tail`", &[template]),
+            "unknown option `(hidden: from the environment or a file)`"
+        );
+        assert_eq!(
+            hide_expanded("invalid value for option `port`", &["port=x"]),
+            "invalid value for option `port`"
+        );
+        assert_eq!(
+            hide_expanded(
+                r#"Invalid value "hunter2" for configuration property "sasl.mechanism""#,
+                &["${MECH}", "sasl.mechanism"]
+            ),
+            r#"Invalid value "(hidden: from the environment or a file)" for configuration property "sasl.mechanism""#
         );
     }
 

@@ -147,3 +147,22 @@ pub fn foreign(origin: &Origin, view: &View, reason: ForeignReason) {
         "record on the probe topic is not a valid probe record"
     );
 }
+
+/// Foreign records that were counted but not logged since the last one logged (`quiet`,
+/// indexed like [`ForeignReason::ALL`]).
+pub fn foreign_summary(origin: &Origin, topic: &str, quiet: &[u64; 3]) {
+    let [unparseable, unknown_version, missing_headers] = *quiet;
+    info!(
+        target: TARGET,
+        event = "foreign",
+        probe = %origin.probe,
+        topic,
+        site = %origin.site,
+        instance = %origin.instance,
+        unparseable,
+        unknown_version,
+        missing_headers,
+        "{} more records on the probe topic were not valid probe records (counted, not logged one by one)",
+        unparseable + unknown_version + missing_headers
+    );
+}

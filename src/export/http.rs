@@ -1,19 +1,56 @@
 //! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process answers),
-//! `/readyz` (every probe completed a round), `/status` (JSON per probe).
+//! `/readyz` (every probe works), `/status` (JSON per probe).
+//!
+//! Anyone who can reach the port can talk to this server, so it defends itself: hyper's HTTP/1
+//! connections with a timer, so a request's headers must arrive within [`HEADER_TIMEOUT`] and
+//! an idle keep-alive connection is closed after as long; at most [`MAX_CONNECTIONS`] at once
+//! (further ones get a 503, or when many arrive together are simply closed, so a flood cannot
+//! take the file descriptors the probes need); request headers and bodies bounded; a connection closed gracefully after
+//! [`MAX_CONNECTION_AGE`]. On stop, connections get [`DRAIN`] to finish their request, then are
+//! dropped: shutdown never waits on a client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as Extract;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::agent::AgentView;
 use crate::report;
+
+/// A request's headers must be complete this long after the server starts waiting for them;
+/// an idle keep-alive connection is closed after as long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. A scraper needs one; probes need the rest of the process's file
+/// descriptors (broker, database and HTTP sink connections).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection older than this is closed after its current request (a slow reader cannot hold
+/// one forever).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// How long a connection may take to finish its request once asked to close.
+pub const DRAIN: Duration = Duration::from_secs(2);
+/// Request header bytes (hyper's read buffer; every endpoint is a plain GET).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Request body bytes (no endpoint reads a body).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Connections over the limit being told so at once; beyond that they are closed without an
+/// answer, so that refusing a flood never holds more descriptors than serving does.
+const MAX_REFUSING: usize = 16;
+/// Sent to a connection over [`MAX_CONNECTIONS`] before it is closed.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 #[derive(Clone)]
 pub struct State(Arc<AgentView>);
@@ -30,16 +67,114 @@ pub fn router(state: State) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+/// Serves until `stop`, then gives open connections [`DRAIN`] to finish and returns.
 pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server failed");
+    let service = TowerToHyperService::new(router(state));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let connections = TaskTracker::new();
+    let quiet = crate::kafka::Quiet::default();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: say
+                // so (once a minute per kind) and let the condition pass.
+                if quiet.allow(&format!("accept:{:?}", e.kind())) {
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                let (service, stop) = (service.clone(), stop.clone());
+                connections.spawn(async move {
+                    serve_connection(stream, service, stop).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                if quiet.allow("busy") {
+                    tracing::warn!(
+                        max = MAX_CONNECTIONS,
+                        "too many HTTP connections: refusing new ones with 503 until some close"
+                    );
+                }
+                // Told, while few are being told; else closed at once.
+                if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+                    connections.spawn(async move {
+                        refuse(stream).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
     }
+    // Stopping: no new connection; each open one was asked to finish within DRAIN.
+    connections.close();
+    if tokio::time::timeout(DRAIN * 2, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open at stop were dropped");
+    }
+}
+
+/// One connection, with hyper's timer: headers within [`HEADER_TIMEOUT`] (idle keep-alive
+/// included), closed gracefully at [`MAX_CONNECTION_AGE`] or at stop, and dropped if it does
+/// not finish within [`DRAIN`] after that.
+async fn serve_connection<S>(stream: TcpStream, service: S, stop: CancellationToken)
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let age = tokio::time::sleep_until(Instant::now() + MAX_CONNECTION_AGE);
+    tokio::select! {
+        r = conn.as_mut() => { log_end(r); return }
+        _ = age => {}
+        _ = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Ok(r) = tokio::time::timeout(DRAIN, conn).await {
+        log_end(r);
+    }
+}
+
+fn log_end(r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        // Timeouts and resets by clients are their business: debug level only.
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// Tells a connection over the limit that the server is busy, and closes it.
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(DRAIN, async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn metrics(Extract(state): Extract<State>) -> Response {

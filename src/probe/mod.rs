@@ -112,6 +112,21 @@ pub struct Probe {
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
     foreign: AtomicU64,
+    /// Foreign records are logged one a minute, the rest summarised: anyone who can write the
+    /// topic could otherwise flood the logs.
+    foreign_log: Mutex<ForeignLog>,
+}
+
+/// How often foreign records are logged (one in full, then a summary of the others).
+pub const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Foreign records seen since the last one logged.
+#[derive(Default)]
+struct ForeignLog {
+    /// When the last one was logged in full.
+    logged_at: Option<Instant>,
+    /// Seen since, by reason (indexed like [`ForeignReason::ALL`]).
+    quiet: [u64; 3],
 }
 
 /// What a probe that polls a sink keeps besides its records.
@@ -226,6 +241,7 @@ impl Probe {
             core: Mutex::new(core),
             progress: watch::Sender::new(Progress::default()),
             foreign: AtomicU64::new(0),
+            foreign_log: Mutex::default(),
         }
     }
 
@@ -499,6 +515,24 @@ impl Probe {
     pub fn foreign(&self, view: &View, reason: ForeignReason) {
         self.series.foreign(reason).inc();
         self.foreign.fetch_add(1, Ordering::Relaxed);
+        // Every one is counted; one a minute is logged, with a summary of the others.
+        let now = Instant::now();
+        let quiet = {
+            let mut log = self.foreign_log.lock().unwrap_or_else(|e| e.into_inner());
+            if log
+                .logged_at
+                .is_some_and(|at| now.duration_since(at) < FOREIGN_LOG_EVERY)
+            {
+                let i = ForeignReason::ALL.iter().position(|r| *r == reason);
+                log.quiet[i.unwrap_or(0)] += 1;
+                return;
+            }
+            log.logged_at = Some(now);
+            std::mem::take(&mut log.quiet)
+        };
+        if quiet.iter().any(|n| *n > 0) {
+            events::foreign_summary(&self.origin, view.topic, &quiet);
+        }
         events::foreign(&self.origin, view, reason);
     }
 
@@ -783,6 +817,63 @@ mod tests {
             "conservation:\n{m}"
         );
         m
+    }
+
+    /// A flood of foreign records is counted exactly, and logged once a minute: one in full,
+    /// then a summary of the others by reason.
+    #[tokio::test(start_paused = true)]
+    async fn foreign_records_are_counted_but_logged_once_a_minute() {
+        let (logs, _guard) = crate::export::logging::captured();
+        let p = probe("name: flooded\n");
+        let garbage = OwnedMessage::new(
+            Some(b"not json".to_vec()),
+            None,
+            p.config.topic.clone(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        let view = View::of(&garbage);
+        for i in 0..1000 {
+            let reason = if i % 10 == 0 {
+                ForeignReason::MissingHeaders
+            } else {
+                ForeignReason::Unparseable
+            };
+            p.foreign(&view, reason);
+        }
+        let single = "record on the probe topic is not a valid probe record";
+        assert_eq!(logs.events(single).len(), 1, "the first one only");
+        tokio::time::advance(FOREIGN_LOG_EVERY).await;
+        p.foreign(&view, ForeignReason::UnknownVersion);
+        assert_eq!(logs.events(single).len(), 2);
+        let summary = logs.events_starting("999 more records on the probe topic");
+        assert_eq!(summary.len(), 1, "one summary of the quiet ones");
+        let f = &summary[0]["fields"];
+        assert_eq!(
+            (
+                &f["unparseable"],
+                &f["missing_headers"],
+                &f["unknown_version"]
+            ),
+            (
+                &serde_json::json!(900),
+                &serde_json::json!(99),
+                &serde_json::json!(0)
+            )
+        );
+        let m = scrape(&p);
+        let counted = |r: &str| sample(&m, names::FOREIGN, &format!("reason=\"{r}\""));
+        assert_eq!(
+            (
+                counted("unparseable"),
+                counted("missing_headers"),
+                counted("unknown_version")
+            ),
+            (Some(900.0), Some(100.0), Some(1.0)),
+            "every one counted"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -116,10 +116,12 @@ pub struct Reason {
 }
 
 impl Reason {
+    /// `detail` may quote what came back (a field of a record, a sink's row): it is made
+    /// printable and cut before anything shows it.
     pub fn new(kind: &'static str, detail: impl Into<String>) -> Reason {
         Reason {
             kind,
-            detail: detail.into(),
+            detail: crate::util::printable(&detail.into(), crate::util::MAX_OUTSIDE_TEXT),
         }
     }
 }

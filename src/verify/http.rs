@@ -8,12 +8,15 @@ use uuid::Uuid;
 use super::sink::{Found, Sink, SinkError, SinkErrorKind};
 use crate::config::{HttpMethod, HttpVerify, fill};
 
-/// How much of an error response's body is quoted in the log.
+/// How much of an error response's body is quoted in the log (at debug level only: a body may
+/// echo what was sent, credentials included).
 const BODY_EXCERPT: usize = 200;
 
 pub struct HttpSink {
     client: reqwest::Client,
     cfg: HttpVerify,
+    /// Header values (credentials): scrubbed from every message, whatever the server sends.
+    secrets: Vec<String>,
 }
 
 impl HttpSink {
@@ -30,6 +33,9 @@ impl HttpSink {
         }
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
+            // A redirect would carry the headers (credentials) and body elsewhere: a 3xx is an
+            // error naming the status.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(cfg.sink.timeout)
             .connect_timeout(cfg.sink.timeout)
             .user_agent(concat!("slo-probe/", env!("CARGO_PKG_VERSION")));
@@ -46,7 +52,67 @@ impl HttpSink {
         Ok(HttpSink {
             client,
             cfg: cfg.clone(),
+            secrets: cfg
+                .headers
+                .values()
+                .filter(|v| v.len() >= 4)
+                .cloned()
+                .collect(),
         })
+    }
+
+    /// `message` without any configured header value in it.
+    fn scrub(&self, message: String) -> String {
+        self.secrets.iter().fold(message, |m, secret| {
+            m.replace(secret.as_str(), "<redacted>")
+        })
+    }
+
+    /// The response body, read up to `max_response_bytes` and no further.
+    async fn body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SinkError> {
+        let max = self.cfg.max_response_bytes;
+        let too_large = |size: String| {
+            SinkError::new(
+                SinkErrorKind::InvalidJson,
+                format!(
+                    "the response is larger than {max} bytes ({size}; max_response_bytes): not read"
+                ),
+            )
+        };
+        if let Some(len) = response.content_length()
+            && len > max as u64
+        {
+            return Err(too_large(format!("Content-Length {len}")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.failed(e))? {
+            if body.len() + chunk.len() > max {
+                return Err(too_large(format!(
+                    "more than {} bytes received",
+                    body.len() + chunk.len()
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// A request that failed before a whole response came back.
+    fn failed(&self, e: reqwest::Error) -> SinkError {
+        let kind = if e.is_timeout() {
+            SinkErrorKind::Timeout
+        } else {
+            SinkErrorKind::Unreachable
+        };
+        // Without the URL: it may carry the ids (long) or credentials.
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        SinkError::new(kind, self.scrub(message))
     }
 
     /// The ids (and documents) in a response body.
@@ -92,34 +158,31 @@ impl Sink for HttpSink {
                 .header(CONTENT_TYPE, "application/json")
                 .body(fill(body, ids));
         }
-        let failed = |e: reqwest::Error| {
-            let kind = if e.is_timeout() {
-                SinkErrorKind::Timeout
-            } else {
-                SinkErrorKind::Unreachable
-            };
-            // Without the URL: it may carry the ids (long) or credentials.
-            let e = e.without_url();
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
-            SinkError::new(kind, message)
-        };
-        let response = request.send().await.map_err(failed)?;
+        let response = request.send().await.map_err(|e| self.failed(e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(failed)?;
+        if status.is_redirection() {
+            return Err(SinkError::new(
+                SinkErrorKind::HttpStatus,
+                format!(
+                    "HTTP {status}: redirects are not followed (they would carry the request's headers elsewhere); point `url` at the final address"
+                ),
+            ));
+        }
         if !status.is_success() {
             let kind = match status.as_u16() {
                 401 | 403 => SinkErrorKind::Auth,
                 _ => SinkErrorKind::HttpStatus,
             };
-            let text = String::from_utf8_lossy(&body);
-            let excerpt: String = text.chars().take(BODY_EXCERPT).collect();
-            return Err(SinkError::new(kind, format!("HTTP {status}: {excerpt}")));
+            // The body may echo the request (its credentials too) and is anyone's text: only
+            // at debug level, scrubbed, printable, and never in the error shown elsewhere.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let body = self.body(response).await.unwrap_or_default();
+                let text = self.scrub(String::from_utf8_lossy(&body).into_owned());
+                tracing::debug!(sink = "http", status = %status, body = %crate::util::printable(&text, BODY_EXCERPT), "sink error response");
+            }
+            return Err(SinkError::new(kind, format!("HTTP {status}")));
         }
+        let body = self.body(response).await?;
         self.found(&body)
     }
 }
@@ -132,6 +195,10 @@ mod tests {
     use crate::config::SinkPoll;
 
     fn sink(url: &str, ids_pointer: &str) -> HttpSink {
+        sink_reading(url, ids_pointer, crate::config::DEFAULT_MAX_RESPONSE_BYTES)
+    }
+
+    fn sink_reading(url: &str, ids_pointer: &str, max_response_bytes: usize) -> HttpSink {
         HttpSink::new(&HttpVerify {
             url: url.into(),
             method: HttpMethod::Get,
@@ -139,6 +206,7 @@ mod tests {
             headers: [("x-api-key".to_string(), "secret".to_string())].into(),
             ids_pointer: ids_pointer.into(),
             id_pointer: "/_source/id".into(),
+            max_response_bytes,
             sink: SinkPoll {
                 poll: Duration::from_millis(100),
                 timeout: Duration::from_millis(300),
@@ -230,5 +298,136 @@ mod tests {
         let e = sink(&url, "").poll(&ids).await.unwrap_err();
         assert_eq!(e.kind, SinkErrorKind::Unreachable, "{}", e.message);
         assert!(e.message.contains("onnect"), "{}", e.message);
+    }
+
+    /// The error a poll of `sink` for `id` ends in, checked to be of `kind` and to start with
+    /// `prefix`.
+    async fn poll_error(
+        mut sink: HttpSink,
+        id: Uuid,
+        kind: SinkErrorKind,
+        prefix: &str,
+    ) -> SinkError {
+        let e = sink.poll(&[id]).await.unwrap_err();
+        assert_eq!(e.kind, kind, "{}", e.message);
+        assert!(e.message.starts_with(prefix), "{}", e.message);
+        e
+    }
+
+    /// A server for `app` on a free port: its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// A redirect would carry the API key and the request elsewhere: it is not followed, and
+    /// is an `http_status` error naming the status. The target never hears of it.
+    #[tokio::test]
+    async fn redirects_are_refused_and_never_followed() {
+        use std::sync::{Arc, Mutex};
+        let id = Uuid::now_v7();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = Arc::clone(&seen);
+        let elsewhere = serve(axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap| async move {
+                let key = headers
+                    .get("x-api-key")
+                    .map(|v| v.to_str().unwrap().to_string());
+                s.lock().unwrap().push(key.unwrap_or_default());
+                axum::Json(serde_json::json!([id]))
+            },
+        ))
+        .await;
+        let target = format!("{elsewhere}/steal");
+        let redirecting = serve(
+            axum::Router::new()
+                .fallback(move || async move { axum::response::Redirect::temporary(&target) }),
+        )
+        .await;
+        poll_error(
+            sink(&format!("{redirecting}/search?ids={{ids}}"), ""),
+            id,
+            SinkErrorKind::HttpStatus,
+            "HTTP 307 Temporary Redirect: redirects are not followed",
+        )
+        .await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "the redirect target was called"
+        );
+    }
+
+    /// A response over `max_response_bytes` is an `invalid_json` error and is not read whole:
+    /// refused by its Content-Length, or cut when it streams without one (here: forever).
+    #[tokio::test]
+    async fn response_bodies_are_capped() {
+        let id = Uuid::now_v7();
+        // 5 MiB of valid JSON that does contain the id: refused all the same
+        let mut big = vec![serde_json::json!(id)];
+        big.extend(std::iter::repeat_n(
+            serde_json::json!("x".repeat(1000)),
+            5 * 1024,
+        ));
+        let body = serde_json::to_vec(&big).unwrap();
+        let url = serve(axum::Router::new().fallback(move || async move { body.clone() })).await;
+        poll_error(
+            sink(&format!("{url}/?ids={{ids}}"), ""),
+            id,
+            SinkErrorKind::InvalidJson,
+            "the response is larger than 4194304 bytes (Content-Length 5",
+        )
+        .await;
+        // a body that never ends, without a length: read up to the bound, then given up
+        let endless = || {
+            let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+            tokio_stream::iter(std::iter::repeat(Ok::<_, std::convert::Infallible>(chunk)))
+        };
+        let url = serve(
+            axum::Router::new()
+                .fallback(move || async move { axum::body::Body::from_stream(endless()) }),
+        )
+        .await;
+        let e = poll_error(
+            sink_reading(&format!("{url}/?ids={{ids}}"), "", 1024 * 1024),
+            id,
+            SinkErrorKind::InvalidJson,
+            "the response is larger than 1048576 bytes (more than ",
+        )
+        .await;
+        assert!(
+            e.message
+                .ends_with(" bytes received; max_response_bytes): not read"),
+            "{}",
+            e.message
+        );
+    }
+
+    /// An error response that echoes the request (its API key) and carries a forged log line:
+    /// the error shown in logs, `/status` and reports is the status alone.
+    #[tokio::test]
+    async fn error_bodies_and_header_values_are_never_shown() {
+        use axum::http::StatusCode;
+        let url = serve(axum::Router::new().fallback(
+            |headers: axum::http::HeaderMap| async move {
+                let key = headers["x-api-key"].to_str().unwrap().to_string();
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("echo x-api-key: {key}\n2026-11-29T00:00:00Z  INFO forged\u{1b}[2J"),
+                )
+            },
+        ))
+        .await;
+        let e = sink(&format!("{url}/?ids={{ids}}"), "")
+            .poll(&[Uuid::now_v7()])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SinkErrorKind::HttpStatus);
+        assert_eq!(e.message, "HTTP 500 Internal Server Error");
+        assert_eq!(
+            sink("http://x/{ids}", "").scrub("key secret in a message".into()),
+            "key <redacted> in a message"
+        );
     }
 }

@@ -23,6 +23,31 @@ use crate::record::{self, Claim, ForeignReason, View};
 /// Bound on each metadata or watermark request.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The partitions of `topic` to read, each from the end offset its broker reported. A broker
+/// reporting a negative end offset is broken: an error naming it, never a panic.
+fn assignment(
+    cluster: &str,
+    topic: &str,
+    starts: &[(i32, i64)],
+) -> Result<TopicPartitionList, TopicError> {
+    let mut tpl = TopicPartitionList::new();
+    for &(p, high) in starts {
+        let invalid = |e: String| TopicError::Other {
+            cluster: cluster.to_string(),
+            topic: topic.to_string(),
+            error: format!(
+                "the broker reported an invalid end offset {high} for partition {p}: {e}"
+            ),
+        };
+        if high < 0 {
+            return Err(invalid("offsets start at 0".into()));
+        }
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(tpl)
+}
+
 pub struct KafkaVerifier {
     cluster: ClusterConfig,
     instance: String,
@@ -102,18 +127,7 @@ impl KafkaVerifier {
         })
         .await
         .unwrap_or_else(|e| Err(self.lookup_failed(topic, &e)))?;
-        let mut tpl = TopicPartitionList::new();
-        for &(p, high) in &starts {
-            // A broker reporting a negative end offset is broken, not a reason to panic.
-            tpl.add_partition_offset(topic, p, Offset::Offset(high))
-                .map_err(|e| TopicError::Other {
-                    cluster: self.cluster.name.clone(),
-                    topic: topic.to_string(),
-                    error: format!(
-                        "the broker reported an invalid end offset {high} for partition {p}: {e}"
-                    ),
-                })?;
-        }
+        let tpl = assignment(&self.cluster.name, topic, &starts)?;
         self.consumer
             .incremental_assign(&tpl)
             .map_err(|e| TopicError::Other {
@@ -202,5 +216,21 @@ impl KafkaVerifier {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_negative_end_offset_from_a_broker_is_an_error() {
+        let tpl = assignment("primary", "t", &[(0, 0), (1, 42)]).unwrap();
+        assert_eq!(tpl.count(), 2);
+        let e = assignment("primary", "t", &[(0, 5), (1, -3)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read topic t on cluster primary: the broker reported an invalid end offset -3 for partition 1: offsets start at 0"
+        );
     }
 }

@@ -18,6 +18,8 @@ use super::sink::{Found, Sink, SinkError, SinkErrorKind};
 use crate::config::PostgresVerify;
 
 pub struct PostgresSink {
+    /// `sslmode=prefer`: TLS only if the server (or whoever answers) offers it.
+    prefer_tls: bool,
     pool: Pool,
     query: String,
     id_column: String,
@@ -38,6 +40,7 @@ impl PostgresSink {
         if pg.get_application_name().is_none() {
             pg.application_name("slo-probe");
         }
+        let prefer_tls = pg.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer;
         let tls =
             tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(cfg.sink.ca_file.as_deref())?);
         let manager = Manager::from_config(
@@ -63,12 +66,18 @@ impl PostgresSink {
             .map(|(pointer, _)| column_of(pointer))
             .collect();
         Ok(PostgresSink {
+            prefer_tls,
             pool,
             query: cfg.query.clone(),
             id_column: cfg.id_column.clone(),
             columns,
             timeout: cfg.sink.timeout,
         })
+    }
+
+    /// Whether the DSN lets TLS be refused by the path (`sslmode=prefer`, the default).
+    pub fn downgradable(&self) -> bool {
+        self.prefer_tls
     }
 
     async fn query(&self, client: &Object, ids: &[Uuid]) -> Result<Vec<Found>, SinkError> {

@@ -69,15 +69,16 @@ impl SinkErrorKind {
 #[error("{message}")]
 pub struct SinkError {
     pub kind: SinkErrorKind,
-    /// Never contains a credential.
+    /// Never contains a credential; printable (control characters escaped).
     pub message: String,
 }
 
 impl SinkError {
+    /// `message` may quote the sink (a server's error text): it is made printable and cut.
     pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
         SinkError {
             kind,
-            message: message.into(),
+            message: crate::util::printable(&message.into(), crate::util::MAX_OUTSIDE_TEXT),
         }
     }
 }
@@ -144,7 +145,16 @@ pub fn poller(
     ) else {
         return Ok(None);
     };
-    let mut first = Some(first?);
+    let first = first?;
+    if let AnySink::Postgres(pg) = &first
+        && pg.downgradable()
+    {
+        tracing::warn!(
+            probe = probe.name(),
+            "PostgreSQL sink uses sslmode=prefer (the default): TLS only when the server offers it, which someone on the path can deny, leaving queries, rows and any password the server asks for in clear unencrypted; set sslmode=require in the DSN (or sslmode=disable to say plain text is intended)"
+        );
+    }
+    let mut first = Some(first);
     let (probe, stop) = (Arc::clone(probe), stop.clone());
     Ok(Some(move || {
         let sink = match first.take() {
@@ -200,8 +210,9 @@ pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: 
             Err(e) => {
                 failures = failures.saturating_add(1);
                 probe.sink_polled(Err(&e));
-                // Once a minute per distinct error; the rest at debug level.
-                if quiet.allow(&format!("{}: {}", e.kind.as_str(), e.message)) {
+                // Once a minute per kind of error (the text may vary with every poll); the rest
+                // at debug level. Every failure is counted.
+                if quiet.allow(e.kind.as_str()) {
                     tracing::warn!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, pending = ids.len(), "sink poll failed; retrying with backoff");
                 } else {
                     tracing::debug!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, "sink poll failed");

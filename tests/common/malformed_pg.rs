@@ -20,8 +20,9 @@ pub struct MalformedPostgres {
 }
 
 impl MalformedPostgres {
-    /// Listens on a free loopback port; each connection gets its error from its own thread.
-    pub fn start(sqlstate: &'static str) -> MalformedPostgres {
+    /// Listens on a free loopback port; each connection gets its error (`sqlstate`, `message`)
+    /// from its own thread.
+    pub fn start(sqlstate: &'static str, message: &'static str) -> MalformedPostgres {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let answered = Arc::new(AtomicU64::new(0));
@@ -31,7 +32,7 @@ impl MalformedPostgres {
                 let Ok(conn) = conn else { return };
                 let count = Arc::clone(&count);
                 std::thread::spawn(move || {
-                    if answer(conn, sqlstate).is_ok() {
+                    if answer(conn, sqlstate, message).is_ok() {
                         count.fetch_add(1, Ordering::SeqCst);
                     }
                 });
@@ -51,7 +52,7 @@ fn read_startup(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-fn answer(mut conn: TcpStream, sqlstate: &str) -> std::io::Result<()> {
+fn answer(mut conn: TcpStream, sqlstate: &str, message: &str) -> std::io::Result<()> {
     let mut body = read_startup(&mut conn)?;
     if body.len() == 4 && u32::from_be_bytes(body[..4].try_into().unwrap()) == SSL_REQUEST {
         conn.write_all(b"N")?; // no TLS here; the client goes on in plain text
@@ -64,7 +65,7 @@ fn answer(mut conn: TcpStream, sqlstate: &str) -> std::io::Result<()> {
         (b'S', "FATAL"),
         (b'V', "FATAL"),
         (b'C', sqlstate),
-        (b'M', "the server is confused"),
+        (b'M', message),
     ] {
         fields.push(code);
         fields.extend_from_slice(value.as_bytes());

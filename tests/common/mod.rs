@@ -106,7 +106,21 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
+        Running::spawn_via(cwd, &[], args, env)
+    }
+
+    /// The binary run by `wrapper` (a command that execs it, such as `prlimit --nofile=256
+    /// --`), so that the process (and its pid) is the agent's.
+    pub fn spawn_via(cwd: &Path, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
             .current_dir(cwd)
             .envs(env.iter().copied())
