@@ -14,10 +14,9 @@
 //!   that could stall verification, no committed offsets, and no record missed at start.
 //! - `allow.auto.create.topics=false` on both: a typo in a topic name is an error, not a topic.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::client::ClientContext;
@@ -31,54 +30,7 @@ use uuid::Uuid;
 
 use crate::config::ClusterConfig;
 use crate::probe::Probe;
-
-/// How long a repeated librdkafka error (same code, or same log facility) stays quiet after it
-/// was logged: a down broker is reported every few seconds otherwise.
-const REPEAT_QUIET: Duration = Duration::from_secs(60);
-
-/// Lets one event per key through per [`REPEAT_QUIET`]; the rest go to debug level. Keys are
-/// kinds (an error code, a log facility, a sink error's reason), never whole messages, and at
-/// most [`QUIET_KEYS`] are remembered, so varied text from outside cannot grow it.
-#[derive(Default)]
-pub struct Quiet(Mutex<HashMap<String, Instant>>);
-
-/// Keys a [`Quiet`] remembers at most.
-pub const QUIET_KEYS: usize = 256;
-
-impl Quiet {
-    pub fn allow(&self, key: &str) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = seen.get(key)
-            && at.elapsed() < REPEAT_QUIET
-        {
-            return false;
-        }
-        if seen.len() >= QUIET_KEYS && !seen.contains_key(key) {
-            seen.retain(|_, at| at.elapsed() < REPEAT_QUIET);
-            if seen.len() >= QUIET_KEYS {
-                // Still full of recent keys: forget the oldest.
-                if let Some(oldest) = seen
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-                {
-                    seen.remove(&oldest);
-                }
-            }
-        }
-        seen.insert(key.to_string(), Instant::now());
-        true
-    }
-
-    /// Keys remembered (for tests).
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::util::quiet::Quiet;
 
 pub type Consumer = StreamConsumer<ClientCtx>;
 
@@ -411,21 +363,4 @@ pub fn partitions_blocking<C: ClientContext>(
         });
     }
     Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quiet_lets_a_kind_through_once_a_minute_and_stays_bounded() {
-        let q = Quiet::default();
-        assert!(q.allow("unreachable"));
-        assert!(!q.allow("unreachable"), "quiet for a minute");
-        assert!(q.allow("auth"), "another kind is logged");
-        for i in 0..10 * QUIET_KEYS {
-            q.allow(&format!("key {i}"));
-        }
-        assert_eq!(q.len(), QUIET_KEYS, "never more keys than the bound");
-    }
 }

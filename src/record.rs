@@ -22,8 +22,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::config::{Expectation, IdFrom};
-
 pub const ENVELOPE_VERSION: u64 = 1;
 
 /// Header names written on every record.
@@ -642,6 +640,23 @@ pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result
             "traceparent header missing".into(),
         )),
     }
+}
+
+/// Where a transformed record carries the id of the record it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdFrom {
+    /// A header the pipeline passes through (`header` is `slo-probe-id`).
+    Header(String),
+    /// A JSON pointer into the record's value.
+    Pointer(String),
+}
+
+/// The value a JSON pointer of a transformed record must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    Literal(serde_json::Value),
+    /// The original record's field at this pointer (`/seq`, `/tags/team`...).
+    FromOriginal(String),
 }
 
 #[cfg(test)]

@@ -505,7 +505,7 @@ async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one_or_non
 fn trusting(ca: &Path) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    slo_probe::export::traces::install_crypto_provider();
+    slo_probe::util::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::record::{Expectation, IdFrom};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use probe_file::fill;
 pub use yaml::check_name;
@@ -347,23 +348,6 @@ impl KafkaVerify {
     pub fn transformed(&self) -> bool {
         self.id_from.is_some() || !self.expect.is_empty()
     }
-}
-
-/// Where a transformed record carries the id of the record it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdFrom {
-    /// A header the pipeline passes through (`header` is `slo-probe-id`).
-    Header(String),
-    /// A JSON pointer into the record's value.
-    Pointer(String),
-}
-
-/// The value a JSON pointer of a transformed record must hold.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Expectation {
-    Literal(serde_json::Value),
-    /// The original record's field at this pointer (`/seq`, `/tags/team`...).
-    FromOriginal(String),
 }
 
 /// Create the probe topic when it does not exist.

@@ -77,7 +77,7 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let connections = TaskTracker::new();
-    let quiet = crate::kafka::Quiet::default();
+    let quiet = crate::util::quiet::Quiet::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

@@ -92,7 +92,7 @@ impl Spans {
         who: Identity<'_>,
         dropped: IntCounter,
     ) -> Result<(Spans, Exporter), String> {
-        install_crypto_provider();
+        crate::util::tls::install_crypto_provider();
         let mut exporter = build_exporter(cfg)?;
         exporter.set_resource(
             &Resource::builder_empty()
@@ -284,12 +284,6 @@ impl Spans {
     }
 }
 
-/// rustls needs a process-wide crypto provider for HTTPS (the OTLP HTTP client); slo-probe uses
-/// ring, like its TLS elsewhere. Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("slo-probe")
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -378,7 +372,7 @@ async fn export_loop(
     let send = Batches {
         exporter,
         dropped,
-        quiet: crate::kafka::Quiet::default(),
+        quiet: crate::util::quiet::Quiet::default(),
     };
     let mut batch = Vec::with_capacity(BATCH);
     // A batch goes when full, or FLUSH_EVERY after its first span.
@@ -419,7 +413,7 @@ async fn export_loop(
 struct Batches {
     exporter: opentelemetry_otlp::SpanExporter,
     dropped: IntCounter,
-    quiet: crate::kafka::Quiet,
+    quiet: crate::util::quiet::Quiet,
 }
 
 impl Batches {

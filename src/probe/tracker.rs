@@ -121,7 +121,10 @@ impl Reason {
     pub fn new(kind: &'static str, detail: impl Into<String>) -> Reason {
         Reason {
             kind,
-            detail: crate::util::printable(&detail.into(), crate::util::MAX_OUTSIDE_TEXT),
+            detail: crate::util::text::printable(
+                &detail.into(),
+                crate::util::text::MAX_OUTSIDE_TEXT,
+            ),
         }
     }
 }

@@ -21,7 +21,7 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(cfg: &HttpVerify) -> Result<Self, String> {
-        crate::export::traces::install_crypto_provider();
+        crate::util::tls::install_crypto_provider();
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -178,7 +178,7 @@ impl Sink for HttpSink {
             if tracing::enabled!(tracing::Level::DEBUG) {
                 let body = self.body(response).await.unwrap_or_default();
                 let text = self.scrub(String::from_utf8_lossy(&body).into_owned());
-                tracing::debug!(sink = "http", status = %status, body = %crate::util::printable(&text, BODY_EXCERPT), "sink error response");
+                tracing::debug!(sink = "http", status = %status, body = %crate::util::text::printable(&text, BODY_EXCERPT), "sink error response");
             }
             return Err(SinkError::new(kind, format!("HTTP {status}")));
         }

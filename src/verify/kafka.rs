@@ -153,7 +153,7 @@ impl KafkaVerifier {
 
     /// Reads and dispatches records until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let quiet = kafka::Quiet::default();
+        let quiet = crate::util::quiet::Quiet::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -258,7 +258,7 @@ fn classify(e: tokio_postgres::Error) -> SinkError {
 fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    crate::export::traces::install_crypto_provider();
+    crate::util::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);

@@ -20,8 +20,8 @@ use super::http::HttpSink;
 use super::postgres::PostgresSink;
 use crate::config::Verify;
 
-use crate::kafka::Quiet;
 use crate::probe::Probe;
+use crate::util::quiet::Quiet;
 
 /// Longest pause between polls of a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -78,7 +78,10 @@ impl SinkError {
     pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
         SinkError {
             kind,
-            message: crate::util::printable(&message.into(), crate::util::MAX_OUTSIDE_TEXT),
+            message: crate::util::text::printable(
+                &message.into(),
+                crate::util::text::MAX_OUTSIDE_TEXT,
+            ),
         }
     }
 }

@@ -303,7 +303,7 @@ pub fn closed_port() -> u16 {
 
 /// An HTTP client (with the crypto provider the agent's TLS uses installed first).
 pub fn http_client() -> reqwest::Client {
-    slo_probe::export::traces::install_crypto_provider();
+    slo_probe::util::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -1,4 +1,4 @@
-//! Small shared helpers with no dependency on the rest of the crate.
+//! Text from outside, made safe to show.
 
 /// Text from outside (a server's error message, a field of a record read back) made safe to
 /// show in a log line, `/status` or a report: control characters (a newline, an ESC starting a
