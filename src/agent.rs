@@ -21,9 +21,10 @@ use crate::embedded::EmbeddedCluster;
 use crate::export::traces::{Exporter, Identity, Spans};
 use crate::export::{http, metrics::Metrics};
 use crate::kafka::Producer;
+use crate::outcome::{Counts, Task};
+use crate::probe::Probe;
 use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
 use crate::probe::task::{self, Plan, SendLoop};
-use crate::probe::{Counts, Probe, Task};
 use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::kafka::KafkaVerifier;
 use crate::verify::sink;
@@ -638,15 +639,15 @@ impl AgentView {
                     e
                 } else if s.rounds_completed == 0 {
                     "first round not complete".into()
-                } else if s.counts.get(crate::probe::Outcome::Ok) == 0 {
+                } else if s.counts.get(crate::outcome::Outcome::Ok) == 0 {
                     // A settled round of lost or failed records is not a working probe.
                     let c = s.counts;
                     format!(
                         "no record verified yet ({} settled: {} lost, {} corrupt, {} send_failed)",
                         c.finished(),
-                        c.get(crate::probe::Outcome::Lost),
-                        c.get(crate::probe::Outcome::Corrupt),
-                        c.get(crate::probe::Outcome::SendFailed)
+                        c.get(crate::outcome::Outcome::Lost),
+                        c.get(crate::outcome::Outcome::Corrupt),
+                        c.get(crate::outcome::Outcome::SendFailed)
                     )
                 } else if freshness > stale_after {
                     format!(

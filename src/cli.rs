@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::agent::{Agent, AgentOptions, ShutdownReport, StartError};
 use crate::config::{self, Config, Sources};
 use crate::export::logging::{self, LogFormat};
-use crate::probe::Outcome;
+use crate::outcome::Outcome;
 use crate::probe::task::Plan;
 use crate::report::{ProbeVerdict, RunResult, Verdict};
 use crate::rules::{self, RulesFormat, RulesOptions};

@@ -32,6 +32,7 @@ pub mod config;
 pub mod embedded;
 pub mod export;
 pub mod kafka;
+pub mod outcome;
 pub mod probe;
 pub mod record;
 pub mod report;

@@ -12,7 +12,8 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use crate::config::Sli;
-use crate::probe::{Counts, Noted, Outcome, PartitionCounts, Probe, SinkSummary, Snapshot};
+use crate::outcome::{Counts, Outcome, PartitionCounts};
+use crate::probe::{Noted, Probe, SinkSummary, Snapshot};
 use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 

@@ -471,7 +471,7 @@ async fn a_topic_created_later_is_discovered_and_covered() {
     for p in [&early, &late] {
         let c = p.progress().borrow().counts;
         assert_eq!(
-            (c.sent, c.get(slo_probe::probe::Outcome::Ok)),
+            (c.sent, c.get(slo_probe::outcome::Outcome::Ok)),
             (9, 9),
             "{}: {c:?}",
             p.name()
@@ -554,7 +554,7 @@ async fn agents_sharing_a_topic_verify_only_their_own_and_count_garbage() {
         let s = p.snapshot(tokio::time::Instant::now());
         let c = s.progress.counts;
         assert_eq!(
-            (c.sent, c.get(slo_probe::probe::Outcome::Ok)),
+            (c.sent, c.get(slo_probe::outcome::Outcome::Ok)),
             (24, 24),
             "{c:?}"
         );

@@ -14,8 +14,9 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use slo_probe::agent::{Agent, AgentView};
 use slo_probe::embedded::EmbeddedCluster;
 use slo_probe::export::metrics::names;
+use slo_probe::outcome::{Counts, Outcome};
 use slo_probe::probe::task::Plan;
-use slo_probe::probe::{Counts, Outcome, Probe, Snapshot};
+use slo_probe::probe::{Probe, Snapshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

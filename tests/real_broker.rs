@@ -12,8 +12,9 @@ use common::relay::{Fault, Picker, Relay};
 use common::{Running, Tree, create_topics, eventually, get, sample};
 use serde_json::Value;
 use slo_probe::agent::Agent;
+use slo_probe::outcome::{Counts, Outcome};
+use slo_probe::probe::Snapshot;
 use slo_probe::probe::task::Plan;
-use slo_probe::probe::{Counts, Outcome, Snapshot};
 
 use common::GUARD;
 

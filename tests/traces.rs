@@ -31,7 +31,7 @@ use serde_json::Value;
 use slo_probe::agent::{Agent, AgentOptions};
 use slo_probe::embedded::EmbeddedCluster;
 use slo_probe::export::metrics::names;
-use slo_probe::probe::Outcome;
+use slo_probe::outcome::Outcome;
 use slo_probe::probe::task::Plan;
 use tokio::sync::Notify;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::probe::{Finished, Outcome};
-use crate::record::{ForeignReason, Origin, View};
+use crate::outcome::{Finished, ForeignReason, Outcome, Seen};
+use crate::record::{Origin, View};
 
 const TARGET: &str = "slo_probe::record";
 
@@ -43,38 +43,6 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
         "record {}",
         f.outcome.as_str()
     );
-}
-
-/// Where an event about a record read back was seen: a record on a topic, or a sink's row.
-pub struct Seen<'a> {
-    pub topic: &'a str,
-    pub partition: Option<i32>,
-    pub offset: Option<i64>,
-    /// The record's `traceparent`, when it carried one.
-    pub trace: Option<opentelemetry::trace::SpanContext>,
-}
-
-impl<'a> Seen<'a> {
-    /// In a sink (`postgres`, `http`): no partition, offset or headers.
-    pub fn sink(kind: &'a str) -> Self {
-        Seen {
-            topic: kind,
-            partition: None,
-            offset: None,
-            trace: None,
-        }
-    }
-}
-
-impl<'a> From<&View<'a>> for Seen<'a> {
-    fn from(view: &View<'a>) -> Self {
-        Seen {
-            topic: view.topic,
-            partition: Some(view.partition),
-            offset: Some(view.offset),
-            trace: view.span_context(),
-        }
-    }
 }
 
 pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid) {

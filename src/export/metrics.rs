@@ -16,10 +16,10 @@ use prometheus::{
 
 use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
-use crate::probe::{Outcome, Task};
+use crate::outcome::SinkErrorKind;
+use crate::outcome::{Outcome, Task};
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
-use crate::verify::sink::SinkErrorKind;
 
 /// Every metric name the agent exports.
 pub mod names {

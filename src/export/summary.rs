@@ -9,17 +9,8 @@ use std::sync::{Arc, Mutex};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 
+pub use crate::outcome::WindowValues;
 use crate::stats::QUANTILES;
-
-/// One probe's window: `None` quantiles while it holds no sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct WindowValues {
-    pub count: u64,
-    /// Sum of the samples, seconds.
-    pub sum: f64,
-    /// Seconds, indexed like [`QUANTILES`].
-    pub quantiles: Option<[f64; 6]>,
-}
 
 /// A summary family with one series per probe.
 pub struct WindowSummary {

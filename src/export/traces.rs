@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OtlpProtocol, TracingConfig};
-use crate::probe::{Finished, Outcome};
+use crate::outcome::{Finished, Outcome};
 use crate::record::Origin;
 
 /// Spans waiting for export; beyond this they are dropped (a collector down for a while must

@@ -17,19 +17,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::outcome::{Counts, Finished, Outcome, PartitionCounts, Reason, Seen, Task};
 pub use notable::{LAST, Noted, SLOWEST};
-pub use tracker::{
-    Arrival, Counts, Finished, Footprint, Outcome, PartitionCounts, Reason, Tracker,
-};
+pub use tracker::{Arrival, Footprint, Tracker};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
 use crate::export::events;
 use crate::export::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use crate::export::traces::{RecordSpan, Spans};
 use crate::kafka;
+use crate::outcome::SinkError;
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
-use crate::verify::sink::SinkError;
 
 /// What a probe is doing, for `/readyz`, `/status`, smoke progress and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,34 +47,6 @@ pub struct Progress {
     /// Supervised tasks serving this probe that are down (panicked or ended), with how many
     /// of that kind are down and why the last one died; they are being restarted.
     pub down: BTreeMap<Task, (u32, String)>,
-}
-
-/// The supervised tasks a probe depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Task {
-    /// Schedules, sends and settles the probe's records ([`task::send_loop`]).
-    SendLoop,
-    /// Turns topic metadata into the probe's partitions ([`discovery::follow`]).
-    Discovery,
-    /// Reads a topic's partitions, shared by the probes on it ([`discovery::watch_topic`]).
-    TopicWatch,
-    /// The paired consumer reading records back, shared by the probes on its cluster.
-    KafkaVerifier,
-    /// The sink poller looking records up ([`crate::verify::sink::run`]).
-    SinkPoller,
-}
-
-impl Task {
-    /// The `task` label of `slo_probe_task_restarts_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::SendLoop => "send_loop",
-            Task::Discovery => "discovery",
-            Task::TopicWatch => "topic_watch",
-            Task::KafkaVerifier => "kafka_verifier",
-            Task::SinkPoller => "sink_poller",
-        }
-    }
 }
 
 struct Core {
@@ -391,7 +362,7 @@ impl Probe {
                 record::verify(expected, view, same_topic)
             }
         });
-        let place = events::Seen::from(view);
+        let place = Seen::from(view);
         match arrival {
             Some(arrival) => self.arrival_logged(view.topic, &place, id, arrival),
             None => {
@@ -434,7 +405,7 @@ impl Probe {
     }
 
     /// The log lines and spans of an arrival.
-    fn arrival_logged(&self, topic: &str, place: &events::Seen, id: &Uuid, arrival: Arrival) {
+    fn arrival_logged(&self, topic: &str, place: &Seen, id: &Uuid, arrival: Arrival) {
         match arrival {
             Arrival::Final {
                 finished,
@@ -490,7 +461,7 @@ impl Probe {
             record::check_expectations(expected, doc, expect)
         });
         if let Some(arrival) = arrival {
-            let place = events::Seen::sink(&self.verify_topic);
+            let place = Seen::sink(&self.verify_topic);
             self.arrival_logged(&self.config.topic, &place, id, arrival);
         }
     }

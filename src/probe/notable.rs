@@ -9,8 +9,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::tracker::verify_span_id;
-use super::{Finished, Outcome, Reason};
+use crate::outcome::{Finished, Outcome, Reason, verify_span_id};
 use crate::stats::{DEFAULT_SLOTS, Sliding};
 
 /// Results kept per probe.

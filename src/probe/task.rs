@@ -335,7 +335,7 @@ mod tests {
     use crate::config::{self, AgentConfig, Sources};
     use crate::embedded::EmbeddedCluster;
     use crate::export::metrics::Metrics;
-    use crate::probe::Outcome;
+    use crate::outcome::Outcome;
     use crate::verify::kafka::KafkaVerifier;
 
     /// A daemon's send loop for a probe given by `yaml`, producing to a cluster nothing listens

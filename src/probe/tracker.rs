@@ -10,44 +10,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::outcome::{Counts, Finished, Outcome, PartitionCounts, Reason};
 use crate::record::{Corruption, Expected};
-
-/// The final outcome of a sent record. Exactly one per record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Arrived intact within the timeout.
-    Ok,
-    /// Not read back by its deadline (whether or not the broker acknowledged it; the log
-    /// line's reason says which).
-    Lost,
-    /// Arrived, but not as sent.
-    Corrupt,
-    /// The producer reported it could not deliver (before the deadline), or the in-flight bound
-    /// was reached and the record was never sent (`backpressure`).
-    SendFailed,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Ok,
-        Outcome::Lost,
-        Outcome::Corrupt,
-        Outcome::SendFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Lost => "lost",
-            Outcome::Corrupt => "corrupt",
-            Outcome::SendFailed => "send_failed",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// A sent record awaiting its outcome.
 #[derive(Debug)]
@@ -57,82 +21,6 @@ pub struct Pending {
     pub round: u64,
     /// Broker acknowledgement: when, and the offset it got.
     pub acked: Option<(Instant, i64)>,
-}
-
-/// A record that just reached its final outcome.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub id: Uuid,
-    pub partition: i32,
-    pub seq: u64,
-    pub trace_id: opentelemetry::trace::TraceId,
-    /// The producer span (the record's `traceparent`), and whether its trace is sampled.
-    pub span_id: opentelemetry::trace::SpanId,
-    pub sampled: bool,
-    /// Scheduled send, wall clock (ns since the Unix epoch), as in the envelope.
-    pub scheduled_at_ns: u64,
-    /// From the scheduled send to the broker's acknowledgement, when there was one.
-    pub acked_after: Option<Duration>,
-    /// From the scheduled send to this outcome.
-    pub since_scheduled: Duration,
-    pub offset: Option<i64>,
-    pub outcome: Outcome,
-    /// End-to-end latency (scheduled send to verification), for records that arrived.
-    pub latency: Option<Duration>,
-    /// Why it is not `ok`.
-    pub reason: Option<Reason>,
-}
-
-impl Finished {
-    /// The id of the span that verified (or gave up on) this record: see [`verify_span_id`].
-    pub fn verify_span_id(&self) -> opentelemetry::trace::SpanId {
-        verify_span_id(&self.id)
-    }
-
-    /// The span that carries this record's outcome: the producer span for a record that was
-    /// never delivered, the verification span otherwise.
-    pub fn outcome_span_id(&self) -> opentelemetry::trace::SpanId {
-        match self.outcome {
-            Outcome::SendFailed => self.span_id,
-            _ => self.verify_span_id(),
-        }
-    }
-}
-
-/// The id of the span that verifies (or gives up on) record `id`. Derived from the record id
-/// (the random bits of its UUIDv7, never zero), so log lines, `/status` and exported spans agree
-/// whether or not the trace is exported.
-pub fn verify_span_id(id: &Uuid) -> opentelemetry::trace::SpanId {
-    opentelemetry::trace::SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
-}
-
-/// Why a record did not end `ok`: a short, low-cardinality kind to filter on (`timeout`,
-/// `backpressure`, `producer`, or the corruption's kind such as `trace_context`), and the
-/// sentence for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reason {
-    pub kind: &'static str,
-    pub detail: String,
-}
-
-impl Reason {
-    /// `detail` may quote what came back (a field of a record, a sink's row): it is made
-    /// printable and cut before anything shows it.
-    pub fn new(kind: &'static str, detail: impl Into<String>) -> Reason {
-        Reason {
-            kind,
-            detail: crate::util::text::printable(
-                &detail.into(),
-                crate::util::text::MAX_OUTSIDE_TEXT,
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.detail)
-    }
 }
 
 /// What an arriving own record turned out to be.
@@ -145,38 +33,6 @@ pub enum Arrival {
     Duplicate,
     /// Already declared lost or unsendable; `latency` since its scheduled send when known.
     Late { latency: Option<Duration> },
-}
-
-/// Per-partition totals (which partition, and so which leader, is failing).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionCounts {
-    pub sent: u64,
-    pub outcomes: [u64; 4],
-}
-
-/// Running totals. Conservation: `sent == sum(outcomes) + in_flight` at every instant.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub sent: u64,
-    pub outcomes: [u64; 4],
-    pub in_flight: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub late: u64,
-}
-
-impl Counts {
-    pub fn get(&self, o: Outcome) -> u64 {
-        self.outcomes[o.index()]
-    }
-
-    pub fn finished(&self) -> u64 {
-        self.outcomes.iter().sum()
-    }
-
-    pub fn conserved(&self) -> bool {
-        self.sent == self.finished() + self.in_flight
-    }
 }
 
 /// At most this many finished ids are remembered, whatever the retention.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 pub use slo::{SloState, SloSummary};
 pub use window::{DEFAULT_SLOTS, Sliding};
 
-use crate::probe::Outcome;
+use crate::outcome::Outcome;
 
 /// The exported quantiles; `1` is the maximum.
 pub const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
@@ -134,8 +134,8 @@ pub fn quantiles(h: &Histogram<u64>) -> Option<[f64; 6]> {
 }
 
 /// Count, sum and quantiles of a histogram, in seconds, for a summary.
-pub fn window_values(h: &Histogram<u64>) -> crate::export::summary::WindowValues {
-    crate::export::summary::WindowValues {
+pub fn window_values(h: &Histogram<u64>) -> crate::outcome::WindowValues {
+    crate::outcome::WindowValues {
         count: h.len(),
         sum: h.mean() * h.len() as f64 / 1e6,
         quantiles: quantiles(h),

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Sliding;
 use crate::config::{Sli, SloConfig};
-use crate::probe::Outcome;
+use crate::outcome::Outcome;
 
 /// Burn-rate windows (label value, length): the SRE workbook's multiwindow, multi-burn-rate
 /// alerting pairs 5m/1h and 30m/6h.

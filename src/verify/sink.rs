@@ -19,72 +19,13 @@ use uuid::Uuid;
 use super::http::HttpSink;
 use super::postgres::PostgresSink;
 use crate::config::Verify;
+pub use crate::outcome::{SinkError, SinkErrorKind};
 
 use crate::probe::Probe;
 use crate::util::quiet::Quiet;
 
 /// Longest pause between polls of a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Why a poll failed: the `reason` label of `slo_probe_verify_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SinkErrorKind {
-    /// No connection: refused, reset, DNS, TLS, the server shutting down.
-    Unreachable,
-    /// Credentials refused (PostgreSQL class 28, HTTP 401/403).
-    Auth,
-    /// The query failed (SQL error, a result the poller cannot read).
-    Query,
-    /// A non-2xx HTTP status other than 401/403.
-    HttpStatus,
-    /// The response is not JSON, or has no array where `ids_pointer` points.
-    InvalidJson,
-    /// No answer within the sink's `timeout`.
-    Timeout,
-}
-
-impl SinkErrorKind {
-    pub const ALL: [SinkErrorKind; 6] = [
-        SinkErrorKind::Unreachable,
-        SinkErrorKind::Auth,
-        SinkErrorKind::Query,
-        SinkErrorKind::HttpStatus,
-        SinkErrorKind::InvalidJson,
-        SinkErrorKind::Timeout,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkErrorKind::Unreachable => "unreachable",
-            SinkErrorKind::Auth => "auth",
-            SinkErrorKind::Query => "query",
-            SinkErrorKind::HttpStatus => "http_status",
-            SinkErrorKind::InvalidJson => "invalid_json",
-            SinkErrorKind::Timeout => "timeout",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    pub kind: SinkErrorKind,
-    /// Never contains a credential; printable (control characters escaped).
-    pub message: String,
-}
-
-impl SinkError {
-    /// `message` may quote the sink (a server's error text): it is made printable and cut.
-    pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
-        SinkError {
-            kind,
-            message: crate::util::text::printable(
-                &message.into(),
-                crate::util::text::MAX_OUTSIDE_TEXT,
-            ),
-        }
-    }
-}
 
 /// A record found in the sink: its id, and the row or document its content is checked on.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::export::metrics::Metrics;
-    use crate::probe::Outcome;
+    use crate::outcome::Outcome;
     use crate::record;
 
     /// A sink where each record appears at a given instant; the first `failures` polls fail.

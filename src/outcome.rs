@@ -1,0 +1,288 @@
+//! The vocabulary of what happens to records: the one final [`Outcome`] of each, why it is not
+//! `ok` ([`Reason`]), the record as it ends ([`Finished`]), running totals ([`Counts`]), where an
+//! event about a record read back was seen ([`Seen`]), why a sink poll failed ([`SinkError`]),
+//! the tasks a probe depends on ([`Task`]) and the values of a sliding window
+//! ([`WindowValues`]). Plain types: everything above uses them, they use only [`crate::record`].
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use crate::record::ForeignReason;
+use crate::record::View;
+
+/// The final outcome of a sent record. Exactly one per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Arrived intact within the timeout.
+    Ok,
+    /// Not read back by its deadline (whether or not the broker acknowledged it; the log
+    /// line's reason says which).
+    Lost,
+    /// Arrived, but not as sent.
+    Corrupt,
+    /// The producer reported it could not deliver (before the deadline), or the in-flight bound
+    /// was reached and the record was never sent (`backpressure`).
+    SendFailed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Lost,
+        Outcome::Corrupt,
+        Outcome::SendFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Lost => "lost",
+            Outcome::Corrupt => "corrupt",
+            Outcome::SendFailed => "send_failed",
+        }
+    }
+
+    /// Its position in [`Outcome::ALL`] (and in the arrays indexed like it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A record that just reached its final outcome.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: Uuid,
+    pub partition: i32,
+    pub seq: u64,
+    pub trace_id: opentelemetry::trace::TraceId,
+    /// The producer span (the record's `traceparent`), and whether its trace is sampled.
+    pub span_id: opentelemetry::trace::SpanId,
+    pub sampled: bool,
+    /// Scheduled send, wall clock (ns since the Unix epoch), as in the envelope.
+    pub scheduled_at_ns: u64,
+    /// From the scheduled send to the broker's acknowledgement, when there was one.
+    pub acked_after: Option<Duration>,
+    /// From the scheduled send to this outcome.
+    pub since_scheduled: Duration,
+    pub offset: Option<i64>,
+    pub outcome: Outcome,
+    /// End-to-end latency (scheduled send to verification), for records that arrived.
+    pub latency: Option<Duration>,
+    /// Why it is not `ok`.
+    pub reason: Option<Reason>,
+}
+
+impl Finished {
+    /// The id of the span that verified (or gave up on) this record: see [`verify_span_id`].
+    pub fn verify_span_id(&self) -> opentelemetry::trace::SpanId {
+        verify_span_id(&self.id)
+    }
+
+    /// The span that carries this record's outcome: the producer span for a record that was
+    /// never delivered, the verification span otherwise.
+    pub fn outcome_span_id(&self) -> opentelemetry::trace::SpanId {
+        match self.outcome {
+            Outcome::SendFailed => self.span_id,
+            _ => self.verify_span_id(),
+        }
+    }
+}
+
+/// The id of the span that verifies (or gives up on) record `id`. Derived from the record id
+/// (the random bits of its UUIDv7, never zero), so log lines, `/status` and exported spans agree
+/// whether or not the trace is exported.
+pub fn verify_span_id(id: &Uuid) -> opentelemetry::trace::SpanId {
+    opentelemetry::trace::SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
+}
+
+/// Why a record did not end `ok`: a short, low-cardinality kind to filter on (`timeout`,
+/// `backpressure`, `producer`, or the corruption's kind such as `trace_context`), and the
+/// sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Reason {
+    /// `detail` may quote what came back (a field of a record, a sink's row): it is made
+    /// printable and cut before anything shows it.
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Reason {
+        Reason {
+            kind,
+            detail: crate::util::text::printable(
+                &detail.into(),
+                crate::util::text::MAX_OUTSIDE_TEXT,
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Per-partition totals (which partition, and so which leader, is failing).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCounts {
+    pub sent: u64,
+    pub outcomes: [u64; 4],
+}
+
+/// Running totals. Conservation: `sent == sum(outcomes) + in_flight` at every instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub sent: u64,
+    pub outcomes: [u64; 4],
+    pub in_flight: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub late: u64,
+}
+
+impl Counts {
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.outcomes[o.index()]
+    }
+
+    pub fn finished(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    pub fn conserved(&self) -> bool {
+        self.sent == self.finished() + self.in_flight
+    }
+}
+
+/// Where an event about a record read back was seen: a record on a topic, or a sink's row.
+pub struct Seen<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// The record's `traceparent`, when it carried one.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
+}
+
+impl<'a> Seen<'a> {
+    /// In a sink (`postgres`, `http`): no partition, offset or headers.
+    pub fn sink(kind: &'a str) -> Self {
+        Seen {
+            topic: kind,
+            partition: None,
+            offset: None,
+            trace: None,
+        }
+    }
+}
+
+impl<'a> From<&View<'a>> for Seen<'a> {
+    fn from(view: &View<'a>) -> Self {
+        Seen {
+            topic: view.topic,
+            partition: Some(view.partition),
+            offset: Some(view.offset),
+            trace: view.span_context(),
+        }
+    }
+}
+
+/// Why a poll failed: the `reason` label of `slo_probe_verify_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkErrorKind {
+    /// No connection: refused, reset, DNS, TLS, the server shutting down.
+    Unreachable,
+    /// Credentials refused (PostgreSQL class 28, HTTP 401/403).
+    Auth,
+    /// The query failed (SQL error, a result the poller cannot read).
+    Query,
+    /// A non-2xx HTTP status other than 401/403.
+    HttpStatus,
+    /// The response is not JSON, or has no array where `ids_pointer` points.
+    InvalidJson,
+    /// No answer within the sink's `timeout`.
+    Timeout,
+}
+
+impl SinkErrorKind {
+    pub const ALL: [SinkErrorKind; 6] = [
+        SinkErrorKind::Unreachable,
+        SinkErrorKind::Auth,
+        SinkErrorKind::Query,
+        SinkErrorKind::HttpStatus,
+        SinkErrorKind::InvalidJson,
+        SinkErrorKind::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkErrorKind::Unreachable => "unreachable",
+            SinkErrorKind::Auth => "auth",
+            SinkErrorKind::Query => "query",
+            SinkErrorKind::HttpStatus => "http_status",
+            SinkErrorKind::InvalidJson => "invalid_json",
+            SinkErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    /// Never contains a credential; printable (control characters escaped).
+    pub message: String,
+}
+
+impl SinkError {
+    /// `message` may quote the sink (a server's error text): it is made printable and cut.
+    pub fn new(kind: SinkErrorKind, message: impl Into<String>) -> Self {
+        SinkError {
+            kind,
+            message: crate::util::text::printable(
+                &message.into(),
+                crate::util::text::MAX_OUTSIDE_TEXT,
+            ),
+        }
+    }
+}
+
+/// The supervised tasks a probe depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    /// Schedules, sends and settles the probe's records (the probe's send loop).
+    SendLoop,
+    /// Turns topic metadata into the probe's partitions (its discovery).
+    Discovery,
+    /// Reads a topic's partitions, shared by the probes on it (a topic watch).
+    TopicWatch,
+    /// The paired consumer reading records back, shared by the probes on its cluster.
+    KafkaVerifier,
+    /// The sink poller looking records up.
+    SinkPoller,
+}
+
+impl Task {
+    /// The `task` label of `slo_probe_task_restarts_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::SendLoop => "send_loop",
+            Task::Discovery => "discovery",
+            Task::TopicWatch => "topic_watch",
+            Task::KafkaVerifier => "kafka_verifier",
+            Task::SinkPoller => "sink_poller",
+        }
+    }
+}
+
+/// One probe's window: `None` quantiles while it holds no sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowValues {
+    pub count: u64,
+    /// Sum of the samples, seconds.
+    pub sum: f64,
+    /// Seconds, indexed like [`QUANTILES`].
+    pub quantiles: Option<[f64; 6]>,
+}
