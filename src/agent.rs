@@ -18,6 +18,7 @@ use crate::config::CreateTopic;
 use crate::config::{AgentConfig, TracingConfig};
 use crate::config::{ClusterConfig, Config, Partitions};
 use crate::embedded::EmbeddedCluster;
+use crate::export::observer::ProbeObserver;
 use crate::export::traces::{Exporter, Identity, Spans};
 use crate::export::{http, metrics::Metrics};
 use crate::kafka::Producer;
@@ -168,11 +169,17 @@ impl Agent {
             .probes
             .iter()
             .map(|p| {
+                let origin = crate::record::Origin {
+                    probe: p.name.clone(),
+                    instance: config.agent.instance.clone(),
+                    site: config.agent.site.clone(),
+                };
+                let observer =
+                    ProbeObserver::new(Arc::clone(&metrics), Arc::clone(&spans), p, origin);
                 Arc::new(Probe::new(
                     p.clone(),
                     &config.agent,
-                    Arc::clone(&metrics),
-                    Arc::clone(&spans),
+                    Arc::new(observer),
                     opts.plan != Plan::Forever,
                 ))
             })
@@ -542,34 +549,18 @@ type Watched = (TopicWatch, Vec<Arc<Probe>>);
 /// One run of a supervised task.
 type BoxTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// How a supervised task's failures are reported: a log line per probe it serves, the probe's
-/// `slo_probe_task_restarts_total{task}`, and the probe unready until the task runs again.
+/// How a supervised task's failures are reported: to each probe it serves (its observer logs
+/// and counts them), which is unready until the task runs again.
 fn reporter(task: Task, probes: Vec<Arc<Probe>>) -> impl Fn(TaskEvent) + Send {
     move |event| match event {
         TaskEvent::Down { why, restart_in } => {
             for p in &probes {
-                p.task_down(task, &why);
-                match restart_in {
-                    Some(wait) => tracing::error!(
-                        probe = p.name(),
-                        task = task.as_str(),
-                        error = %why,
-                        restart_in = %humantime::format_duration(wait),
-                        "task failed; restarting it"
-                    ),
-                    None => tracing::error!(
-                        probe = p.name(),
-                        task = task.as_str(),
-                        error = %why,
-                        "task failed while the agent stops"
-                    ),
-                }
+                p.task_down(task, &why, restart_in);
             }
         }
         TaskEvent::Restarted => {
             for p in &probes {
                 p.task_up(task);
-                tracing::info!(probe = p.name(), task = task.as_str(), "task restarted");
             }
         }
     }
@@ -736,13 +727,14 @@ mod tests {
     async fn a_dead_task_is_logged_counted_and_unready_until_restarted() {
         let (logs, _guard) = crate::export::logging::captured();
 
-        let probe = Arc::new(crate::probe::from_yaml(
+        let (probe, metrics) = crate::probe::testing::observed(
             "name: orders
 ",
-        ));
+        );
+        let probe = Arc::new(probe);
         let view = AgentView {
             probes: vec![Arc::clone(&probe)],
-            metrics: probe.metrics(),
+            metrics,
             site: "default".into(),
             instance: "test".into(),
         };

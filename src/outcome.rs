@@ -4,6 +4,7 @@
 //! the tasks a probe depends on ([`Task`]) and the values of a sliding window
 //! ([`WindowValues`]). Plain types: everything above uses them, they use only [`crate::record`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -158,6 +159,7 @@ impl Counts {
 }
 
 /// Where an event about a record read back was seen: a record on a topic, or a sink's row.
+#[derive(Debug, Clone)]
 pub struct Seen<'a> {
     pub topic: &'a str,
     pub partition: Option<i32>,
@@ -285,4 +287,96 @@ pub struct WindowValues {
     pub sum: f64,
     /// Seconds, indexed like [`QUANTILES`].
     pub quantiles: Option<[f64; 6]>,
+}
+
+/// Something that happened to a probe, as it reports it to its [`Observer`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A record was counted as sent; `in_flight` records await their outcome after it.
+    Scheduled { partition: i32, in_flight: u64 },
+    /// A record reached its one final outcome, read back on `topic` (or looked up for it);
+    /// `reordered`: verified after a higher seq on its partition.
+    Settled {
+        finished: Finished,
+        in_flight: u64,
+        topic: &'a str,
+        reordered: bool,
+    },
+    /// SLO number `slo` (in the probe's order) judged a final outcome good or bad.
+    SloJudged { slo: usize, good: bool },
+    /// A verified record was seen again.
+    Duplicate { seen: Seen<'a>, id: Uuid },
+    /// A record came back after it was declared lost (`latency` since its scheduled send, when
+    /// it is still remembered).
+    Late {
+        seen: Seen<'a>,
+        id: Uuid,
+        latency: Option<Duration>,
+    },
+    /// A record on the verify topic that is not a probe record.
+    Foreign {
+        seen: Seen<'a>,
+        reason: ForeignReason,
+    },
+    /// A sink poll for `pending` records ended: `error` when it failed; `failures` in a row
+    /// (this one included when it failed, those before it when it succeeded).
+    SinkPolled {
+        sink: &'static str,
+        pending: usize,
+        error: Option<&'a SinkError>,
+        failures: u32,
+    },
+    /// Discovery found these partitions (partition -> leader broker).
+    Partitions { leaders: &'a BTreeMap<i32, i32> },
+    /// A supervised task of the probe died; it is started again after `restart_in` (`None`:
+    /// the agent is stopping).
+    TaskDown {
+        task: Task,
+        why: &'a str,
+        restart_in: Option<Duration>,
+    },
+    /// A task that was down runs again.
+    TaskUp { task: Task },
+    /// A round left the agent `lag` after its slot (the agent's own delay).
+    SendLag { lag: Duration },
+    /// A round settled with a verified record among `settled`: the probe works.
+    Ready { ok: u64, settled: u64 },
+}
+
+/// What a probe reports to: the export layer (metrics, log lines, spans), or a recording in
+/// tests. The probe calls [`Observer::count`] for each event while it holds its lock, so that
+/// counters which must agree move together (every scrape sees `sent = ok + lost + corrupt +
+/// send_failed + in_flight`), then [`Observer::report`] for the same events, in the same order,
+/// after it (log lines and spans: I/O never happens under the lock).
+pub trait Observer: Send + Sync {
+    /// Under the probe's lock: counters and gauges.
+    fn count(&self, event: &Event<'_>);
+    /// After the lock: log lines and spans.
+    fn report(&self, event: &Event<'_>);
+    /// The values over the sliding windows, brought up to date (before every scrape).
+    fn gauges(&self, gauges: &Gauges);
+}
+
+/// A probe's values over its sliding windows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// End-to-end latency of verified records.
+    pub e2e: WindowValues,
+    /// Scheduled send to the broker's acknowledgement.
+    pub produce: WindowValues,
+    /// `ok` / all final outcomes; `None` without any.
+    pub availability: Option<f64>,
+    /// Age of the newest verified record (since its scheduled send; since start when none).
+    pub freshness: Duration,
+    /// Per SLO, in the probe's order.
+    pub slos: Vec<SloGauges>,
+}
+
+/// One SLO's budget and burn rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SloGauges {
+    /// Share of the error budget left over the SLO's window.
+    pub budget_remaining: f64,
+    /// Burn rate over each alerting window (`None` without events in it).
+    pub burn_rates: [Option<f64>; 4],
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::outcome::{Finished, ForeignReason, Outcome, Seen};
-use crate::record::{Origin, View};
+use crate::record::Origin;
 
 const TARGET: &str = "slo_probe::record";
 
@@ -101,14 +101,14 @@ pub fn late(origin: &Origin, seen: &Seen, id: &uuid::Uuid, latency: Option<Durat
     );
 }
 
-pub fn foreign(origin: &Origin, view: &View, reason: ForeignReason) {
+pub fn foreign(origin: &Origin, seen: &Seen, reason: ForeignReason) {
     info!(
         target: TARGET,
         event = "foreign",
         probe = %origin.probe,
-        topic = view.topic,
-        partition = view.partition,
-        offset = view.offset,
+        topic = seen.topic,
+        partition = seen.partition,
+        offset = seen.offset,
         site = %origin.site,
         instance = %origin.instance,
         reason = reason.as_str(),

@@ -1,6 +1,10 @@
-//! A probe: its configuration, in-flight tracker, measurements and metrics, behind one mutex
-//! shared by the task that sends its records ([`task`]), the delivery reports, and the verifier
-//! that sees them come back. The mutex is never held across an await or around I/O.
+//! A probe: its configuration, in-flight tracker and measurements, behind one mutex shared by
+//! the task that sends its records ([`task`]), the delivery reports, and the verifier that
+//! sees them come back. The mutex is never held across an await or around I/O.
+//!
+//! A probe keeps domain state only. What happens to it is reported to its
+//! [`Observer`] as [`Event`]s: counted while the lock is held, so that counters which must agree
+//! move together, and reported (log lines, spans) after it.
 
 mod clock;
 pub mod discovery;
@@ -17,16 +21,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::outcome::{Counts, Finished, Outcome, PartitionCounts, Reason, Seen, Task};
 pub use notable::{LAST, Noted, SLOWEST};
 pub use tracker::{Arrival, Footprint, Tracker};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
-use crate::export::events;
-use crate::export::metrics::{Metrics, ProbeMetrics, SinkMetrics};
-use crate::export::traces::{RecordSpan, Spans};
 use crate::kafka;
-use crate::outcome::SinkError;
+use crate::outcome::{
+    Counts, Event, Finished, Gauges, Observer, Outcome, PartitionCounts, Reason, Seen, SinkError,
+    SloGauges, Task,
+};
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
 
@@ -58,9 +61,14 @@ struct Core {
     newest_verified: Option<Instant>,
     slos: Vec<SloState>,
     notable: notable::Notable,
-    /// "probe ready" was logged.
+    /// "probe ready" was reported.
     announced_ready: bool,
+    /// A probe that polls a sink: its polls.
+    sink: SinkSummary,
 }
+
+/// The events of one call, counted under the lock and reported after it.
+type Events<'a> = Vec<Event<'a>>;
 
 pub struct Probe {
     pub config: ProbeConfig,
@@ -71,42 +79,18 @@ pub struct Probe {
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
-    /// For a probe that polls a sink.
-    sink: Option<SinkState>,
+    /// For a probe that polls a sink: woken when the broker acknowledges a record (the
+    /// poller's cue).
+    acknowledged: Option<tokio::sync::Notify>,
     started: Instant,
-    metrics: Arc<Metrics>,
-    series: ProbeMetrics,
-    spans: Arc<Spans>,
+    /// Where what happens is reported: metrics, logs and spans (or a recording in tests).
+    observer: Arc<dyn Observer>,
     /// Share of records whose traces are sampled.
     sampling_ratio: f64,
     core: Mutex<Core>,
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
     foreign: AtomicU64,
-    /// Foreign records are logged one a minute, the rest summarised: anyone who can write the
-    /// topic could otherwise flood the logs.
-    foreign_log: Mutex<ForeignLog>,
-}
-
-/// How often foreign records are logged (one in full, then a summary of the others).
-pub const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Foreign records seen since the last one logged.
-#[derive(Default)]
-struct ForeignLog {
-    /// When the last one was logged in full.
-    logged_at: Option<Instant>,
-    /// Seen since, by reason (indexed like [`ForeignReason::ALL`]).
-    quiet: [u64; 3],
-}
-
-/// What a probe that polls a sink keeps besides its records.
-struct SinkState {
-    /// Woken when the broker acknowledges a record (the poller's cue).
-    acknowledged: tokio::sync::Notify,
-    /// Polls and failed polls by reason: the only count of them.
-    series: SinkMetrics,
-    last_error: Mutex<Option<String>>,
 }
 
 /// A sink poller's record: polls, failed polls, the last failure.
@@ -145,12 +129,12 @@ pub struct Snapshot {
 }
 
 impl Probe {
-    /// `run_totals`: keep histograms of the whole run too (for a finite run's verdict).
+    /// A probe reporting to `observer`. `run_totals`: keep histograms of the whole run too (for
+    /// a finite run's verdict).
     pub fn new(
         config: ProbeConfig,
         agent: &AgentConfig,
-        metrics: Arc<Metrics>,
-        spans: Arc<Spans>,
+        observer: Arc<dyn Observer>,
         run_totals: bool,
     ) -> Self {
         let now = Instant::now();
@@ -160,22 +144,6 @@ impl Probe {
         };
         let same_topic =
             verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
-        let verifier = match config.verify.kafka() {
-            Some(_) => Task::KafkaVerifier,
-            None => Task::SinkPoller,
-        };
-        let tasks = [Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier];
-        let series = metrics.probe(
-            &config.name,
-            &config.slos,
-            config.per_partition_metrics,
-            &tasks,
-        );
-        let sink = config.verify.poll().map(|poll| SinkState {
-            acknowledged: tokio::sync::Notify::new(),
-            series: metrics.sink(&config.name, poll),
-            last_error: Mutex::new(None),
-        });
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
         let retention = (config.timeout * 10).max(agent.window);
@@ -192,6 +160,7 @@ impl Probe {
                 .iter()
                 .map(|s| SloState::new(s.clone(), now))
                 .collect(),
+            sink: SinkSummary::default(),
         };
         Probe {
             origin: Origin {
@@ -199,20 +168,17 @@ impl Probe {
                 instance: agent.instance.clone(),
                 site: agent.site.clone(),
             },
+            acknowledged: config.verify.sink().map(|_| tokio::sync::Notify::new()),
             config,
             verify_cluster,
             verify_topic,
             same_topic,
-            sink,
             started: now,
-            metrics,
-            series,
-            spans,
+            observer,
             sampling_ratio: agent.tracing.as_ref().map_or(1.0, |t| t.sampling_ratio),
             core: Mutex::new(core),
             progress: watch::Sender::new(Progress::default()),
             foreign: AtomicU64::new(0),
-            foreign_log: Mutex::default(),
         }
     }
 
@@ -230,7 +196,20 @@ impl Probe {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, core: &mut Core) {
+    /// Counts `event` (the caller holds the lock) and keeps it to be reported after the lock.
+    fn emit<'a>(&self, events: &mut Events<'a>, event: Event<'a>) {
+        self.observer.count(&event);
+        events.push(event);
+    }
+
+    /// Reports the events of a call, after its lock was released.
+    fn report(&self, events: Events<'_>) {
+        for event in &events {
+            self.observer.report(event);
+        }
+    }
+
+    fn publish<'a>(&self, core: &mut Core, events: &mut Events<'a>) {
         let counts = core.tracker.counts();
         let completed = core.tracker.rounds_completed();
         self.progress.send_if_modified(|p| {
@@ -244,7 +223,8 @@ impl Probe {
         let ok = counts.get(Outcome::Ok);
         if !core.announced_ready && completed > 0 && ok > 0 {
             core.announced_ready = true;
-            tracing::info!(probe = %self.origin.probe, ok, settled = counts.finished(), "first round settled: probe ready");
+            let settled = counts.finished();
+            self.emit(events, Event::Ready { ok, settled });
         }
     }
 
@@ -279,15 +259,13 @@ impl Probe {
         records: Vec<Outgoing>,
         unsendable: Option<Reason>,
     ) -> Vec<Outgoing> {
-        let mut core = self.lock();
-        let mut refused = Vec::new();
+        let mut events = Events::with_capacity(records.len());
         let mut to_send = Vec::with_capacity(records.len());
-        for r in records {
-            let expected = Expected::of(&r);
-            let partition = r.body.partition;
-            let registered = {
-                let _consistent = self.metrics.update();
-                self.series.sent.inc();
+        {
+            let mut core = self.lock();
+            for r in records {
+                let expected = Expected::of(&r);
+                let partition = r.body.partition;
                 let registered = match &unsendable {
                     None => core.tracker.register(expected, scheduled, round),
                     Some(reason) => Err(Box::new(core.tracker.refuse(
@@ -297,64 +275,64 @@ impl Probe {
                         reason.clone(),
                     ))),
                 };
-                self.series
-                    .in_flight
-                    .set(core.tracker.counts().in_flight as i64);
-                registered
-            };
-            if let Some(p) = &self.series.partitions
-                && partition >= 0
-            {
-                p.sent(partition);
-            }
-            match registered {
-                Ok(()) => to_send.push(r),
-                Err(f) => {
-                    self.apply(&mut core, &f, scheduled);
-                    refused.push(f);
+                // Counted as sent with the in-flight count that includes it, before any
+                // outcome it may already have.
+                let in_flight = core.tracker.counts().in_flight + u64::from(registered.is_err());
+                self.emit(
+                    &mut events,
+                    Event::Scheduled {
+                        partition,
+                        in_flight,
+                    },
+                );
+                match registered {
+                    Ok(()) => to_send.push(r),
+                    Err(f) => {
+                        let topic = self.config.topic.as_str();
+                        self.settle(&mut core, &mut events, *f, scheduled, topic, false);
+                    }
                 }
             }
+            // A held round may be sent after later ones fell due.
+            self.progress
+                .send_modify(|p| p.rounds_started = p.rounds_started.max(round + 1));
+            self.publish(&mut core, &mut events);
         }
-        // A held round may be sent after later ones fell due.
-        self.progress
-            .send_modify(|p| p.rounds_started = p.rounds_started.max(round + 1));
-        self.publish(&mut core);
-        drop(core);
-        for f in &refused {
-            self.settled(&self.config.topic, f);
-        }
+        self.report(events);
         to_send
     }
 
     /// A delivery report: the broker's offset, or why the producer gave up.
     pub(crate) fn delivered(&self, id: &Uuid, at: Instant, result: Result<i64, String>) {
-        let mut core = self.lock();
-        let finished = match result {
-            Ok(offset) => {
-                if let Some(latency) = core.tracker.ack(id, at, offset) {
-                    core.produce.record(at, latency);
-                    if let Some(sink) = &self.sink {
-                        sink.acknowledged.notify_one();
+        let mut events = Events::new();
+        {
+            let mut core = self.lock();
+            match result {
+                Ok(offset) => {
+                    if let Some(latency) = core.tracker.ack(id, at, offset) {
+                        core.produce.record(at, latency);
+                        if let Some(acknowledged) = &self.acknowledged {
+                            acknowledged.notify_one();
+                        }
                     }
                 }
-                None
+                Err(reason) => {
+                    if let Some(f) = core.tracker.send_failed(id, at, reason) {
+                        let topic = self.config.topic.as_str();
+                        self.settle(&mut core, &mut events, f, at, topic, false);
+                    }
+                }
             }
-            Err(reason) => core.tracker.send_failed(id, at, reason),
-        };
-        if let Some(f) = &finished {
-            self.apply(&mut core, f, at);
+            self.publish(&mut core, &mut events);
         }
-        self.publish(&mut core);
-        drop(core);
-        if let Some(f) = finished {
-            self.settled(&self.config.topic, &f);
-        }
+        self.report(events);
     }
 
     /// An own record came back: verify it and settle its outcome or count the event.
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let same_topic = self.same_topic;
-        let arrival = self.arrive(id, at, Some(view.offset), |expected| {
+        let seen = Seen::from(view);
+        self.arrive(id, at, Some(view.offset), view.topic, seen, |expected| {
             if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
                 record::verify_transformed(expected, view, &k.expect)
             } else {
@@ -362,63 +340,51 @@ impl Probe {
                 record::verify(expected, view, same_topic)
             }
         });
-        let place = Seen::from(view);
-        match arrival {
-            Some(arrival) => self.arrival_logged(view.topic, &place, id, arrival),
-            None => {
-                let mut core = self.lock();
-                core.tracker.forgotten_arrival();
-                self.series.late.inc();
-                self.publish(&mut core);
-                drop(core);
-                events::late(&self.origin, &place, id, None);
-            }
-        }
     }
 
-    /// Settles (or counts) an arrival under the lock; logs and spans come after.
-    fn arrive(
+    /// Settles (or counts) an arrival seen `seen` on `topic` under the lock; `None` from the
+    /// tracker (an own record forgotten long ago) is a late arrival too. Reports after it.
+    fn arrive<'a>(
         &self,
         id: &Uuid,
         at: Instant,
         offset: Option<i64>,
+        topic: &'a str,
+        seen: Seen<'a>,
         check: impl FnOnce(&record::Expected) -> Result<(), record::Corruption>,
-    ) -> Option<Arrival> {
-        let mut core = self.lock();
-        let arrival = core.tracker.arrive(id, at, offset, check);
-        match &arrival {
-            Some(Arrival::Final {
-                finished,
-                reordered,
-            }) => {
-                self.apply(&mut core, finished, at);
-                if *reordered {
-                    self.series.reordered.inc();
+    ) {
+        let mut events = Events::new();
+        {
+            let mut core = self.lock();
+            match core.tracker.arrive(id, at, offset, check) {
+                Some(Arrival::Final {
+                    finished,
+                    reordered,
+                }) => self.settle(&mut core, &mut events, finished, at, topic, reordered),
+                Some(Arrival::Duplicate) => {
+                    self.emit(&mut events, Event::Duplicate { seen, id: *id })
+                }
+                Some(Arrival::Late { latency }) => {
+                    let late = Event::Late {
+                        seen,
+                        id: *id,
+                        latency,
+                    };
+                    self.emit(&mut events, late)
+                }
+                None => {
+                    core.tracker.forgotten_arrival();
+                    let late = Event::Late {
+                        seen,
+                        id: *id,
+                        latency: None,
+                    };
+                    self.emit(&mut events, late);
                 }
             }
-            Some(Arrival::Duplicate) => self.series.duplicates.inc(),
-            Some(Arrival::Late { .. }) => self.series.late.inc(),
-            None => {}
+            self.publish(&mut core, &mut events);
         }
-        self.publish(&mut core);
-        arrival
-    }
-
-    /// The log lines and spans of an arrival.
-    fn arrival_logged(&self, topic: &str, place: &Seen, id: &Uuid, arrival: Arrival) {
-        match arrival {
-            Arrival::Final {
-                finished,
-                reordered,
-            } => {
-                self.settled(topic, &finished);
-                if reordered {
-                    events::reordered(&self.origin, topic, &finished);
-                }
-            }
-            Arrival::Duplicate => events::duplicate(&self.origin, place, id),
-            Arrival::Late { latency } => events::late(&self.origin, place, id, latency),
-        }
+        self.report(events);
     }
 
     /// Whether records come back transformed (ids found per `id_from`).
@@ -446,8 +412,8 @@ impl Probe {
     /// Resolves when the broker acknowledged a record since the last call (or now, if it did
     /// before anyone waited); never for a probe that does not poll a sink.
     pub async fn acknowledged(&self) {
-        match &self.sink {
-            Some(sink) => sink.acknowledged.notified().await,
+        match &self.acknowledged {
+            Some(acknowledged) => acknowledged.notified().await,
             None => std::future::pending().await,
         }
     }
@@ -456,25 +422,43 @@ impl Probe {
     /// document), in the poll that started `at`: settle it after checking its content. Ids
     /// this probe does not know are ignored (a sink holds other rows too).
     pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value) {
-        let arrival = self.arrive(id, at, None, |expected| {
+        if !self.knows(id) {
+            return;
+        }
+        let seen = Seen::sink(&self.verify_topic);
+        self.arrive(id, at, None, &self.config.topic, seen, |expected| {
             let expect = self.config.verify.sink().map_or(&[][..], |s| &s.expect);
             record::check_expectations(expected, doc, expect)
         });
-        if let Some(arrival) = arrival {
-            let place = Seen::sink(&self.verify_topic);
-            self.arrival_logged(&self.config.topic, &place, id, arrival);
-        }
     }
 
-    /// A sink poll ended, or failed with `error`: counted in the probe's sink series.
-    pub fn sink_polled(&self, result: Result<(), &SinkError>) {
-        let Some(sink) = &self.sink else { return };
-        sink.series.polls.inc();
-        if let Err(e) = result {
-            sink.series.error(e.kind).inc();
-            let last = format!("{}: {}", e.kind.as_str(), e.message);
-            *sink.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+    /// A sink poll of `sink` for `pending` records ended, or failed with `error`; `failures`
+    /// in a row (this one included when it failed, those before it when it succeeded).
+    pub fn sink_polled(
+        &self,
+        sink: &'static str,
+        pending: usize,
+        result: Result<(), &SinkError>,
+        failures: u32,
+    ) {
+        let error = result.err();
+        let mut events = Events::new();
+        {
+            let mut core = self.lock();
+            core.sink.polls += 1;
+            if let Some(e) = error {
+                core.sink.errors += 1;
+                core.sink.last_error = Some(format!("{}: {}", e.kind.as_str(), e.message));
+            }
+            let polled = Event::SinkPolled {
+                sink,
+                pending,
+                error,
+                failures,
+            };
+            self.emit(&mut events, polled);
         }
+        self.report(events);
     }
 
     /// Whether this probe sent the record with this id (in flight or recently finished).
@@ -484,41 +468,32 @@ impl Probe {
 
     /// A record on the probe's verify topic that is not a probe record.
     pub fn foreign(&self, view: &View, reason: ForeignReason) {
-        self.series.foreign(reason).inc();
         self.foreign.fetch_add(1, Ordering::Relaxed);
-        // Every one is counted; one a minute is logged, with a summary of the others.
-        let now = Instant::now();
-        let quiet = {
-            let mut log = self.foreign_log.lock().unwrap_or_else(|e| e.into_inner());
-            if log
-                .logged_at
-                .is_some_and(|at| now.duration_since(at) < FOREIGN_LOG_EVERY)
-            {
-                let i = ForeignReason::ALL.iter().position(|r| *r == reason);
-                log.quiet[i.unwrap_or(0)] += 1;
-                return;
-            }
-            log.logged_at = Some(now);
-            std::mem::take(&mut log.quiet)
+        let event = Event::Foreign {
+            seen: Seen::from(view),
+            reason,
         };
-        if quiet.iter().any(|n| *n > 0) {
-            events::foreign_summary(&self.origin, view.topic, &quiet);
-        }
-        events::foreign(&self.origin, view, reason);
+        self.observer.count(&event);
+        self.observer.report(&event);
     }
 
     /// Settles every record whose deadline passed.
     pub(crate) fn expire(&self, now: Instant) {
-        let mut core = self.lock();
-        let expired = core.tracker.expire(now);
-        for f in &expired {
-            self.apply(&mut core, f, now);
+        let mut events = Events::new();
+        {
+            let mut core = self.lock();
+            let topic = self.config.topic.as_str();
+            let expired = core.tracker.expire(now);
+            // Counted one by one: each with the in-flight count as of that record, so that
+            // a scrape between two of them still adds up.
+            let mut still = core.tracker.counts().in_flight + expired.len() as u64;
+            for f in expired {
+                still -= 1;
+                self.settle_with(&mut core, &mut events, f, now, topic, false, still);
+            }
+            self.publish(&mut core, &mut events);
         }
-        self.publish(&mut core);
-        drop(core);
-        for f in &expired {
-            self.settled(&self.config.topic, f);
-        }
+        self.report(events);
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
@@ -534,72 +509,101 @@ impl Probe {
         self.sampling_ratio >= 1.0 || fastrand::f64() < self.sampling_ratio
     }
 
-    /// A record reached its final outcome (after the metrics were updated): its log line and
-    /// its spans.
-    fn settled(&self, topic: &str, f: &Finished) {
-        events::finished(&self.origin, topic, f);
-        self.spans.record(&RecordSpan {
-            origin: &self.origin,
-            topic: &self.config.topic,
-            verify_topic: &self.verify_topic,
-            sink: self.sink.is_some().then(|| self.config.verify.kind()),
-            finished: f,
-        });
+    /// A round left the agent `lag` after its slot.
+    pub(crate) fn send_lag(&self, lag: Duration) {
+        let event = Event::SendLag { lag };
+        self.observer.count(&event);
+        self.observer.report(&event);
     }
 
-    /// Counts, histograms, SLO events and series of one final outcome. Caller holds the lock.
-    fn apply(&self, core: &mut Core, f: &Finished, now: Instant) {
-        let _consistent = self.metrics.update();
-        self.series.outcome(f.outcome).inc();
-        if let Some(p) = &self.series.partitions
-            && f.partition >= 0
-        {
-            p.outcome(f.partition, f.outcome);
-        }
-        self.series
-            .in_flight
-            .set(core.tracker.counts().in_flight as i64);
+    /// One final outcome into the measurements (histograms, availability, SLOs, notable
+    /// records) and its events. Caller holds the lock.
+    fn settle<'a>(
+        &self,
+        core: &mut Core,
+        events: &mut Events<'a>,
+        f: Finished,
+        now: Instant,
+        topic: &'a str,
+        reordered: bool,
+    ) {
+        let in_flight = core.tracker.counts().in_flight;
+        self.settle_with(core, events, f, now, topic, reordered, in_flight);
+    }
+
+    /// As [`Probe::settle`], `in_flight` records still awaiting their outcome after this one.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_with<'a>(
+        &self,
+        core: &mut Core,
+        events: &mut Events<'a>,
+        f: Finished,
+        now: Instant,
+        topic: &'a str,
+        reordered: bool,
+        in_flight: u64,
+    ) {
         core.availability.record(now, f.outcome);
-        core.notable.record(now, f);
+        core.notable.record(now, &f);
         if f.outcome == Outcome::Ok
             && let Some(latency) = f.latency
         {
             core.e2e.record(now, latency);
-            self.series.e2e_distribution.observe(latency.as_secs_f64());
             let scheduled = now - latency;
             if core.newest_verified.is_none_or(|n| scheduled > n) {
                 core.newest_verified = Some(scheduled);
             }
         }
-        for (i, slo) in core.slos.iter_mut().enumerate() {
-            match slo.record(now, f.outcome, f.latency) {
-                Some(true) => self.series.slo_events[i].0.inc(),
-                Some(false) => self.series.slo_events[i].1.inc(),
-                None => {}
+        let judged: Vec<Option<bool>> = core
+            .slos
+            .iter_mut()
+            .map(|slo| slo.record(now, f.outcome, f.latency))
+            .collect();
+        let settled = Event::Settled {
+            finished: f,
+            in_flight,
+            topic,
+            reordered,
+        };
+        self.emit(events, settled);
+        for (slo, judgement) in judged.into_iter().enumerate() {
+            if let Some(good) = judgement {
+                self.emit(events, Event::SloJudged { slo, good });
             }
         }
     }
 
     /// The tasks this probe depends on.
     pub fn tasks(&self) -> Vec<Task> {
-        self.series.task_restarts.iter().map(|(t, _)| *t).collect()
+        let verifier = match self.config.verify.kafka() {
+            Some(_) => Task::KafkaVerifier,
+            None => Task::SinkPoller,
+        };
+        vec![Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier]
     }
 
-    /// A supervised task serving this probe panicked or ended: counted, and the probe is not
-    /// ready until it runs again ([`Probe::task_up`]).
-    pub fn task_down(&self, task: Task, why: &str) {
-        if let Some((_, c)) = self.series.task_restarts.iter().find(|(t, _)| *t == task) {
-            c.inc();
-        }
+    /// A supervised task serving this probe panicked or ended (started again after
+    /// `restart_in`): reported, and the probe is not ready until it runs again
+    /// ([`Probe::task_up`]).
+    pub fn task_down(&self, task: Task, why: &str, restart_in: Option<Duration>) {
+        let event = Event::TaskDown {
+            task,
+            why,
+            restart_in,
+        };
+        self.observer.count(&event);
         self.progress.send_modify(|p| {
             let down = p.down.entry(task).or_insert((0, String::new()));
             down.0 += 1;
             down.1 = why.to_string();
         });
+        self.observer.report(&event);
     }
 
     /// A task that was down runs again.
     pub fn task_up(&self, task: Task) {
+        let event = Event::TaskUp { task };
+        self.observer.count(&event);
         self.progress.send_modify(|p| {
             if let Some(down) = p.down.get_mut(&task) {
                 down.0 = down.0.saturating_sub(1);
@@ -608,14 +612,15 @@ impl Probe {
                 }
             }
         });
+        self.observer.report(&event);
     }
 
     /// Discovery found these partitions (or failed); shown by `/status` and smoke.
     pub(crate) fn set_partitions(&self, result: Result<&kafka::Partitions, String>) {
-        if let (Ok(found), Some(series)) = (&result, &self.series.partitions) {
-            for (partition, leader) in found.iter() {
-                series.add(*partition, *leader);
-            }
+        if let Ok(leaders) = &result {
+            let event = Event::Partitions { leaders };
+            self.observer.count(&event);
+            self.observer.report(&event);
         }
         self.progress.send_modify(|p| match result {
             Ok(found) => {
@@ -641,28 +646,28 @@ impl Probe {
         now.saturating_duration_since(core.newest_verified.unwrap_or(self.started))
     }
 
-    /// Brings the window-derived gauges (quantiles, availability, freshness, error budgets,
-    /// burn rates) up to `now`; called before each scrape.
+    /// Brings the values over the sliding windows (quantiles, availability, freshness, error
+    /// budgets, burn rates) up to `now` and hands them to the observer; called before each
+    /// scrape.
     pub fn refresh_gauges(&self, now: Instant) {
-        let core = self.lock();
-        self.series
-            .e2e
-            .set(stats::window_values(&core.e2e.window(now)));
-        self.series
-            .produce
-            .set(stats::window_values(&core.produce.window(now)));
-        self.series
-            .availability
-            .set(core.availability.ratio(now).unwrap_or(f64::NAN));
-        self.series
-            .freshness
-            .set(self.freshness_of(&core, now).as_secs_f64());
-        for (i, slo) in core.slos.iter().enumerate() {
-            self.series.budget[i].set(slo.budget_remaining(now));
-            for (gauge, rate) in self.series.burn[i].iter().zip(slo.burn_rates(now)) {
-                gauge.set(rate.unwrap_or(f64::NAN));
+        let gauges = {
+            let core = self.lock();
+            Gauges {
+                e2e: stats::window_values(&core.e2e.window(now)),
+                produce: stats::window_values(&core.produce.window(now)),
+                availability: core.availability.ratio(now),
+                freshness: self.freshness_of(&core, now),
+                slos: core
+                    .slos
+                    .iter()
+                    .map(|slo| SloGauges {
+                        budget_remaining: slo.budget_remaining(now),
+                        burn_rates: slo.burn_rates(now),
+                    })
+                    .collect(),
             }
-        }
+        };
+        self.observer.gauges(&gauges);
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -684,64 +689,172 @@ impl Probe {
             footprint: core.tracker.footprint(),
             last: core.notable.last(),
             slowest: core.notable.slowest(now),
-            sink: self.sink.as_ref().map(|s| SinkSummary {
-                polls: s.series.polls.get(),
-                errors: s.series.errors.iter().map(|c| c.get()).sum(),
-                last_error: s
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-            }),
+            sink: self.acknowledged.as_ref().map(|_| core.sink.clone()),
         }
     }
 }
 
-/// A probe read from a probe file's text (no agent file: site `default`), with metrics of its
-/// own (its SLO thresholds among the histogram buckets) and no span export: where the unit
-/// tests that need a probe start.
+/// Probes for unit tests, read from a probe file's text (no agent file: site `default`).
 #[cfg(test)]
-pub(crate) fn from_yaml(yaml: &str) -> Probe {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let cfg = crate::config::load(&crate::config::Sources {
-        agent_file: None,
-        probe_paths: vec![file],
-    })
-    .unwrap();
-    let thresholds = cfg.probes[0].slos.iter().filter_map(|s| match s.sli {
-        crate::config::Sli::Latency { below } => Some(below),
-        _ => None,
-    });
-    let metrics = Arc::new(Metrics::new(&cfg.agent.site, thresholds));
-    Probe::new(
-        cfg.probes[0].clone(),
-        &cfg.agent,
-        Arc::clone(&metrics),
-        Arc::new(Spans::disabled(metrics.spans_dropped())),
-        true,
-    )
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use super::Probe;
+    use crate::config::Config;
+    use crate::export::metrics::Metrics;
+    use crate::export::observer::ProbeObserver;
+    use crate::export::traces::Spans;
+    use crate::outcome::{Event, Gauges, Observer};
+
+    fn config(yaml: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        crate::config::load(&crate::config::Sources {
+            agent_file: None,
+            probe_paths: vec![file],
+        })
+        .unwrap()
+    }
+
+    /// With the real export observer: its metrics registry (SLO thresholds among the
+    /// histogram buckets), no span export.
+    pub(crate) fn observed(yaml: &str) -> (Probe, Arc<Metrics>) {
+        let cfg = config(yaml);
+        let p = &cfg.probes[0];
+        let thresholds = p.slos.iter().filter_map(|s| match s.sli {
+            crate::config::Sli::Latency { below } => Some(below),
+            _ => None,
+        });
+        let metrics = Arc::new(Metrics::new(&cfg.agent.site, thresholds));
+        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
+        let origin = crate::record::Origin {
+            probe: p.name.clone(),
+            instance: cfg.agent.instance.clone(),
+            site: cfg.agent.site.clone(),
+        };
+        let observer = ProbeObserver::new(Arc::clone(&metrics), spans, p, origin);
+        let probe = Probe::new(p.clone(), &cfg.agent, Arc::new(observer), true);
+        (probe, metrics)
+    }
+
+    /// With the real export observer.
+    pub(crate) fn from_yaml(yaml: &str) -> Probe {
+        observed(yaml).0
+    }
+
+    /// With a [`Recording`] observer.
+    pub(crate) fn recorded(yaml: &str) -> (Probe, Arc<Recording>) {
+        let cfg = config(yaml);
+        let recording = Arc::new(Recording::default());
+        let observer: Arc<dyn Observer> = Arc::clone(&recording) as _;
+        let probe = Probe::new(cfg.probes[0].clone(), &cfg.agent, observer, true);
+        (probe, recording)
+    }
+
+    /// An observer that keeps what it was told, and checks on every count that the record
+    /// counts it was given add up: `sent = ok + lost + corrupt + send_failed + in_flight`.
+    #[derive(Default)]
+    pub(crate) struct Recording(Mutex<Recorded>);
+
+    /// What a [`Recording`] was told.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Recorded {
+        pub sent: u64,
+        /// Indexed like [`crate::outcome::Outcome::ALL`].
+        pub outcomes: [u64; 4],
+        pub in_flight: u64,
+        pub duplicates: u64,
+        pub reordered: u64,
+        pub late: u64,
+        pub foreign: u64,
+        /// (good, bad) per SLO index.
+        pub slo: Vec<(u64, u64)>,
+        /// The last values over the windows.
+        pub gauges: Gauges,
+        /// Counted events, reported after the lock, in order (their kind).
+        pub reported: Vec<&'static str>,
+    }
+
+    impl Recording {
+        pub(crate) fn get(&self) -> Recorded {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn kind(e: &Event<'_>) -> &'static str {
+        match e {
+            Event::Scheduled { .. } => "scheduled",
+            Event::Settled { .. } => "settled",
+            Event::SloJudged { .. } => "slo",
+            Event::Duplicate { .. } => "duplicate",
+            Event::Late { .. } => "late",
+            Event::Foreign { .. } => "foreign",
+            Event::SinkPolled { .. } => "sink_polled",
+            Event::Partitions { .. } => "partitions",
+            Event::TaskDown { .. } => "task_down",
+            Event::TaskUp { .. } => "task_up",
+            Event::SendLag { .. } => "send_lag",
+            Event::Ready { .. } => "ready",
+        }
+    }
+
+    impl Observer for Recording {
+        fn count(&self, e: &Event<'_>) {
+            let mut r = self.0.lock().unwrap();
+            match e {
+                Event::Scheduled { in_flight, .. } => {
+                    r.sent += 1;
+                    r.in_flight = *in_flight;
+                }
+                Event::Settled {
+                    finished,
+                    in_flight,
+                    reordered,
+                    ..
+                } => {
+                    r.outcomes[finished.outcome.index()] += 1;
+                    r.in_flight = *in_flight;
+                    r.reordered += u64::from(*reordered);
+                }
+                Event::SloJudged { slo, good } => {
+                    if r.slo.len() <= *slo {
+                        r.slo.resize(slo + 1, (0, 0));
+                    }
+                    if *good {
+                        r.slo[*slo].0 += 1;
+                    } else {
+                        r.slo[*slo].1 += 1;
+                    }
+                }
+                Event::Duplicate { .. } => r.duplicates += 1,
+                Event::Late { .. } => r.late += 1,
+                Event::Foreign { .. } => r.foreign += 1,
+                _ => {}
+            }
+            let settled: u64 = r.outcomes.iter().sum();
+            assert_eq!(r.sent, settled + r.in_flight, "conservation: {r:?}");
+        }
+
+        fn report(&self, e: &Event<'_>) {
+            self.0.lock().unwrap().reported.push(kind(e));
+        }
+
+        fn gauges(&self, g: &Gauges) {
+            self.0.lock().unwrap().gauges = g.clone();
+        }
+    }
 }
 
 #[cfg(test)]
-impl Probe {
-    /// The registry this probe's series are in.
-    pub(crate) fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.metrics)
-    }
-}
+pub(crate) use testing::from_yaml;
 
 #[cfg(test)]
 mod tests {
+    use super::testing::recorded;
     use super::*;
-    use crate::export::metrics::names;
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;
-
-    fn probe(yaml: &str) -> Probe {
-        from_yaml(yaml)
-    }
 
     /// Builds and registers one round; returns the records to send.
     fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
@@ -765,91 +878,10 @@ mod tests {
         p.arrived(&View::of(&m), &r.id, Instant::now());
     }
 
-    fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
-        scrape
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(labels))
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse().ok())
-    }
-
-    /// A scrape, checking conservation on it (every test here scrapes).
-    fn scrape(p: &Probe) -> String {
-        p.refresh_gauges(Instant::now());
-        let m = p.metrics.render();
-        let sent = sample(&m, names::RECORDS_SENT, "").unwrap();
-        let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
-            .iter()
-            .map(|o| sample(&m, names::RECORDS, &format!("outcome=\"{o}\"")).unwrap())
-            .sum();
-        assert_eq!(
-            sent,
-            settled + sample(&m, names::IN_FLIGHT, "").unwrap(),
-            "conservation:\n{m}"
-        );
-        m
-    }
-
-    /// A flood of foreign records is counted exactly, and logged once a minute: one in full,
-    /// then a summary of the others by reason.
-    #[tokio::test(start_paused = true)]
-    async fn foreign_records_are_counted_but_logged_once_a_minute() {
-        let (logs, _guard) = crate::export::logging::captured();
-        let p = probe("name: flooded\n");
-        let garbage = OwnedMessage::new(
-            Some(b"not json".to_vec()),
-            None,
-            p.config.topic.clone(),
-            Timestamp::NotAvailable,
-            0,
-            0,
-            None,
-        );
-        let view = View::of(&garbage);
-        for i in 0..1000 {
-            let reason = if i % 10 == 0 {
-                ForeignReason::MissingHeaders
-            } else {
-                ForeignReason::Unparseable
-            };
-            p.foreign(&view, reason);
-        }
-        let single = "record on the probe topic is not a valid probe record";
-        assert_eq!(logs.events(single).len(), 1, "the first one only");
-        tokio::time::advance(FOREIGN_LOG_EVERY).await;
-        p.foreign(&view, ForeignReason::UnknownVersion);
-        assert_eq!(logs.events(single).len(), 2);
-        let summary = logs.events_starting("999 more records on the probe topic");
-        assert_eq!(summary.len(), 1, "one summary of the quiet ones");
-        let f = &summary[0]["fields"];
-        assert_eq!(
-            (
-                &f["unparseable"],
-                &f["missing_headers"],
-                &f["unknown_version"]
-            ),
-            (
-                &serde_json::json!(900),
-                &serde_json::json!(99),
-                &serde_json::json!(0)
-            )
-        );
-        let m = scrape(&p);
-        let counted = |r: &str| sample(&m, names::FOREIGN, &format!("reason=\"{r}\""));
-        assert_eq!(
-            (
-                counted("unparseable"),
-                counted("missing_headers"),
-                counted("unknown_version")
-            ),
-            (Some(900.0), Some(100.0), Some(1.0)),
-            "every one counted"
-        );
-    }
-
     #[tokio::test(start_paused = true)]
     async fn an_hour_of_broker_outage_keeps_memory_flat() {
-        let p = probe("name: outage\ninterval: 1s\ntimeout: 30s\nmax_in_flight: 40\n");
+        let (p, recording) =
+            recorded("name: outage\ninterval: 1s\ntimeout: 30s\nmax_in_flight: 40\n");
         let parts = [0, 1, 2];
         let mut at_10min = None;
         for slot in 0..3600u64 {
@@ -881,39 +913,43 @@ mod tests {
             c.sent,
             c.get(Outcome::Lost) + c.get(Outcome::SendFailed) + c.in_flight
         );
-        scrape(&p); // checks conservation on the exported counters too
+        // what the observer was told adds up at every event (checked as it was told), and to
+        // the probe's own counts
+        let r = recording.get();
+        assert_eq!(
+            (r.sent, r.outcomes, r.in_flight),
+            (c.sent, c.outcomes, c.in_flight)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn freshness_shows_a_stuck_consumer_before_anything_is_lost() {
-        let p = probe("name: stuck\ninterval: 1s\ntimeout: 60s\n");
+        let (p, recording) = recorded("name: stuck\ninterval: 1s\ntimeout: 60s\n");
         for r in round(&p, 0, &[0]) {
             tokio::time::advance(Duration::from_millis(20)).await;
             arrive(&p, &r);
         }
         tokio::time::advance(Duration::from_millis(980)).await;
-        assert_eq!(sample(&scrape(&p), names::FRESHNESS, ""), Some(1.0));
+        p.refresh_gauges(Instant::now());
+        assert_eq!(recording.get().gauges.freshness, Duration::from_secs(1));
         // the consumer stops: records keep coming, none is read back, none is lost yet
         for slot in 1..=20 {
             round(&p, slot, &[0]);
             tokio::time::advance(Duration::from_secs(1)).await;
             p.expire(Instant::now());
         }
-        let m = scrape(&p);
-        assert_eq!(sample(&m, names::FRESHNESS, ""), Some(21.0));
-        assert_eq!(sample(&m, names::RECORDS, "outcome=\"lost\""), Some(0.0));
-        assert_eq!(sample(&m, names::IN_FLIGHT, ""), Some(20.0));
-        assert_eq!(
-            sample(&m, names::AVAILABILITY, ""),
-            Some(1.0),
-            "nothing has failed yet"
-        );
+        p.refresh_gauges(Instant::now());
+        let r = recording.get();
+        assert_eq!(r.gauges.freshness, Duration::from_secs(21));
+        assert_eq!(r.outcomes[Outcome::Lost.index()], 0);
+        assert_eq!(r.in_flight, 20);
+        assert_eq!(r.gauges.availability, Some(1.0), "nothing has failed yet");
     }
 
     #[tokio::test(start_paused = true)]
     async fn budget_and_burn_rate_match_the_hand_computed_example() {
         // objective 99%, 1000 events, 15 bad: budget remaining -0.5, burn rate 1.5
-        let p = probe(
+        let (p, recording) = recorded(
             "name: budget\ninterval: 1s\ntimeout: 10s\nslos:\n  - { name: completeness, objective: 99% }\n",
         );
         let parts: Vec<i32> = (0..1000).collect();
@@ -923,67 +959,52 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         p.expire(Instant::now());
-        let m = scrape(&p);
-        assert_eq!(sample(&m, names::RECORDS, "outcome=\"lost\""), Some(15.0));
-        assert_eq!(sample(&m, names::SLO_EVENTS, "result=\"bad\""), Some(15.0));
-        assert_eq!(
-            sample(&m, names::SLO_EVENTS, "result=\"good\""),
-            Some(985.0)
-        );
-        let budget = sample(&m, names::ERROR_BUDGET_REMAINING, "slo=\"completeness\"").unwrap();
-        assert!((budget - -0.5).abs() < 1e-9, "{budget}");
-        for w in ["5m", "30m", "1h", "6h"] {
-            let burn = sample(&m, names::BURN_RATE, &format!("window=\"{w}\"")).unwrap();
+        p.refresh_gauges(Instant::now());
+        let r = recording.get();
+        assert_eq!(r.outcomes[Outcome::Lost.index()], 15);
+        assert_eq!(r.slo, [(985, 15)], "(good, bad)");
+        let slo = r.gauges.slos[0];
+        assert!((slo.budget_remaining - -0.5).abs() < 1e-9, "{slo:?}");
+        for (w, burn) in ["5m", "30m", "1h", "6h"].iter().zip(slo.burn_rates) {
+            let burn = burn.unwrap();
             assert!((burn - 1.5).abs() < 1e-9, "{w}: {burn}");
         }
         let s = &p.snapshot(Instant::now()).slos[0];
         assert!(!s.met());
         // an hour later the 5m and 30m windows are empty, the budget window is not
         tokio::time::advance(Duration::from_secs(3600)).await;
-        let m = scrape(&p);
-        assert!(
-            sample(&m, names::BURN_RATE, "window=\"5m\"")
-                .unwrap()
-                .is_nan()
-        );
-        assert!((sample(&m, names::ERROR_BUDGET_REMAINING, "").unwrap() - -0.5).abs() < 1e-9);
+        p.refresh_gauges(Instant::now());
+        let slo = recording.get().gauges.slos[0];
+        assert_eq!(slo.burn_rates[0], None, "no event in the last 5 minutes");
+        assert!((slo.budget_remaining - -0.5).abs() < 1e-9);
     }
 
+    /// Counted under the lock, reported after it, in the same order: a settled record's log
+    /// line comes after its counter, SLO judgements after the outcome.
     #[tokio::test(start_paused = true)]
-    async fn per_partition_series_only_when_asked_for() {
-        for (flag, expected) in [("false", false), ("true", true)] {
-            let p = probe(&format!(
-                "name: parts\npartitions: [0, 1]\nper_partition_metrics: {flag}\n"
-            ));
-            p.set_partitions(Ok(&kafka::Partitions::from([(0, 1), (1, 2)])));
-            let records = round(&p, 0, &[0, 1]);
-            arrive(&p, &records[0]);
-            tokio::time::advance(Duration::from_secs(31)).await;
-            p.expire(Instant::now());
-            let m = scrape(&p);
-            let lost_1 = sample(&m, names::PARTITION_RECORDS, "partition=\"1\"");
-            assert_eq!(m.contains(names::PARTITION_RECORDS), expected, "{flag}");
-            if expected {
-                assert_eq!(
-                    sample(&m, names::PARTITION_RECORDS_SENT, "partition=\"0\""),
-                    Some(1.0)
-                );
-                let ok0 = format!(
-                    "{}{{outcome=\"ok\",partition=\"0\",probe=\"parts\",site=\"default\"}} 1",
-                    names::PARTITION_RECORDS
-                );
-                let lost1 = format!(
-                    "{}{{outcome=\"lost\",partition=\"1\",probe=\"parts\",site=\"default\"}} 1",
-                    names::PARTITION_RECORDS
-                );
-                assert!(m.contains(&ok0) && m.contains(&lost1), "{m}");
-                assert_eq!(
-                    sample(&m, names::PARTITION_LEADER, "partition=\"1\""),
-                    Some(2.0)
-                );
-            } else {
-                assert_eq!(lost_1, None);
-            }
-        }
+    async fn every_event_is_counted_then_reported_in_order() {
+        let (p, recording) = recorded(
+            "name: order\ninterval: 1s\ntimeout: 5s\nslos:\n  - { name: completeness, objective: 99% }\n",
+        );
+        let records = round(&p, 0, &[0, 1]);
+        arrive(&p, &records[0]);
+        arrive(&p, &records[0]); // seen again
+        tokio::time::advance(Duration::from_secs(5)).await;
+        p.expire(Instant::now());
+        let r = recording.get();
+        assert_eq!(
+            r.reported,
+            [
+                "scheduled",
+                "scheduled", // the round
+                "settled",
+                "slo",       // the first arrival settles the round's first record
+                "duplicate", // the same record again
+                "settled",
+                "slo",   // the other one is lost at its deadline...
+                "ready", // ...which completes the round, one record verified
+            ]
+        );
+        assert_eq!((r.duplicates, r.slo.as_slice()), (1, &[(1, 1)][..]));
     }
 }

@@ -308,9 +308,7 @@ async fn send_at(s: &SendLoop, slot: Instant, records: Vec<Outgoing>) {
 }
 
 fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records: Vec<Outgoing>) {
-    probe
-        .metrics
-        .observe_send_lag(Instant::now().saturating_duration_since(slot));
+    probe.send_lag(Instant::now().saturating_duration_since(slot));
     let topic = probe.config.topic.as_str();
     for r in records {
         let id = r.id;
@@ -332,9 +330,8 @@ fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{self, AgentConfig, Sources};
+    use crate::config::AgentConfig;
     use crate::embedded::EmbeddedCluster;
-    use crate::export::metrics::Metrics;
     use crate::outcome::Outcome;
     use crate::verify::kafka::KafkaVerifier;
 
@@ -493,11 +490,9 @@ mod tests {
             "name: grow\ntopic: grow\ninterval: 100ms\ntimeout: 5s\n",
         )
         .unwrap();
-        let loaded = config::load(&Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap();
+        let probe = Arc::new(crate::probe::from_yaml(
+            &std::fs::read_to_string(&file).unwrap(),
+        ));
         let cluster = crate::config::ClusterConfig {
             name: "default".into(),
             bootstrap_servers: embedded.bootstrap_servers().into(),
@@ -505,17 +500,10 @@ mod tests {
             producer: Default::default(),
             consumer: Default::default(),
         };
-        let agent = AgentConfig::default();
-        let metrics = Arc::new(Metrics::new("default", []));
-        let probe = Arc::new(Probe::new(
-            loaded.probes[0].clone(),
-            &agent,
-            Arc::clone(&metrics),
-            Arc::new(crate::export::traces::Spans::disabled(
-                metrics.spans_dropped(),
-            )),
-            true,
-        ));
+        let agent = AgentConfig {
+            instance: probe.origin.instance.clone(),
+            ..AgentConfig::default()
+        };
         let producer =
             Arc::new(Producer::new(&cluster, &agent.instance, Duration::from_secs(5)).unwrap());
         let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());

@@ -22,7 +22,6 @@ use crate::config::Verify;
 pub use crate::outcome::{SinkError, SinkErrorKind};
 
 use crate::probe::Probe;
-use crate::util::quiet::Quiet;
 
 /// Longest pause between polls of a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -124,7 +123,6 @@ pub type PollerTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Polls `sink` for `probe`'s pending records until `stop`.
 pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: CancellationToken) {
     let max_backoff = (probe.config.timeout / 3).clamp(poll, MAX_BACKOFF.max(poll));
-    let quiet = Quiet::default();
     let mut failures: u32 = 0;
     loop {
         let ids = probe.pending_ids();
@@ -137,30 +135,15 @@ pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: 
         let started = Instant::now();
         match sink.poll(&ids).await {
             Ok(found) => {
-                if failures > 0 {
-                    tracing::info!(
-                        probe = probe.name(),
-                        sink = sink.kind(),
-                        failures,
-                        "sink reachable again"
-                    );
-                }
+                probe.sink_polled(sink.kind(), ids.len(), Ok(()), failures);
                 failures = 0;
-                probe.sink_polled(Ok(()));
                 for f in found {
                     probe.found(&f.id, started, &f.doc);
                 }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                probe.sink_polled(Err(&e));
-                // Once a minute per kind of error (the text may vary with every poll); the rest
-                // at debug level. Every failure is counted.
-                if quiet.allow(e.kind.as_str()) {
-                    tracing::warn!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, pending = ids.len(), "sink poll failed; retrying with backoff");
-                } else {
-                    tracing::debug!(probe = probe.name(), sink = sink.kind(), reason = e.kind.as_str(), error = %e.message, "sink poll failed");
-                }
+                probe.sink_polled(sink.kind(), ids.len(), Err(&e), failures);
             }
         }
         let wait = backoff(poll, failures, max_backoff);
@@ -238,8 +221,8 @@ mod tests {
         let yaml = format!(
             "name: sink\ninterval: 10s\ntimeout: {timeout}\nverify:\n  http: {{ url: \"http://s/{{ids}}\", poll: 1s }}\n"
         );
-        let probe = Arc::new(crate::probe::from_yaml(&yaml));
-        let metrics = probe.metrics();
+        let (probe, metrics) = crate::probe::testing::observed(&yaml);
+        let probe = Arc::new(probe);
         let t0 = Instant::now();
         let records: Vec<_> = (0..3)
             .map(|p| record::build(&probe.origin, p, 0, 0, &probe.config.tags, 16, true))

@@ -1,0 +1,470 @@
+//! The probe's observer: every [`Event`] a probe reports becomes its counters (under the probe's
+//! lock, in [`Observer::count`]) and its log line and spans (after it, in
+//! [`Observer::report`]), in one place per event: the arm of [`ProbeObserver::on`] that
+//! handles it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::events;
+use super::metrics::{Metrics, ProbeMetrics, SinkMetrics};
+use super::traces::{RecordSpan, Spans};
+use crate::config::ProbeConfig;
+use crate::outcome::{Event, ForeignReason, Gauges, Observer, Outcome, Task};
+use crate::record::Origin;
+use crate::util::quiet::Quiet;
+
+/// How often foreign records are logged (one in full, then a summary of the others): anyone
+/// who can write the topic could otherwise flood the logs.
+pub const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// One probe's metrics, log lines and spans.
+pub struct ProbeObserver {
+    metrics: Arc<Metrics>,
+    series: ProbeMetrics,
+    /// For a probe that polls a sink.
+    sink: Option<SinkMetrics>,
+    spans: Arc<Spans>,
+    origin: Origin,
+    /// The probe topic (spans name it), and where records are read back or looked up.
+    topic: String,
+    verify_topic: String,
+    /// `postgres` or `http` for a probe that polls a sink.
+    sink_kind: Option<&'static str>,
+    foreign_log: Mutex<ForeignLog>,
+    /// Failed sink polls are logged once a minute per kind.
+    sink_errors: Quiet,
+}
+
+/// Foreign records seen since the last one logged.
+#[derive(Default)]
+struct ForeignLog {
+    /// When the last one was logged in full.
+    logged_at: Option<Instant>,
+    /// Seen since, by reason (indexed like [`ForeignReason::ALL`]).
+    quiet: [u64; 3],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Count,
+    Report,
+}
+
+impl ProbeObserver {
+    /// The series of the probe `config` (every one exported at zero from here on), spans
+    /// through `spans`.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        spans: Arc<Spans>,
+        config: &ProbeConfig,
+        origin: Origin,
+    ) -> Self {
+        let verifier = match config.verify.kafka() {
+            Some(_) => Task::KafkaVerifier,
+            None => Task::SinkPoller,
+        };
+        let tasks = [Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier];
+        let series = metrics.probe(
+            &config.name,
+            &config.slos,
+            config.per_partition_metrics,
+            &tasks,
+        );
+        let sink = config
+            .verify
+            .poll()
+            .map(|poll| metrics.sink(&config.name, poll));
+        let verify_topic = match config.verify.kafka() {
+            Some(k) => k.topic.clone(),
+            None => config.verify.kind().to_string(),
+        };
+        ProbeObserver {
+            metrics,
+            series,
+            sink,
+            spans,
+            origin,
+            topic: config.topic.clone(),
+            verify_topic,
+            sink_kind: config.verify.sink().map(|_| config.verify.kind()),
+            foreign_log: Mutex::default(),
+            sink_errors: Quiet::default(),
+        }
+    }
+
+    /// Each event's counters and its log line and spans, side by side.
+    fn on(&self, event: &Event<'_>, phase: Phase) {
+        use Phase::{Count, Report};
+        let s = &self.series;
+        match (event, phase) {
+            (
+                Event::Scheduled {
+                    partition,
+                    in_flight,
+                },
+                Count,
+            ) => {
+                s.sent.inc();
+                s.in_flight.set(*in_flight as i64);
+                if let Some(p) = &s.partitions
+                    && *partition >= 0
+                {
+                    p.sent(*partition);
+                }
+            }
+            (Event::Scheduled { .. }, Report) => {}
+
+            (
+                Event::Settled {
+                    finished: f,
+                    in_flight,
+                    reordered,
+                    ..
+                },
+                Count,
+            ) => {
+                s.outcome(f.outcome).inc();
+                s.in_flight.set(*in_flight as i64);
+                if let Some(p) = &s.partitions
+                    && f.partition >= 0
+                {
+                    p.outcome(f.partition, f.outcome);
+                }
+                if f.outcome == Outcome::Ok
+                    && let Some(latency) = f.latency
+                {
+                    s.e2e_distribution.observe(latency.as_secs_f64());
+                }
+                if *reordered {
+                    s.reordered.inc();
+                }
+            }
+            (
+                Event::Settled {
+                    finished,
+                    topic,
+                    reordered,
+                    ..
+                },
+                Report,
+            ) => {
+                events::finished(&self.origin, topic, finished);
+                self.spans.record(&RecordSpan {
+                    origin: &self.origin,
+                    topic: &self.topic,
+                    verify_topic: &self.verify_topic,
+                    sink: self.sink_kind,
+                    finished,
+                });
+                if *reordered {
+                    events::reordered(&self.origin, topic, finished);
+                }
+            }
+
+            (Event::SloJudged { slo, good }, Count) => {
+                if let Some((good_events, bad_events)) = s.slo_events.get(*slo) {
+                    if *good { good_events } else { bad_events }.inc();
+                }
+            }
+            (Event::SloJudged { .. }, Report) => {}
+
+            (Event::Duplicate { .. }, Count) => s.duplicates.inc(),
+            (Event::Duplicate { seen, id }, Report) => events::duplicate(&self.origin, seen, id),
+
+            (Event::Late { .. }, Count) => s.late.inc(),
+            (Event::Late { seen, id, latency }, Report) => {
+                events::late(&self.origin, seen, id, *latency)
+            }
+
+            (Event::Foreign { reason, .. }, Count) => s.foreign(*reason).inc(),
+            (Event::Foreign { seen, reason }, Report) => self.foreign_logged(seen, *reason),
+
+            (Event::SinkPolled { error, .. }, Count) => {
+                if let Some(sink) = &self.sink {
+                    sink.polls.inc();
+                    if let Some(e) = error {
+                        sink.error(e.kind).inc();
+                    }
+                }
+            }
+            (
+                Event::SinkPolled {
+                    sink,
+                    pending,
+                    error,
+                    failures,
+                },
+                Report,
+            ) => match error {
+                // Once a minute per kind of error (its text may vary with every poll); the
+                // rest at debug level. Every failure is counted.
+                Some(e) if self.sink_errors.allow(e.kind.as_str()) => {
+                    tracing::warn!(probe = %self.origin.probe, sink, reason = e.kind.as_str(), error = %e.message, pending, "sink poll failed; retrying with backoff")
+                }
+                Some(e) => {
+                    tracing::debug!(probe = %self.origin.probe, sink, reason = e.kind.as_str(), error = %e.message, "sink poll failed")
+                }
+                None if *failures > 0 => {
+                    tracing::info!(probe = %self.origin.probe, sink, failures, "sink reachable again")
+                }
+                None => {}
+            },
+
+            (Event::Partitions { leaders }, Count) => {
+                if let Some(p) = &s.partitions {
+                    for (partition, leader) in leaders.iter() {
+                        p.add(*partition, *leader);
+                    }
+                }
+            }
+            (Event::Partitions { .. }, Report) => {}
+
+            (Event::TaskDown { task, .. }, Count) => {
+                if let Some((_, c)) = s.task_restarts.iter().find(|(t, _)| t == task) {
+                    c.inc();
+                }
+            }
+            (
+                Event::TaskDown {
+                    task,
+                    why,
+                    restart_in,
+                },
+                Report,
+            ) => match restart_in {
+                Some(wait) => tracing::error!(
+                    probe = %self.origin.probe,
+                    task = task.as_str(),
+                    error = %why,
+                    restart_in = %humantime::format_duration(*wait),
+                    "task failed; restarting it"
+                ),
+                None => tracing::error!(
+                    probe = %self.origin.probe,
+                    task = task.as_str(),
+                    error = %why,
+                    "task failed while the agent stops"
+                ),
+            },
+
+            (Event::TaskUp { .. }, Count) => {}
+            (Event::TaskUp { task }, Report) => {
+                tracing::info!(probe = %self.origin.probe, task = task.as_str(), "task restarted")
+            }
+
+            (Event::SendLag { lag }, Count) => self.metrics.observe_send_lag(*lag),
+            (Event::SendLag { .. }, Report) => {}
+
+            (Event::Ready { .. }, Count) => {}
+            (Event::Ready { ok, settled }, Report) => {
+                tracing::info!(probe = %self.origin.probe, ok, settled, "first round settled: probe ready")
+            }
+        }
+    }
+
+    /// Every foreign record is counted; one a minute is logged, with a summary of the others.
+    fn foreign_logged(&self, seen: &crate::outcome::Seen<'_>, reason: ForeignReason) {
+        let now = Instant::now();
+        let quiet = {
+            let mut log = self.foreign_log.lock().unwrap_or_else(|e| e.into_inner());
+            if log
+                .logged_at
+                .is_some_and(|at| now.duration_since(at) < FOREIGN_LOG_EVERY)
+            {
+                let i = ForeignReason::ALL.iter().position(|r| *r == reason);
+                log.quiet[i.unwrap_or(0)] += 1;
+                return;
+            }
+            log.logged_at = Some(now);
+            std::mem::take(&mut log.quiet)
+        };
+        if quiet.iter().any(|n| *n > 0) {
+            events::foreign_summary(&self.origin, seen.topic, &quiet);
+        }
+        events::foreign(&self.origin, seen, reason);
+    }
+}
+
+impl Observer for ProbeObserver {
+    fn count(&self, event: &Event<'_>) {
+        // Shared with every other count; a scrape gathers under the exclusive side.
+        let _consistent = self.metrics.update();
+        self.on(event, Phase::Count);
+    }
+
+    fn report(&self, event: &Event<'_>) {
+        self.on(event, Phase::Report);
+    }
+
+    fn gauges(&self, g: &Gauges) {
+        let s = &self.series;
+        s.e2e.set(g.e2e);
+        s.produce.set(g.produce);
+        s.availability.set(g.availability.unwrap_or(f64::NAN));
+        s.freshness.set(g.freshness.as_secs_f64());
+        for (i, slo) in g.slos.iter().enumerate() {
+            if let (Some(budget), Some(burn)) = (s.budget.get(i), s.burn.get(i)) {
+                budget.set(slo.budget_remaining);
+                for (gauge, rate) in burn.iter().zip(slo.burn_rates) {
+                    gauge.set(rate.unwrap_or(f64::NAN));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::export::metrics::names;
+    use crate::probe::Probe;
+    use crate::record::{self, Outgoing, View};
+
+    fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+        scrape
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(labels))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// A scrape, checking conservation on it.
+    fn scrape(p: &Probe, metrics: &Metrics) -> String {
+        p.refresh_gauges(Instant::now());
+        let m = metrics.render();
+        let sent = sample(&m, names::RECORDS_SENT, "").unwrap();
+        let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
+            .iter()
+            .map(|o| sample(&m, names::RECORDS, &format!("outcome=\"{o}\"")).unwrap())
+            .sum();
+        assert_eq!(
+            sent,
+            settled + sample(&m, names::IN_FLIGHT, "").unwrap(),
+            "conservation:\n{m}"
+        );
+        m
+    }
+
+    fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
+        let records = partitions
+            .iter()
+            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16, true))
+            .collect();
+        p.register(round, Instant::now(), records)
+    }
+
+    fn arrive(p: &Probe, r: &Outgoing) {
+        let m = OwnedMessage::new(
+            Some(r.value.clone()),
+            Some(r.key.clone().into_bytes()),
+            p.config.topic.clone(),
+            Timestamp::NotAvailable,
+            r.body.partition,
+            0,
+            Some(r.headers.clone()),
+        );
+        p.arrived(&View::of(&m), &r.id, Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_partition_series_only_when_asked_for() {
+        for (flag, expected) in [("false", false), ("true", true)] {
+            let (p, metrics) = crate::probe::testing::observed(&format!(
+                "name: parts\npartitions: [0, 1]\nper_partition_metrics: {flag}\n"
+            ));
+            p.set_partitions(Ok(&crate::kafka::Partitions::from([(0, 1), (1, 2)])));
+            let records = round(&p, 0, &[0, 1]);
+            arrive(&p, &records[0]);
+            tokio::time::advance(Duration::from_secs(31)).await;
+            p.expire(Instant::now());
+            let m = scrape(&p, &metrics);
+            let lost_1 = sample(&m, names::PARTITION_RECORDS, "partition=\"1\"");
+            assert_eq!(m.contains(names::PARTITION_RECORDS), expected, "{flag}");
+            if expected {
+                assert_eq!(
+                    sample(&m, names::PARTITION_RECORDS_SENT, "partition=\"0\""),
+                    Some(1.0)
+                );
+                let ok0 = format!(
+                    "{}{{outcome=\"ok\",partition=\"0\",probe=\"parts\",site=\"default\"}} 1",
+                    names::PARTITION_RECORDS
+                );
+                let lost1 = format!(
+                    "{}{{outcome=\"lost\",partition=\"1\",probe=\"parts\",site=\"default\"}} 1",
+                    names::PARTITION_RECORDS
+                );
+                assert!(m.contains(&ok0) && m.contains(&lost1), "{m}");
+                assert_eq!(
+                    sample(&m, names::PARTITION_LEADER, "partition=\"1\""),
+                    Some(2.0)
+                );
+            } else {
+                assert_eq!(lost_1, None);
+            }
+        }
+    }
+
+    /// A flood of foreign records is counted exactly, and logged once a minute: one in full,
+    /// then a summary of the others by reason.
+    #[tokio::test(start_paused = true)]
+    async fn foreign_records_are_counted_but_logged_once_a_minute() {
+        let (logs, _guard) = crate::export::logging::captured();
+        let (p, metrics) = crate::probe::testing::observed("name: flooded\n");
+        let garbage = OwnedMessage::new(
+            Some(b"not json".to_vec()),
+            None,
+            p.config.topic.clone(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        let view = View::of(&garbage);
+        for i in 0..1000 {
+            let reason = if i % 10 == 0 {
+                ForeignReason::MissingHeaders
+            } else {
+                ForeignReason::Unparseable
+            };
+            p.foreign(&view, reason);
+        }
+        let single = "record on the probe topic is not a valid probe record";
+        assert_eq!(logs.events(single).len(), 1, "the first one only");
+        tokio::time::advance(FOREIGN_LOG_EVERY).await;
+        p.foreign(&view, ForeignReason::UnknownVersion);
+        assert_eq!(logs.events(single).len(), 2);
+        let summary = logs.events_starting("999 more records on the probe topic");
+        assert_eq!(summary.len(), 1, "one summary of the quiet ones");
+        let f = &summary[0]["fields"];
+        assert_eq!(
+            (
+                &f["unparseable"],
+                &f["missing_headers"],
+                &f["unknown_version"]
+            ),
+            (
+                &serde_json::json!(900),
+                &serde_json::json!(99),
+                &serde_json::json!(0)
+            )
+        );
+        let m = scrape(&p, &metrics);
+        let counted = |r: &str| sample(&m, names::FOREIGN, &format!("reason=\"{r}\""));
+        assert_eq!(
+            (
+                counted("unparseable"),
+                counted("missing_headers"),
+                counted("unknown_version")
+            ),
+            (Some(900.0), Some(100.0), Some(1.0)),
+            "every one counted"
+        );
+    }
+}
