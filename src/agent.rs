@@ -10,22 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CreateTopic;
 use crate::config::{AgentConfig, TracingConfig};
 use crate::config::{ClusterConfig, Config, Partitions};
+use crate::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
 use crate::embedded::EmbeddedCluster;
+use crate::export::metrics::Metrics;
 use crate::export::observer::ProbeObserver;
 use crate::export::traces::{Exporter, Identity, Spans};
-use crate::export::{http, metrics::Metrics};
 use crate::kafka::Producer;
 use crate::outcome::{Counts, Task};
 use crate::probe::Probe;
-use crate::probe::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
 use crate::probe::task::{self, Plan, SendLoop};
+use crate::server::{self, AgentView};
 use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::kafka::KafkaVerifier;
 use crate::verify::sink;
@@ -37,7 +38,9 @@ pub const EMBEDDED_BROKERS: i32 = 3;
 const PRODUCER_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
+/// How an agent runs.
 pub struct AgentOptions {
+    /// How many rounds each probe sends.
     pub plan: Plan,
     /// Serve `/metrics` and friends here (`None`: no HTTP server).
     pub listen: Option<SocketAddr>,
@@ -49,24 +52,40 @@ pub struct AgentOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cluster {cluster}: invalid client configuration: {error}")]
+    /// A cluster's client settings are not accepted by librdkafka.
     Client {
+        /// The cluster's name.
         cluster: String,
+        /// What librdkafka said.
         error: rdkafka::error::KafkaError,
     },
     #[error("cannot listen on {addr}: {error}")]
+    /// The HTTP address cannot be bound.
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why not.
         error: std::io::Error,
     },
     #[error("cannot start the embedded cluster: {0}")]
+    /// librdkafka's mock cluster could not start.
     Embedded(rdkafka::error::KafkaError),
     #[error("tracing: {0}")]
+    /// The span exporter could not be built.
     Tracing(String),
     #[error("probe {probe}: {error}")]
-    Sink { probe: String, error: String },
+    /// A probe's sink poller could not be built.
+    Sink {
+        /// The probe's name.
+        probe: String,
+        /// Why.
+        error: String,
+    },
 }
 
+/// A running agent: its probes, their clients and verifiers, the HTTP server.
 pub struct Agent {
+    /// What it runs (with the embedded cluster's address when it runs on it).
     pub config: Config,
     probes: Vec<Arc<Probe>>,
     metrics: Arc<Metrics>,
@@ -88,12 +107,14 @@ pub struct Agent {
 /// Totals at the end of a run, for the final log line.
 #[derive(Debug, Clone)]
 pub struct ShutdownReport {
+    /// Each probe's final counts.
     pub per_probe: Vec<(String, Counts)>,
     /// True when every probe settled all its records within the bound.
     pub drained: bool,
 }
 
 impl Agent {
+    /// Builds and starts everything `config` describes (on the embedded cluster when asked for, or when no cluster is configured).
     pub async fn start(mut config: Config, opts: AgentOptions) -> Result<Agent, StartError> {
         let embedded = if opts.embedded || config.is_zero_config() {
             let cluster = EmbeddedCluster::start(EMBEDDED_BROKERS).map_err(StartError::Embedded)?;
@@ -398,10 +419,10 @@ impl Agent {
                 .local_addr()
                 .map_err(|error| StartError::Listen { addr, error })?;
             agent.http_addr = Some(local);
-            let state = http::State::new(agent.view());
+            let state = server::State::new(agent.view());
             agent
                 .background
-                .spawn(http::serve(listener, state, agent.stop_all.clone()));
+                .spawn(server::serve(listener, state, agent.stop_all.clone()));
             tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz, /status");
         }
         Ok(agent)
@@ -417,14 +438,17 @@ impl Agent {
         }
     }
 
+    /// Where the HTTP endpoints are served, if they are.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
+    /// The probes it runs.
     pub fn probes(&self) -> &[Arc<Probe>] {
         &self.probes
     }
 
+    /// The embedded cluster it runs on, if it does.
     pub fn embedded(&self) -> Option<&EmbeddedCluster> {
         self.embedded.as_ref()
     }
@@ -540,7 +564,7 @@ impl Agent {
 }
 
 /// How long the agent's tasks get to end once told to stop (the HTTP server needs
-/// [`http::DRAIN`] twice at most).
+/// [`server::DRAIN`] twice at most).
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A topic's metadata watch and the probes that depend on it.
@@ -589,74 +613,6 @@ fn start_spans(
     };
     let (spans, exporter) = Spans::start(&cfg, who, dropped).map_err(StartError::Tracing)?;
     Ok((spans, Some(exporter)))
-}
-
-/// The read side of a running agent.
-#[derive(Clone)]
-pub struct AgentView {
-    pub probes: Vec<Arc<Probe>>,
-    pub metrics: Arc<Metrics>,
-    pub site: String,
-    pub instance: String,
-}
-
-impl AgentView {
-    /// `/metrics`: window-derived gauges are brought up to date first.
-    pub fn render_metrics(&self) -> String {
-        let now = Instant::now();
-        for p in &self.probes {
-            p.refresh_gauges(now);
-        }
-        self.metrics.render()
-    }
-
-    /// Ready while every probe works: none of its tasks is down, its topic is reachable, it
-    /// completed a round and verified a record, and a record scheduled within the last
-    /// `timeout + interval` was verified (so an outage turns readiness off within about that
-    /// long, and recovery turns it back on).
-    /// Returns the probes that are not ready, with why.
-    pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let now = Instant::now();
-        let waiting: Vec<String> = self
-            .probes
-            .iter()
-            .filter_map(|p| {
-                let s = p.progress().borrow().clone();
-                let stale_after = p.config.timeout + p.config.interval;
-                let freshness = p.freshness(now);
-                let why = if let Some((task, (_, why))) = s.down.iter().next() {
-                    format!("task {} is down and being restarted: {why}", task.as_str())
-                } else if let Some(e) = s.discovery_error {
-                    e
-                } else if s.rounds_completed == 0 {
-                    "first round not complete".into()
-                } else if s.counts.get(crate::outcome::Outcome::Ok) == 0 {
-                    // A settled round of lost or failed records is not a working probe.
-                    let c = s.counts;
-                    format!(
-                        "no record verified yet ({} settled: {} lost, {} corrupt, {} send_failed)",
-                        c.finished(),
-                        c.get(crate::outcome::Outcome::Lost),
-                        c.get(crate::outcome::Outcome::Corrupt),
-                        c.get(crate::outcome::Outcome::SendFailed)
-                    )
-                } else if freshness > stale_after {
-                    format!(
-                        "no record verified for {} (more than timeout + interval)",
-                        humantime::format_duration(Duration::from_secs(freshness.as_secs()))
-                    )
-                } else {
-                    return None;
-                };
-                Some(format!("{}: {why}", p.name()))
-            })
-            .collect();
-        if waiting.is_empty() {
-            Ok(())
-        } else {
-            Err(waiting)
-        }
-    }
 }
 
 fn cluster<'c>(config: &'c Config, name: &str) -> &'c ClusterConfig {
@@ -727,7 +683,7 @@ mod tests {
     async fn a_dead_task_is_logged_counted_and_unready_until_restarted() {
         let (logs, _guard) = crate::export::logging::captured();
 
-        let (probe, metrics) = crate::probe::testing::observed(
+        let (probe, metrics) = crate::testing::observed(
             "name: orders
 ",
         );

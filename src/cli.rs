@@ -46,14 +46,18 @@ impl From<Exit> for ExitCode {
     version,
     about = "Proves a streaming pipeline is fresh, complete and correct, the way its clients see it."
 )]
+/// The command line.
 pub struct Cli {
     #[command(flatten)]
+    /// Flags every command takes.
     pub common: Common,
     #[command(subcommand)]
+    /// What to do.
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Args)]
+/// Flags every command takes (each also read from its `SLO_PROBE_*` variable).
 pub struct Common {
     /// Agent file (clusters, site, listen address). Default: slo-probe.yaml when it exists;
     /// without a cluster, `run` uses the embedded cluster (with a warning) and `smoke` refuses.
@@ -98,6 +102,7 @@ pub struct Common {
 }
 
 #[derive(Debug, Subcommand)]
+/// The commands.
 pub enum Command {
     /// Run every probe until SIGTERM/SIGINT, then settle in-flight records and exit.
     Run,
@@ -110,6 +115,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
+/// Flags of `rules`.
 pub struct RulesArgs {
     /// A plain rules file, or a PrometheusRule resource for the Prometheus Operator.
     #[arg(
@@ -141,6 +147,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, Clone, Args)]
+/// Flags of `smoke`.
 pub struct SmokeArgs {
     /// Rounds per probe (one record per partition each). Default: 3.
     #[arg(long, env = "SLO_PROBE_ROUNDS", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
@@ -160,9 +167,13 @@ pub struct SmokeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The smoke verdict's format.
 pub enum Output {
+    /// A table for people.
     Text,
+    /// JSON.
     Json,
+    /// JUnit XML for CI systems.
     Junit,
 }
 

@@ -52,6 +52,7 @@ enum Command {
     },
 }
 
+/// librdkafka's mock cluster, on a thread of its own.
 pub struct EmbeddedCluster {
     bootstrap_servers: String,
     commands: Option<mpsc::Sender<Command>>,
@@ -126,6 +127,7 @@ impl EmbeddedCluster {
         })
     }
 
+    /// Its `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
     }
@@ -141,6 +143,7 @@ impl EmbeddedCluster {
         answer.recv().map_err(|_| gone())?
     }
 
+    /// Creates a topic (the mock has no admin API).
     pub fn create_topic(
         &self,
         name: &str,
@@ -168,10 +171,12 @@ impl EmbeddedCluster {
         })
     }
 
+    /// Takes broker `broker` down (ids start at 1); leadership does not move.
     pub fn broker_down(&self, broker: i32) -> Result<(), KafkaError> {
         self.call(|reply| Command::BrokerDown { broker, reply })
     }
 
+    /// Brings broker `broker` back.
     pub fn broker_up(&self, broker: i32) -> Result<(), KafkaError> {
         self.call(|reply| Command::BrokerUp { broker, reply })
     }

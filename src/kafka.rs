@@ -29,7 +29,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use uuid::Uuid;
 
 use crate::config::ClusterConfig;
-use crate::probe::Probe;
 use crate::util::quiet::Quiet;
 
 pub type Consumer = StreamConsumer<ClientCtx>;
@@ -136,14 +135,20 @@ pub fn consumer_config(cluster: &ClusterConfig, instance: &str) -> ClientConfig 
     c
 }
 
-/// Where a delivery report goes: the probe that sent the record.
+/// Whoever sent a record, told how its delivery ended: the broker's offset, or why the
+/// producer gave up. Called on the producer's polling thread: must not block.
+pub trait Deliveries: Send + Sync {
+    fn delivered(&self, id: &Uuid, at: tokio::time::Instant, result: Result<i64, String>);
+}
+
+/// Where a delivery report goes: the sender of record `id`.
 pub struct Ticket {
-    pub probe: Arc<Probe>,
+    pub to: Arc<dyn Deliveries>,
     pub id: Uuid,
 }
 
-/// The producer's context: settles each delivery report straight into its probe, on the
-/// polling thread (no task per record).
+/// The producer's context: hands each delivery report straight to its sender, on the polling
+/// thread (no task per record).
 pub struct ProducerCtx(ClientCtx);
 
 impl ClientContext for ProducerCtx {
@@ -165,7 +170,7 @@ impl ProducerContext for ProducerCtx {
             Ok(m) => Ok(m.offset()),
             Err((e, _)) => Err(e.to_string()),
         };
-        ticket.probe.delivered(&ticket.id, at, result);
+        ticket.to.delivered(&ticket.id, at, result);
     }
 }
 

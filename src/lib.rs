@@ -4,40 +4,80 @@
 //! Every `interval`, each probe sends one synthetic record per partition of its topic; a paired
 //! consumer reads them back, or a sink poller looks them up where the pipeline puts them (a
 //! PostgreSQL table, an HTTP/JSON search index), and settles each record as `ok`, `lost`,
-//! `corrupt` or `send_failed`. Latency (from the *scheduled* send time) goes into HDR histograms; outcomes,
-//! quantiles, availability and freshness are exported to Prometheus.
+//! `corrupt` or `send_failed`. Latency (from the *scheduled* send time) goes into HDR
+//! histograms; outcomes, quantiles, availability and freshness are exported to Prometheus.
 //!
-//! A tour of the modules, in the order a record travels:
+//! # The layers, bottom up
 //!
-//! - [`cli`]: the `run`, `smoke`, `check` and `rules` commands and their exit codes.
+//! Read the crate in this order: each module uses only the ones above it in the list
+//! (`tests/architecture.rs` fails the build otherwise).
+//!
+//! - `util`, `supervise`, `embedded`: leaves. Outside text made printable, rate-limited
+//!   logging, the TLS provider; restarting tasks that die; librdkafka's in-process mock cluster.
+//! - `record`: the wire format (envelope, digest, headers, W3C trace context) and its checks.
 //! - [`config`]: agent and probe files, validated with every problem located (`file:line:col`).
-//! - [`agent`]: wires clusters, clients, probes, verifiers and the HTTP server; drains on stop.
-//! - [`embedded`]: librdkafka's in-process mock cluster, the zero-config default.
-//! - [`kafka`]: client settings (and why), metadata lookup.
-//! - [`probe`]: a probe's state ([`probe::Probe`]), its schedule ([`probe::task`]) and the
-//!   in-flight tracker that gives every record exactly one outcome.
-//! - [`record`]: the record format: envelope, digest, headers, W3C trace context, and checks.
-//! - [`verify`]: how records are verified: the paired Kafka consumer, or a sink poller
-//!   (PostgreSQL, HTTP) that looks every pending record up with one query per poll.
-//! - [`stats`]: HDR histograms over a sliding window, availability, SLO event counts.
-//! - [`export`]: Prometheus metrics, HTTP endpoints, structured log events, OTLP spans.
-//! - [`report`]: the smoke verdict (text, JSON, JUnit) and `/status`.
-//! - [`rules`]: Prometheus recording rules and burn-rate alerts for the probes' SLOs.
-//! - [`supervise`]: restarts a long-lived task that panicked or ended, reporting each failure.
-//! - [`util`]: small shared helpers (outside text made printable).
+//! - `outcome`: the vocabulary: [`Outcome`], reasons, a record as it ends, [`Counts`], the
+//!   events a probe reports, and the `Observer` interface it reports them through.
+//! - `stats`: HDR histograms over sliding windows, availability, SLO events and burn rates.
+//! - `kafka`: client settings (and why), metadata; delivery reports through `Deliveries`.
+//! - `probe`: a probe's domain state ([`Probe`]), its schedule, its in-flight tracker.
+//! - `verify`: the paired Kafka consumer, and the sink pollers.
+//! - `discovery`: partitions, and which verifier reads what.
+//! - `report`: the smoke verdict (text, JSON, JUnit) and `/status`.
+//! - `export`: metrics, log lines, spans: the `Observer` each probe reports to. A side branch:
+//!   nothing below `server` uses it.
+//! - `server`: the HTTP endpoints and the view of the agent they serve ([`AgentView`]).
+//! - `agent`: the composition root: builds clients, probes, observers, verifiers, the server.
+//! - `rules`: Prometheus recording rules and burn-rate alerts for the probes' SLOs.
+//! - [`cli`]: the commands and their exit codes.
+//!
+//! # The life of one record
+//!
+//! 1. A slot falls due: `probe::task::send_loop` builds the round (`record::build`: envelope,
+//!    digest, headers, `traceparent`), registers it with the probe (`Probe::register`: the
+//!    tracker counts it `sent`, the observer is told `Scheduled`) and hands it to the clock
+//!    thread, which sends it at the slot itself (`send_records` -> `kafka::Producer::send`).
+//! 2. The broker acknowledges it: librdkafka calls the producer's context, which passes the
+//!    offset to the sender through `kafka::Deliveries::delivered` (the probe notes the produce
+//!    latency; a failure settles the record `send_failed`).
+//! 3. It is read back: `verify::kafka::KafkaVerifier` claims it by its headers
+//!    (`record::claim`) and hands it to its probe (`Probe::arrived`), or a sink poller finds it
+//!    (`Probe::found`). The tracker checks it against what was sent (`record::verify`).
+//! 4. It settles: the tracker gives it its one final outcome (`ok` or `corrupt` on arrival,
+//!    `lost` at its deadline in `Probe::expire`); the probe records it in its windows and SLOs
+//!    and tells its observer `Settled` (and each SLO's judgement) while it holds its lock.
+//! 5. The observer (`export::observer::ProbeObserver`) counts it under that lock (so every
+//!    scrape adds up) and, after it, writes the log line of a non-`ok` outcome and the
+//!    record's spans.
 
-pub mod agent;
+#![warn(missing_docs)]
+
+pub(crate) mod agent;
 pub mod cli;
 pub mod config;
-pub mod embedded;
-pub mod export;
-pub mod kafka;
-pub mod outcome;
-pub mod probe;
-pub mod record;
-pub mod report;
-pub mod rules;
-pub mod stats;
-pub mod supervise;
-pub mod util;
-pub mod verify;
+pub(crate) mod discovery;
+pub(crate) mod embedded;
+pub(crate) mod export;
+pub(crate) mod kafka;
+pub(crate) mod outcome;
+pub(crate) mod probe;
+pub(crate) mod record;
+pub(crate) mod report;
+pub(crate) mod rules;
+pub(crate) mod server;
+pub(crate) mod stats;
+pub(crate) mod supervise;
+#[cfg(test)]
+pub(crate) mod testing;
+pub(crate) mod util;
+pub(crate) mod verify;
+
+pub use agent::{Agent, AgentOptions, ShutdownReport, StartError};
+pub use embedded::EmbeddedCluster;
+pub use export::metrics::names as metric_names;
+pub use outcome::{Counts, Outcome};
+pub use probe::task::Plan;
+pub use probe::{LAST, Probe, Progress, SLOWEST, Snapshot};
+pub use report::EMBEDDED_NOTICE;
+pub use server::AgentView;
+pub use util::tls::install_crypto_provider;

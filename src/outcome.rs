@@ -28,6 +28,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of arrays indexed by outcome.
     pub const ALL: [Outcome; 4] = [
         Outcome::Ok,
         Outcome::Lost,
@@ -35,6 +36,7 @@ impl Outcome {
         Outcome::SendFailed,
     ];
 
+    /// The `outcome` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -136,23 +138,32 @@ pub struct PartitionCounts {
 /// Running totals. Conservation: `sent == sum(outcomes) + in_flight` at every instant.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
+    /// Records scheduled.
     pub sent: u64,
+    /// Final outcomes, indexed like [`Outcome::ALL`].
     pub outcomes: [u64; 4],
+    /// Records awaiting their outcome.
     pub in_flight: u64,
+    /// Verified records seen again.
     pub duplicates: u64,
+    /// Records verified after a higher seq on their partition.
     pub reordered: u64,
+    /// Records read back after being declared lost.
     pub late: u64,
 }
 
 impl Counts {
+    /// Records with outcome `o`.
     pub fn get(&self, o: Outcome) -> u64 {
         self.outcomes[o.index()]
     }
 
+    /// Records with a final outcome.
     pub fn finished(&self) -> u64 {
         self.outcomes.iter().sum()
     }
 
+    /// `sent == finished + in_flight`, as it must always be.
     pub fn conserved(&self) -> bool {
         self.sent == self.finished() + self.in_flight
     }

@@ -654,6 +654,7 @@ pub enum IdFrom {
 /// The value a JSON pointer of a transformed record must hold.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expectation {
+    /// This value.
     Literal(serde_json::Value),
     /// The original record's field at this pointer (`/seq`, `/tags/team`...).
     FromOriginal(String),

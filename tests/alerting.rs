@@ -16,7 +16,7 @@ use common::infra::{Alertmanager, Prometheus, Webhook, free_port};
 use common::{Running, Tree, closed_port, get, run};
 use rdkafka::types::RDKafkaRespErr;
 use serde_json::Value;
-use slo_probe::embedded::EmbeddedCluster;
+use slo_probe::EmbeddedCluster;
 
 /// The longest an agent that cannot send may go unpaged.
 const PAGE_WITHIN: Duration = Duration::from_secs(300);

@@ -13,7 +13,7 @@ use std::process::Command;
 use common::{Tree, run};
 use serde::Deserialize;
 use serde_json::Value;
-use slo_probe::export::metrics::names;
+use slo_probe::metric_names as names;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

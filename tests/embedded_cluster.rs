@@ -9,13 +9,13 @@ use std::time::Duration;
 use clap::Parser;
 use common::{Running, Tree, get, sample};
 use serde_json::{Value, json};
-use slo_probe::agent::{Agent, AgentOptions};
+use slo_probe::EMBEDDED_NOTICE;
+use slo_probe::EmbeddedCluster;
+use slo_probe::Plan;
 use slo_probe::cli::{Cli, Exit, execute};
 use slo_probe::config::{self, Sources};
-use slo_probe::embedded::EmbeddedCluster;
-use slo_probe::export::metrics::names;
-use slo_probe::probe::task::Plan;
-use slo_probe::report::EMBEDDED_NOTICE;
+use slo_probe::metric_names as names;
+use slo_probe::{Agent, AgentOptions};
 
 /// Guards against a hang; never expected to elapse.
 const GUARD: Duration = Duration::from_secs(120);
@@ -471,7 +471,7 @@ async fn a_topic_created_later_is_discovered_and_covered() {
     for p in [&early, &late] {
         let c = p.progress().borrow().counts;
         assert_eq!(
-            (c.sent, c.get(slo_probe::outcome::Outcome::Ok)),
+            (c.sent, c.get(slo_probe::Outcome::Ok)),
             (9, 9),
             "{}: {c:?}",
             p.name()
@@ -553,11 +553,7 @@ async fn agents_sharing_a_topic_verify_only_their_own_and_count_garbage() {
         let p = &agent.probes()[0];
         let s = p.snapshot(tokio::time::Instant::now());
         let c = s.progress.counts;
-        assert_eq!(
-            (c.sent, c.get(slo_probe::outcome::Outcome::Ok)),
-            (24, 24),
-            "{c:?}"
-        );
+        assert_eq!((c.sent, c.get(slo_probe::Outcome::Ok)), (24, 24), "{c:?}");
         assert_eq!(
             (c.duplicates, c.late, c.reordered),
             (0, 0, 0),

@@ -11,12 +11,12 @@ use std::time::Duration;
 use common::relay::{Fault, Picker, Relay, Tally};
 use common::{Tree, sample};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use slo_probe::agent::{Agent, AgentView};
-use slo_probe::embedded::EmbeddedCluster;
-use slo_probe::export::metrics::names;
-use slo_probe::outcome::{Counts, Outcome};
-use slo_probe::probe::task::Plan;
-use slo_probe::probe::{Probe, Snapshot};
+use slo_probe::EmbeddedCluster;
+use slo_probe::Plan;
+use slo_probe::metric_names as names;
+use slo_probe::{Agent, AgentView};
+use slo_probe::{Counts, Outcome};
+use slo_probe::{Probe, Snapshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +86,7 @@ async fn start(
 /// Waits until `cond` holds, re-checking whenever the probe's progress changes (the condition
 /// reads a snapshot, so it runs outside the channel's borrow).
 async fn until(
-    progress: &mut tokio::sync::watch::Receiver<slo_probe::probe::Progress>,
+    progress: &mut tokio::sync::watch::Receiver<slo_probe::Progress>,
     cond: impl Fn() -> bool,
 ) {
     while !cond() {

@@ -11,10 +11,10 @@ use common::infra::{Prometheus, Tansu, free_port, promtool};
 use common::relay::{Fault, Picker, Relay};
 use common::{Running, Tree, create_topics, eventually, get, sample};
 use serde_json::Value;
-use slo_probe::agent::Agent;
-use slo_probe::outcome::{Counts, Outcome};
-use slo_probe::probe::Snapshot;
-use slo_probe::probe::task::Plan;
+use slo_probe::Agent;
+use slo_probe::Plan;
+use slo_probe::Snapshot;
+use slo_probe::{Counts, Outcome};
 
 use common::GUARD;
 

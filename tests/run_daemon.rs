@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Running, Tree, get, sample};
-use slo_probe::embedded::EmbeddedCluster;
+use slo_probe::EmbeddedCluster;
 
 const GUARD: Duration = Duration::from_secs(90);
 

@@ -505,7 +505,7 @@ async fn postgres_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one_or_non
 fn trusting(ca: &Path) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    slo_probe::util::tls::install_crypto_provider();
+    slo_probe::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -522,7 +522,7 @@ fn trusting(ca: &Path) -> rustls::ClientConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
     use common::malformed_pg::MalformedPostgres;
-    use slo_probe::embedded::EmbeddedCluster;
+    use slo_probe::EmbeddedCluster;
 
     // The message also tries to forge a log line and clear the terminal.
     let confused = MalformedPostgres::start(

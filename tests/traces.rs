@@ -28,11 +28,11 @@ use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use prost::Message as _;
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
-use slo_probe::agent::{Agent, AgentOptions};
-use slo_probe::embedded::EmbeddedCluster;
-use slo_probe::export::metrics::names;
-use slo_probe::outcome::Outcome;
-use slo_probe::probe::task::Plan;
+use slo_probe::EmbeddedCluster;
+use slo_probe::Outcome;
+use slo_probe::Plan;
+use slo_probe::metric_names as names;
+use slo_probe::{Agent, AgentOptions};
 use tokio::sync::Notify;
 
 /// Guards against a hang; never expected to elapse.
@@ -586,7 +586,7 @@ async fn grpc_receiver_configured_by_the_standard_environment() {
 
 /// Runs probe `t` (topic `t`, on a fresh embedded cluster) in this process for `rounds` rounds
 /// with this `tracing` section, and shuts the agent down (which flushes the span exporter).
-async fn in_process(tracing: &str, rounds: u64) -> (EmbeddedCluster, slo_probe::agent::AgentView) {
+async fn in_process(tracing: &str, rounds: u64) -> (EmbeddedCluster, slo_probe::AgentView) {
     let cluster = EmbeddedCluster::start(1).unwrap();
     cluster.create_topic("t", PARTITIONS, 1).unwrap();
     let t = Tree::new();
@@ -714,9 +714,9 @@ async fn status_shows_the_slowest_records_of_the_window_with_their_traces() {
 
     // The slow (picked) records lead the list, each with the trace id its record carries.
     let k = expected_picks() as usize;
-    assert!(k > 0 && k < slo_probe::probe::SLOWEST, "{k}");
+    assert!(k > 0 && k < slo_probe::SLOWEST, "{k}");
     let slowest = p["slowest"].as_array().unwrap();
-    assert_eq!(slowest.len(), slo_probe::probe::SLOWEST);
+    assert_eq!(slowest.len(), slo_probe::SLOWEST);
     let mut latencies = Vec::new();
     for (i, r) in slowest.iter().enumerate() {
         let h = &headers[r["record_id"].as_str().unwrap()];
@@ -741,7 +741,7 @@ async fn status_shows_the_slowest_records_of_the_window_with_their_traces() {
 
     // The last results: newest first, every one with its trace.
     let last = p["last_results"].as_array().unwrap();
-    assert_eq!(last.len(), slo_probe::probe::LAST);
+    assert_eq!(last.len(), slo_probe::LAST);
     for r in last {
         let h = &headers[r["record_id"].as_str().unwrap()];
         assert_eq!(r["trace_id"], h.trace_id.as_str());

@@ -7,10 +7,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use slo_probe::agent::{Agent, AgentOptions};
+use slo_probe::EmbeddedCluster;
+use slo_probe::Plan;
 use slo_probe::config::{self, Sources};
-use slo_probe::embedded::EmbeddedCluster;
-use slo_probe::probe::task::Plan;
+use slo_probe::{Agent, AgentOptions};
 
 use crate::common::Tree;
 use crate::common::infra::Tansu;

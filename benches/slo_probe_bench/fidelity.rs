@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
-use slo_probe::probe::task::Plan;
+use slo_probe::Plan;
 
 use crate::common::relay::{Fault, Picker, Relay};
 use crate::env::{Broker, agent_in_process, reader};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use slo_probe::probe::task::Plan;
+use slo_probe::Plan;
 
 use crate::env::{Broker, agent_in_process, reader};
 use crate::stats;

@@ -14,10 +14,12 @@ pub struct Loc {
     pub file: Arc<Path>,
     /// 1-based; 0 when the problem concerns the whole file.
     pub line: usize,
+    /// 1-based; 0 when the problem concerns the whole file.
     pub column: usize,
 }
 
 impl Loc {
+    /// The whole file.
     pub fn file(file: &Arc<Path>) -> Self {
         Loc {
             file: Arc::clone(file),
@@ -26,6 +28,7 @@ impl Loc {
         }
     }
 
+    /// Where `span` starts in `file`.
     pub fn at(file: &Arc<Path>, span: &Span) -> Self {
         match span.start() {
             Some(m) => Loc {
@@ -51,7 +54,9 @@ impl fmt::Display for Loc {
 /// One problem in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Where.
     pub loc: Loc,
+    /// What is wrong, as a sentence.
     pub message: String,
 }
 
@@ -66,6 +71,7 @@ impl fmt::Display for Diagnostic {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Records a problem at `loc`.
     pub fn push(&mut self, loc: Loc, message: impl Into<String>) {
         self.0.push(Diagnostic {
             loc,
@@ -78,14 +84,17 @@ impl Diagnostics {
         self.push(Loc::file(&Arc::from(path)), message);
     }
 
+    /// Whether no problem was found.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// How many problems.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// The problems, in the order found (or sorted).
     pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter()
     }

@@ -34,7 +34,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Everything the agent runs: the agent settings and its probes.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The agent file's settings (defaults without one).
     pub agent: AgentConfig,
+    /// One per probe file, in the order read.
     pub probes: Vec<ProbeConfig>,
 }
 
@@ -46,6 +48,7 @@ impl Config {
 }
 
 #[derive(Debug, Clone)]
+/// The agent file: site, instance, listen address, windows, clusters, tracing.
 pub struct AgentConfig {
     /// The agent file this came from, if any.
     pub source: Option<PathBuf>,
@@ -54,6 +57,7 @@ pub struct AgentConfig {
     /// Identifies this agent process in records; unique per start so that records of a previous
     /// run (or another replica) are never mistaken for this one's.
     pub instance: String,
+    /// Where the HTTP endpoints listen.
     pub listen: SocketAddr,
     /// Whether `listen` was chosen (in the agent file or with `--listen`) rather than the
     /// default: the default on every interface is warned about.
@@ -62,6 +66,7 @@ pub struct AgentConfig {
     pub window: Duration,
     /// How often each probe re-reads topic metadata to pick up added partitions.
     pub metadata_refresh: Duration,
+    /// The clusters, by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// OTLP span export; `None` when the agent file has no `tracing` section and no
     /// `OTEL_EXPORTER_OTLP_*ENDPOINT` is set.
@@ -72,10 +77,13 @@ pub struct AgentConfig {
 /// `OTEL_EXPORTER_OTLP_*` environment variables, then from the OTLP defaults.
 #[derive(Clone, PartialEq)]
 pub struct TracingConfig {
+    /// The OTLP collector's URL.
     pub endpoint: Option<String>,
+    /// gRPC or HTTP/protobuf.
     pub protocol: Option<OtlpProtocol>,
     /// Sent with every export (e.g. an API key); values may come from `${ENV}` or `_file`.
     pub headers: BTreeMap<String, String>,
+    /// Bound on one export request.
     pub timeout: Option<Duration>,
     /// Share of records whose traces are sampled (1.0: all, the default; they are few and each
     /// matters). The decision is written into each record's `traceparent` flags.
@@ -108,8 +116,11 @@ impl Default for TracingConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The OTLP transports.
 pub enum OtlpProtocol {
+    /// OTLP over gRPC.
     Grpc,
+    /// OTLP over HTTP with protobuf bodies.
     HttpProtobuf,
 }
 
@@ -153,7 +164,9 @@ pub fn default_instance() -> String {
 /// A Kafka cluster. Property values may hold secrets, so `Debug` shows keys only.
 #[derive(Clone)]
 pub struct ClusterConfig {
+    /// The name probes refer to it by.
     pub name: String,
+    /// librdkafka's `bootstrap.servers`.
     pub bootstrap_servers: String,
     /// librdkafka properties for every client of this cluster (`security.protocol`, `sasl.*`...).
     pub properties: BTreeMap<String, String>,
@@ -176,19 +189,27 @@ impl fmt::Debug for ClusterConfig {
 }
 
 #[derive(Debug, Clone)]
+/// One probe file: what to produce, how to verify it, which SLOs to hold it to.
 pub struct ProbeConfig {
+    /// Unique among the agent's probes; a label of every series of the probe.
     pub name: String,
     /// The cluster records are produced to.
     pub cluster: String,
+    /// Where records are produced.
     pub topic: String,
+    /// One record per partition per interval.
     pub interval: Duration,
     /// A record not verified within this time after its scheduled send is final (`lost`).
     pub timeout: Duration,
+    /// Which partitions get records.
     pub partitions: Partitions,
+    /// Size of each record's random payload.
     pub payload_bytes: usize,
     /// Written into every record's envelope and as headers.
     pub tags: BTreeMap<String, String>,
+    /// How records are verified.
     pub verify: Verify,
+    /// The SLOs the probe's records are held to.
     pub slos: Vec<SloConfig>,
     /// Records in flight beyond this are settled `send_failed` (backpressure) instead of sent,
     /// so memory stays bounded however long a broker is down.
@@ -203,6 +224,7 @@ pub struct ProbeConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Which partitions of the topic a probe covers.
 pub enum Partitions {
     /// Every partition of the topic, following partitions added later.
     All,
@@ -213,19 +235,18 @@ pub enum Partitions {
 /// How a probe checks that its records arrived. One variant per verifier.
 #[derive(Debug, Clone)]
 pub enum Verify {
+    /// Read back from a topic (the paired consumer).
     Kafka(KafkaVerify),
+    /// Looked up in a PostgreSQL table.
     Postgres(PostgresVerify),
+    /// Looked up through an HTTP/JSON endpoint.
     Http(HttpVerify),
 }
 
 impl Verify {
     /// `kafka`, `postgres` or `http`.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Verify::Kafka(_) => "kafka",
-            Verify::Postgres(_) => "postgres",
-            Verify::Http(_) => "http",
-        }
+        self.sink_kind().map_or("kafka", SinkKind::as_str)
     }
 
     /// The paired consumer's settings, unless records are looked up in a sink.
@@ -233,6 +254,15 @@ impl Verify {
         match self {
             Verify::Kafka(k) => Some(k),
             _ => None,
+        }
+    }
+
+    /// The kind of sink records are looked up in (`None` for the Kafka verifier).
+    pub fn sink_kind(&self) -> Option<SinkKind> {
+        match self {
+            Verify::Kafka(_) => None,
+            Verify::Postgres(_) => Some(SinkKind::Postgres),
+            Verify::Http(_) => Some(SinkKind::Http),
         }
     }
 
@@ -248,6 +278,33 @@ impl Verify {
     /// How often a sink is polled.
     pub fn poll(&self) -> Option<Duration> {
         self.sink().map(|s| s.poll)
+    }
+}
+
+/// The kinds of sink a probe can look its records up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// A PostgreSQL table or view.
+    Postgres,
+    /// An HTTP/JSON endpoint (a search index, a REST API).
+    Http,
+}
+
+impl SinkKind {
+    /// `postgres` or `http`: in logs, spans and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Postgres => "postgres",
+            SinkKind::Http => "http",
+        }
+    }
+
+    /// The OpenTelemetry `db.system.name` of a database sink.
+    pub fn db_system(self) -> Option<&'static str> {
+        match self {
+            SinkKind::Postgres => Some("postgresql"),
+            SinkKind::Http => None,
+        }
     }
 }
 
@@ -275,6 +332,7 @@ pub struct PostgresVerify {
     pub id_column: String,
     /// Connections kept open.
     pub pool_size: usize,
+    /// Cadence, bound and assertions of the poller.
     pub sink: SinkPoll,
 }
 
@@ -291,8 +349,11 @@ impl fmt::Debug for PostgresVerify {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The HTTP method of a sink request.
 pub enum HttpMethod {
+    /// `GET`.
     Get,
+    /// `POST`, with the body template.
     Post,
 }
 
@@ -302,6 +363,7 @@ pub enum HttpMethod {
 pub struct HttpVerify {
     /// May contain `{ids}` (comma-separated), `{ids_json}` (a JSON array) and `{count}`.
     pub url: String,
+    /// `GET` or `POST`.
     pub method: HttpMethod,
     /// Request body template (JSON), same placeholders as the URL.
     pub body: Option<String>,
@@ -313,6 +375,7 @@ pub struct HttpVerify {
     pub id_pointer: String,
     /// Largest response body read; a larger one is an `invalid_json` error, never read whole.
     pub max_response_bytes: usize,
+    /// Cadence, bound and assertions of the poller.
     pub sink: SinkPoll,
 }
 
@@ -334,7 +397,9 @@ impl fmt::Debug for HttpVerify {
 /// Paired consumer: reads the records back from a topic.
 #[derive(Debug, Clone)]
 pub struct KafkaVerify {
+    /// The cluster read from.
     pub cluster: String,
+    /// The topic read from.
     pub topic: String,
     /// Where the record id is in records read back. `None`: the records are copies of what was
     /// sent (same topic, or a mirror) and are checked whole, digest included.
@@ -360,8 +425,11 @@ pub struct CreateTopic {
 }
 
 #[derive(Debug, Clone)]
+/// One SLO of a probe.
 pub struct SloConfig {
+    /// Unique within the probe; a label of its series.
     pub name: String,
+    /// What counts as good.
     pub sli: Sli,
     /// Target ratio of good events, e.g. 0.999.
     pub objective: f64,
@@ -374,7 +442,10 @@ pub struct SloConfig {
 pub enum Sli {
     /// Good: verified intact with end-to-end latency below the threshold. Bad: verified too
     /// slowly, lost or corrupt. Records that could not be sent are not the pipeline's latency.
-    Latency { below: Duration },
+    Latency {
+        /// The latency a good event stays under.
+        below: Duration,
+    },
     /// Good: verified intact within the timeout. Bad: lost or corrupt.
     Completeness,
     /// Good: verified intact. Bad: every other final outcome, send failures included.
@@ -382,6 +453,7 @@ pub enum Sli {
 }
 
 impl Sli {
+    /// `latency`, `completeness` or `availability`.
     pub fn kind(&self) -> &'static str {
         match self {
             Sli::Latency { .. } => "latency",

@@ -23,30 +23,55 @@ use crate::stats::slo::BURN_WINDOWS;
 
 /// Every metric name the agent exports.
 pub mod names {
+    /// Records scheduled.
     pub const RECORDS_SENT: &str = "slo_probe_records_sent_total";
+    /// Final outcomes.
     pub const RECORDS: &str = "slo_probe_records_total";
+    /// Verified records seen again.
     pub const DUPLICATES: &str = "slo_probe_duplicates_total";
+    /// Records verified after a higher seq.
     pub const REORDERED: &str = "slo_probe_reordered_total";
+    /// Records read back after being declared lost.
     pub const LATE_ARRIVALS: &str = "slo_probe_late_arrivals_total";
+    /// Records on a probe topic that are not probe records.
     pub const FOREIGN: &str = "slo_probe_foreign_records_total";
+    /// SLO events, good and bad.
     pub const SLO_EVENTS: &str = "slo_probe_slo_events_total";
+    /// End-to-end latency quantiles over the window.
     pub const E2E_LATENCY: &str = "slo_probe_e2e_latency_seconds";
+    /// Produce latency quantiles over the window.
     pub const PRODUCE_LATENCY: &str = "slo_probe_produce_latency_seconds";
+    /// End-to-end latency histogram (aggregatable).
     pub const E2E_DISTRIBUTION: &str = "slo_probe_e2e_latency_distribution_seconds";
+    /// ok / all final outcomes over the window.
     pub const AVAILABILITY: &str = "slo_probe_availability_ratio";
+    /// Age of the newest verified record.
     pub const FRESHNESS: &str = "slo_probe_freshness_seconds";
+    /// Records awaiting their outcome.
     pub const IN_FLIGHT: &str = "slo_probe_in_flight";
+    /// Version, librdkafka, embedded.
     pub const BUILD_INFO: &str = "slo_probe_build_info";
+    /// Error budget left over the SLO window.
     pub const ERROR_BUDGET_REMAINING: &str = "slo_probe_error_budget_remaining_ratio";
+    /// Burn rate per alerting window.
     pub const BURN_RATE: &str = "slo_probe_burn_rate";
+    /// The agent's own delay at each slot.
     pub const SEND_LAG: &str = "slo_probe_send_lag_seconds";
+    /// Spans not delivered.
     pub const SPANS_DROPPED: &str = "slo_probe_spans_dropped_total";
+    /// Records scheduled per partition.
     pub const PARTITION_RECORDS_SENT: &str = "slo_probe_partition_records_sent_total";
+    /// Final outcomes per partition.
     pub const PARTITION_RECORDS: &str = "slo_probe_partition_records_total";
+    /// Each partition's leader.
     pub const PARTITION_LEADER: &str = "slo_probe_partition_leader";
+    /// Failed sink polls by reason.
     pub const VERIFY_ERRORS: &str = "slo_probe_verify_errors_total";
+    /// A sink's poll interval.
     pub const POLL_INTERVAL: &str = "slo_probe_poll_interval_seconds";
+    /// Sink polls.
     pub const SINK_POLLS: &str = "slo_probe_sink_polls_total";
+    /// Supervised tasks restarted.
     pub const TASK_RESTARTS: &str = "slo_probe_task_restarts_total";
 
     /// Names every agent with at least one SLO exports from its first scrape.

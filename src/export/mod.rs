@@ -1,8 +1,7 @@
-//! What leaves the agent: Prometheus metrics, structured logs, OTLP spans (and, for now, the
-//! HTTP endpoints). [`observer::ProbeObserver`] turns a probe's events into all three.
+//! What leaves the agent: Prometheus metrics, structured logs, OTLP spans.
+//! [`observer::ProbeObserver`] turns a probe's events into all three.
 
 pub mod events;
-pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod observer;

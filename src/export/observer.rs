@@ -32,7 +32,7 @@ pub struct ProbeObserver {
     topic: String,
     verify_topic: String,
     /// `postgres` or `http` for a probe that polls a sink.
-    sink_kind: Option<&'static str>,
+    sink_kind: Option<crate::config::SinkKind>,
     foreign_log: Mutex<ForeignLog>,
     /// Failed sink polls are logged once a minute per kind.
     sink_errors: Quiet,
@@ -89,7 +89,7 @@ impl ProbeObserver {
             origin,
             topic: config.topic.clone(),
             verify_topic,
-            sink_kind: config.verify.sink().map(|_| config.verify.kind()),
+            sink_kind: config.verify.sink_kind(),
             foreign_log: Mutex::default(),
             sink_errors: Quiet::default(),
         }
@@ -376,7 +376,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn per_partition_series_only_when_asked_for() {
         for (flag, expected) in [("false", false), ("true", true)] {
-            let (p, metrics) = crate::probe::testing::observed(&format!(
+            let (p, metrics) = crate::testing::observed(&format!(
                 "name: parts\npartitions: [0, 1]\nper_partition_metrics: {flag}\n"
             ));
             p.set_partitions(Ok(&crate::kafka::Partitions::from([(0, 1), (1, 2)])));
@@ -416,7 +416,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn foreign_records_are_counted_but_logged_once_a_minute() {
         let (logs, _guard) = crate::export::logging::captured();
-        let (p, metrics) = crate::probe::testing::observed("name: flooded\n");
+        let (p, metrics) = crate::testing::observed("name: flooded\n");
         let garbage = OwnedMessage::new(
             Some(b"not json".to_vec()),
             None,

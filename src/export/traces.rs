@@ -25,7 +25,7 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{OtlpProtocol, TracingConfig};
+use crate::config::{OtlpProtocol, SinkKind, TracingConfig};
 use crate::outcome::{Finished, Outcome};
 use crate::record::Origin;
 
@@ -72,7 +72,7 @@ pub struct RecordSpan<'a> {
     /// The topic records are read back from, or the kind of sink they are looked up in.
     pub verify_topic: &'a str,
     /// The sink (`postgres`, `http`) when the record was looked up there, not read back.
-    pub sink: Option<&'static str>,
+    pub sink: Option<SinkKind>,
     pub finished: &'a Finished,
 }
 
@@ -218,13 +218,13 @@ impl Spans {
                 !kv.key.as_str().starts_with("messaging.")
                     || kv.key.as_str() == "messaging.kafka.offset"
             });
-            attrs.push(KeyValue::new("slo_probe.sink", sink));
-            if sink == "postgres" {
-                attrs.push(KeyValue::new("db.system.name", "postgresql"));
+            attrs.push(KeyValue::new("slo_probe.sink", sink.as_str()));
+            if let Some(db) = sink.db_system() {
+                attrs.push(KeyValue::new("db.system.name", db));
             }
         }
         let process_name = match r.sink {
-            Some(sink) => format!("verify {sink}"),
+            Some(sink) => format!("verify {}", sink.as_str()),
             None => format!("process {}", r.verify_topic),
         };
         let (status, start) = match f.outcome {
@@ -471,11 +471,11 @@ mod tests {
             site: "s".into(),
         };
         let spans = Spans::disabled(IntCounter::new("d", "d").unwrap());
-        let span = |sink: Option<&'static str>| {
+        let span = |sink: Option<SinkKind>| {
             let r = RecordSpan {
                 origin: &origin,
                 topic: "synthetic-sla",
-                verify_topic: sink.unwrap_or("synthetic-sla"),
+                verify_topic: sink.map_or("synthetic-sla", SinkKind::as_str),
                 sink,
                 finished: &f,
             };
@@ -484,7 +484,7 @@ mod tests {
         let keys = |s: &SpanData| -> Vec<String> {
             s.attributes.iter().map(|kv| kv.key.to_string()).collect()
         };
-        let sink = span(Some("postgres"));
+        let sink = span(Some(SinkKind::Postgres));
         assert_eq!(sink.name, "verify postgres");
         assert_eq!(sink.parent_span_id, f.span_id);
         let attrs = keys(&sink);

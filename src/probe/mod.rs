@@ -7,7 +7,6 @@
 //! move together, and reported (log lines, spans) after it.
 
 mod clock;
-pub mod discovery;
 mod notable;
 pub mod task;
 mod tracker;
@@ -36,8 +35,11 @@ use crate::stats::{self, Availability, Latency, SloState, SloSummary};
 /// What a probe is doing, for `/readyz`, `/status`, smoke progress and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
+    /// Records and their outcomes so far.
     pub counts: Counts,
+    /// Rounds that fell due.
     pub rounds_started: u64,
+    /// Rounds whose every record has its outcome.
     pub rounds_completed: u64,
     /// Partitions currently probed (empty until discovered).
     pub partitions: Vec<i32>,
@@ -70,8 +72,11 @@ struct Core {
 /// The events of one call, counted under the lock and reported after it.
 type Events<'a> = Vec<Event<'a>>;
 
+/// A probe: its records in flight, its measurements and its progress, reported to its observer.
 pub struct Probe {
+    /// What the probe file says.
     pub config: ProbeConfig,
+    /// The probe, this agent's instance and its site: written into every record.
     pub origin: Origin,
     /// Cluster the records are read back from; `None` for a probe that polls a sink.
     pub verify_cluster: Option<String>,
@@ -105,20 +110,31 @@ pub struct SinkSummary {
 /// Everything known about a probe at one instant.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// What the probe is doing.
     pub progress: Progress,
+    /// Per partition: sent and outcomes.
     pub partitions: BTreeMap<i32, PartitionCounts>,
     /// Quantiles over the whole run, seconds (kept for finite runs only).
     pub e2e_total: Option<[f64; 6]>,
+    /// Verified records in `e2e_total`.
     pub e2e_count: u64,
+    /// Produce latency quantiles over the whole run, seconds.
     pub produce_total: Option<[f64; 6]>,
+    /// Acknowledged records in `produce_total`.
     pub produce_count: u64,
     /// Quantiles over the sliding window, seconds.
     pub e2e_window: Option<[f64; 6]>,
+    /// Verified records in the window.
     pub e2e_window_count: u64,
+    /// `ok` / all final outcomes over the window.
     pub availability: Option<f64>,
+    /// Age of the newest verified record.
     pub freshness: Duration,
+    /// Each SLO's events, budget and burn rates.
     pub slos: Vec<SloSummary>,
+    /// Records on the verify topic that are not probe records.
     pub foreign: u64,
+    /// Sizes of the in-flight tracker.
     pub footprint: Footprint,
     /// The last results, newest first.
     pub last: Vec<Noted>,
@@ -182,6 +198,7 @@ impl Probe {
         }
     }
 
+    /// The probe's name.
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -301,9 +318,12 @@ impl Probe {
         self.report(events);
         to_send
     }
+}
 
-    /// A delivery report: the broker's offset, or why the producer gave up.
-    pub(crate) fn delivered(&self, id: &Uuid, at: Instant, result: Result<i64, String>) {
+/// The producer reports each record's delivery to the probe that sent it.
+impl kafka::Deliveries for Probe {
+    /// The broker's offset, or why the producer gave up.
+    fn delivered(&self, id: &Uuid, at: Instant, result: Result<i64, String>) {
         let mut events = Events::new();
         {
             let mut core = self.lock();
@@ -327,7 +347,9 @@ impl Probe {
         }
         self.report(events);
     }
+}
 
+impl Probe {
     /// An own record came back: verify it and settle its outcome or count the event.
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let same_topic = self.same_topic;
@@ -500,6 +522,7 @@ impl Probe {
         self.lock().tracker.next_deadline()
     }
 
+    /// Records awaiting their outcome.
     pub fn in_flight(&self) -> u64 {
         self.lock().tracker.counts().in_flight
     }
@@ -670,6 +693,7 @@ impl Probe {
         self.observer.gauges(&gauges);
     }
 
+    /// Everything known about the probe at `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let core = self.lock();
         let window = core.e2e.window(now);
@@ -694,165 +718,10 @@ impl Probe {
     }
 }
 
-/// Probes for unit tests, read from a probe file's text (no agent file: site `default`).
-#[cfg(test)]
-pub(crate) mod testing {
-    use std::sync::{Arc, Mutex};
-
-    use super::Probe;
-    use crate::config::Config;
-    use crate::export::metrics::Metrics;
-    use crate::export::observer::ProbeObserver;
-    use crate::export::traces::Spans;
-    use crate::outcome::{Event, Gauges, Observer};
-
-    fn config(yaml: &str) -> Config {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("p.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        crate::config::load(&crate::config::Sources {
-            agent_file: None,
-            probe_paths: vec![file],
-        })
-        .unwrap()
-    }
-
-    /// With the real export observer: its metrics registry (SLO thresholds among the
-    /// histogram buckets), no span export.
-    pub(crate) fn observed(yaml: &str) -> (Probe, Arc<Metrics>) {
-        let cfg = config(yaml);
-        let p = &cfg.probes[0];
-        let thresholds = p.slos.iter().filter_map(|s| match s.sli {
-            crate::config::Sli::Latency { below } => Some(below),
-            _ => None,
-        });
-        let metrics = Arc::new(Metrics::new(&cfg.agent.site, thresholds));
-        let spans = Arc::new(Spans::disabled(metrics.spans_dropped()));
-        let origin = crate::record::Origin {
-            probe: p.name.clone(),
-            instance: cfg.agent.instance.clone(),
-            site: cfg.agent.site.clone(),
-        };
-        let observer = ProbeObserver::new(Arc::clone(&metrics), spans, p, origin);
-        let probe = Probe::new(p.clone(), &cfg.agent, Arc::new(observer), true);
-        (probe, metrics)
-    }
-
-    /// With the real export observer.
-    pub(crate) fn from_yaml(yaml: &str) -> Probe {
-        observed(yaml).0
-    }
-
-    /// With a [`Recording`] observer.
-    pub(crate) fn recorded(yaml: &str) -> (Probe, Arc<Recording>) {
-        let cfg = config(yaml);
-        let recording = Arc::new(Recording::default());
-        let observer: Arc<dyn Observer> = Arc::clone(&recording) as _;
-        let probe = Probe::new(cfg.probes[0].clone(), &cfg.agent, observer, true);
-        (probe, recording)
-    }
-
-    /// An observer that keeps what it was told, and checks on every count that the record
-    /// counts it was given add up: `sent = ok + lost + corrupt + send_failed + in_flight`.
-    #[derive(Default)]
-    pub(crate) struct Recording(Mutex<Recorded>);
-
-    /// What a [`Recording`] was told.
-    #[derive(Debug, Clone, Default)]
-    pub(crate) struct Recorded {
-        pub sent: u64,
-        /// Indexed like [`crate::outcome::Outcome::ALL`].
-        pub outcomes: [u64; 4],
-        pub in_flight: u64,
-        pub duplicates: u64,
-        pub reordered: u64,
-        pub late: u64,
-        pub foreign: u64,
-        /// (good, bad) per SLO index.
-        pub slo: Vec<(u64, u64)>,
-        /// The last values over the windows.
-        pub gauges: Gauges,
-        /// Counted events, reported after the lock, in order (their kind).
-        pub reported: Vec<&'static str>,
-    }
-
-    impl Recording {
-        pub(crate) fn get(&self) -> Recorded {
-            self.0.lock().unwrap().clone()
-        }
-    }
-
-    fn kind(e: &Event<'_>) -> &'static str {
-        match e {
-            Event::Scheduled { .. } => "scheduled",
-            Event::Settled { .. } => "settled",
-            Event::SloJudged { .. } => "slo",
-            Event::Duplicate { .. } => "duplicate",
-            Event::Late { .. } => "late",
-            Event::Foreign { .. } => "foreign",
-            Event::SinkPolled { .. } => "sink_polled",
-            Event::Partitions { .. } => "partitions",
-            Event::TaskDown { .. } => "task_down",
-            Event::TaskUp { .. } => "task_up",
-            Event::SendLag { .. } => "send_lag",
-            Event::Ready { .. } => "ready",
-        }
-    }
-
-    impl Observer for Recording {
-        fn count(&self, e: &Event<'_>) {
-            let mut r = self.0.lock().unwrap();
-            match e {
-                Event::Scheduled { in_flight, .. } => {
-                    r.sent += 1;
-                    r.in_flight = *in_flight;
-                }
-                Event::Settled {
-                    finished,
-                    in_flight,
-                    reordered,
-                    ..
-                } => {
-                    r.outcomes[finished.outcome.index()] += 1;
-                    r.in_flight = *in_flight;
-                    r.reordered += u64::from(*reordered);
-                }
-                Event::SloJudged { slo, good } => {
-                    if r.slo.len() <= *slo {
-                        r.slo.resize(slo + 1, (0, 0));
-                    }
-                    if *good {
-                        r.slo[*slo].0 += 1;
-                    } else {
-                        r.slo[*slo].1 += 1;
-                    }
-                }
-                Event::Duplicate { .. } => r.duplicates += 1,
-                Event::Late { .. } => r.late += 1,
-                Event::Foreign { .. } => r.foreign += 1,
-                _ => {}
-            }
-            let settled: u64 = r.outcomes.iter().sum();
-            assert_eq!(r.sent, settled + r.in_flight, "conservation: {r:?}");
-        }
-
-        fn report(&self, e: &Event<'_>) {
-            self.0.lock().unwrap().reported.push(kind(e));
-        }
-
-        fn gauges(&self, g: &Gauges) {
-            self.0.lock().unwrap().gauges = g.clone();
-        }
-    }
-}
-
-#[cfg(test)]
-pub(crate) use testing::from_yaml;
-
 #[cfg(test)]
 mod tests {
-    use super::testing::recorded;
     use super::*;
+    use crate::testing::recorded;
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;
 

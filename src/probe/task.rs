@@ -8,7 +8,7 @@
 //! vanishing (coordinated omission). The same loop settles deadlines and, once told to stop or
 //! done with its plan, keeps settling until nothing is in flight.
 //!
-//! Partitions come from [`super::discovery`]. A finite run (`smoke`) starts its schedule once
+//! Partitions come from [`crate::discovery`]. A finite run (`smoke`) starts its schedule once
 //! they are known (the command gives up after its connect timeout). A daemon (`run`) starts it
 //! at discovery's first answer, partitions or an error (or after `timeout` without any): a
 //! probe that cannot find its topic must fail visibly, not sit silent. A round that falls due
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::{Probe, Reason};
-use crate::kafka::{Producer, Ticket};
+use crate::kafka::{Deliveries, Producer, Ticket};
 use crate::record::{self, Outgoing};
 
 /// How many rounds a probe sends.
@@ -313,7 +313,7 @@ fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records:
     for r in records {
         let id = r.id;
         let ticket = Box::new(Ticket {
-            probe: Arc::clone(probe),
+            to: Arc::clone(probe) as Arc<dyn Deliveries>,
             id,
         });
         let record = BaseRecord::with_opaque_to(topic, ticket)
@@ -322,7 +322,12 @@ fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records:
             .payload(r.value.as_slice())
             .headers(r.headers);
         if let Err((e, _)) = producer.send(record) {
-            probe.delivered(&id, Instant::now(), Err(format!("cannot enqueue: {e}")));
+            Deliveries::delivered(
+                probe.as_ref(),
+                &id,
+                Instant::now(),
+                Err(format!("cannot enqueue: {e}")),
+            );
         }
     }
 }
@@ -339,7 +344,7 @@ mod tests {
     /// at (records handed to it are never acknowledged), its partitions published through the
     /// returned sender; stopped by the returned token.
     fn blind_daemon(yaml: &str) -> BlindDaemon {
-        let probe = Arc::new(crate::probe::from_yaml(yaml));
+        let probe = Arc::new(crate::testing::from_yaml(yaml));
         let cluster = crate::config::ClusterConfig {
             name: "primary".into(),
             bootstrap_servers: "127.0.0.1:1".into(),
@@ -490,7 +495,7 @@ mod tests {
             "name: grow\ntopic: grow\ninterval: 100ms\ntimeout: 5s\n",
         )
         .unwrap();
-        let probe = Arc::new(crate::probe::from_yaml(
+        let probe = Arc::new(crate::testing::from_yaml(
             &std::fs::read_to_string(&file).unwrap(),
         ));
         let cluster = crate::config::ClusterConfig {

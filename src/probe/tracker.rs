@@ -110,10 +110,6 @@ impl Tracker {
         self.rounds_completed
     }
 
-    pub fn is_pending(&self, id: &Uuid) -> bool {
-        self.pending.contains_key(id)
-    }
-
     /// Records in flight that the broker acknowledged (what a sink poller looks for).
     pub fn acked_ids(&self) -> Vec<Uuid> {
         self.pending

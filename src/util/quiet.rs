@@ -44,12 +44,9 @@ impl Quiet {
     }
 
     /// Keys remembered (for tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -72,10 +72,6 @@ impl KafkaVerifier {
         })
     }
 
-    pub fn cluster(&self) -> &ClusterConfig {
-        &self.cluster
-    }
-
     /// Sends records of `probe` read from its verify topic to it.
     pub fn route(&self, probe: Arc<Probe>) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());

@@ -171,6 +171,7 @@ mod tests {
 
     use super::*;
     use crate::export::metrics::Metrics;
+    use crate::kafka::Deliveries;
     use crate::outcome::Outcome;
     use crate::record;
 
@@ -221,7 +222,7 @@ mod tests {
         let yaml = format!(
             "name: sink\ninterval: 10s\ntimeout: {timeout}\nverify:\n  http: {{ url: \"http://s/{{ids}}\", poll: 1s }}\n"
         );
-        let (probe, metrics) = crate::probe::testing::observed(&yaml);
+        let (probe, metrics) = crate::testing::observed(&yaml);
         let probe = Arc::new(probe);
         let t0 = Instant::now();
         let records: Vec<_> = (0..3)

@@ -64,18 +64,18 @@ impl Output {
 }
 
 /// Starts an agent in this process on the tree's `slo-probe.yaml` (if any) and `probes/`.
-pub async fn start_agent(t: &Tree, plan: slo_probe::probe::task::Plan) -> slo_probe::agent::Agent {
+pub async fn start_agent(t: &Tree, plan: slo_probe::Plan) -> slo_probe::Agent {
     let agent_file = t.path().join("slo-probe.yaml");
     let sources = slo_probe::config::Sources {
         agent_file: agent_file.exists().then_some(agent_file),
         probe_paths: vec![t.path().join("probes")],
     };
-    let opts = slo_probe::agent::AgentOptions {
+    let opts = slo_probe::AgentOptions {
         plan,
         listen: None,
         embedded: false,
     };
-    slo_probe::agent::Agent::start(slo_probe::config::load(&sources).unwrap(), opts)
+    slo_probe::Agent::start(slo_probe::config::load(&sources).unwrap(), opts)
         .await
         .unwrap()
 }
@@ -303,7 +303,7 @@ pub fn closed_port() -> u16 {
 
 /// An HTTP client (with the crypto provider the agent's TLS uses installed first).
 pub fn http_client() -> reqwest::Client {
-    slo_probe::util::tls::install_crypto_provider();
+    slo_probe::install_crypto_provider();
     reqwest::Client::new()
 }
 

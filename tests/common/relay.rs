@@ -169,8 +169,8 @@ impl Relay {
         partitions: i32,
         fault: Fault,
         picker: Picker,
-    ) -> (slo_probe::embedded::EmbeddedCluster, Relay) {
-        let cluster = slo_probe::embedded::EmbeddedCluster::start(brokers).unwrap();
+    ) -> (slo_probe::EmbeddedCluster, Relay) {
+        let cluster = slo_probe::EmbeddedCluster::start(brokers).unwrap();
         for topic in ["in", "out"] {
             cluster.create_topic(topic, partitions, 1).unwrap();
         }

@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process answers),
-//! `/readyz` (every probe works), `/status` (JSON per probe).
+//! `/readyz` (every probe works), `/status` (JSON per probe), and [`AgentView`], the view of a
+//! running agent they serve (probes and metrics, nothing that owns a client).
 //!
 //! Anyone who can reach the port can talk to this server, so it defends itself: hyper's HTTP/1
 //! connections with a timer, so a request's headers must arrive within [`HEADER_TIMEOUT`] and
@@ -27,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::agent::AgentView;
+use crate::export::metrics::Metrics;
+use crate::outcome::Outcome;
+use crate::probe::Probe;
 use crate::report;
 
 /// A request's headers must be complete this long after the server starts waiting for them;
@@ -51,6 +54,78 @@ const MAX_REFUSING: usize = 16;
 /// Sent to a connection over [`MAX_CONNECTIONS`] before it is closed.
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The read side of a running agent.
+#[derive(Clone)]
+pub struct AgentView {
+    /// The probes, with their state.
+    pub probes: Vec<Arc<Probe>>,
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// This agent's site.
+    pub site: String,
+    /// This agent's instance id.
+    pub instance: String,
+}
+
+impl AgentView {
+    /// `/metrics`: window-derived gauges are brought up to date first.
+    pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        for p in &self.probes {
+            p.refresh_gauges(now);
+        }
+        self.metrics.render()
+    }
+
+    /// Ready while every probe works: none of its tasks is down, its topic is reachable, it
+    /// completed a round and verified a record, and a record scheduled within the last
+    /// `timeout + interval` was verified (so an outage turns readiness off within about that
+    /// long, and recovery turns it back on).
+    /// Returns the probes that are not ready, with why.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let now = Instant::now();
+        let waiting: Vec<String> = self
+            .probes
+            .iter()
+            .filter_map(|p| {
+                let s = p.progress().borrow().clone();
+                let stale_after = p.config.timeout + p.config.interval;
+                let freshness = p.freshness(now);
+                let why = if let Some((task, (_, why))) = s.down.iter().next() {
+                    format!("task {} is down and being restarted: {why}", task.as_str())
+                } else if let Some(e) = s.discovery_error {
+                    e
+                } else if s.rounds_completed == 0 {
+                    "first round not complete".into()
+                } else if s.counts.get(Outcome::Ok) == 0 {
+                    // A settled round of lost or failed records is not a working probe.
+                    let c = s.counts;
+                    format!(
+                        "no record verified yet ({} settled: {} lost, {} corrupt, {} send_failed)",
+                        c.finished(),
+                        c.get(Outcome::Lost),
+                        c.get(Outcome::Corrupt),
+                        c.get(Outcome::SendFailed)
+                    )
+                } else if freshness > stale_after {
+                    format!(
+                        "no record verified for {} (more than timeout + interval)",
+                        humantime::format_duration(Duration::from_secs(freshness.as_secs()))
+                    )
+                } else {
+                    return None;
+                };
+                Some(format!("{}: {why}", p.name()))
+            })
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(waiting)
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct State(Arc<AgentView>);

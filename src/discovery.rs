@@ -1,4 +1,5 @@
-//! Partition discovery, shared by every probe on a topic.
+//! Partition discovery, shared by every probe on a topic, and which verifiers read what: it
+//! drives the Kafka verifier's assignments, so it sits above `probe` and `verify`.
 //!
 //! [`watch_topic`]: one task per (cluster, topic) reads the topic's partitions and leaders every
 //! `metadata_refresh` (creating the topic first when a probe on it has `create_topic`), and
@@ -15,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Probe;
 use crate::config::{ClusterConfig, CreateTopic, Partitions};
 use crate::kafka::{self, Producer, TopicError};
+use crate::probe::Probe;
 use crate::verify::kafka::{KafkaVerifier, METADATA_TIMEOUT};
 
 /// What a topic's watch knows: nothing yet, its partitions, or why it cannot read them.
