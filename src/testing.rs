@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::export::metrics::Metrics;
 use crate::export::observer::ProbeObserver;
 use crate::export::traces::Spans;
-use crate::outcome::{Event, Gauges, Observer};
+use crate::outcome::{Counts, Event, Gauges, Observer};
 use crate::probe::Probe;
 
 fn config(yaml: &str) -> Config {
@@ -65,13 +65,8 @@ pub(crate) struct Recording(Mutex<Recorded>);
 /// What a [`Recording`] was told.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Recorded {
-    pub sent: u64,
-    /// Indexed like [`crate::outcome::Outcome::ALL`].
-    pub outcomes: [u64; 4],
-    pub in_flight: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub late: u64,
+    /// Records, outcomes and events, as the probe reported them.
+    pub counts: Counts,
     pub foreign: u64,
     /// (good, bad) per SLO index.
     pub slo: Vec<(u64, u64)>,
@@ -109,8 +104,8 @@ impl Observer for Recording {
         let mut r = self.0.lock().unwrap();
         match e {
             Event::Scheduled { in_flight, .. } => {
-                r.sent += 1;
-                r.in_flight = *in_flight;
+                r.counts.sent += 1;
+                r.counts.in_flight = *in_flight;
             }
             Event::Settled {
                 finished,
@@ -118,9 +113,9 @@ impl Observer for Recording {
                 reordered,
                 ..
             } => {
-                r.outcomes[finished.outcome.index()] += 1;
-                r.in_flight = *in_flight;
-                r.reordered += u64::from(*reordered);
+                r.counts.outcomes[finished.outcome.index()] += 1;
+                r.counts.in_flight = *in_flight;
+                r.counts.reordered += u64::from(*reordered);
             }
             Event::SloJudged { slo, good } => {
                 if r.slo.len() <= *slo {
@@ -132,13 +127,12 @@ impl Observer for Recording {
                     r.slo[*slo].1 += 1;
                 }
             }
-            Event::Duplicate { .. } => r.duplicates += 1,
-            Event::Late { .. } => r.late += 1,
+            Event::Duplicate { .. } => r.counts.duplicates += 1,
+            Event::Late { .. } => r.counts.late += 1,
             Event::Foreign { .. } => r.foreign += 1,
             _ => {}
         }
-        let settled: u64 = r.outcomes.iter().sum();
-        assert_eq!(r.sent, settled + r.in_flight, "conservation: {r:?}");
+        assert!(r.counts.conserved(), "conservation: {:?}", r.counts);
     }
 
     fn report(&self, e: &Event<'_>) {
@@ -148,4 +142,28 @@ impl Observer for Recording {
     fn gauges(&self, g: &Gauges) {
         self.0.lock().unwrap().gauges = g.clone();
     }
+}
+
+/// Builds and registers one round of `p` (a record per partition); returns those to send.
+pub(crate) fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<crate::record::Outgoing> {
+    let records = partitions
+        .iter()
+        .map(|&part| crate::record::build(&p.origin, part, round, 0, &p.config.tags, 16, true))
+        .collect();
+    p.register(round, tokio::time::Instant::now(), records)
+}
+
+/// `r` comes back on `p`'s topic, intact, now.
+pub(crate) fn arrive(p: &Probe, r: &crate::record::Outgoing) {
+    let m = rdkafka::message::OwnedMessage::new(
+        Some(r.value.clone()),
+        Some(r.key.clone().into_bytes()),
+        p.config.topic.clone(),
+        rdkafka::Timestamp::NotAvailable,
+        r.body.partition,
+        0,
+        Some(r.headers.clone()),
+    );
+    let view = crate::record::View::of(&m);
+    p.arrived(&view, &r.id, tokio::time::Instant::now());
 }

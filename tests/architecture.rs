@@ -213,27 +213,36 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_module_uses_only_the_layers_below_it() {
+/// Every file of `src/` that belongs to a layer: its name, its module and its text.
+fn layer_files() -> Vec<(String, String, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
+    files
+        .iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(&src).unwrap();
+            if NOT_LAYERS.contains(&relative.to_string_lossy().as_ref()) {
+                return None;
+            }
+            let text = std::fs::read_to_string(path).unwrap();
+            Some((
+                format!("src/{}", relative.display()),
+                layer_of(relative),
+                text,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn every_module_uses_only_the_layers_below_it() {
     let mut violations = Vec::new();
     let mut seen = BTreeSet::new();
-    for path in &files {
-        let relative = path.strip_prefix(&src).unwrap();
-        if NOT_LAYERS.contains(&relative.to_string_lossy().as_ref()) {
-            continue;
-        }
-        let module = layer_of(relative);
+    for (name, module, text) in layer_files() {
         seen.insert(module.clone());
-        let name = format!("src/{}", relative.display());
-        violations.extend(check(
-            &name,
-            &module,
-            &std::fs::read_to_string(path).unwrap(),
-        ));
+        violations.extend(check(&name, &module, &text));
     }
     assert!(
         violations.is_empty(),
@@ -290,18 +299,9 @@ fn the_checker_names_each_kind_of_violation() {
 /// module's uses of the others.
 #[test]
 fn the_edges_it_sees() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut edges = BTreeSet::new();
-    for path in &files {
-        let relative = path.strip_prefix(&src).unwrap();
-        if NOT_LAYERS.contains(&relative.to_string_lossy().as_ref()) {
-            continue;
-        }
-        let module = layer_of(relative);
-        let code = without_tests_and_comments(&std::fs::read_to_string(path).unwrap());
-        for (_, used) in modules_used(&code) {
+    for (_, module, text) in layer_files() {
+        for (_, used) in modules_used(&without_tests_and_comments(&text)) {
             if used != module {
                 edges.insert((module.clone(), used));
             }

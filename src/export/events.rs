@@ -2,8 +2,8 @@
 //! carries the same fields: trace_id, span_id, probe, topic, partition, offset, record_id, site,
 //! instance, and latency/reason where they apply. `span_id` is the span that carries the
 //! outcome (see [`Finished::outcome_span_id`]); for events about a record read back it is the
-//! producer span from the record's `traceparent`. Metrics are counted by the probe, under its
-//! lock.
+//! producer span from the record's `traceparent`. [`super::observer`] calls them after the
+//! probe's lock, next to the counters of the same events.
 
 use std::time::Duration;
 

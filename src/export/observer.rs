@@ -325,7 +325,8 @@ mod tests {
     use super::*;
     use crate::export::metrics::names;
     use crate::probe::Probe;
-    use crate::record::{self, Outgoing, View};
+    use crate::record::View;
+    use crate::testing::{arrive, round};
 
     fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
         scrape
@@ -350,27 +351,6 @@ mod tests {
             "conservation:\n{m}"
         );
         m
-    }
-
-    fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
-        let records = partitions
-            .iter()
-            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16, true))
-            .collect();
-        p.register(round, Instant::now(), records)
-    }
-
-    fn arrive(p: &Probe, r: &Outgoing) {
-        let m = OwnedMessage::new(
-            Some(r.value.clone()),
-            Some(r.key.clone().into_bytes()),
-            p.config.topic.clone(),
-            Timestamp::NotAvailable,
-            r.body.partition,
-            0,
-            Some(r.headers.clone()),
-        );
-        p.arrived(&View::of(&m), &r.id, Instant::now());
     }
 
     #[tokio::test(start_paused = true)]

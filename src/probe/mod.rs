@@ -72,6 +72,29 @@ struct Core {
 /// The events of one call, counted under the lock and reported after it.
 type Events<'a> = Vec<Event<'a>>;
 
+/// A record reaching its final outcome, as [`Probe::settle`] takes it.
+struct Ending<'a> {
+    finished: Finished,
+    /// Where it was read back (or looked up for).
+    topic: &'a str,
+    /// Verified after a higher seq on its partition.
+    reordered: bool,
+    /// Records still awaiting their outcome after this one.
+    in_flight: u64,
+}
+
+impl<'a> Ending<'a> {
+    /// The only record settling now: the tracker's in-flight count is already its own.
+    fn of(finished: Finished, core: &Core, topic: &'a str, reordered: bool) -> Self {
+        Ending {
+            finished,
+            topic,
+            reordered,
+            in_flight: core.tracker.counts().in_flight,
+        }
+    }
+}
+
 /// A probe: its records in flight, its measurements and its progress, reported to its observer.
 pub struct Probe {
     /// What the probe file says.
@@ -306,7 +329,8 @@ impl Probe {
                     Ok(()) => to_send.push(r),
                     Err(f) => {
                         let topic = self.config.topic.as_str();
-                        self.settle(&mut core, &mut events, *f, scheduled, topic, false);
+                        let end = Ending::of(*f, &core, topic, false);
+                        self.settle(&mut core, &mut events, scheduled, end);
                     }
                 }
             }
@@ -339,7 +363,8 @@ impl kafka::Deliveries for Probe {
                 Err(reason) => {
                     if let Some(f) = core.tracker.send_failed(id, at, reason) {
                         let topic = self.config.topic.as_str();
-                        self.settle(&mut core, &mut events, f, at, topic, false);
+                        let end = Ending::of(f, &core, topic, false);
+                        self.settle(&mut core, &mut events, at, end);
                     }
                 }
             }
@@ -382,7 +407,10 @@ impl Probe {
                 Some(Arrival::Final {
                     finished,
                     reordered,
-                }) => self.settle(&mut core, &mut events, finished, at, topic, reordered),
+                }) => {
+                    let end = Ending::of(finished, &core, topic, reordered);
+                    self.settle(&mut core, &mut events, at, end)
+                }
                 Some(Arrival::Duplicate) => {
                     self.emit(&mut events, Event::Duplicate { seen, id: *id })
                 }
@@ -511,7 +539,13 @@ impl Probe {
             let mut still = core.tracker.counts().in_flight + expired.len() as u64;
             for f in expired {
                 still -= 1;
-                self.settle_with(&mut core, &mut events, f, now, topic, false, still);
+                let end = Ending {
+                    finished: f,
+                    topic,
+                    reordered: false,
+                    in_flight: still,
+                };
+                self.settle(&mut core, &mut events, now, end);
             }
             self.publish(&mut core, &mut events);
         }
@@ -541,31 +575,13 @@ impl Probe {
 
     /// One final outcome into the measurements (histograms, availability, SLOs, notable
     /// records) and its events. Caller holds the lock.
-    fn settle<'a>(
-        &self,
-        core: &mut Core,
-        events: &mut Events<'a>,
-        f: Finished,
-        now: Instant,
-        topic: &'a str,
-        reordered: bool,
-    ) {
-        let in_flight = core.tracker.counts().in_flight;
-        self.settle_with(core, events, f, now, topic, reordered, in_flight);
-    }
-
-    /// As [`Probe::settle`], `in_flight` records still awaiting their outcome after this one.
-    #[allow(clippy::too_many_arguments)]
-    fn settle_with<'a>(
-        &self,
-        core: &mut Core,
-        events: &mut Events<'a>,
-        f: Finished,
-        now: Instant,
-        topic: &'a str,
-        reordered: bool,
-        in_flight: u64,
-    ) {
+    fn settle<'a>(&self, core: &mut Core, events: &mut Events<'a>, now: Instant, end: Ending<'a>) {
+        let Ending {
+            finished: f,
+            topic,
+            reordered,
+            in_flight,
+        } = end;
         core.availability.record(now, f.outcome);
         core.notable.record(now, &f);
         if f.outcome == Outcome::Ok
@@ -721,31 +737,7 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::recorded;
-    use rdkafka::Timestamp;
-    use rdkafka::message::OwnedMessage;
-
-    /// Builds and registers one round; returns the records to send.
-    fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<Outgoing> {
-        let records = partitions
-            .iter()
-            .map(|&part| record::build(&p.origin, part, round, 0, &p.config.tags, 16, true))
-            .collect();
-        p.register(round, Instant::now(), records)
-    }
-
-    fn arrive(p: &Probe, r: &Outgoing) {
-        let m = OwnedMessage::new(
-            Some(r.value.clone()),
-            Some(r.key.clone().into_bytes()),
-            p.config.topic.clone(),
-            Timestamp::NotAvailable,
-            r.body.partition,
-            0,
-            Some(r.headers.clone()),
-        );
-        p.arrived(&View::of(&m), &r.id, Instant::now());
-    }
+    use crate::testing::{arrive, recorded, round};
 
     #[tokio::test(start_paused = true)]
     async fn an_hour_of_broker_outage_keeps_memory_flat() {
@@ -786,7 +778,7 @@ mod tests {
         // the probe's own counts
         let r = recording.get();
         assert_eq!(
-            (r.sent, r.outcomes, r.in_flight),
+            (r.counts.sent, r.counts.outcomes, r.counts.in_flight),
             (c.sent, c.outcomes, c.in_flight)
         );
     }
@@ -810,8 +802,8 @@ mod tests {
         p.refresh_gauges(Instant::now());
         let r = recording.get();
         assert_eq!(r.gauges.freshness, Duration::from_secs(21));
-        assert_eq!(r.outcomes[Outcome::Lost.index()], 0);
-        assert_eq!(r.in_flight, 20);
+        assert_eq!(r.counts.get(Outcome::Lost), 0);
+        assert_eq!(r.counts.in_flight, 20);
         assert_eq!(r.gauges.availability, Some(1.0), "nothing has failed yet");
     }
 
@@ -830,7 +822,7 @@ mod tests {
         p.expire(Instant::now());
         p.refresh_gauges(Instant::now());
         let r = recording.get();
-        assert_eq!(r.outcomes[Outcome::Lost.index()], 15);
+        assert_eq!(r.counts.get(Outcome::Lost), 15);
         assert_eq!(r.slo, [(985, 15)], "(good, bad)");
         let slo = r.gauges.slos[0];
         assert!((slo.budget_remaining - -0.5).abs() < 1e-9, "{slo:?}");
@@ -874,6 +866,6 @@ mod tests {
                 "ready", // ...which completes the round, one record verified
             ]
         );
-        assert_eq!((r.duplicates, r.slo.as_slice()), (1, &[(1, 1)][..]));
+        assert_eq!((r.counts.duplicates, r.slo.as_slice()), (1, &[(1, 1)][..]));
     }
 }
