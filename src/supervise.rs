@@ -122,28 +122,32 @@ mod tests {
         }
     }
 
+    /// Supervises, until `stop`, a task whose run number `n` (from 0) is `body(n, stop)`:
+    /// the events reported, the runs started, and the supervisor.
+    fn supervised<Fut>(
+        stop: &CancellationToken,
+        body: impl Fn(u32, CancellationToken) -> Fut + Send + 'static,
+    ) -> (Log, Arc<AtomicU32>, tokio::task::JoinHandle<()>)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (log, report) = recorder(Instant::now());
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r, s) = (Arc::clone(&runs), stop.clone());
+        let start = move || body(r.fetch_add(1, Ordering::SeqCst), s.clone());
+        let supervisor = tokio::spawn(supervise(Ends::WhenStopped, stop.clone(), report, start));
+        (log, runs, supervisor)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_panicking_task_is_restarted_with_backoff_until_it_runs() {
-        let t0 = Instant::now();
-        let (log, report) = recorder(t0);
-        let runs = Arc::new(AtomicU32::new(0));
         let stop = CancellationToken::new();
-        let r = Arc::clone(&runs);
-        let s = stop.clone();
-        let supervisor = tokio::spawn(supervise(
-            Ends::WhenStopped,
-            stop.clone(),
-            report,
-            move || {
-                let (n, s) = (r.fetch_add(1, Ordering::SeqCst), s.clone());
-                async move {
-                    if n < 3 {
-                        panic!("bad input number {n}");
-                    }
-                    s.cancelled().await; // the fourth run is healthy
-                }
-            },
-        ));
+        let (log, runs, supervisor) = supervised(&stop, |n, stop| async move {
+            if n < 3 {
+                panic!("bad input number {n}");
+            }
+            stop.cancelled().await; // the fourth run is healthy
+        });
         tokio::time::sleep(Duration::from_secs(60)).await;
         stop.cancel();
         supervisor.await.unwrap();
@@ -165,18 +169,7 @@ mod tests {
     async fn an_early_end_is_a_failure_unless_the_task_may_finish() {
         let t0 = Instant::now();
         let stop = CancellationToken::new();
-        let (log, report) = recorder(t0);
-        let runs = Arc::new(AtomicU32::new(0));
-        let r = Arc::clone(&runs);
-        let supervisor = tokio::spawn(supervise(
-            Ends::WhenStopped,
-            stop.clone(),
-            report,
-            move || {
-                r.fetch_add(1, Ordering::SeqCst);
-                async {}
-            },
-        ));
+        let (log, runs, supervisor) = supervised(&stop, |_, _| async {});
         tokio::time::sleep(Duration::from_millis(3500)).await;
         stop.cancel();
         supervisor.await.unwrap();
@@ -197,26 +190,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_restarted_once_stopped_and_a_long_run_resets_the_backoff() {
-        let t0 = Instant::now();
         let stop = CancellationToken::new();
-        let (log, report) = recorder(t0);
-        let runs = Arc::new(AtomicU32::new(0));
-        let r = Arc::clone(&runs);
-        let supervisor = tokio::spawn(supervise(
-            Ends::WhenStopped,
-            stop.clone(),
-            report,
-            move || {
-                let n = r.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    // fails at once, then after 2 minutes of healthy running
-                    if n == 1 {
-                        tokio::time::sleep(Duration::from_secs(120)).await;
-                    }
-                    panic!("run {n}");
-                }
-            },
-        ));
+        let (log, runs, supervisor) = supervised(&stop, |n, _| async move {
+            // fails at once, then after 2 minutes of healthy running
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            }
+            panic!("run {n}");
+        });
         tokio::time::sleep(Duration::from_secs(121) + Duration::from_millis(500)).await;
         stop.cancel();
         supervisor.await.unwrap();
