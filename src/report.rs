@@ -266,9 +266,7 @@ impl ProbeVerdict {
             slos,
         }
     }
-}
 
-impl ProbeVerdict {
     /// Not fully checked, for `why`: the probe does not pass.
     pub fn error(&mut self, why: impl Into<String>) {
         self.errors.push(why.into());

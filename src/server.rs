@@ -6,9 +6,9 @@
 //! connections with a timer, so a request's headers must arrive within [`HEADER_TIMEOUT`] and
 //! an idle keep-alive connection is closed after as long; at most [`MAX_CONNECTIONS`] at once
 //! (further ones get a 503, or when many arrive together are simply closed, so a flood cannot
-//! take the file descriptors the probes need); request headers and bodies bounded; a connection closed gracefully after
-//! [`MAX_CONNECTION_AGE`]. On stop, connections get [`DRAIN`] to finish their request, then are
-//! dropped: shutdown never waits on a client.
+//! take the file descriptors the probes need); request headers and bodies bounded; a
+//! connection closed gracefully after [`MAX_CONNECTION_AGE`]. On stop, connections get
+//! [`DRAIN`] to finish their request, then are dropped: shutdown never waits on a client.
 
 use std::sync::Arc;
 use std::time::Duration;

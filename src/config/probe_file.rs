@@ -671,8 +671,9 @@ pub fn fill(template: &str, ids: &[uuid::Uuid]) -> String {
         .replace(COUNT, &ids.len().to_string())
 }
 
-/// `true`, `false` (the default: a missing topic is an error) or `{ partitions, replication_factor }`.
-/// `Some(None)` is a valid `false`; `None` means a problem was reported.
+/// `true`, `false` (the default: a missing topic is an error) or
+/// `{ partitions, replication_factor }`. `Some(None)` is a valid `false`; `None` means a
+/// problem was reported.
 fn create_topic(doc: &mut Doc, node: &Node) -> Option<Option<CreateTopic>> {
     if let Some(s) = node.as_scalar() {
         return match s.as_bool() {

@@ -95,6 +95,15 @@ impl<'a> Ending<'a> {
     }
 }
 
+/// What an arrival of an id the tracker does not know is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// An own record (its header says so), forgotten long after it finished: late.
+    Late,
+    /// A sink's row that is not this probe's (a sink holds other rows too): ignored.
+    Ignored,
+}
+
 /// A probe: its records in flight, its measurements and its progress, reported to its observer.
 pub struct Probe {
     /// What the probe file says.
@@ -379,7 +388,7 @@ impl Probe {
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let same_topic = self.same_topic;
         let seen = Seen::from(view);
-        self.arrive(id, at, Some(view.offset), view.topic, seen, |expected| {
+        self.arrive(id, at, view.topic, seen, Unknown::Late, |expected| {
             if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
                 record::verify_transformed(expected, view, &k.expect)
             } else {
@@ -389,21 +398,22 @@ impl Probe {
         });
     }
 
-    /// Settles (or counts) an arrival seen `seen` on `topic` under the lock; `None` from the
-    /// tracker (an own record forgotten long ago) is a late arrival too. Reports after it.
+    /// Settles (or counts) an arrival under the lock and reports it after: `seen` is where (at
+    /// which offset) it was read back, `topic` the topic its outcome is reported under, and
+    /// `unknown` what an id the tracker does not know is.
     fn arrive<'a>(
         &self,
         id: &Uuid,
         at: Instant,
-        offset: Option<i64>,
         topic: &'a str,
         seen: Seen<'a>,
+        unknown: Unknown,
         check: impl FnOnce(&record::Expected) -> Result<(), record::Corruption>,
     ) {
         let mut events = Events::new();
         {
             let mut core = self.lock();
-            match core.tracker.arrive(id, at, offset, check) {
+            match core.tracker.arrive(id, at, seen.offset, check) {
                 Some(Arrival::Final {
                     finished,
                     reordered,
@@ -422,6 +432,7 @@ impl Probe {
                     };
                     self.emit(&mut events, late)
                 }
+                None if unknown == Unknown::Ignored => return,
                 None => {
                     core.tracker.forgotten_arrival();
                     let late = Event::Late {
@@ -472,11 +483,9 @@ impl Probe {
     /// document), in the poll that started `at`: settle it after checking its content. Ids
     /// this probe does not know are ignored (a sink holds other rows too).
     pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value) {
-        if !self.knows(id) {
-            return;
-        }
         let seen = Seen::sink(&self.verify_topic);
-        self.arrive(id, at, None, &self.config.topic, seen, |expected| {
+        let topic = &self.config.topic;
+        self.arrive(id, at, topic, seen, Unknown::Ignored, |expected| {
             let expect = self.config.verify.sink().map_or(&[][..], |s| &s.expect);
             record::check_expectations(expected, doc, expect)
         });
@@ -610,15 +619,6 @@ impl Probe {
                 self.emit(events, Event::SloJudged { slo, good });
             }
         }
-    }
-
-    /// The tasks this probe depends on.
-    pub fn tasks(&self) -> Vec<Task> {
-        let verifier = match self.config.verify.kafka() {
-            Some(_) => Task::KafkaVerifier,
-            None => Task::SinkPoller,
-        };
-        vec![Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier]
     }
 
     /// A supervised task serving this probe panicked or ended (started again after
