@@ -26,6 +26,7 @@ use crate::kafka::Producer;
 use crate::outcome::{Counts, Task};
 use crate::probe::Probe;
 use crate::probe::task::{self, Plan, SendLoop};
+use crate::registry::Registry;
 use crate::server::{self, AgentView};
 use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::kafka::KafkaVerifier;
@@ -73,6 +74,15 @@ pub enum StartError {
     #[error("tracing: {0}")]
     /// The span exporter could not be built.
     Tracing(String),
+    #[error("probe {probe}: {error}")]
+    /// A probe's Schema Registry could not be asked for its schema id (`smoke` only: `run`
+    /// keeps asking, and counts each failure).
+    Registry {
+        /// The probe's name.
+        probe: String,
+        /// Why.
+        error: String,
+    },
     #[error("probe {probe}: {error}")]
     /// A probe's sink poller could not be built.
     Sink {
@@ -218,12 +228,29 @@ impl Agent {
                 })?;
                 verifiers.insert(name.clone(), Arc::new(v));
             }
-            verifiers[name].route(Arc::clone(probe));
+            verifiers[name]
+                .route(Arc::clone(probe))
+                .map_err(|error| StartError::Sink {
+                    probe: probe.name().to_string(),
+                    error: format!("verify.kafka.registry: {error}"),
+                })?;
         }
 
         let stop_sending = CancellationToken::new();
         let stop_all = CancellationToken::new();
         let (send_loops, background) = (TaskTracker::new(), TaskTracker::new());
+        // Every probe's registry at once: starting takes one registry timeout at most.
+        let mut asks = tokio::task::JoinSet::new();
+        for probe in &probes {
+            let (probe, plan) = (Arc::clone(probe), opts.plan);
+            asks.spawn(async move { (schema_id(&probe, plan).await, probe) });
+        }
+        while let Some(asked) = asks.join_next().await {
+            let (asked, probe) = asked.expect("a schema id lookup does not panic");
+            if let Some(registry) = asked? {
+                background.spawn(keep_asking(probe, registry, stop_all.clone()));
+            }
+        }
         // Every long-lived task is supervised: a panic or an early end is logged with its
         // probes, counted, makes them unready, and the task is started again.
         let supervised = |tracker: &TaskTracker,
@@ -670,6 +697,70 @@ fn create_embedded_topics(
         embedded.create_topic(&topic, partitions, EMBEDDED_BROKERS)?;
     }
     Ok(())
+}
+
+/// Resolves the schema id of a probe whose Avro records take it from a Schema Registry, before
+/// anything is sent. `smoke` cannot run without it (a start error, exit 2); `run` starts anyway
+/// and returns the registry to keep asking (each failure counted), its records failing
+/// `send_failed` (reason `format`) until the id is known.
+async fn schema_id(probe: &Arc<Probe>, plan: Plan) -> Result<Option<Arc<Registry>>, StartError> {
+    let (Some(cfg), Some(avro)) = (
+        &probe.config.schema_registry,
+        probe.shape().and_then(|s| s.avro()),
+    ) else {
+        return Ok(None);
+    };
+    let failed = |error: String| StartError::Registry {
+        probe: probe.name().to_string(),
+        error,
+    };
+    let registry = Arc::new(Registry::new(cfg).map_err(failed)?);
+    match registry.schema_id(&avro.text).await {
+        Ok(id) => {
+            avro.set_schema_id(id);
+            tracing::info!(probe = probe.name(), registry = registry.url(), subject = %cfg.subject, schema_id = id, "schema id resolved");
+            Ok(None)
+        }
+        Err(e) => {
+            probe.registry_failed(e.kind(), &e.to_string(), "schema_id");
+            if plan != Plan::Forever {
+                return Err(failed(format!(
+                    "cannot get the schema id of its records (subject `{}`): {e}",
+                    cfg.subject
+                )));
+            }
+            Ok(Some(registry))
+        }
+    }
+}
+
+/// Asks the registry for a probe's schema id until it answers (backoff 1 s to 30 s) or the
+/// agent stops.
+async fn keep_asking(probe: Arc<Probe>, registry: Arc<Registry>, stop: CancellationToken) {
+    let Some(avro) = probe.shape().and_then(|s| s.avro()) else {
+        return;
+    };
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        match registry.schema_id(&avro.text).await {
+            Ok(id) => {
+                avro.set_schema_id(id);
+                tracing::info!(
+                    probe = probe.name(),
+                    registry = registry.url(),
+                    schema_id = id,
+                    "schema id resolved: records are sent from now on"
+                );
+                return;
+            }
+            Err(e) => probe.registry_failed(e.kind(), &e.to_string(), "schema_id"),
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 #[cfg(test)]

@@ -330,7 +330,9 @@ fn start_error(format: LogFormat, e: &StartError) -> Exit {
         StartError::Client { .. } | StartError::Tracing(_) | StartError::Sink { .. } => {
             Exit::Config
         }
-        StartError::Listen { .. } | StartError::Embedded(_) => Exit::CouldNotRun,
+        StartError::Listen { .. } | StartError::Embedded(_) | StartError::Registry { .. } => {
+            Exit::CouldNotRun
+        }
     }
 }
 

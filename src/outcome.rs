@@ -352,6 +352,15 @@ pub enum Event<'a> {
     SendLag { lag: Duration },
     /// A round settled with a verified record among `settled`: the probe works.
     Ready { ok: u64, settled: u64 },
+    /// A Schema Registry request for the probe failed (`reason`: unreachable, auth,
+    /// not_found, http_status): its schema id could not be had (records are not sent until it
+    /// is), or a record's writer schema could not be fetched (the record stays unverified).
+    RegistryFailed {
+        reason: &'static str,
+        error: &'a str,
+        /// What the request was for: `schema_id` or `writer_schema`.
+        during: &'static str,
+    },
 }
 
 /// What a probe reports to: the export layer (metrics, log lines, spans), or a recording in

@@ -8,6 +8,12 @@
 //!   without the `digest` field, serialised compactly with the fields in that order;
 //! - headers: `traceparent` (and `tracestate` when not empty), `slo-probe-id`,
 //!   `slo-probe-probe`, `slo-probe-instance`, `slo-probe-seq`, and one header per tag.
+//!
+//! With a `record` section the key and value are the pipeline's own format instead ([`shape`]:
+//! a JSON template, or Avro); the headers are the same.
+
+pub mod avro;
+pub mod shape;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +27,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use shape::{Fill, Shape};
 
 pub const ENVELOPE_VERSION: u64 = 1;
 
@@ -97,10 +105,13 @@ pub struct Outgoing {
     /// The context written into `traceparent`; the verifier expects its trace id back.
     pub span_context: SpanContext,
     pub body: Body,
+    /// Why the record cannot be sent (its shape could not be encoded: a schema id not known
+    /// yet); it still counts, as `send_failed`.
+    pub unsendable: Option<String>,
 }
 
-/// Builds the record for one (partition, seq) slot. A fresh trace per record; `sampled` is
-/// written into its `traceparent` flags (spans are exported for sampled records only).
+/// Builds the envelope record for one (partition, seq) slot.
+#[cfg(test)]
 pub fn build(
     origin: &Origin,
     partition: i32,
@@ -110,6 +121,50 @@ pub fn build(
     payload_bytes: usize,
     sampled: bool,
 ) -> Outgoing {
+    let recipe = Recipe {
+        origin,
+        tags,
+        payload_bytes,
+        shape: None,
+    };
+    recipe.build(partition, seq, scheduled_at_ns, sampled)
+}
+
+/// What every record of a probe is made from.
+pub struct Recipe<'a> {
+    pub origin: &'a Origin,
+    pub tags: &'a BTreeMap<String, String>,
+    pub payload_bytes: usize,
+    /// The pipeline's own format; the envelope when `None`.
+    pub shape: Option<&'a Shape>,
+}
+
+impl Recipe<'_> {
+    /// Builds the record for one (partition, seq) slot. A fresh trace per record; `sampled` is
+    /// written into its `traceparent` flags (spans are exported for sampled records only).
+    pub fn build(&self, partition: i32, seq: u64, scheduled_at_ns: u64, sampled: bool) -> Outgoing {
+        build_record(self, partition, seq, scheduled_at_ns, sampled)
+    }
+}
+
+fn build_record(
+    recipe: &Recipe,
+    partition: i32,
+    seq: u64,
+    scheduled_at_ns: u64,
+    sampled: bool,
+) -> Outgoing {
+    let Recipe {
+        origin,
+        tags,
+        payload_bytes,
+        shape,
+    } = *recipe;
+    // A shape that does not use `{payload}` needs none: nothing random is made or kept.
+    let payload_bytes = match shape {
+        Some(s) if !s.uses_payload() => 0,
+        _ => payload_bytes,
+    };
     let id = Uuid::now_v7();
     let ids = RandomIdGenerator::default();
     let span_context = SpanContext::new(
@@ -135,7 +190,18 @@ pub fn build(
         tags: tags.clone(),
         payload: fastrand_payload(payload_bytes),
     };
-    let key = id.hyphenated().to_string();
+    let fill = Fill::new(
+        &body,
+        span_context.trace_id(),
+        span_context.span_id(),
+        sampled,
+    );
+    let (key, value, unsendable) = match shape.map(|s| s.encode(&fill)) {
+        None => (id.hyphenated().to_string(), body.encode(), None),
+        Some(Ok((key, value))) => (key, value, None),
+        Some(Err(why)) => (id.hyphenated().to_string(), Vec::new(), Some(why)),
+    };
+    let id_text = id.hyphenated().to_string();
     let mut headers = HeaderInjector(OwnedHeaders::new_with_capacity(6 + tags.len()));
     let cx = Context::new().with_remote_span_context(span_context.clone());
     TraceContextPropagator::new().inject_context(&cx, &mut headers);
@@ -144,7 +210,7 @@ pub fn build(
         .0
         .insert(Header {
             key: header::ID,
-            value: Some(key.as_str()),
+            value: Some(id_text.as_str()),
         })
         .insert(Header {
             key: header::PROBE,
@@ -166,11 +232,12 @@ pub fn build(
     }
     Outgoing {
         id,
-        value: body.encode(),
+        value,
         key,
         headers,
         span_context,
         body,
+        unsendable,
     }
 }
 
@@ -207,6 +274,9 @@ pub struct View<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    /// The value as JSON, when the verifier decoded it from another format (Avro written by
+    /// another stage of the pipeline), or why it could not.
+    decoded: Option<&'a Result<serde_json::Value, String>>,
 }
 
 impl<'a> View<'a> {
@@ -222,7 +292,31 @@ impl<'a> View<'a> {
             key: m.key(),
             value: m.payload(),
             headers: m.headers().map(AsBorrowed::as_borrowed),
+            decoded: None,
         }
+    }
+
+    /// This view with its value decoded into JSON (or why it could not be).
+    pub fn with_decoded(self, decoded: &'a Result<serde_json::Value, String>) -> Self {
+        View {
+            decoded: Some(decoded),
+            ..self
+        }
+    }
+
+    /// The value as JSON: as decoded by the verifier, or parsed as JSON text.
+    pub fn json(&self) -> Result<std::borrow::Cow<'a, serde_json::Value>, Corruption> {
+        match self.decoded {
+            Some(Ok(doc)) => return Ok(std::borrow::Cow::Borrowed(doc)),
+            Some(Err(why)) => return Err(Corruption::Undecodable(why.clone())),
+            None => {}
+        }
+        let value = self
+            .value
+            .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
+        serde_json::from_slice(value)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| Corruption::Undecodable(format!("not JSON: {e}")))
     }
 
     /// First header with this name, as text (`None` when absent or not UTF-8).
@@ -375,6 +469,11 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// What the record's placeholders were filled from.
+    pub fn fill(&self) -> Fill<'_> {
+        Fill::new(&self.body, self.trace_id, self.span_id, self.sampled)
+    }
+
     pub fn of(out: &Outgoing) -> Expected {
         Expected {
             body: out.body.clone(),
@@ -394,7 +493,7 @@ pub enum Corruption {
     Digest,
     /// The content is self-consistent but differs from what was sent.
     Field {
-        field: &'static str,
+        field: String,
         expected: String,
         got: String,
     },
@@ -454,7 +553,7 @@ pub fn transformed_id(view: &View, id_from: &IdFrom) -> Option<Uuid> {
     match id_from {
         IdFrom::Header(name) => view.header(name).and_then(|s| Uuid::parse_str(s).ok()),
         IdFrom::Pointer(p) => {
-            let value: serde_json::Value = serde_json::from_slice(view.value?).ok()?;
+            let value = view.json().ok()?;
             value
                 .pointer(p)?
                 .as_str()
@@ -470,14 +569,10 @@ pub fn verify_transformed(
     expected: &Expected,
     view: &View,
     expect: &[(String, Expectation)],
+    shape: Option<&Shape>,
 ) -> Result<(), Corruption> {
     if !expect.is_empty() {
-        let value = view
-            .value
-            .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
-        let got: serde_json::Value = serde_json::from_slice(value)
-            .map_err(|e| Corruption::Undecodable(format!("not JSON: {e}")))?;
-        check_expectations(expected, &got, expect)?;
+        check_expectations(expected, view.json()?.as_ref(), expect, shape)?;
     }
     match (view.header(header::TRACEPARENT), view.trace_id()) {
         (None, _) => Ok(()),
@@ -499,11 +594,16 @@ pub fn check_expectations(
     expected: &Expected,
     got: &serde_json::Value,
     expect: &[(String, Expectation)],
+    shape: Option<&Shape>,
 ) -> Result<(), Corruption> {
     if expect.is_empty() {
         return Ok(());
     }
-    let original = serde_json::to_value(&expected.body).expect("envelope serialises");
+    // `from` points into what was sent: the pipeline's own format, or the envelope.
+    let original = match shape {
+        Some(shape) => shape.original(&expected.fill()),
+        None => serde_json::to_value(&expected.body).expect("envelope serialises"),
+    };
     for (pointer, e) in expect {
         let want = match e {
             Expectation::Literal(v) => v.clone(),
@@ -525,7 +625,7 @@ pub fn check_expectations(
 }
 
 /// JSON equality with numbers compared by value (42 == 42.0).
-fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+pub(crate) fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
@@ -539,7 +639,7 @@ pub fn decode(value: &[u8]) -> Result<Body, Corruption> {
     let field: DigestField = serde_json::from_slice(value).map_err(undecodable)?;
     if body.v != ENVELOPE_VERSION {
         return Err(Corruption::Field {
-            field: "v",
+            field: "v".into(),
             expected: ENVELOPE_VERSION.to_string(),
             got: body.v.to_string(),
         });
@@ -551,12 +651,34 @@ pub fn decode(value: &[u8]) -> Result<Body, Corruption> {
     Ok(body)
 }
 
-/// Checks an own record that came back against what was sent: key, envelope, digest, every
-/// field, every header, that the trace id survived and, when `check_partition` (read back from
-/// the topic it was sent to), that it arrived on its partition.
-pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result<(), Corruption> {
+/// Checks an own record that came back against what was sent: key, value (the envelope and
+/// its digest, or the pipeline's own format field by field), every header, that the trace id
+/// survived and, when `check_partition` (read back from the topic it was sent to), that it
+/// arrived on its partition.
+pub fn verify(
+    expected: &Expected,
+    view: &View,
+    check_partition: bool,
+    shape: Option<&Shape>,
+) -> Result<(), Corruption> {
     let want = &expected.body;
     let id = want.id.hyphenated().to_string();
+    match shape {
+        Some(shape) => shape.verify(&expected.fill(), view.key, view.value)?,
+        None => verify_envelope(want, view, &id)?,
+    }
+    if check_partition && view.partition != want.partition {
+        return Err(Corruption::Field {
+            field: "partition".into(),
+            expected: format!("arrival on partition {}", want.partition),
+            got: format!("partition {}", view.partition),
+        });
+    }
+    verify_headers(expected, view, &id)
+}
+
+/// The envelope's digest, every field, and the key (the record id).
+fn verify_envelope(want: &Body, view: &View, id: &str) -> Result<(), Corruption> {
     let value = view
         .value
         .ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
@@ -565,7 +687,7 @@ pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result
         ($field:ident) => {
             if got.$field != want.$field {
                 return Err(Corruption::Field {
-                    field: stringify!($field),
+                    field: stringify!($field).into(),
                     expected: format!("{:?}", want.$field),
                     got: format!("{:?}", got.$field),
                 });
@@ -582,16 +704,9 @@ pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result
     same!(tags);
     if got.payload != want.payload {
         return Err(Corruption::Field {
-            field: "payload",
+            field: "payload".into(),
             expected: format!("{} bytes as sent", want.payload.len()),
             got: format!("{} different bytes", got.payload.len()),
-        });
-    }
-    if check_partition && view.partition != want.partition {
-        return Err(Corruption::Field {
-            field: "partition",
-            expected: format!("arrival on partition {}", want.partition),
-            got: format!("partition {}", view.partition),
         });
     }
     if view.key != Some(id.as_bytes()) {
@@ -600,9 +715,15 @@ pub fn verify(expected: &Expected, view: &View, check_partition: bool) -> Result
             problem: format!("expected the record id {id}"),
         });
     }
+    Ok(())
+}
+
+/// The slo-probe headers, the tags, and the trace context.
+fn verify_headers(expected: &Expected, view: &View, id: &str) -> Result<(), Corruption> {
+    let want = &expected.body;
     let seq = want.seq.to_string();
     let headers = [
-        (header::ID, id.as_str()),
+        (header::ID, id),
         (header::PROBE, want.probe.as_str()),
         (header::INSTANCE, want.instance.as_str()),
         (header::SEQ, seq.as_str()),
@@ -705,7 +826,7 @@ mod tests {
     }
 
     fn check(out: &Outgoing, m: &OwnedMessage) -> Result<(), Corruption> {
-        verify(&expected(out), &view(m), true)
+        verify(&expected(out), &view(m), true, None)
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn kind(e: &Event<'_>) -> &'static str {
         Event::TaskUp { .. } => "task_up",
         Event::SendLag { .. } => "send_lag",
         Event::Ready { .. } => "ready",
+        Event::RegistryFailed { .. } => "registry_failed",
     }
 }
 

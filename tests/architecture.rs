@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "stats",
     "export",
     "kafka",
+    "registry",
     "probe",
     "verify",
     "discovery",

@@ -43,7 +43,7 @@ const CASES: &[Case] = &[
         agent: Some(AGENT),
         probes: &[("a.yaml", "name: orders\ncolour: blue\n")],
         expected: &[
-            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics, create_topic",
+            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics, create_topic, record",
         ],
     },
     Case {
@@ -315,6 +315,60 @@ slos:
         ],
     },
     Case {
+        name: "record formats: templates against schemas, placeholders, registries",
+        agent: Some(AGENT),
+        probes: &[
+            (
+                "s.avsc",
+                r#"{"type": "record", "name": "Order", "fields": [
+                    {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
+                    {"name": "seq", "type": "long"},
+                    {"name": "amount", "type": "double"},
+                    {"name": "note", "type": ["null", "string"], "default": null}]}"#,
+            ),
+            (
+                "bad.avsc",
+                r#"{"type": "record", "name": "X", "fields": [{"name": "a", "type": "lng"}]}"#,
+            ),
+            (
+                "a.yaml",
+                "name: orders\nrecord:\n  value:\n    id: \"{seq}\"\n    amount: \"{amout}\"\n    extra: 1\n  avro: { schema_file: s.avsc }\n",
+            ),
+            (
+                "b.yaml",
+                "name: orders2\nrecord:\n  key: \"k-{nope}\"\n  value:\n    id: \"{id}\"\n    seq: \"{id}\"\n  avro: { schema_file: s.avsc, schema_id: 3, registry: { url: \"http://r\" } }\n",
+            ),
+            (
+                "c.yaml",
+                "name: orders3\nrecord:\n  value: { a: 1 }\n  avro: { schema_file: bad.avsc }\nverify:\n  kafka: { topic: out, format: avro, id_from: /a }\n",
+            ),
+            (
+                "e.yaml",
+                "name: orders5\nrecord:\n  value:\n    id: \"{seq}\"\n    amount: high\n    extra: 1\n  avro: { schema_file: s.avsc }\n",
+            ),
+            (
+                "d.yaml",
+                "name: orders4\nrecord:\n  value: { a: \"{seq}\" }\nverify:\n  postgres: { dsn: \"host=x\", query: \"select id from t where id = any($1)\", expect: { a: { from: /b } } }\nslos: []\n",
+            ),
+            (
+                "f.yaml",
+                "name: orders6\nrecord:\n  key: \"k-{seq}\"\n  value: { a: \"{seq}\" }\nverify:\n  postgres: { dsn: \"host=x\", query: \"select id from t where id = any($1)\", expect: { a: { from: /a } } }\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:5:13: `record.value`: unknown placeholder `{amout}`; known: {id}, {seq}, {probe}, {instance}, {site}, {partition}, {scheduled_at}, {scheduled_at_ms}, {scheduled_at_ns}, {payload}, {traceparent}, {trace_id}",
+            "probes/b.yaml:3:8: `record.key`: unknown placeholder `{nope}`; known: {id}, {seq}, {probe}, {instance}, {site}, {partition}, {scheduled_at}, {scheduled_at_ms}, {scheduled_at_ns}, {payload}, {traceparent}, {trace_id}",
+            "probes/b.yaml:7:56: `record.avro` has both `schema_id` and `registry`: give the id, or the registry to get it from",
+            "probes/c.yaml:4:24: `record.avro.schema_file`: bad.avsc is not a valid Avro schema: Unknown primitive type: lng",
+            "probes/d.yaml:5:97: `from` must point into the record the probe sends (`record.value`: /a), got `/b`",
+            "probes/e.yaml:4:5: `record.value` does not fit the schema in s.avsc: missing required field `seq` (long) of record Order",
+            "probes/e.yaml:4:9: `record.value` does not fit the schema in s.avsc: {seq} (a number) does not fit type string (uuid)",
+            "probes/e.yaml:5:13: `record.value` does not fit the schema in s.avsc: text \"high\" does not fit type double",
+            "probes/e.yaml:6:5: `record.value` does not fit the schema in s.avsc: record Order has no field `extra` (its fields: id, seq, amount, note)",
+            "probes/f.yaml:3:6: a sink finds records by their id: put `{id}` in `record.value` (or `record.key`) so that the pipeline carries it into the sink",
+        ],
+    },
+    Case {
         name: "no probe files",
         agent: Some(AGENT),
         probes: &[],
@@ -469,6 +523,15 @@ fn the_example_probes_are_valid() {
     ];
     let out = run(std::path::Path::new(root), &sinks, &env);
     assert_eq!(out.code(), 0, "{}", out.stderr);
+    let formats = ["check", "--probes", "probes/formats"];
+    let registry = [("SCHEMA_REGISTRY_URL", "https://registry:8081")];
+    let out = run(std::path::Path::new(root), &formats, &registry);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("1 probe(s): orders-avro"),
+        "{}",
+        out.stdout
+    );
     let out = run(std::path::Path::new(root), &sinks, &env[1..]);
     assert_eq!(out.code(), 78);
     assert!(

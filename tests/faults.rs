@@ -9,66 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::relay::{Fault, Picker, Relay, Tally};
-use common::{Tree, sample};
+use common::{Conservation, Tree};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use slo_probe::Agent;
 use slo_probe::EmbeddedCluster;
 use slo_probe::Plan;
-use slo_probe::metric_names as names;
-use slo_probe::{Agent, AgentView};
 use slo_probe::{Counts, Outcome};
 use slo_probe::{Probe, Snapshot};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const GUARD: Duration = Duration::from_secs(120);
 const ROUNDS: u64 = 10;
 const PARTITIONS: i32 = 3;
-
-/// Scrapes /metrics' content every few milliseconds while a test runs and checks
-/// sent == ok + lost + corrupt + send_failed + in_flight for every probe on every scrape.
-struct Conservation {
-    stop: CancellationToken,
-    task: JoinHandle<usize>,
-}
-
-impl Conservation {
-    fn watch(view: AgentView) -> Self {
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut scrapes = 0;
-            while !s.is_cancelled() {
-                let m = view.render_metrics();
-                for p in &view.probes {
-                    let probe = ("probe", p.name());
-                    let sent = sample(&m, names::RECORDS_SENT, &[probe]).unwrap();
-                    let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
-                        .iter()
-                        .map(|o| sample(&m, names::RECORDS, &[probe, ("outcome", o)]).unwrap())
-                        .sum();
-                    let in_flight = sample(&m, names::IN_FLIGHT, &[probe]).unwrap();
-                    assert_eq!(
-                        sent,
-                        settled + in_flight,
-                        "conservation broken at scrape {scrapes}:\n{m}"
-                    );
-                }
-                scrapes += 1;
-                // a sampling period, not a wait for anything
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            scrapes
-        });
-        Conservation { stop, task }
-    }
-
-    async fn finish(self) -> usize {
-        self.stop.cancel();
-        let scrapes = self.task.await.expect("conservation held on every scrape");
-        assert!(scrapes > 10, "only {scrapes} scrapes");
-        scrapes
-    }
-}
 
 async fn start(
     cluster: &EmbeddedCluster,

@@ -219,8 +219,66 @@ pub struct ProbeConfig {
     pub per_partition_metrics: bool,
     /// Create the topic when it is missing (otherwise a missing topic is an error).
     pub create_topic: Option<CreateTopic>,
+    /// The pipeline's own record format (`record`); `None`: the envelope. Shared, so that a
+    /// schema id resolved from a registry is seen by every copy of the config.
+    pub record: Option<std::sync::Arc<crate::record::shape::Shape>>,
+    /// The Schema Registry the record's schema id comes from (`record.avro.registry`).
+    pub schema_registry: Option<RegistryConfig>,
     /// Where the probe was defined (its file), for messages.
     pub origin: Loc,
+}
+
+/// A Schema Registry (the Confluent REST API, as Karapace and Redpanda serve it too).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    /// The subject the schema is registered or looked up under (default `<topic>-value`, the
+    /// TopicNameStrategy).
+    pub subject: String,
+    /// Register the schema when the subject does not have it; otherwise only look it up (a
+    /// canary should not change what a pipeline's registry holds unless told to).
+    pub register: bool,
+    /// Credentials sent with every request.
+    pub auth: RegistryAuth,
+    /// Extra CA certificates (PEM) for an `https://` registry.
+    pub ca_file: Option<PathBuf>,
+    /// Bound on each request.
+    pub timeout: Duration,
+}
+
+/// How requests to a Schema Registry authenticate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    /// No credentials.
+    None,
+    /// HTTP basic authentication.
+    Basic {
+        /// The user (Confluent Cloud: the API key).
+        username: String,
+        /// The password (Confluent Cloud: the API secret).
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            RegistryAuth::None => "none".to_string(),
+            RegistryAuth::Basic { username, .. } => format!("basic ({username})"),
+            RegistryAuth::Bearer(_) => "bearer".to_string(),
+        };
+        f.debug_struct("RegistryConfig")
+            .field("url", &self.url)
+            .field("subject", &self.subject)
+            .field("register", &self.register)
+            .field("auth", &auth)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,6 +464,9 @@ pub struct KafkaVerify {
     pub id_from: Option<IdFrom>,
     /// Content assertions on transformed records: JSON pointer -> expected value.
     pub expect: Vec<(String, Expectation)>,
+    /// Records read back are Avro in the Confluent wire format (`format: avro`), decoded with
+    /// the writer schema this registry gives for the id in each record.
+    pub avro: Option<RegistryConfig>,
 }
 
 impl KafkaVerify {

@@ -15,9 +15,12 @@ use super::yaml::{
 use super::{
     CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOPIC, Expectation,
     HttpMethod, HttpVerify, IdFrom, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, PostgresVerify,
-    ProbeConfig, SinkPoll, Sli, SloConfig, Verify,
+    ProbeConfig, RegistryAuth, RegistryConfig, SinkPoll, Sli, SloConfig, Verify,
 };
+use crate::record::avro::{AvroError, AvroFormat, Framing};
 use crate::record::is_reserved_header;
+use crate::record::shape::{Shape, Step, Template, TemplateError, Text, ValueFormat};
+use std::path::PathBuf;
 
 const PROBE_FIELDS: &[&str] = &[
     "name",
@@ -33,9 +36,27 @@ const PROBE_FIELDS: &[&str] = &[
     "max_in_flight",
     "per_partition_metrics",
     "create_topic",
+    "record",
 ];
+const RECORD_FIELDS: &[&str] = &["key", "value", "avro"];
+const AVRO_FIELDS: &[&str] = &["schema_file", "schema_id", "registry"];
+const REGISTRY_FIELDS: &[&str] = &[
+    "url",
+    "subject",
+    "register",
+    "username",
+    "password",
+    "password_file",
+    "bearer_token",
+    "bearer_token_file",
+    "ca_file",
+    "timeout",
+];
+const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 const VERIFIERS: &[&str] = &["kafka", "postgres", "http"];
-const KAFKA_VERIFY_FIELDS: &[&str] = &["cluster", "topic", "id_from", "expect"];
+const KAFKA_VERIFY_FIELDS: &[&str] = &[
+    "cluster", "topic", "id_from", "expect", "format", "registry",
+];
 const POSTGRES_VERIFY_FIELDS: &[&str] = &[
     "dsn",
     "dsn_file",
@@ -183,22 +204,44 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         .get_node("tags")
         .map(|n| tags(doc, n))
         .unwrap_or_default();
+    let topic_name = topic.as_deref().unwrap_or(DEFAULT_TOPIC);
+    let record = match map.get_node("record") {
+        Some(n) => record(doc, n, topic_name).map(Some),
+        None => Some(None),
+    };
+    let shape = record.as_ref().and_then(|r| r.as_ref()).map(|r| &r.0);
     let verify = match map.get_node("verify") {
-        Some(n) => verify(
-            doc,
-            n,
-            &cluster,
-            topic.as_deref().unwrap_or(DEFAULT_TOPIC),
-            timeout,
-            parsed,
-        ),
+        Some(n) => {
+            let context = VerifyContext {
+                cluster: &cluster,
+                topic: topic_name,
+                timeout,
+                shape: shape.map(|s| s.as_ref()),
+                record_invalid: record.is_none(),
+                registry: record
+                    .as_ref()
+                    .and_then(|r| r.as_ref())
+                    .and_then(|r| r.1.as_ref()),
+            };
+            verify(doc, n, &context, parsed)
+        }
         None => Some(Verify::Kafka(KafkaVerify {
             cluster: cluster.clone(),
             topic: topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.into()),
             id_from: None,
             expect: Vec::new(),
+            avro: None,
         })),
     };
+    if let (Some(Some((shape, _))), Some(v), Some(n)) = (&record, &verify, map.get_node("record"))
+        && v.sink().is_some()
+        && !shape.carries_id()
+    {
+        doc.error(
+            n.span(),
+            "a sink finds records by their id: put `{id}` in `record.value` (or `record.key`) so that the pipeline carries it into the sink",
+        );
+    }
     let slos = map
         .get_node("slos")
         .map(|n| slos(doc, n, timeout))
@@ -230,6 +273,11 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         max_in_flight: max_in_flight?,
         per_partition_metrics: per_partition_metrics?,
         create_topic: create_topic?,
+        schema_registry: record
+            .as_ref()
+            .and_then(|r| r.as_ref())
+            .and_then(|r| r.1.clone()),
+        record: record?.map(|r| r.0),
         origin,
     })
 }
@@ -334,14 +382,25 @@ fn tags(doc: &mut Doc, node: &Node) -> BTreeMap<String, String> {
     tags
 }
 
-fn verify(
-    doc: &mut Doc,
-    node: &Node,
-    cluster: &str,
-    topic_name: &str,
+/// What a `verify` section is read against.
+struct VerifyContext<'a> {
+    cluster: &'a str,
+    topic: &'a str,
     timeout: Option<Duration>,
-    parsed: &mut Parsed,
-) -> Option<Verify> {
+    /// The probe's own record format, if it has one: `expect: { from: }` points into it.
+    shape: Option<&'a Shape>,
+    /// The registry of `record.avro`, the default for `verify.kafka.format: avro`.
+    registry: Option<&'a RegistryConfig>,
+    /// The `record` section has problems (reported): what depends on it is not checked again.
+    record_invalid: bool,
+}
+
+fn verify(doc: &mut Doc, node: &Node, cx: &VerifyContext, parsed: &mut Parsed) -> Option<Verify> {
+    let (cluster, topic_name, timeout) = (cx.cluster, cx.topic, cx.timeout);
+    let from = match cx.record_invalid {
+        true => Original::Unknown,
+        false => Original::of(cx.shape),
+    };
     let map = doc.table(node, "verify", VERIFIERS)?;
     if map.len() != 1 {
         doc.error(
@@ -354,10 +413,10 @@ fn verify(
         return None;
     }
     if let Some(n) = map.get_node("postgres") {
-        return postgres(doc, n, timeout).map(Verify::Postgres);
+        return postgres(doc, n, timeout, &from).map(Verify::Postgres);
     }
     if let Some(n) = map.get_node("http") {
-        return http(doc, n, timeout).map(Verify::Http);
+        return http(doc, n, timeout, &from).map(Verify::Http);
     }
     let kafka = map.get_node("kafka")?;
     let k = doc.table(kafka, "verify.kafka", KAFKA_VERIFY_FIELDS)?;
@@ -378,16 +437,31 @@ fn verify(
         None => Some(None),
     };
     let expect = match k.get_node("expect") {
-        Some(n) => expectations(doc, n, Keys::Pointers),
+        Some(n) => expectations(doc, n, Keys::Pointers, &from),
         None => Some(Vec::new()),
     };
-    let (verify_cluster, verify_topic, id_from, expect) =
-        (verify_cluster?, verify_topic?, id_from?, expect?);
+    let avro = kafka_format(
+        doc,
+        k,
+        verify_topic.as_deref().unwrap_or(topic_name),
+        cx.registry,
+        cx.record_invalid,
+    );
+    let (verify_cluster, verify_topic, id_from, expect, avro) =
+        (verify_cluster?, verify_topic?, id_from?, expect?, avro?);
+    if avro.is_some() && id_from.is_none() && expect.is_empty() {
+        doc.error(
+            &table_start(k),
+            "`verify.kafka.format: avro` reads another stage's Avro records: say where their record id is with `id_from` (a JSON pointer into the decoded value, or `header`)",
+        );
+        return None;
+    }
     Some(Verify::Kafka(KafkaVerify {
         cluster: verify_cluster,
         topic: verify_topic,
         id_from,
         expect,
+        avro,
     }))
 }
 
@@ -398,6 +472,7 @@ fn sink_poll(
     what: &str,
     keys: Keys,
     timeout: Option<Duration>,
+    from: &Original,
 ) -> Option<SinkPoll> {
     let poll = opt(map, "poll", DEFAULT_POLL, |n| {
         let poll = doc.duration(n, &format!("{what}.poll"))?;
@@ -429,7 +504,7 @@ fn sink_poll(
         Some(Some(path.into()))
     });
     let expect = match map.get_node("expect") {
-        Some(n) => expectations(doc, n, keys),
+        Some(n) => expectations(doc, n, keys, from),
         None => Some(Vec::new()),
     };
     Some(SinkPoll {
@@ -480,7 +555,12 @@ fn secret(
     }
 }
 
-fn postgres(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<PostgresVerify> {
+fn postgres(
+    doc: &mut Doc,
+    node: &Node,
+    timeout: Option<Duration>,
+    from: &Original,
+) -> Option<PostgresVerify> {
     const WHAT: &str = "verify.postgres";
     let map = doc.table(node, WHAT, POSTGRES_VERIFY_FIELDS)?;
     let dsn = secret(doc, map, WHAT, "dsn").and_then(|(dsn, span, written)| {
@@ -526,7 +606,7 @@ fn postgres(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<Pos
         }
         Some(v)
     });
-    let sink = sink_poll(doc, map, WHAT, Keys::Columns, timeout);
+    let sink = sink_poll(doc, map, WHAT, Keys::Columns, timeout, from);
     Some(PostgresVerify {
         dsn: dsn?,
         query: query?,
@@ -536,7 +616,12 @@ fn postgres(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<Pos
     })
 }
 
-fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVerify> {
+fn http(
+    doc: &mut Doc,
+    node: &Node,
+    timeout: Option<Duration>,
+    from: &Original,
+) -> Option<HttpVerify> {
     const WHAT: &str = "verify.http";
     let map = doc.table(node, WHAT, HTTP_VERIFY_FIELDS)?;
     let url_node = doc.required(map, "url", WHAT);
@@ -646,7 +731,7 @@ fn http(doc: &mut Doc, node: &Node, timeout: Option<Duration>) -> Option<HttpVer
         }
         Some(v)
     });
-    let sink = sink_poll(doc, map, WHAT, Keys::Pointers, timeout);
+    let sink = sink_poll(doc, map, WHAT, Keys::Pointers, timeout, from);
     Some(HttpVerify {
         url: url?,
         method: method?,
@@ -750,7 +835,12 @@ enum Keys {
     Columns,
 }
 
-fn expectations(doc: &mut Doc, node: &Node, keys: Keys) -> Option<Vec<(String, Expectation)>> {
+fn expectations(
+    doc: &mut Doc,
+    node: &Node,
+    keys: Keys,
+    original: &Original,
+) -> Option<Vec<(String, Expectation)>> {
     let Some(map) = node.as_mapping() else {
         let what = match keys {
             Keys::Pointers => "JSON pointers",
@@ -783,20 +873,8 @@ fn expectations(doc: &mut Doc, node: &Node, keys: Keys) -> Option<Vec<(String, E
                 doc.table(value, &what, &["from"]).and_then(|m| {
                     let from = doc.required(m, "from", &what)?;
                     let s = doc.string(from, "from")?;
-                    let first = s
-                        .trim_start_matches('/')
-                        .split('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    if !s.starts_with('/') || !ENVELOPE_FIELDS.contains(&first.as_str()) {
-                        doc.error(
-                            from.span(),
-                            format!(
-                                "`from` must point into the original record ({}), got `{s}`",
-                                ENVELOPE_FIELDS.join(", ")
-                            ),
-                        );
+                    if let Err(why) = original.check(&s) {
+                        doc.error(from.span(), why);
                         return None;
                     }
                     Some(Expectation::FromOriginal(s))
@@ -816,6 +894,368 @@ fn expectations(doc: &mut Doc, node: &Node, keys: Keys) -> Option<Vec<(String, E
         }
     }
     ok.then_some(out)
+}
+
+/// What `expect: { from: /pointer }` may point into: the envelope's fields, or the value of
+/// the probe's own record format (checked against the template rendered for a sample record).
+enum Original {
+    Envelope,
+    Shaped(serde_json::Value),
+    /// The `record` section has problems: nothing to check against.
+    Unknown,
+}
+
+impl Original {
+    fn of(shape: Option<&Shape>) -> Original {
+        match shape {
+            None => Original::Envelope,
+            Some(shape) => {
+                let body = crate::record::Body {
+                    v: crate::record::ENVELOPE_VERSION,
+                    id: uuid::Uuid::nil(),
+                    probe: String::new(),
+                    instance: String::new(),
+                    site: String::new(),
+                    partition: 0,
+                    seq: 0,
+                    scheduled_at_ns: 0,
+                    tags: BTreeMap::new(),
+                    payload: String::new(),
+                };
+                let fill = crate::record::shape::Fill::new(
+                    &body,
+                    opentelemetry::trace::TraceId::INVALID,
+                    opentelemetry::trace::SpanId::INVALID,
+                    false,
+                );
+                Original::Shaped(shape.original(&fill))
+            }
+        }
+    }
+
+    fn check(&self, pointer: &str) -> Result<(), String> {
+        match self {
+            Original::Unknown => Ok(()),
+            Original::Envelope => {
+                let first = pointer.trim_start_matches('/').split('/').next();
+                if pointer.starts_with('/') && first.is_some_and(|f| ENVELOPE_FIELDS.contains(&f)) {
+                    return Ok(());
+                }
+                Err(format!(
+                    "`from` must point into the original record ({}), got `{pointer}`",
+                    ENVELOPE_FIELDS.join(", ")
+                ))
+            }
+            Original::Shaped(doc) => {
+                if pointer.starts_with('/') && doc.pointer(pointer).is_some() {
+                    return Ok(());
+                }
+                let fields: Vec<String> = doc
+                    .as_object()
+                    .map(|o| o.keys().map(|k| format!("/{k}")).collect())
+                    .unwrap_or_default();
+                Err(format!(
+                    "`from` must point into the record the probe sends (`record.value`: {}), got `{pointer}`",
+                    fields.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// The `record` section: the shape, and the registry its schema id comes from.
+fn record(doc: &mut Doc, node: &Node, topic: &str) -> Option<(Arc<Shape>, Option<RegistryConfig>)> {
+    let map = doc.table(node, "record", RECORD_FIELDS)?;
+    let key = opt(map, "key", "{id}".to_string(), |n| {
+        doc.string(n, "record.key")
+    })
+    .and_then(|k| match Text::parse(&k) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let at = map.get_node("key").map_or(table_start(map), |n| *n.span());
+            doc.error(&at, format!("`record.key`: {e}"));
+            None
+        }
+    });
+    let value_node = doc.required(map, "value", "record");
+    let template = value_node.and_then(|n| {
+        let json = yaml_json(n);
+        match Template::compile(&json) {
+            Ok(t) => Some(t),
+            Err(errors) => {
+                for e in errors {
+                    let at = *node_at(n, &e.path).span();
+                    doc.error(&at, format!("`record.value`: {}", e.message));
+                }
+                None
+            }
+        }
+    });
+    let avro = match (map.get_node("avro"), &template, value_node) {
+        (Some(a), Some(t), Some(v)) => avro(doc, a, t, v, topic).map(Some),
+        (Some(a), _, _) => {
+            // Still read, so that its own problems are reported with the template's.
+            let _ = doc.table(a, "record.avro", AVRO_FIELDS);
+            None
+        }
+        (None, _, _) => Some(None),
+    };
+    let (key, template, avro) = (key?, template?, avro?);
+    let (value, registry) = match avro {
+        Some((format, registry)) => (ValueFormat::Avro(Box::new(format)), registry),
+        None => (ValueFormat::Json(template.clone()), None),
+    };
+    let shape = Shape {
+        key,
+        template,
+        value,
+    };
+    Some((Arc::new(shape), registry))
+}
+
+/// `record.avro`: the schema file (relative to the probe file), the template compiled against
+/// it, and the framing: a fixed `schema_id` or a `registry` (the Confluent wire format), or
+/// neither (plain Avro binary).
+fn avro(
+    doc: &mut Doc,
+    node: &Node,
+    template: &Template,
+    value_node: &Node,
+    topic: &str,
+) -> Option<(AvroFormat, Option<RegistryConfig>)> {
+    const WHAT: &str = "record.avro";
+    let map = doc.table(node, WHAT, AVRO_FIELDS)?;
+    let schema_node = doc.required(map, "schema_file", WHAT);
+    let schema_id = opt(map, "schema_id", None, |n| {
+        let id: u32 = doc.integer(n, "record.avro.schema_id", "a schema id (0 or more)")?;
+        Some(Some(id))
+    });
+    let registry = opt(map, "registry", None, |n| registry(doc, n, topic).map(Some));
+    if let (Some(Some(_)), Some(Some(_)), Some(n)) =
+        (&schema_id, &registry, map.get_node("registry"))
+    {
+        doc.error(
+            n.span(),
+            "`record.avro` has both `schema_id` and `registry`: give the id, or the registry to get it from",
+        );
+        return None;
+    }
+    let schema_node = schema_node?;
+    let written = doc.string(schema_node, "record.avro.schema_file")?;
+    let path = doc.file.parent().unwrap_or(Path::new(".")).join(&written);
+    let text = match read_capped(&path, MAX_CONFIG_BYTES, "schema file") {
+        Ok(t) => t,
+        Err(e) => {
+            doc.error(
+                schema_node.span(),
+                format!("`record.avro.schema_file`: {written}: {e}"),
+            );
+            return None;
+        }
+    };
+    let (schema_id, registry) = (schema_id?, registry?);
+    let framing = if schema_id.is_some() || registry.is_some() {
+        Framing::Confluent
+    } else {
+        Framing::Plain
+    };
+    match AvroFormat::new(&text, template, framing, schema_id) {
+        Ok(format) => Some((format, registry)),
+        Err(AvroError::Schema(e)) => {
+            doc.error(
+                schema_node.span(),
+                format!("`record.avro.schema_file`: {written} is not a valid Avro schema: {e}"),
+            );
+            None
+        }
+        Err(AvroError::Template(errors)) => {
+            for e in errors {
+                let at = template_span(value_node, &e);
+                doc.error(
+                    &at,
+                    format!(
+                        "`record.value` does not fit the schema in {written}: {}",
+                        e.message
+                    ),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// A Schema Registry: `url`, `subject` (default `<topic>-value`), `register`, basic
+/// (`username` with `password` or `password_file`) or bearer (`bearer_token` or
+/// `bearer_token_file`) authentication, `ca_file`, `timeout`.
+fn registry(doc: &mut Doc, node: &Node, topic: &str) -> Option<RegistryConfig> {
+    const WHAT: &str = "registry";
+    let map = doc.table(node, WHAT, REGISTRY_FIELDS)?;
+    let url = doc.required(map, "url", WHAT).and_then(|n| {
+        let s = doc.scalar(n, "registry.url")?;
+        let url = doc.expand_env(s, "registry.url")?;
+        match reqwest::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Some(url.trim_end_matches('/').to_string())
+            }
+            _ => {
+                doc.error(
+                    n.span(),
+                    format!(
+                        "`registry.url` must be an http:// or https:// URL, got `{}`",
+                        s.as_str()
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let subject = opt(map, "subject", format!("{topic}-value"), |n| {
+        doc.string(n, "registry.subject")
+    });
+    let register = opt(map, "register", false, |n| {
+        doc.boolean(n, "registry.register")
+    });
+    let timeout = opt(map, "timeout", DEFAULT_REGISTRY_TIMEOUT, |n| {
+        doc.duration(n, "registry.timeout")
+    });
+    let ca_file = opt(map, "ca_file", None, |n| {
+        let s = doc.scalar(n, "registry.ca_file")?;
+        let path = doc.expand_env(s, "registry.ca_file")?;
+        if let Err(e) = read_capped(Path::new(&path), MAX_SECRET_BYTES, "CA file") {
+            doc.error(n.span(), format!("`registry.ca_file`: {}: {e}", s.as_str()));
+            return None;
+        }
+        Some(Some(PathBuf::from(path)))
+    });
+    let has = |f: &str| map.get_node(f).is_some();
+    let basic = has("username") || has("password") || has("password_file");
+    let bearer = has("bearer_token") || has("bearer_token_file");
+    let auth = match (basic, bearer) {
+        (true, true) => {
+            doc.error(
+                &table_start(map),
+                "`registry` has both basic (`username`, `password`) and bearer (`bearer_token`) credentials: give one",
+            );
+            None
+        }
+        (true, false) => {
+            let username = doc.required(map, "username", WHAT).and_then(|n| {
+                let s = doc.scalar(n, "registry.username")?;
+                doc.expand_env(s, "registry.username")
+            });
+            let password = secret(doc, map, WHAT, "password").map(|(v, _, _)| v);
+            Some(RegistryAuth::Basic {
+                username: username?,
+                password: password?,
+            })
+        }
+        (false, true) => {
+            secret(doc, map, WHAT, "bearer_token").map(|(v, _, _)| RegistryAuth::Bearer(v))
+        }
+        (false, false) => Some(RegistryAuth::None),
+    };
+    Some(RegistryConfig {
+        url: url?,
+        subject: subject?,
+        register: register?,
+        auth: auth?,
+        ca_file: ca_file?,
+        timeout: timeout?,
+    })
+}
+
+/// `verify.kafka.format`: `json` (the default) or `avro` (the Confluent wire format, writer
+/// schemas from `verify.kafka.registry`, else from `record.avro.registry`). `Some(None)` is
+/// JSON; `None` means a problem was reported.
+fn kafka_format(
+    doc: &mut Doc,
+    k: &MarkedMappingNode,
+    topic: &str,
+    record_registry: Option<&RegistryConfig>,
+    record_invalid: bool,
+) -> Option<Option<RegistryConfig>> {
+    let own = opt(k, "registry", None, |n| registry(doc, n, topic).map(Some));
+    let format = opt(k, "format", "json".to_string(), |n| {
+        doc.string(n, "verify.kafka.format")
+    })?;
+    match format.as_str() {
+        "json" => {
+            if let (Some(Some(_)), Some(n)) = (&own, k.get_node("registry")) {
+                doc.error(n.span(), "`verify.kafka.registry` is for `format: avro`");
+                return None;
+            }
+            Some(None)
+        }
+        "avro" => match own? {
+            Some(r) => Some(Some(r)),
+            None => match record_registry {
+                Some(r) => Some(Some(r.clone())),
+                // The record's registry may be what is wrong (reported already).
+                None if record_invalid => None,
+                None => {
+                    let at = k.get_node("format").map_or(table_start(k), |n| *n.span());
+                    doc.error(
+                        &at,
+                        "`verify.kafka.format: avro` needs a Schema Registry to fetch each record's writer schema: add `verify.kafka.registry` (or `record.avro.registry`)",
+                    );
+                    None
+                }
+            },
+        },
+        other => {
+            let at = k.get_node("format").map_or(table_start(k), |n| *n.span());
+            doc.error(
+                &at,
+                format!("`verify.kafka.format` must be json or avro, got `{other}`"),
+            );
+            None
+        }
+    }
+}
+
+/// A YAML document as the JSON document it denotes (scalars as [`literal`] reads them).
+fn yaml_json(node: &Node) -> serde_json::Value {
+    match node {
+        Node::Scalar(s) => literal(s),
+        Node::Sequence(seq) => serde_json::Value::Array(seq.iter().map(yaml_json).collect()),
+        Node::Mapping(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.as_str().to_string(), yaml_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Where a template problem is reported: at the key it names, or the node its path leads to.
+fn template_span(root: &Node, e: &TemplateError) -> Span {
+    if let (true, Some((Step::Key(k), parent))) = (e.key, e.path.split_last())
+        && let Node::Mapping(m) = node_at(root, parent)
+        && let Some((key, _)) = m.iter().find(|(key, _)| key.as_str() == k)
+    {
+        return *key.span();
+    }
+    match node_at(root, &e.path) {
+        // A record's problem (a missing field) where its fields start, as elsewhere.
+        Node::Mapping(m) => table_start(m),
+        n => *n.span(),
+    }
+}
+
+/// The deepest node of `root` along `path` (a template problem is reported there).
+fn node_at<'n>(root: &'n Node, path: &[Step]) -> &'n Node {
+    let mut node = root;
+    for step in path {
+        let next = match (step, node) {
+            (Step::Key(k), Node::Mapping(m)) => m.get_node(k),
+            (Step::Index(i), Node::Sequence(s)) => s.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => break,
+        }
+    }
+    node
 }
 
 /// A YAML scalar as the JSON value it denotes: quoted scalars are strings; plain ones may be

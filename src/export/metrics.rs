@@ -73,6 +73,8 @@ pub mod names {
     pub const SINK_POLLS: &str = "slo_probe_sink_polls_total";
     /// Supervised tasks restarted.
     pub const TASK_RESTARTS: &str = "slo_probe_task_restarts_total";
+    /// Failed Schema Registry requests by reason.
+    pub const REGISTRY_ERRORS: &str = "slo_probe_schema_registry_errors_total";
 
     /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
@@ -103,6 +105,10 @@ pub mod names {
 
     /// Exported for probes that verify at a sink (`verify: postgres` or `http`).
     pub const SINK: &[&str] = &[VERIFY_ERRORS, POLL_INTERVAL, SINK_POLLS];
+
+    /// Exported for probes that use a Schema Registry (`record.avro.registry`,
+    /// `verify.kafka.format: avro`).
+    pub const REGISTRY: &[&str] = &[REGISTRY_ERRORS];
 }
 
 /// Buckets of the aggregatable latency histogram, in seconds; SLO thresholds are added.
@@ -144,6 +150,7 @@ pub struct Metrics {
     poll_interval: GaugeVec,
     sink_polls: IntCounterVec,
     task_restarts: IntCounterVec,
+    registry_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -243,6 +250,12 @@ impl Metrics {
             ),
             send_lag,
             spans_dropped,
+            registry_errors: counter(
+                &r,
+                names::REGISTRY_ERRORS,
+                "Failed Schema Registry requests by reason: unreachable, auth, not_found, http_status. Until a probe's schema id is known its records are not sent (send_failed, reason format).",
+                &["probe", "reason"],
+            ),
             verify_errors: counter(
                 &r,
                 names::VERIFY_ERRORS,
@@ -450,6 +463,13 @@ impl Metrics {
             errors: SinkErrorKind::ALL
                 .map(|k| self.verify_errors.with_label_values(&[probe, k.as_str()])),
         }
+    }
+
+    /// The counters of failed Schema Registry requests of a probe, by reason (all at zero
+    /// from here on).
+    pub fn registry_errors(&self, probe: &str) -> [(&'static str, IntCounter); 4] {
+        ["unreachable", "auth", "not_found", "http_status"]
+            .map(|r| (r, self.registry_errors.with_label_values(&[probe, r])))
     }
 
     /// Says which build runs, and whether on the embedded cluster; set once at start.

@@ -15,6 +15,7 @@ use crate::config::ProbeConfig;
 use crate::outcome::{Event, ForeignReason, Gauges, Observer, Outcome, Task};
 use crate::record::Origin;
 use crate::util::quiet::Quiet;
+use prometheus::IntCounter;
 
 /// How often foreign records are logged (one in full, then a summary of the others): anyone
 /// who can write the topic could otherwise flood the logs.
@@ -34,8 +35,10 @@ pub struct ProbeObserver {
     /// `postgres` or `http` for a probe that polls a sink.
     sink_kind: Option<crate::config::SinkKind>,
     foreign_log: Mutex<ForeignLog>,
-    /// Failed sink polls are logged once a minute per kind.
+    /// Failed sink polls and registry requests are logged once a minute per kind.
     sink_errors: Quiet,
+    /// Failed Schema Registry requests by reason; present for a probe that uses a registry.
+    registry_errors: Option<[(&'static str, IntCounter); 4]>,
 }
 
 /// Foreign records seen since the last one logged.
@@ -81,6 +84,7 @@ impl ProbeObserver {
             Some(k) => k.topic.clone(),
             None => config.verify.kind().to_string(),
         };
+        let registry_errors = uses_registry(config).then(|| metrics.registry_errors(&config.name));
         ProbeObserver {
             metrics,
             series,
@@ -92,6 +96,7 @@ impl ProbeObserver {
             sink_kind: config.verify.sink_kind(),
             foreign_log: Mutex::default(),
             sink_errors: Quiet::default(),
+            registry_errors,
         }
     }
 
@@ -258,6 +263,30 @@ impl ProbeObserver {
             (Event::SendLag { lag }, Count) => self.metrics.observe_send_lag(*lag),
             (Event::SendLag { .. }, Report) => {}
 
+            (Event::RegistryFailed { reason, .. }, Count) => {
+                if let Some(c) = self
+                    .registry_errors
+                    .as_ref()
+                    .and_then(|all| all.iter().find(|(r, _)| r == reason))
+                {
+                    c.1.inc();
+                }
+            }
+            (
+                Event::RegistryFailed {
+                    reason,
+                    error,
+                    during,
+                },
+                Report,
+            ) => {
+                if self.sink_errors.allow(&format!("registry:{reason}")) {
+                    tracing::warn!(probe = %self.origin.probe, reason, during, error, "schema registry request failed; retrying with backoff")
+                } else {
+                    tracing::debug!(probe = %self.origin.probe, reason, during, error, "schema registry request failed")
+                }
+            }
+
             (Event::Ready { .. }, Count) => {}
             (Event::Ready { ok, settled }, Report) => {
                 tracing::info!(probe = %self.origin.probe, ok, settled, "first round settled: probe ready")
@@ -314,6 +343,11 @@ impl Observer for ProbeObserver {
             }
         }
     }
+}
+
+/// Whether a probe talks to a Schema Registry.
+fn uses_registry(config: &ProbeConfig) -> bool {
+    config.schema_registry.is_some() || config.verify.kafka().is_some_and(|k| k.avro.is_some())
 }
 
 #[cfg(test)]

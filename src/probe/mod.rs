@@ -315,7 +315,13 @@ impl Probe {
             for r in records {
                 let expected = Expected::of(&r);
                 let partition = r.body.partition;
-                let registered = match &unsendable {
+                // A record that could not be encoded (its schema id is not known yet) counts
+                // as sent and fails at once, like a round with no partition to go to.
+                let unencodable = r
+                    .unsendable
+                    .as_ref()
+                    .map(|why| Reason::new("format", format!("not sent: {why}")));
+                let registered = match unsendable.as_ref().or(unencodable.as_ref()) {
                     None => core.tracker.register(expected, scheduled, round),
                     Some(reason) => Err(Box::new(core.tracker.refuse(
                         expected,
@@ -390,10 +396,10 @@ impl Probe {
         let seen = Seen::from(view);
         self.arrive(id, at, view.topic, seen, Unknown::Late, |expected| {
             if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
-                record::verify_transformed(expected, view, &k.expect)
+                record::verify_transformed(expected, view, &k.expect, self.shape())
             } else {
                 // On another topic the partition may differ; everything else must hold.
-                record::verify(expected, view, same_topic)
+                record::verify(expected, view, same_topic, self.shape())
             }
         });
     }
@@ -448,21 +454,32 @@ impl Probe {
         self.report(events);
     }
 
-    /// Whether records come back transformed (ids found per `id_from`).
-    pub fn transforms(&self) -> bool {
+    /// The pipeline's own format of this probe's records (`None`: the envelope).
+    pub fn shape(&self) -> Option<&record::shape::Shape> {
+        self.config.record.as_deref()
+    }
+
+    /// Whether records read back can carry their id only in their key or value: a pipeline's
+    /// output (ids found per `id_from`), or records in the pipeline's own format.
+    pub fn ids_in_values(&self) -> bool {
         self.config
             .verify
             .kafka()
             .is_some_and(KafkaVerify::transformed)
+            || self.shape().is_some()
     }
 
-    /// The id a record read back carries, per `id_from` (transformed records only).
+    /// The id a record read back carries without the slo-probe headers: per `id_from` for a
+    /// pipeline's output, else from the key or id field of the probe's own format.
     pub fn record_id(&self, view: &View) -> Option<Uuid> {
-        self.config
-            .verify
-            .kafka()
-            .and_then(|k| k.id_from.as_ref())
-            .and_then(|from| record::transformed_id(view, from))
+        let kafka = self.config.verify.kafka();
+        if let Some(from) = kafka.and_then(|k| k.id_from.as_ref()) {
+            return record::transformed_id(view, from);
+        }
+        if kafka.is_some_and(KafkaVerify::transformed) {
+            return None;
+        }
+        self.shape()?.record_id(view.key, view.value)
     }
 
     /// Records in flight that the broker acknowledged: what a sink poller looks for.
@@ -487,7 +504,7 @@ impl Probe {
         let topic = &self.config.topic;
         self.arrive(id, at, topic, seen, Unknown::Ignored, |expected| {
             let expect = self.config.verify.sink().map_or(&[][..], |s| &s.expect);
-            record::check_expectations(expected, doc, expect)
+            record::check_expectations(expected, doc, expect, self.shape())
         });
     }
 
@@ -669,6 +686,17 @@ impl Probe {
             }
             Err(e) => p.discovery_error = Some(e),
         });
+    }
+
+    /// A Schema Registry request for this probe failed: counted and logged (rate-limited).
+    pub fn registry_failed(&self, reason: &'static str, error: &str, during: &'static str) {
+        let event = Event::RegistryFailed {
+            reason,
+            error,
+            during,
+        };
+        self.observer.count(&event);
+        self.observer.report(&event);
     }
 
     pub(crate) fn set_finished(&self) {

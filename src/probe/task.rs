@@ -272,15 +272,13 @@ fn build(s: &SendLoop, partition: i32, wall: Duration) -> Outgoing {
     let scheduled_at_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
     let mut sched = s.schedule();
     let seq = sched.seqs.entry(partition).or_insert(0);
-    let r = record::build(
-        &probe.origin,
-        partition,
-        *seq,
-        scheduled_at_ns,
-        &cfg.tags,
-        cfg.payload_bytes,
-        probe.sample(),
-    );
+    let recipe = record::Recipe {
+        origin: &probe.origin,
+        tags: &cfg.tags,
+        payload_bytes: cfg.payload_bytes,
+        shape: probe.shape(),
+    };
+    let r = recipe.build(partition, *seq, scheduled_at_ns, probe.sample());
     *seq += 1;
     r
 }
@@ -512,7 +510,7 @@ mod tests {
         let producer =
             Arc::new(Producer::new(&cluster, &agent.instance, Duration::from_secs(5)).unwrap());
         let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());
-        verifier.route(Arc::clone(&probe));
+        verifier.route(Arc::clone(&probe)).unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&verifier).run(stop.clone()));
 

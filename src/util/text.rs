@@ -25,6 +25,22 @@ pub fn printable(text: &str, max: usize) -> String {
 /// Longest outside text kept in one message.
 pub const MAX_OUTSIDE_TEXT: usize = 500;
 
+/// An error and its causes on one line (`error sending request: connection refused`): many
+/// clients say what failed only in the causes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

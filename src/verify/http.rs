@@ -21,7 +21,6 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(cfg: &HttpVerify) -> Result<Self, String> {
-        crate::util::tls::install_crypto_provider();
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -31,21 +30,8 @@ impl HttpSink {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            // A redirect would carry the headers (credentials) and body elsewhere: a 3xx is an
-            // error naming the status.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(cfg.sink.timeout)
-            .connect_timeout(cfg.sink.timeout)
-            .user_agent(concat!("slo-probe/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &cfg.sink.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("invalid CA certificates in {}: {e}", path.display()))?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let builder = crate::util::tls::http_client(cfg.sink.timeout, cfg.sink.ca_file.as_deref())?
+            .default_headers(headers);
         let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -105,13 +91,7 @@ impl HttpSink {
             SinkErrorKind::Unreachable
         };
         // Without the URL: it may carry the ids (long) or credentials.
-        let e = e.without_url();
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message = format!("{message}: {s}");
-            source = s.source();
-        }
+        let message = crate::util::text::error_chain(&e.without_url());
         SinkError::new(kind, self.scrub(message))
     }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
@@ -18,7 +19,8 @@ use uuid::Uuid;
 use crate::config::ClusterConfig;
 use crate::kafka::{self, Consumer, TopicError};
 use crate::probe::Probe;
-use crate::record::{self, Claim, ForeignReason, View};
+use crate::record::{self, Claim, ForeignReason, View, avro};
+use crate::registry::Registry;
 
 /// Bound on each metadata or watermark request.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +58,8 @@ pub struct KafkaVerifier {
     routes: RwLock<HashMap<String, Vec<Arc<Probe>>>>,
     /// Partitions assigned so far; only ever grows.
     assigned: tokio::sync::Mutex<BTreeSet<(String, i32)>>,
+    /// Verify topic -> the registry its records' writer schemas come from (`format: avro`).
+    decoders: RwLock<HashMap<String, Arc<Registry>>>,
 }
 
 impl KafkaVerifier {
@@ -69,16 +73,26 @@ impl KafkaVerifier {
             instance: instance.to_string(),
             routes: RwLock::new(HashMap::new()),
             assigned: tokio::sync::Mutex::new(BTreeSet::new()),
+            decoders: RwLock::new(HashMap::new()),
         })
     }
 
-    /// Sends records of `probe` read from its verify topic to it.
-    pub fn route(&self, probe: Arc<Probe>) {
+    /// Sends records of `probe` read from its verify topic to it; records of a topic that is
+    /// read as Avro (`format: avro`) are decoded first, with the writer schemas of its registry.
+    pub fn route(&self, probe: Arc<Probe>) -> Result<(), String> {
+        if let Some(cfg) = probe.config.verify.kafka().and_then(|k| k.avro.as_ref()) {
+            let mut decoders = self.decoders.write().unwrap_or_else(|e| e.into_inner());
+            if !decoders.contains_key(&probe.verify_topic) {
+                let registry = Registry::new(cfg)?;
+                decoders.insert(probe.verify_topic.clone(), Arc::new(registry));
+            }
+        }
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         routes
             .entry(probe.verify_topic.clone())
             .or_default()
             .push(probe);
+        Ok(())
     }
 
     /// The partitions of a topic on this cluster.
@@ -156,7 +170,16 @@ impl KafkaVerifier {
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
                         let at = Instant::now();
-                        self.dispatch(&View::of(&m), at);
+                        let decoder = self.decoder(m.topic());
+                        match decoder {
+                            None => self.dispatch(&View::of(&m), at),
+                            Some(registry) => {
+                                let m = m.detach();
+                                if let Some(decoded) = self.decode(&registry, &View::of(&m)).await {
+                                    self.dispatch(&View::of(&m).with_decoded(&decoded), at);
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         if quiet.allow(&format!("{:?}", e.rdkafka_error_code())) {
@@ -168,6 +191,47 @@ impl KafkaVerifier {
                 }
             }
         }
+    }
+
+    fn decoder(&self, topic: &str) -> Option<Arc<Registry>> {
+        let decoders = self.decoders.read().unwrap_or_else(|e| e.into_inner());
+        decoders.get(topic).cloned()
+    }
+
+    /// The value of a record in the Confluent wire format as JSON, or why it is not one;
+    /// `None` when its writer schema cannot be had from the registry now (counted for every
+    /// probe reading the topic; the record is left unverified, and is lost at its deadline if
+    /// nothing else verifies it).
+    async fn decode(
+        &self,
+        registry: &Registry,
+        view: &View<'_>,
+    ) -> Option<Result<serde_json::Value, String>> {
+        let Some(value) = view.value else {
+            return Some(Err("the record has no value".into()));
+        };
+        let (id, body) = match avro::confluent_header(value) {
+            Ok(parts) => parts,
+            Err(e) => return Some(Err(e)),
+        };
+        let schema = match registry.cached(id) {
+            Some(s) => s,
+            None => match registry.writer_schema(id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+                    for p in routes.get(view.topic).into_iter().flatten() {
+                        p.registry_failed(e.kind(), &e.to_string(), "writer_schema");
+                    }
+                    return None;
+                }
+            },
+        };
+        Some(
+            schema
+                .decode_json(body)
+                .map_err(|e| format!("not Avro of writer schema {id}: {e}")),
+        )
     }
 
     fn dispatch(&self, view: &View, at: Instant) {
@@ -199,13 +263,19 @@ impl KafkaVerifier {
             Claim::Foreign(reason) => {
                 // A pipeline's output may carry the record id only where `id_from` says: a known
                 // id is ours; a valid id we never sent is another agent's record, skipped.
-                for p in probes.iter().filter(|p| p.transforms()) {
+                // Several probes may read one output topic: the one that knows the id gets it.
+                let mut any_id = false;
+                for p in probes.iter().filter(|p| p.ids_in_values()) {
                     if let Some(id) = p.record_id(view) {
                         if p.knows(&id) {
                             p.arrived(view, &id, at);
+                            return;
                         }
-                        return;
+                        any_id = true;
                     }
+                }
+                if any_id {
+                    return;
                 }
                 for p in probes {
                     p.foreign(view, reason);

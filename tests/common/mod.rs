@@ -6,7 +6,9 @@
 
 pub mod front;
 pub mod infra;
+pub mod job;
 pub mod malformed_pg;
+pub mod registry;
 pub mod relay;
 pub mod writer;
 
@@ -336,4 +338,58 @@ pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
                 .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             all.then(|| value.parse().ok()).flatten()
         })
+}
+
+/// Scrapes /metrics' content every few milliseconds while a test runs and checks
+/// sent == ok + lost + corrupt + send_failed + in_flight for every probe on every scrape.
+pub struct Conservation {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Conservation {
+    pub fn watch(view: slo_probe::AgentView) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut scrapes = 0;
+            while !s.is_cancelled() {
+                let m = view.render_metrics();
+                for p in &view.probes {
+                    let probe = ("probe", p.name());
+                    let sent = sample(&m, slo_probe::metric_names::RECORDS_SENT, &[probe]).unwrap();
+                    let settled: f64 = ["ok", "lost", "corrupt", "send_failed"]
+                        .iter()
+                        .map(|o| {
+                            sample(
+                                &m,
+                                slo_probe::metric_names::RECORDS,
+                                &[probe, ("outcome", o)],
+                            )
+                            .unwrap()
+                        })
+                        .sum();
+                    let in_flight =
+                        sample(&m, slo_probe::metric_names::IN_FLIGHT, &[probe]).unwrap();
+                    assert_eq!(
+                        sent,
+                        settled + in_flight,
+                        "conservation broken at scrape {scrapes}:\n{m}"
+                    );
+                }
+                scrapes += 1;
+                // a sampling period, not a wait for anything
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            scrapes
+        });
+        Conservation { stop, task }
+    }
+
+    pub async fn finish(self) -> usize {
+        self.stop.cancel();
+        let scrapes = self.task.await.expect("conservation held on every scrape");
+        assert!(scrapes > 10, "only {scrapes} scrapes");
+        scrapes
+    }
 }

@@ -25,7 +25,8 @@ pub enum Fault {
     Duplicate,
     /// Hold a picked record and forward it after the next record of its partition.
     Reorder,
-    /// Change one character of a picked record's payload (still valid JSON).
+    /// Change one character of a picked record's payload (still valid JSON), or, in a value
+    /// without a payload field (Avro), the lowest bit of its last byte.
     Corrupt,
     /// Forward every record after this delay (order kept).
     Delay(Duration),
@@ -233,12 +234,15 @@ fn seq(m: &OwnedMessage) -> u64 {
 
 fn corrupt(m: &OwnedMessage) -> OwnedMessage {
     let mut value = m.payload().unwrap().to_vec();
-    let at = value
-        .windows(11)
-        .position(|w| w == b"\"payload\":\"")
-        .expect("an envelope")
-        + 11;
-    value[at] = if value[at] == b'A' { b'B' } else { b'A' };
+    // A payload character when the value has one (the envelope, a JSON template with a payload
+    // field), else the lowest bit of the last byte (in Avro, the last field).
+    match value.windows(11).position(|w| w == b"\"payload\":\"") {
+        Some(at) => {
+            let at = at + 11;
+            value[at] = if value[at] == b'A' { b'B' } else { b'A' };
+        }
+        None => *value.last_mut().expect("a value") ^= 1,
+    }
     OwnedMessage::new(
         Some(value),
         m.key().map(<[u8]>::to_vec),
