@@ -110,14 +110,16 @@ pub enum Command {
     Smoke(SmokeArgs),
     /// Validate the agent and probe files; report every problem as file:line:col.
     Check,
-    /// Print Prometheus recording rules and multiwindow burn-rate alerts for the probes' SLOs.
+    /// Print Prometheus recording rules and multiwindow burn-rate alerts for the probes' SLOs
+    /// (or the SLOs as OpenSLO or Sloth documents).
     Rules(RulesArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 /// Flags of `rules`.
 pub struct RulesArgs {
-    /// A plain rules file, or a PrometheusRule resource for the Prometheus Operator.
+    /// A plain rules file, a PrometheusRule resource for the Prometheus Operator, or the SLOs
+    /// as OpenSLO v1 documents or a Sloth spec.
     #[arg(
         long,
         env = "SLO_PROBE_RULES_FORMAT",
@@ -240,6 +242,7 @@ pub async fn execute(cli: Cli) -> Exit {
                 runbook_url: args.runbook_url,
             };
             print!("{}", rules::render(&config.probes, &opts));
+            rate_warnings(&config);
             Exit::Ok
         }
     }
@@ -319,7 +322,16 @@ fn check(config: &Config) -> Exit {
         names.len(),
         names.join(", ")
     );
+    rate_warnings(config);
     Exit::Ok
+}
+
+/// SLOs that mean little at their probe's record rate, on stderr (`check` and `rules`): valid,
+/// but worth a second look before they page someone.
+fn rate_warnings(config: &Config) {
+    for warning in rules::rate::warnings(&config.probes) {
+        eprintln!("{warning}");
+    }
 }
 
 fn start_error(format: LogFormat, e: &StartError) -> Exit {

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::infra::promtool;
+use common::infra::{promtool, promtool_check_rules};
 use common::{Tree, run};
 use serde_json::{Value, json};
 
@@ -160,17 +160,7 @@ fn the_generated_rules_pass_promtool_check() {
             assert!(a["labels"]["probe"].is_string() && a["labels"]["severity"].is_string());
         }
         if format == "rules" {
-            let out = Command::new(promtool())
-                .args(["check", "rules"])
-                .arg(t.path().join("rules.yaml"))
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text = promtool_check_rules(&t.path().join("rules.yaml"));
             // 9 windows (7 + 30d + 1w), objective and budget per SLO, 10 alerts
             assert!(text.contains("SUCCESS: 25 rules found"), "{text}");
         }
@@ -417,4 +407,94 @@ fn rules_on_a_bad_configuration_exit_78_with_the_problem() {
         "{}",
         out.stderr
     );
+}
+
+/// One record every 10 s at 99.99%: a single bad record is 0.28% of the hour's events, above
+/// the page's 0.144%, so it pages; `check` says so with the numbers. With
+/// `min_bad_events: 3` the same record does not page, and three do.
+#[test]
+fn min_bad_events_keeps_one_bad_record_from_paging_a_low_rate_probe() {
+    let low_rate = |extra: &str| {
+        format!(
+            "name: orders\ninterval: 10s\ntimeout: 30s\npartitions: [0]\nslos:\n  - {{ name: completeness, objective: 99.99%, window: 30d{extra} }}\n"
+        )
+    };
+    let page = json!({ "probe": "orders", "slo": "completeness", "severity": "page" });
+    let ticket = json!({ "probe": "orders", "slo": "completeness", "severity": "ticket" });
+    // 6 events a minute; `bad` more, from minute 120
+    let test = |bad: &str, expected: Value| {
+        json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "name": format!("bad events {bad}"),
+                "interval": "1m",
+                "input_series": [events("good", "0+6x180"), events("bad", bad)],
+                "alert_rule_test": [
+                    { "eval_time": "126m", "alertname": "SloProbeBudgetBurn", "exp_alerts": expected },
+                ],
+            }],
+        })
+    };
+    let one_bad = "0+0x120 1+0x60";
+    let three_bad = "0+0x120 1 2 3+0x58";
+
+    let plain = Tree::new();
+    plain.write("probes/orders.yaml", &low_rate(""));
+    let out = run(plain.path(), &["check"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("probe orders, slo completeness (99.99% over 30d): at 0.1 records/s (1 partition every 10s) 1 bad record in an hour pages"),
+        "{}",
+        out.stderr
+    );
+    let r = rules(&plain, &[]);
+    let (ok, out) = promtool_test(
+        plain.path(),
+        &test(
+            one_bad,
+            json!([
+                burn_alert(&r, page.clone(), "eu", "0.277%"),
+                burn_alert(&r, ticket.clone(), "eu", "0.1321%"),
+            ]),
+        ),
+    );
+    assert!(ok, "one bad record pages without min_bad_events:\n{out}");
+
+    let guarded = Tree::new();
+    guarded.write("probes/orders.yaml", &low_rate(", min_bad_events: 3"));
+    let out = run(guarded.path(), &["check"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    let r = rules(&guarded, &[]);
+    // (a ticket is still a ticket: min_bad_events guards pages)
+    let one_ticket = json!([burn_alert(&r, ticket.clone(), "eu", "0.1321%")]);
+    let (ok, out) = promtool_test(guarded.path(), &test(one_bad, one_ticket));
+    assert!(
+        ok,
+        "one bad record must not page with min_bad_events: 3:\n{out}"
+    );
+    let (ok, out) = promtool_test(
+        guarded.path(),
+        &test(
+            three_bad,
+            json!([
+                burn_alert(&r, page.clone(), "eu", "0.8264%"),
+                burn_alert(&r, ticket.clone(), "eu", "0.3953%"),
+            ]),
+        ),
+    );
+    assert!(ok, "three bad records page with min_bad_events: 3:\n{out}");
+    // and the test can fail: expecting the page on one bad record is refused
+    let (ok, out) = promtool_test(
+        guarded.path(),
+        &test(
+            one_bad,
+            json!([
+                burn_alert(&r, page, "eu", "0.277%"),
+                burn_alert(&r, ticket, "eu", "0.1321%"),
+            ]),
+        ),
+    );
+    assert!(!ok, "promtool accepted a page on one bad record:\n{out}");
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use crate::record::{Expectation, IdFrom};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use probe_file::fill;
-pub use yaml::check_name;
+pub use yaml::{check_name, plain_number};
 
 /// The topic probes use when their file names none.
 pub const DEFAULT_TOPIC: &str = "synthetic-sla";
@@ -496,6 +496,9 @@ pub struct SloConfig {
     pub objective: f64,
     /// Compliance period of the error budget.
     pub window: Duration,
+    /// Page alerts also need this many bad events in their long window (`None`: off), so that
+    /// a probe sending few records does not page on one or two.
+    pub min_bad_events: Option<u64>,
 }
 
 /// What counts as a good event for an SLO. Only final outcomes count.

@@ -103,7 +103,14 @@ const ENVELOPE_FIELDS: &[&str] = &[
     "tags",
     "payload",
 ];
-const SLO_FIELDS: &[&str] = &["name", "sli", "latency_below", "objective", "window"];
+const SLO_FIELDS: &[&str] = &[
+    "name",
+    "sli",
+    "latency_below",
+    "objective",
+    "window",
+    "min_bad_events",
+];
 
 /// Placeholder cluster name of a probe that names none; resolved against the agent file.
 const UNNAMED_CLUSTER: &str = "default";
@@ -1375,10 +1382,22 @@ fn slo(doc: &mut Doc, map: &MarkedMappingNode, timeout: Option<Duration>) -> Opt
             _ => None,
         },
     };
+    let min_bad_events = opt(map, "min_bad_events", None, |n| {
+        let v: u64 = doc.integer(n, "min_bad_events", "a number of bad events")?;
+        if v == 0 {
+            doc.error(
+                n.span(),
+                "`min_bad_events` must be at least 1 (leave it out for no minimum)",
+            );
+            return None;
+        }
+        Some(Some(v))
+    });
     Some(SloConfig {
         name: name?,
         sli: sli?,
         objective: objective?,
         window: window?,
+        min_bad_events: min_bad_events?,
     })
 }

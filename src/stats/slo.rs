@@ -167,6 +167,7 @@ mod tests {
             sli: Sli::Completeness,
             objective,
             window: Duration::from_secs(30 * 86_400),
+            min_bad_events: None,
         }
     }
 

@@ -326,6 +326,22 @@ pub fn promtool() -> PathBuf {
     )
 }
 
+/// `promtool check rules FILE`, which must succeed: its report (stdout).
+pub fn promtool_check_rules(file: &std::path::Path) -> String {
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// A throwaway PostgreSQL server (Debian's `postgresql`): `initdb` in a temp dir, listening on a
 /// free loopback port, `pg_stat_statements` loaded, durability off (a test database). PostgreSQL
 /// refuses to run as root, so as root it runs as the `postgres` user that the package creates.
