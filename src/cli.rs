@@ -139,6 +139,12 @@ pub struct RulesArgs {
     /// Runbook linked from every alert (annotation runbook_url).
     #[arg(long, env = "SLO_PROBE_RUNBOOK_URL")]
     pub runbook_url: Option<String>,
+    /// For tests and demos only: divide every SLO and burn-rate window, and the burn alerts'
+    /// `for`, by FACTOR (60: an hour's burn pages in a minute); formats rules and
+    /// prometheus-rule.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(rules::MAX_TIME_SCALE)))]
+    pub time_scale: u32,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -240,7 +246,16 @@ pub async fn execute(cli: Cli) -> Exit {
                 namespace: args.namespace,
                 labels: args.labels.into_iter().collect(),
                 runbook_url: args.runbook_url,
+                time_scale: args.time_scale,
             };
+            if opts.time_scale > 1
+                && matches!(opts.format, RulesFormat::Openslo | RulesFormat::Sloth)
+            {
+                eprintln!(
+                    "slo-probe: --time-scale applies to --format rules and prometheus-rule only"
+                );
+                return Exit::Config;
+            }
             print!("{}", rules::render(&config.probes, &opts));
             rate_warnings(&config);
             Exit::Ok

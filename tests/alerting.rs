@@ -7,6 +7,9 @@
 //! ACL denying Describe; librdkafka's mock cluster, in this test's process, plays the cluster).
 //! Neither can send a record. Both must page within five minutes of starting, and the
 //! availability SLO must burn.
+//!
+//! A real broker (tansu) killed under a running agent pages through the same chain, with rules
+//! generated 60 times faster (`rules --time-scale`), within the time its objective implies.
 
 mod common;
 
@@ -169,4 +172,105 @@ async fn agents_that_cannot_send_page_within_five_minutes() {
     for agent in &mut agents {
         assert_eq!(agent.wait_exit(Duration::from_secs(60)).code(), Some(0));
     }
+}
+
+/// A total outage of a real broker (tansu, killed) pages through a real Prometheus and
+/// Alertmanager, as soon as the objective says it should. At 99.9% over 30 days the page's
+/// fastest condition needs more than 1.44% of the last hour's events bad (2% of the budget),
+/// confirmed over 5 minutes, for 2 minutes: at a steady rate that is 52 s of total outage (plus
+/// the probe's timeout, since a record is lost only at its deadline) and the `for`. The rules
+/// run 60 times faster (`slo-probe rules --time-scale 60`): 0.864 s of outage and a 2 s `for`.
+/// A full scaled hour (one minute) of healthy running before the outage pages nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_broker_outage_pages_when_the_objective_says() {
+    const SCALE: f64 = 60.0;
+    const INTERVAL_S: f64 = 0.2;
+    const TIMEOUT_S: f64 = 2.0;
+    let mut broker = common::infra::Tansu::start();
+    let probe = "name: outage\ninterval: 200ms\ntimeout: 2s\ncreate_topic: { partitions: 1 }\ntags: { team: payments }\nslos:\n  - { name: completeness, objective: 99.9%, window: 30d }\n";
+    let t = agent_tree("lab", &broker.bootstrap(), probe);
+    let out = run(
+        t.path(),
+        &[
+            "rules",
+            "--time-scale",
+            "60",
+            "--runbook-url",
+            "https://runbooks.example/slo-probe",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let rules = t.write("rules.yaml", &out.stdout);
+
+    let mut webhook = Webhook::start().await;
+    let alertmanager = Alertmanager::start(&webhook.url);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["run", "--listen", &listen, "--log-format", "json"];
+    let mut agent = Running::spawn(t.path(), &args, &[]);
+    agent.wait_event(PAGE_WITHIN, "first round settled: probe ready");
+    let prometheus =
+        Prometheus::alerting(std::slice::from_ref(&listen), &rules, &alertmanager.addr);
+
+    // One scaled hour of healthy running: a full long window of good events, and no page.
+    let healthy = Instant::now();
+    while healthy.elapsed() < Duration::from_secs(62) {
+        let left = Duration::from_secs(62).saturating_sub(healthy.elapsed());
+        if let Some(alert) = webhook.next(left).await {
+            panic!("paged while healthy: {alert}");
+        }
+    }
+    let ratio = prometheus
+        .query("slo_probe:slo_errors:ratio_rate1h{probe=\"outage\", slo=\"completeness\"}")
+        .await;
+    assert_eq!(ratio[0]["value"][1], "0", "healthy: {ratio:?}");
+
+    // The outage, and the page.
+    broker.kill();
+    let outage = Instant::now();
+    let alert = loop {
+        let alert = webhook
+            .next(PAGE_WITHIN)
+            .await
+            .unwrap_or_else(|| panic!("no page within {PAGE_WITHIN:?} of the outage"));
+        if alert["labels"]["alertname"] == "SloProbeBudgetBurn"
+            && alert["labels"]["severity"] == "page"
+        {
+            break alert;
+        }
+    };
+    let to_page = outage.elapsed().as_secs_f64();
+    let labels = &alert["labels"];
+    assert_eq!(
+        (&labels["probe"], &labels["slo"], &labels["tag_team"]),
+        (&"outage".into(), &"completeness".into(), &"payments".into()),
+        "{alert}"
+    );
+    let annotations = &alert["annotations"];
+    assert_eq!(
+        annotations["runbook_url"],
+        "https://runbooks.example/slo-probe"
+    );
+    assert_eq!(annotations["worst_site"], "lab", "{alert}");
+    for key in ["summary", "description", "runbook", "time_scale"] {
+        let text = annotations[key].as_str().unwrap_or_default();
+        assert!(!text.is_empty() && !text.contains("{{"), "{key}: {alert}");
+    }
+    // What the objective implies: 1.44% of a (scaled) hour of events lost, after the timeout
+    // that makes the first of them lost, then the `for`; the rest is scrape and evaluation (1 s
+    // each), Alertmanager's group_wait (1 s) and a machine that is shared.
+    let budget_share = 0.02 * 30.0 * 24.0 / 1.0 * (1.0 - 0.999);
+    let outage_needed = budget_share * 3600.0 / SCALE;
+    let for_ = 120.0 / SCALE;
+    let implied = TIMEOUT_S + outage_needed + for_;
+    eprintln!(
+        "paged {to_page:.2} s after the outage; the objective implies {implied:.2} s ({TIMEOUT_S} s timeout + {outage_needed:.3} s of outage, {:.0} s unscaled, + {for_} s for); rounds every {INTERVAL_S} s",
+        outage_needed * SCALE
+    );
+    assert!(
+        to_page >= implied - 1.0 && to_page <= implied + 8.0,
+        "paged {to_page:.2} s after the outage, the objective implies {implied:.2} s"
+    );
+    agent.signal("TERM");
+    let _ = agent.wait_exit(Duration::from_secs(60));
 }

@@ -498,3 +498,70 @@ fn min_bad_events_keeps_one_bad_record_from_paging_a_low_rate_probe() {
     );
     assert!(!ok, "promtool accepted a page on one bad record:\n{out}");
 }
+
+/// `--time-scale 60` runs the SLO machinery on a clock 60 times faster: the same events, one a
+/// second instead of one a minute, page and ticket exactly as the real rules do an hour later
+/// (the 2% burn of the first scenario above), with the same ratios; the agent-liveness alerts
+/// keep their wall-clock windows, and the output says it is scaled.
+#[test]
+fn a_time_scaled_rule_file_pages_sixty_times_sooner() {
+    let t = Tree::new();
+    t.write("probes/orders.yaml", PROBE);
+    let out = run(t.path(), &["rules", "--time-scale", "60"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(out.stdout.contains("# TIME-SCALED by 60"), "{}", out.stdout);
+    let r = rules(&t, &["--time-scale", "60"]);
+    let page = json!({ "probe": "orders", "slo": "completeness", "severity": "page" });
+    let ticket = json!({ "probe": "orders", "slo": "completeness", "severity": "ticket" });
+    let alerts = r["groups"][2]["rules"].as_array().unwrap();
+    let burn = alerts
+        .iter()
+        .find(|a| a["alert"] == "SloProbeBudgetBurn")
+        .unwrap();
+    assert_eq!(burn["for"], "2s");
+    assert!(burn["expr"].as_str().unwrap().contains("ratio_rate1h"));
+    let not_sending = alerts
+        .iter()
+        .find(|a| a["alert"] == "SloProbeNotSending")
+        .unwrap();
+    assert_eq!(not_sending["for"], "1m", "liveness keeps the wall clock");
+    assert!(not_sending["expr"].as_str().unwrap().contains("[5m]"));
+    let test = json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1s",
+        "tests": [{
+            "name": "a 2% budget burn in one scaled hour pages",
+            "interval": "1s",
+            "input_series": [
+                events("good", "0+985x200"),
+                events("bad", "0+0x120 15+15x79"),
+            ],
+            "alert_rule_test": [
+                { "eval_time": "125s", "alertname": "SloProbeBudgetBurn", "exp_alerts": [] },
+                {
+                    "eval_time": "195s",
+                    "alertname": "SloProbeBudgetBurn",
+                    "exp_alerts": [
+                        burn_alert(&r, page, "eu", "1.5%"),
+                        burn_alert(&r, ticket, "eu", "0.5823%"),
+                    ],
+                },
+            ],
+        }],
+    });
+    let (ok, out) = promtool_test(t.path(), &test);
+    assert!(ok, "{out}");
+    let text = promtool_check_rules(&t.path().join("rules.yaml"));
+    assert!(text.contains("SUCCESS"), "{text}");
+    // Out of range, or with a format it does not apply to: refused.
+    assert_eq!(
+        run(t.path(), &["rules", "--time-scale", "61"], &[]).code(),
+        78
+    );
+    let out = run(
+        t.path(),
+        &["rules", "--time-scale", "60", "--format", "sloth"],
+        &[],
+    );
+    assert_eq!(out.code(), 78, "{}", out.stderr);
+}
