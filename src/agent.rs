@@ -239,18 +239,6 @@ impl Agent {
         let stop_sending = CancellationToken::new();
         let stop_all = CancellationToken::new();
         let (send_loops, background) = (TaskTracker::new(), TaskTracker::new());
-        // Every probe's registry at once: starting takes one registry timeout at most.
-        let mut asks = tokio::task::JoinSet::new();
-        for probe in &probes {
-            let (probe, plan) = (Arc::clone(probe), opts.plan);
-            asks.spawn(async move { (schema_id(&probe, plan).await, probe) });
-        }
-        while let Some(asked) = asks.join_next().await {
-            let (asked, probe) = asked.expect("a schema id lookup does not panic");
-            if let Some(registry) = asked? {
-                background.spawn(keep_asking(probe, registry, stop_all.clone()));
-            }
-        }
         // Every long-lived task is supervised: a panic or an early end is logged with its
         // probes, counted, makes them unready, and the task is started again.
         let supervised = |tracker: &TaskTracker,
@@ -265,6 +253,33 @@ impl Agent {
                 start,
             ));
         };
+        // Every probe's registry at once: starting takes one registry timeout at most. A probe
+        // whose registry did not answer (`run` only) keeps asking in a supervised task.
+        let mut asks = tokio::task::JoinSet::new();
+        for probe in &probes {
+            let (probe, plan) = (Arc::clone(probe), opts.plan);
+            asks.spawn(async move { (schema_id(&probe, plan).await, probe) });
+        }
+        while let Some(asked) = asks.join_next().await {
+            let (asked, probe) = asked.expect("a schema id lookup does not panic");
+            if let Some(registry) = asked? {
+                let (p, stop) = (Arc::clone(&probe), stop_all.clone());
+                let start = move || {
+                    Box::pin(keep_asking(
+                        Arc::clone(&p),
+                        Arc::clone(&registry),
+                        stop.clone(),
+                    )) as BoxTask
+                };
+                supervised(
+                    &background,
+                    Ends::WhenDone,
+                    Task::SchemaRegistry,
+                    vec![probe],
+                    Box::new(start),
+                );
+            }
+        }
         for (cluster_name, v) in &verifiers {
             let probes: Vec<Arc<Probe>> = probes
                 .iter()

@@ -275,6 +275,9 @@ pub enum Task {
     KafkaVerifier,
     /// The sink poller looking records up.
     SinkPoller,
+    /// Asks a Schema Registry for the probe's schema id until it answers (`run` only, while it
+    /// does not).
+    SchemaRegistry,
 }
 
 impl Task {
@@ -286,6 +289,7 @@ impl Task {
             Task::TopicWatch => "topic_watch",
             Task::KafkaVerifier => "kafka_verifier",
             Task::SinkPoller => "sink_poller",
+            Task::SchemaRegistry => "schema_registry",
         }
     }
 }

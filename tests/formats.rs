@@ -427,6 +427,15 @@ record:
         Some(0.0),
         "the bearer token was accepted"
     );
+    // The task that kept asking is supervised like every other: its restarts are counted.
+    assert_eq!(
+        sample(
+            &m,
+            "slo_probe_task_restarts_total",
+            &[("probe", "avro"), ("task", "schema_registry")]
+        ),
+        Some(0.0)
+    );
     agent.shutdown(std::future::ready(())).await;
     assert!(counted >= 2.0);
     let c = probe.snapshot(tokio::time::Instant::now()).progress.counts;

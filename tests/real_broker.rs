@@ -575,3 +575,55 @@ async fn a_broker_that_goes_away_is_an_outage_the_agent_recovers_from() {
     assert_eq!(n("corrupt"), 0);
     drop(front);
 }
+
+/// What an idle agent costs a broker, counted at a relay in front of tansu: requests per second
+/// by kind over a few seconds with nothing to send (a probe every hour), with the consumer's
+/// default `fetch.wait.max.ms` (10 ms) and with librdkafka's own default (500 ms): the one
+/// consumer per cluster is what an idle agent costs, one empty fetch per wait (or per the
+/// broker's own hold, when longer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_costs_a_broker_one_fetch_per_wait() {
+    use common::counting::{CountingRelay, FETCH};
+    const MEASURED: Duration = Duration::from_secs(5);
+    let mut rates = Vec::new();
+    for wait in [None, Some("500")] {
+        let relay_port = free_port();
+        let broker = Tansu::advertising(Some(relay_port));
+        let relay = CountingRelay::start(relay_port, format!("127.0.0.1:{}", broker.port)).await;
+        let consumer = wait.map_or(String::new(), |w| {
+            format!("    consumer: {{ fetch.wait.max.ms: \"{w}\" }}\n")
+        });
+        let agent_yaml = format!(
+            "clusters:\n  primary:\n    bootstrap_servers: '127.0.0.1:{relay_port}'\n{consumer}"
+        );
+        let probe = "name: idle\ninterval: 1h\ntimeout: 5s\ncreate_topic: { partitions: 1 }\n";
+        let (_t, agent) = agent(&agent_yaml, probe, Plan::Forever).await;
+        let p = agent.probes()[0].clone();
+        eventually("the first round settles", || async {
+            let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
+            (c.get(Outcome::Ok) == 1).then_some(())
+        })
+        .await;
+        let before = relay.counts();
+        // a measuring period, not a wait for anything
+        tokio::time::sleep(MEASURED).await;
+        let after = relay.counts();
+        agent.shutdown(std::future::ready(())).await;
+        let per_second = |key: i16| {
+            (after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)) as f64
+                / MEASURED.as_secs_f64()
+        };
+        let all: f64 = after.keys().map(|&k| per_second(k)).sum();
+        eprintln!(
+            "fetch.wait.max.ms {}: {:.1} fetches/s, {all:.1} requests/s in all, to the one broker",
+            wait.unwrap_or("10 (the default)"),
+            per_second(FETCH)
+        );
+        rates.push((per_second(FETCH), all));
+    }
+    let ((fast, _), (slow, slow_all)) = (rates[0], rates[1]);
+    // At 500 ms the one consumer fetches about twice a second; at 10 ms several times as often
+    // (how often depends on how long the broker holds an empty fetch: tansu about 50 ms).
+    assert!(slow <= 3.0 && slow_all <= 5.0, "{rates:?}");
+    assert!(fast > 3.0 * slow, "{rates:?}");
+}

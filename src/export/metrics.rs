@@ -245,7 +245,7 @@ impl Metrics {
             task_restarts: counter(
                 &r,
                 names::TASK_RESTARTS,
-                "Supervised tasks of a probe (send_loop, discovery, topic_watch, kafka_verifier, sink_poller) that panicked or ended unexpectedly and were restarted.",
+                "Supervised tasks of a probe (send_loop, discovery, topic_watch, kafka_verifier, sink_poller, schema_registry) that panicked or ended unexpectedly and were restarted.",
                 &["probe", "task"],
             ),
             send_lag,

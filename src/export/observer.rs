@@ -69,7 +69,10 @@ impl ProbeObserver {
             Some(_) => Task::KafkaVerifier,
             None => Task::SinkPoller,
         };
-        let tasks = [Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier];
+        let mut tasks = vec![Task::SendLoop, Task::Discovery, Task::TopicWatch, verifier];
+        if config.schema_registry.is_some() {
+            tasks.push(Task::SchemaRegistry);
+        }
         let series = metrics.probe(
             &config.name,
             &config.slos,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod counting;
 pub mod front;
 pub mod infra;
 pub mod job;
