@@ -59,7 +59,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` and waits until a line of its output contains `ready`.
     fn start(mut cmd: Command, ready: &str) -> Proc {
-        let mut child = cmd
+        let mut child = super::no_inherited_fds(&mut cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -83,9 +83,30 @@ pub async fn start_agent(t: &Tree, plan: slo_probe::Plan) -> slo_probe::Agent {
         .unwrap()
 }
 
+/// Makes `cmd`'s child inherit only its stdin, stdout and stderr. librdkafka's mock cluster
+/// (running in the test process) opens its sockets without close-on-exec: a child started
+/// meanwhile (Prometheus, an agent) would hold copies of the mock brokers' connections, and a
+/// broker taken down would then never disconnect its clients (their requests go unanswered on
+/// a connection the child keeps open, and a consumer waits on it for good).
+pub fn no_inherited_fds(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range is async-signal-safe; marking every descriptor above stderr
+    // close-on-exec (rather than closing them) keeps std's exec-error pipe working.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
+            Ok(())
+        })
+    }
+}
+
 /// Runs the binary to completion in `cwd`.
 pub fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(BIN)
+    let out = no_inherited_fds(&mut Command::new(BIN))
         .args(args)
         .current_dir(cwd)
         .envs(env.iter().copied())
@@ -123,7 +144,7 @@ impl Running {
             }
             None => Command::new(BIN),
         };
-        let mut child = command
+        let mut child = no_inherited_fds(&mut command)
             .args(args)
             .current_dir(cwd)
             .envs(env.iter().copied())
