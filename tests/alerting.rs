@@ -174,6 +174,42 @@ async fn agents_that_cannot_send_page_within_five_minutes() {
     }
 }
 
+/// The whole alerting chain for the agent of `t`: its rules (`rules --time-scale 60`, plus
+/// `rules_args`), a real Alertmanager posting to a webhook here, the agent (`slo-probe run`,
+/// ready) and a real Prometheus scraping it and evaluating the rules.
+struct Chain {
+    webhook: Webhook,
+    agent: Running,
+    listen: String,
+    prometheus: Prometheus,
+    _alertmanager: Alertmanager,
+}
+
+impl Chain {
+    async fn start(t: &Tree, rules_args: &[&str]) -> Chain {
+        let mut args = vec!["rules", "--time-scale", "60"];
+        args.extend_from_slice(rules_args);
+        let out = run(t.path(), &args, &[]);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        let rules = t.write("rules.yaml", &out.stdout);
+        let webhook = Webhook::start().await;
+        let alertmanager = Alertmanager::start(&webhook.url);
+        let listen = format!("127.0.0.1:{}", free_port());
+        let run_args = ["run", "--listen", &listen, "--log-format", "json"];
+        let mut agent = Running::spawn(t.path(), &run_args, &[]);
+        agent.wait_event(PAGE_WITHIN, "first round settled: probe ready");
+        let prometheus =
+            Prometheus::alerting(std::slice::from_ref(&listen), &rules, &alertmanager.addr);
+        Chain {
+            webhook,
+            agent,
+            listen,
+            prometheus,
+            _alertmanager: alertmanager,
+        }
+    }
+}
+
 /// A total outage of a real broker (tansu, killed) pages through a real Prometheus and
 /// Alertmanager, as soon as the objective says it should. At 99.9% over 30 days the page's
 /// fastest condition needs more than 1.44% of the last hour's events bad (2% of the budget),
@@ -189,28 +225,10 @@ async fn a_total_broker_outage_pages_when_the_objective_says() {
     let mut broker = common::infra::Tansu::start();
     let probe = "name: outage\ninterval: 200ms\ntimeout: 2s\ncreate_topic: { partitions: 1 }\ntags: { team: payments }\nslos:\n  - { name: completeness, objective: 99.9%, window: 30d }\n";
     let t = agent_tree("lab", &broker.bootstrap(), probe);
-    let out = run(
-        t.path(),
-        &[
-            "rules",
-            "--time-scale",
-            "60",
-            "--runbook-url",
-            "https://runbooks.example/slo-probe",
-        ],
-        &[],
-    );
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    let rules = t.write("rules.yaml", &out.stdout);
-
-    let mut webhook = Webhook::start().await;
-    let alertmanager = Alertmanager::start(&webhook.url);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["run", "--listen", &listen, "--log-format", "json"];
-    let mut agent = Running::spawn(t.path(), &args, &[]);
-    agent.wait_event(PAGE_WITHIN, "first round settled: probe ready");
-    let prometheus =
-        Prometheus::alerting(std::slice::from_ref(&listen), &rules, &alertmanager.addr);
+    // Kept whole: the fields not used below (Alertmanager) must live to the end.
+    let mut chain =
+        Chain::start(&t, &["--runbook-url", "https://runbooks.example/slo-probe"]).await;
+    let (webhook, agent, prometheus) = (&mut chain.webhook, &mut chain.agent, &chain.prometheus);
 
     // One scaled hour of healthy running: a full long window of good events, and no page.
     let healthy = Instant::now();
@@ -295,20 +313,12 @@ async fn a_rolling_restart_pages_no_one() {
         "name: roll\ntopic: {TOPIC}\ninterval: 200ms\ntimeout: 2s\ntags: {{ team: payments }}\nslos:\n  - {{ name: freshness, latency_below: 500ms, objective: 99%, window: 30d }}\n  - {{ name: completeness, objective: 99.9%, window: 30d }}\n"
     );
     let t = agent_tree("lab", cluster.bootstrap_servers(), &probe);
-    let out = run(t.path(), &["rules", "--time-scale", "60"], &[]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    let rules = t.write("rules.yaml", &out.stdout);
-    let mut webhook = Webhook::start().await;
-    let alertmanager = Alertmanager::start(&webhook.url);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["run", "--listen", &listen, "--log-format", "json"];
-    let mut agent = Running::spawn(t.path(), &args, &[]);
-    agent.wait_event(PAGE_WITHIN, "first round settled: probe ready");
-    let _prometheus =
-        Prometheus::alerting(std::slice::from_ref(&listen), &rules, &alertmanager.addr);
+    // Kept whole: the fields not used below (Prometheus, Alertmanager) must live to the end.
+    let mut chain = Chain::start(&t, &[]).await;
+    let (webhook, agent, listen) = (&mut chain.webhook, &mut chain.agent, chain.listen.clone());
 
     // Healthy for a while, then the roll, broker by broker; every page is a failure.
-    let mut tickets = quiet(&mut webhook, Duration::from_secs(10)).await;
+    let mut tickets = quiet(webhook, Duration::from_secs(10)).await;
     assert!(tickets.is_empty(), "healthy: {tickets:?}");
     for broker in 1..=3 {
         let led: Vec<i32> = (0..3).filter(|&p| home(p) == broker).collect();
@@ -317,16 +327,16 @@ async fn a_rolling_restart_pages_no_one() {
             cluster.set_partition_leader(TOPIC, p, elsewhere).unwrap();
         }
         cluster.broker_down(broker).unwrap();
-        tickets.extend(quiet(&mut webhook, DOWN).await);
+        tickets.extend(quiet(webhook, DOWN).await);
         cluster.broker_up(broker).unwrap();
-        tickets.extend(quiet(&mut webhook, Duration::from_secs(1)).await);
+        tickets.extend(quiet(webhook, Duration::from_secs(1)).await);
         for &p in &led {
             cluster.set_partition_leader(TOPIC, p, broker).unwrap();
         }
-        tickets.extend(quiet(&mut webhook, Duration::from_secs(1)).await);
+        tickets.extend(quiet(webhook, Duration::from_secs(1)).await);
     }
     // Long enough after the roll for any alert it caused to fire (the `for` is 2 s).
-    tickets.extend(quiet(&mut webhook, Duration::from_secs(10)).await);
+    tickets.extend(quiet(webhook, Duration::from_secs(10)).await);
 
     let (_, metrics) = get(&listen, "/metrics").await;
     let count = |outcome: &str| {
