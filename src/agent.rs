@@ -26,7 +26,7 @@ use crate::kafka::Producer;
 use crate::outcome::{Counts, Task};
 use crate::probe::Probe;
 use crate::probe::task::{self, Plan, SendLoop};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use crate::server::{self, AgentView};
 use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::kafka::KafkaVerifier;
@@ -730,21 +730,36 @@ async fn schema_id(probe: &Arc<Probe>, plan: Plan) -> Result<Option<Arc<Registry
         error,
     };
     let registry = Arc::new(Registry::new(cfg).map_err(failed)?);
+    match ask(probe, &registry, avro).await {
+        Ok(()) => Ok(None),
+        Err(e) if plan != Plan::Forever => Err(failed(format!(
+            "cannot get the schema id of its records (subject `{}`): {e}",
+            cfg.subject
+        ))),
+        Err(_) => Ok(Some(registry)),
+    }
+}
+
+/// Asks the registry for the probe's schema id once: sets it, or reports why not.
+async fn ask(
+    probe: &Probe,
+    registry: &Registry,
+    avro: &crate::record::avro::AvroFormat,
+) -> Result<(), RegistryError> {
     match registry.schema_id(&avro.text).await {
         Ok(id) => {
             avro.set_schema_id(id);
-            tracing::info!(probe = probe.name(), registry = registry.url(), subject = %cfg.subject, schema_id = id, "schema id resolved");
-            Ok(None)
+            tracing::info!(
+                probe = probe.name(),
+                registry = registry.url(),
+                schema_id = id,
+                "schema id resolved: records are sent from now on"
+            );
+            Ok(())
         }
         Err(e) => {
             probe.registry_failed(e.kind(), &e.to_string(), "schema_id");
-            if plan != Plan::Forever {
-                return Err(failed(format!(
-                    "cannot get the schema id of its records (subject `{}`): {e}",
-                    cfg.subject
-                )));
-            }
-            Ok(Some(registry))
+            Err(e)
         }
     }
 }
@@ -761,18 +776,8 @@ async fn keep_asking(probe: Arc<Probe>, registry: Arc<Registry>, stop: Cancellat
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
-        match registry.schema_id(&avro.text).await {
-            Ok(id) => {
-                avro.set_schema_id(id);
-                tracing::info!(
-                    probe = probe.name(),
-                    registry = registry.url(),
-                    schema_id = id,
-                    "schema id resolved: records are sent from now on"
-                );
-                return;
-            }
-            Err(e) => probe.registry_failed(e.kind(), &e.to_string(), "schema_id"),
+        if ask(&probe, &registry, avro).await.is_ok() {
+            return;
         }
         wait = (wait * 2).min(Duration::from_secs(30));
     }

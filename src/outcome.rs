@@ -241,6 +241,38 @@ impl SinkErrorKind {
     }
 }
 
+/// Why a Schema Registry request failed: the `reason` label of
+/// `slo_probe_schema_registry_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegistryErrorKind {
+    /// No answer: connection refused, DNS, TLS, timeout.
+    Unreachable,
+    /// Credentials refused (HTTP 401 or 403).
+    Auth,
+    /// The subject or schema is not there.
+    NotFound,
+    /// Any other answer.
+    HttpStatus,
+}
+
+impl RegistryErrorKind {
+    pub const ALL: [RegistryErrorKind; 4] = [
+        RegistryErrorKind::Unreachable,
+        RegistryErrorKind::Auth,
+        RegistryErrorKind::NotFound,
+        RegistryErrorKind::HttpStatus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryErrorKind::Unreachable => "unreachable",
+            RegistryErrorKind::Auth => "auth",
+            RegistryErrorKind::NotFound => "not_found",
+            RegistryErrorKind::HttpStatus => "http_status",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
@@ -360,7 +392,7 @@ pub enum Event<'a> {
     /// not_found, http_status): its schema id could not be had (records are not sent until it
     /// is), or a record's writer schema could not be fetched (the record stays unverified).
     RegistryFailed {
-        reason: &'static str,
+        reason: RegistryErrorKind,
         error: &'a str,
         /// What the request was for: `schema_id` or `writer_schema`.
         during: &'static str,

@@ -143,101 +143,93 @@ impl Recipe<'_> {
     /// Builds the record for one (partition, seq) slot. A fresh trace per record; `sampled` is
     /// written into its `traceparent` flags (spans are exported for sampled records only).
     pub fn build(&self, partition: i32, seq: u64, scheduled_at_ns: u64, sampled: bool) -> Outgoing {
-        build_record(self, partition, seq, scheduled_at_ns, sampled)
-    }
-}
-
-fn build_record(
-    recipe: &Recipe,
-    partition: i32,
-    seq: u64,
-    scheduled_at_ns: u64,
-    sampled: bool,
-) -> Outgoing {
-    let Recipe {
-        origin,
-        tags,
-        payload_bytes,
-        shape,
-    } = *recipe;
-    // A shape that does not use `{payload}` needs none: nothing random is made or kept.
-    let payload_bytes = match shape {
-        Some(s) if !s.uses_payload() => 0,
-        _ => payload_bytes,
-    };
-    let id = Uuid::now_v7();
-    let ids = RandomIdGenerator::default();
-    let span_context = SpanContext::new(
-        ids.new_trace_id(),
-        ids.new_span_id(),
-        if sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
-        },
-        false,
-        TraceState::default(),
-    );
-    let body = Body {
-        v: ENVELOPE_VERSION,
-        id,
-        probe: origin.probe.clone(),
-        instance: origin.instance.clone(),
-        site: origin.site.clone(),
-        partition,
-        seq,
-        scheduled_at_ns,
-        tags: tags.clone(),
-        payload: fastrand_payload(payload_bytes),
-    };
-    let fill = Fill::new(
-        &body,
-        span_context.trace_id(),
-        span_context.span_id(),
-        sampled,
-    );
-    let (key, value, unsendable) = match shape.map(|s| s.encode(&fill)) {
-        None => (id.hyphenated().to_string(), body.encode(), None),
-        Some(Ok((key, value))) => (key, value, None),
-        Some(Err(why)) => (id.hyphenated().to_string(), Vec::new(), Some(why)),
-    };
-    let id_text = id.hyphenated().to_string();
-    let mut headers = HeaderInjector(OwnedHeaders::new_with_capacity(6 + tags.len()));
-    let cx = Context::new().with_remote_span_context(span_context.clone());
-    TraceContextPropagator::new().inject_context(&cx, &mut headers);
-    let seq_text = seq.to_string();
-    let mut headers = headers
-        .0
-        .insert(Header {
-            key: header::ID,
-            value: Some(id_text.as_str()),
-        })
-        .insert(Header {
-            key: header::PROBE,
-            value: Some(origin.probe.as_str()),
-        })
-        .insert(Header {
-            key: header::INSTANCE,
-            value: Some(origin.instance.as_str()),
-        })
-        .insert(Header {
-            key: header::SEQ,
-            value: Some(seq_text.as_str()),
-        });
-    for (k, v) in tags {
-        headers = headers.insert(Header {
-            key: k.as_str(),
-            value: Some(v.as_str()),
-        });
-    }
-    Outgoing {
-        id,
-        value,
-        key,
-        headers,
-        span_context,
-        body,
-        unsendable,
+        let Recipe {
+            origin,
+            tags,
+            payload_bytes,
+            shape,
+        } = *self;
+        // A shape that does not use `{payload}` needs none: nothing random is made or kept.
+        let payload_bytes = match shape {
+            Some(s) if !s.uses_payload() => 0,
+            _ => payload_bytes,
+        };
+        let id = Uuid::now_v7();
+        let ids = RandomIdGenerator::default();
+        let span_context = SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            false,
+            TraceState::default(),
+        );
+        let body = Body {
+            v: ENVELOPE_VERSION,
+            id,
+            probe: origin.probe.clone(),
+            instance: origin.instance.clone(),
+            site: origin.site.clone(),
+            partition,
+            seq,
+            scheduled_at_ns,
+            tags: tags.clone(),
+            payload: fastrand_payload(payload_bytes),
+        };
+        let id_text = id.hyphenated().to_string();
+        let fill = || {
+            Fill::new(
+                &body,
+                span_context.trace_id(),
+                span_context.span_id(),
+                sampled,
+            )
+        };
+        let (key, value, unsendable) = match shape.map(|s| s.encode(&fill())) {
+            None => (id_text.clone(), body.encode(), None),
+            Some(Ok((key, value))) => (key, value, None),
+            Some(Err(why)) => (id_text.clone(), Vec::new(), Some(why)),
+        };
+        let mut headers = HeaderInjector(OwnedHeaders::new_with_capacity(6 + tags.len()));
+        let cx = Context::new().with_remote_span_context(span_context.clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut headers);
+        let seq_text = seq.to_string();
+        let mut headers = headers
+            .0
+            .insert(Header {
+                key: header::ID,
+                value: Some(id_text.as_str()),
+            })
+            .insert(Header {
+                key: header::PROBE,
+                value: Some(origin.probe.as_str()),
+            })
+            .insert(Header {
+                key: header::INSTANCE,
+                value: Some(origin.instance.as_str()),
+            })
+            .insert(Header {
+                key: header::SEQ,
+                value: Some(seq_text.as_str()),
+            });
+        for (k, v) in tags {
+            headers = headers.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_str()),
+            });
+        }
+        Outgoing {
+            id,
+            value,
+            key,
+            headers,
+            span_context,
+            body,
+            unsendable,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 
 use crate::config::{RegistryAuth, RegistryConfig};
+use crate::outcome::RegistryErrorKind;
 use crate::record::avro::WriterSchema;
 
 const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -46,13 +47,13 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// A short, low-cardinality reason for labels.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind, for the `reason` label.
+    pub fn kind(&self) -> RegistryErrorKind {
         match self {
-            RegistryError::Unreachable { .. } => "unreachable",
-            RegistryError::Auth { .. } => "auth",
-            RegistryError::NotFound(_) => "not_found",
-            RegistryError::Status { .. } => "http_status",
+            RegistryError::Unreachable { .. } => RegistryErrorKind::Unreachable,
+            RegistryError::Auth { .. } => RegistryErrorKind::Auth,
+            RegistryError::NotFound(_) => RegistryErrorKind::NotFound,
+            RegistryError::Status { .. } => RegistryErrorKind::HttpStatus,
         }
     }
 }
@@ -152,7 +153,7 @@ impl Registry {
     }
 
     /// The writer schema with this id, if fetched before.
-    pub fn cached(&self, id: u32) -> Option<Arc<WriterSchema>> {
+    fn cached(&self, id: u32) -> Option<Arc<WriterSchema>> {
         self.by_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())

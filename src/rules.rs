@@ -560,9 +560,8 @@ fn runbook(p: &ProbeConfig) -> String {
 
 /// The rules as YAML, in the requested format.
 pub fn render(probes: &[ProbeConfig], opts: &RulesOptions) -> String {
-    let file = generate(probes, opts);
     let yaml = match opts.format {
-        RulesFormat::Rules => yaml_serde::to_string(&file),
+        RulesFormat::Rules => yaml_serde::to_string(&generate(probes, opts)),
         RulesFormat::PrometheusRule => {
             let mut labels = BTreeMap::from([(
                 "app.kubernetes.io/name".to_string(),
@@ -577,7 +576,7 @@ pub fn render(probes: &[ProbeConfig], opts: &RulesOptions) -> String {
                 "apiVersion": "monitoring.coreos.com/v1",
                 "kind": "PrometheusRule",
                 "metadata": metadata,
-                "spec": file,
+                "spec": generate(probes, opts),
             }))
         }
         RulesFormat::Openslo => export::openslo(probes),

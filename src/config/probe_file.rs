@@ -501,15 +501,7 @@ fn sink_poll(
     let sink_timeout = opt(map, "timeout", DEFAULT_SINK_TIMEOUT, |n| {
         doc.duration(n, &format!("{what}.timeout"))
     });
-    let ca_file = opt(map, "ca_file", None, |n| {
-        let s = doc.scalar(n, &format!("{what}.ca_file"))?;
-        let path = doc.expand_env(s, &format!("{what}.ca_file"))?;
-        if let Err(e) = read_capped(Path::new(&path), MAX_SECRET_BYTES, "CA file") {
-            doc.error(n.span(), format!("`{what}.ca_file`: {}: {e}", s.as_str()));
-            return None;
-        }
-        Some(Some(path.into()))
-    });
+    let ca_file = ca_file(doc, map, what);
     let expect = match map.get_node("expect") {
         Some(n) => expectations(doc, n, keys, from),
         None => Some(Vec::new()),
@@ -519,6 +511,20 @@ fn sink_poll(
         timeout: sink_timeout?,
         ca_file: ca_file?,
         expect: expect?,
+    })
+}
+
+/// `{what}.ca_file`: extra CA certificates (PEM), a path with `${ENV}`, read once here so that
+/// a missing or unreadable file is a located error. `Some(None)` when absent.
+fn ca_file(doc: &mut Doc, map: &MarkedMappingNode, what: &str) -> Option<Option<PathBuf>> {
+    opt(map, "ca_file", None, |n| {
+        let s = doc.scalar(n, &format!("{what}.ca_file"))?;
+        let path = doc.expand_env(s, &format!("{what}.ca_file"))?;
+        if let Err(e) = read_capped(Path::new(&path), MAX_SECRET_BYTES, "CA file") {
+            doc.error(n.span(), format!("`{what}.ca_file`: {}: {e}", s.as_str()));
+            return None;
+        }
+        Some(Some(PathBuf::from(path)))
     })
 }
 
@@ -1010,7 +1016,7 @@ fn record(doc: &mut Doc, node: &Node, topic: &str) -> Option<(Arc<Shape>, Option
     let (key, template, avro) = (key?, template?, avro?);
     let (value, registry) = match avro {
         Some((format, registry)) => (ValueFormat::Avro(Box::new(format)), registry),
-        None => (ValueFormat::Json(template.clone()), None),
+        None => (ValueFormat::Json, None),
     };
     let shape = Shape {
         key,
@@ -1125,15 +1131,7 @@ fn registry(doc: &mut Doc, node: &Node, topic: &str) -> Option<RegistryConfig> {
     let timeout = opt(map, "timeout", DEFAULT_REGISTRY_TIMEOUT, |n| {
         doc.duration(n, "registry.timeout")
     });
-    let ca_file = opt(map, "ca_file", None, |n| {
-        let s = doc.scalar(n, "registry.ca_file")?;
-        let path = doc.expand_env(s, "registry.ca_file")?;
-        if let Err(e) = read_capped(Path::new(&path), MAX_SECRET_BYTES, "CA file") {
-            doc.error(n.span(), format!("`registry.ca_file`: {}: {e}", s.as_str()));
-            return None;
-        }
-        Some(Some(PathBuf::from(path)))
-    });
+    let ca_file = ca_file(doc, map, WHAT);
     let has = |f: &str| map.get_node(f).is_some();
     let basic = has("username") || has("password") || has("password_file");
     let bearer = has("bearer_token") || has("bearer_token_file");

@@ -16,8 +16,8 @@ use prometheus::{
 
 use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
-use crate::outcome::SinkErrorKind;
 use crate::outcome::{Outcome, Task};
+use crate::outcome::{RegistryErrorKind, SinkErrorKind};
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
 
@@ -467,9 +467,8 @@ impl Metrics {
 
     /// The counters of failed Schema Registry requests of a probe, by reason (all at zero
     /// from here on).
-    pub fn registry_errors(&self, probe: &str) -> [(&'static str, IntCounter); 4] {
-        ["unreachable", "auth", "not_found", "http_status"]
-            .map(|r| (r, self.registry_errors.with_label_values(&[probe, r])))
+    pub fn registry_errors(&self, probe: &str) -> [IntCounter; 4] {
+        RegistryErrorKind::ALL.map(|k| self.registry_errors.with_label_values(&[probe, k.as_str()]))
     }
 
     /// Says which build runs, and whether on the embedded cluster; set once at start.

@@ -37,8 +37,9 @@ pub struct ProbeObserver {
     foreign_log: Mutex<ForeignLog>,
     /// Failed sink polls and registry requests are logged once a minute per kind.
     sink_errors: Quiet,
-    /// Failed Schema Registry requests by reason; present for a probe that uses a registry.
-    registry_errors: Option<[(&'static str, IntCounter); 4]>,
+    /// Failed Schema Registry requests, indexed like `RegistryErrorKind::ALL`; present for a
+    /// probe that uses a registry.
+    registry_errors: Option<[IntCounter; 4]>,
 }
 
 /// Foreign records seen since the last one logged.
@@ -267,12 +268,9 @@ impl ProbeObserver {
             (Event::SendLag { .. }, Report) => {}
 
             (Event::RegistryFailed { reason, .. }, Count) => {
-                if let Some(c) = self
-                    .registry_errors
-                    .as_ref()
-                    .and_then(|all| all.iter().find(|(r, _)| r == reason))
-                {
-                    c.1.inc();
+                if let Some(all) = &self.registry_errors {
+                    // Indexed like RegistryErrorKind::ALL, as the sink's errors are.
+                    all[*reason as usize].inc();
                 }
             }
             (
@@ -283,6 +281,7 @@ impl ProbeObserver {
                 },
                 Report,
             ) => {
+                let reason = reason.as_str();
                 if self.sink_errors.allow(&format!("registry:{reason}")) {
                     tracing::warn!(probe = %self.origin.probe, reason, during, error, "schema registry request failed; retrying with backoff")
                 } else {

@@ -689,7 +689,12 @@ impl Probe {
     }
 
     /// A Schema Registry request for this probe failed: counted and logged (rate-limited).
-    pub fn registry_failed(&self, reason: &'static str, error: &str, during: &'static str) {
+    pub fn registry_failed(
+        &self,
+        reason: crate::outcome::RegistryErrorKind,
+        error: &str,
+        during: &'static str,
+    ) {
         let event = Event::RegistryFailed {
             reason,
             error,

@@ -335,15 +335,13 @@ impl AvroTemplate {
         if let Some(kind) = kind {
             return Some(AvroTemplate::Text(t.clone(), kind));
         }
+        // A timestamp takes any form of the scheduled time; another number, a number.
         if let (Some(p), Some(kind)) = (exact, NumberKind::of(schema))
-            && p.is_number()
-            && (!kind.is_timestamp() || p.is_time())
-        {
-            return Some(AvroTemplate::Number(p, kind));
-        }
-        if let (Some(p), Some(kind)) = (exact, NumberKind::of(schema))
-            && p == Placeholder::ScheduledAt
-            && kind.is_timestamp()
+            && (if kind.is_timestamp() {
+                p.is_time()
+            } else {
+                p.is_number()
+            })
         {
             return Some(AvroTemplate::Number(p, kind));
         }
@@ -407,7 +405,6 @@ pub struct AvroFormat {
     /// The schema as written in its file (what a registry is given).
     pub text: String,
     schema: Schema,
-    names: HashMap<Name, Schema>,
     template: AvroTemplate,
     pub framing: Framing,
     /// The schema id written after the magic byte: set at load when fixed in the probe file,
@@ -478,7 +475,6 @@ impl AvroFormat {
         Ok(AvroFormat {
             text: text.to_string(),
             schema,
-            names,
             template: compiled,
             framing,
             schema_id: id,
@@ -542,7 +538,7 @@ impl AvroFormat {
                 rest
             }
         };
-        decode_avro(&self.schema, &self.names, body)
+        decode_avro(&self.schema, body)
     }
 }
 
@@ -559,12 +555,8 @@ pub fn confluent_header(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
 }
 
 /// Decodes one Avro datum that must use every byte.
-fn decode_avro(
-    schema: &Schema,
-    names: &HashMap<Name, Schema>,
-    mut body: &[u8],
-) -> Result<Avro, Corruption> {
-    let _ = names; // references are resolved from the root schema itself
+/// Named references are resolved from the root schema itself.
+fn decode_avro(schema: &Schema, mut body: &[u8]) -> Result<Avro, Corruption> {
     let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
         .map_err(|e| Corruption::Undecodable(e.to_string()))?;
@@ -588,20 +580,20 @@ pub fn avro_to_json(value: Avro) -> Json {
 /// A writer schema fetched by id, for decoding another stage's Avro records.
 pub struct WriterSchema {
     schema: Schema,
-    names: HashMap<Name, Schema>,
 }
 
 impl WriterSchema {
     /// Parses a schema given by a registry.
     pub fn parse(text: &str) -> Result<WriterSchema, String> {
         let schema = parse_schema(text)?;
-        let names = named_types(&schema)?;
-        Ok(WriterSchema { schema, names })
+        // Every reference must resolve, as the decoder will need it to.
+        named_types(&schema)?;
+        Ok(WriterSchema { schema })
     }
 
     /// Decodes the Avro binary after the Confluent header into JSON.
     pub fn decode_json(&self, body: &[u8]) -> Result<Json, String> {
-        decode_avro(&self.schema, &self.names, body)
+        decode_avro(&self.schema, body)
             .map(avro_to_json)
             .map_err(|e| e.to_string())
     }

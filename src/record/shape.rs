@@ -122,8 +122,9 @@ impl Placeholder {
 /// context.
 pub struct Fill<'a> {
     pub(super) body: &'a Body,
-    trace_id: String,
-    traceparent: String,
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    sampled: bool,
 }
 
 impl<'a> Fill<'a> {
@@ -134,12 +135,11 @@ impl<'a> Fill<'a> {
         span_id: opentelemetry::trace::SpanId,
         sampled: bool,
     ) -> Fill<'a> {
-        // As `TraceContextPropagator` writes the header.
-        let traceparent = format!("00-{trace_id}-{span_id}-{:02x}", u8::from(sampled));
         Fill {
             body,
-            trace_id: trace_id.to_string(),
-            traceparent,
+            trace_id,
+            span_id,
+            sampled,
         }
     }
 
@@ -160,7 +160,14 @@ impl<'a> Fill<'a> {
             Placeholder::ScheduledAtMs => write!(out, "{}", b.scheduled_at_ns / 1_000_000),
             Placeholder::ScheduledAtNs => write!(out, "{}", b.scheduled_at_ns),
             Placeholder::Payload => write!(out, "{}", b.payload),
-            Placeholder::Traceparent => write!(out, "{}", self.traceparent),
+            // As `TraceContextPropagator` writes the header.
+            Placeholder::Traceparent => write!(
+                out,
+                "00-{}-{}-{:02x}",
+                self.trace_id,
+                self.span_id,
+                u8::from(self.sampled)
+            ),
             Placeholder::TraceId => write!(out, "{}", self.trace_id),
         };
     }
@@ -327,10 +334,10 @@ impl Template {
     fn compile_at(doc: &Json, path: &mut Vec<Step>, errors: &mut Vec<TemplateError>) -> Template {
         match doc {
             Json::String(s) => match Text::parse(s) {
-                Ok(t) if t.literal().is_some() => {
-                    Template::Literal(Json::String(t.literal().unwrap_or_default().to_string()))
-                }
-                Ok(t) => Template::Text(t),
+                Ok(t) => match t.literal() {
+                    Some(text) => Template::Literal(Json::String(text.to_string())),
+                    None => Template::Text(t),
+                },
                 Err(e) => {
                     errors.push(TemplateError::at(path, e));
                     Template::Literal(Json::Null)
@@ -392,15 +399,11 @@ impl Template {
     pub fn render(&self, fill: &Fill) -> Json {
         match self {
             Template::Literal(v) => v.clone(),
-            Template::Text(t) => match t.exact() {
-                Some(p) if p.is_number() => fill
-                    .number(p)
-                    .and_then(|n| u64::try_from(n).ok().map(Json::from))
-                    .or_else(|| {
-                        fill.number(p)
-                            .and_then(|n| i64::try_from(n).ok())
-                            .map(Json::from)
-                    })
+            Template::Text(t) => match t.exact().and_then(|p| fill.number(p)) {
+                // A numeric placeholder alone keeps its type.
+                Some(n) if t.exact().is_some_and(Placeholder::is_number) => u64::try_from(n)
+                    .map(Json::from)
+                    .or_else(|_| i64::try_from(n).map(Json::from))
                     .unwrap_or(Json::Null),
                 _ => Json::String(t.render(fill)),
             },
@@ -415,10 +418,12 @@ impl Template {
     }
 }
 
-/// The value half of a shape.
+/// How a shape's value is written.
 #[derive(Debug)]
 pub enum ValueFormat {
-    Json(Template),
+    /// The template rendered as JSON.
+    Json,
+    /// The template compiled against an Avro schema.
     Avro(Box<AvroFormat>),
 }
 
@@ -451,7 +456,7 @@ impl Shape {
     pub fn avro(&self) -> Option<&AvroFormat> {
         match &self.value {
             ValueFormat::Avro(a) => Some(a),
-            ValueFormat::Json(_) => None,
+            ValueFormat::Json => None,
         }
     }
 
@@ -459,8 +464,8 @@ impl Shape {
     pub fn encode(&self, fill: &Fill) -> Result<(String, Vec<u8>), String> {
         let key = self.key.render(fill);
         let value = match &self.value {
-            ValueFormat::Json(t) => {
-                serde_json::to_vec(&t.render(fill)).map_err(|e| e.to_string())?
+            ValueFormat::Json => {
+                serde_json::to_vec(&self.template.render(fill)).map_err(|e| e.to_string())?
             }
             ValueFormat::Avro(a) => a.encode(fill)?,
         };
@@ -470,7 +475,7 @@ impl Shape {
     /// The value as sent, as JSON: what `expect: { from: /pointer }` reads.
     pub fn original(&self, fill: &Fill) -> Json {
         match &self.value {
-            ValueFormat::Json(t) => t.render(fill),
+            ValueFormat::Json => self.template.render(fill),
             ValueFormat::Avro(a) => a.render(fill).map(avro_to_json).unwrap_or(Json::Null),
         }
     }
@@ -478,7 +483,7 @@ impl Shape {
     /// Decodes a value of this shape into JSON (to find an id field in it).
     pub fn decode_json(&self, bytes: &[u8]) -> Option<Json> {
         match &self.value {
-            ValueFormat::Json(_) => serde_json::from_slice(bytes).ok(),
+            ValueFormat::Json => serde_json::from_slice(bytes).ok(),
             ValueFormat::Avro(a) => a.decode(bytes).ok().map(avro_to_json),
         }
     }
@@ -507,10 +512,10 @@ impl Shape {
         let value =
             value.ok_or_else(|| Corruption::Undecodable("the record has no value".into()))?;
         let (want, got) = match &self.value {
-            ValueFormat::Json(t) => {
+            ValueFormat::Json => {
                 let got: Json = serde_json::from_slice(value)
                     .map_err(|e| Corruption::Undecodable(format!("not JSON: {e}")))?;
-                (t.render(fill), got)
+                (self.template.render(fill), got)
             }
             ValueFormat::Avro(a) => {
                 let got = a.decode(value)?;
@@ -707,6 +712,8 @@ pub(super) mod tests {
         let cx = opentelemetry::Context::new().with_remote_span_context(sc);
         let mut map = std::collections::HashMap::new();
         opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(&cx, &mut map);
-        assert_eq!(map["traceparent"], f.traceparent);
+        let mut tp = String::new();
+        f.text(Placeholder::Traceparent, &mut tp);
+        assert_eq!(map["traceparent"], tp);
     }
 }

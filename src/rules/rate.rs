@@ -6,6 +6,8 @@
 //! low traffic is more synthetic traffic, which is what a probe is; `min_bad_events` is the
 //! other lever. `check` and `rules` say both, with the numbers.
 
+use std::time::Duration;
+
 use crate::config::{CreateTopic, Partitions, ProbeConfig, SloConfig};
 
 use super::{CONDITIONS, burn_factor};
@@ -47,6 +49,32 @@ pub fn rate(p: &ProbeConfig) -> Rate {
         partitions,
         per_second: partitions as f64 / p.interval.as_secs_f64(),
         assumed,
+    }
+}
+
+impl Rate {
+    /// `0.1 records/s (1 partition every 10s)`, with what was assumed.
+    fn describe(&self, interval: Duration) -> String {
+        let assumed = self
+            .assumed
+            .as_deref()
+            .map_or(String::new(), |a| format!("; {a}"));
+        format!(
+            "{} records/s ({} partition{} every {}{assumed})",
+            records(self.per_second),
+            self.partitions,
+            if self.partitions == 1 { "" } else { "s" },
+            humantime::format_duration(interval),
+        )
+    }
+}
+
+/// `1 bad record in an hour pages`, `3 bad records in an hour page`.
+fn pages(bad: u64) -> String {
+    if bad == 1 {
+        "1 bad record in an hour pages".into()
+    } else {
+        format!("{bad} bad records in an hour page")
     }
 }
 
@@ -122,10 +150,6 @@ pub fn warnings(probes: &[ProbeConfig]) -> Vec<String> {
             }
             let window = super::prometheus_duration(slo.window);
             let objective = crate::config::plain_number(slo.objective * 100.0);
-            let assumed = r
-                .assumed
-                .as_deref()
-                .map_or(String::new(), |a| format!("; {a}"));
             let interval = suggest_interval(r.partitions, a.meaningful_per_second);
             let partitions = (a.meaningful_per_second * p.interval.as_secs_f64()).ceil() as u64;
             let mut why = Vec::new();
@@ -136,22 +160,14 @@ pub fn warnings(probes: &[ProbeConfig]) -> Vec<String> {
                 ));
             }
             if noisy {
-                why.push(format!(
-                    "{} bad record{} in an hour page{}",
-                    a.bad_to_page,
-                    if a.bad_to_page == 1 { "" } else { "s" },
-                    if a.bad_to_page == 1 { "s" } else { "" }
-                ));
+                why.push(pages(a.bad_to_page));
             }
             out.push(format!(
-                "{}: warning: probe {}, slo {} ({objective}% over {window}): at {} records/s ({} partition{} every {}{assumed}) {}. For a meaningful SLI send at least {} records/s (`interval: {interval}`, or {partitions} partitions at this interval), lower the objective, or set `min_bad_events: {MIN_BAD_TO_PAGE}` on the SLO so that a page needs {MIN_BAD_TO_PAGE} bad records",
+                "{}: warning: probe {}, slo {} ({objective}% over {window}): at {} {}. For a meaningful SLI send at least {} records/s (`interval: {interval}`, or {partitions} partitions at this interval), lower the objective, or set `min_bad_events: {MIN_BAD_TO_PAGE}` on the SLO so that a page needs {MIN_BAD_TO_PAGE} bad records",
                 p.origin,
                 p.name,
                 slo.name,
-                records(r.per_second),
-                r.partitions,
-                if r.partitions == 1 { "" } else { "s" },
-                humantime::format_duration(p.interval),
+                r.describe(p.interval),
                 why.join(" and "),
                 records(a.meaningful_per_second),
             ));
@@ -166,27 +182,15 @@ pub fn summary(probes: &[ProbeConfig]) -> String {
     let mut out = String::from("# SLO events are records: one per partition per interval.\n");
     for p in probes {
         let r = rate(p);
-        let assumed = r
-            .assumed
-            .as_deref()
-            .map_or(String::new(), |a| format!("; {a}"));
-        out.push_str(&format!(
-            "# {}: {} records/s ({} partition{} every {}{assumed})\n",
-            p.name,
-            records(r.per_second),
-            r.partitions,
-            if r.partitions == 1 { "" } else { "s" },
-            humantime::format_duration(p.interval),
-        ));
+        out.push_str(&format!("# {}: {}\n", p.name, r.describe(p.interval)));
         for slo in &p.slos {
             let a = analyse(&r, slo);
             out.push_str(&format!(
-                "#   {}: a budget of {} bad records per {}; {} bad record{} in an hour page{}\n",
+                "#   {}: a budget of {} bad records per {}; {}{}\n",
                 slo.name,
                 records(a.budget_records),
                 super::prometheus_duration(slo.window),
-                a.bad_to_page,
-                if a.bad_to_page == 1 { "" } else { "s" },
+                pages(a.bad_to_page),
                 if slo.min_bad_events.is_some() {
                     " (min_bad_events)"
                 } else {
@@ -214,7 +218,6 @@ fn suggest_interval(partitions: usize, per_second: f64) -> String {
 mod tests {
     use super::*;
     use crate::config::Sli;
-    use std::time::Duration;
 
     fn slo(objective: f64, min_bad_events: Option<u64>) -> SloConfig {
         SloConfig {

@@ -214,18 +214,16 @@ impl KafkaVerifier {
             Ok(parts) => parts,
             Err(e) => return Some(Err(e)),
         };
-        let schema = match registry.cached(id) {
-            Some(s) => s,
-            None => match registry.writer_schema(id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-                    for p in routes.get(view.topic).into_iter().flatten() {
-                        p.registry_failed(e.kind(), &e.to_string(), "writer_schema");
-                    }
-                    return None;
+        // Fetched once per id, then kept by the registry client.
+        let schema = match registry.writer_schema(id).await {
+            Ok(s) => s,
+            Err(e) => {
+                let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+                for p in routes.get(view.topic).into_iter().flatten() {
+                    p.registry_failed(e.kind(), &e.to_string(), "writer_schema");
                 }
-            },
+                return None;
+            }
         };
         Some(
             schema
