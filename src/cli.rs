@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -14,6 +15,7 @@ use crate::agent::{Agent, AgentOptions, ShutdownReport, StartError};
 use crate::config::{self, Config, Sources};
 use crate::export::logging::{self, LogFormat};
 use crate::outcome::Outcome;
+use crate::probe::Probe;
 use crate::probe::task::Plan;
 use crate::report::{ProbeVerdict, RunResult, Verdict};
 use crate::rules::{self, RulesFormat, RulesOptions};
@@ -504,10 +506,9 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
             return report(&verdict, args, common).unwrap_or(exit);
         }
     };
-    let verdicts = |agent: &Agent| -> Vec<ProbeVerdict> {
+    let verdicts = |probes: &[Arc<Probe>]| -> Vec<ProbeVerdict> {
         let now = Instant::now();
-        agent
-            .probes()
+        probes
             .iter()
             .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
             .collect()
@@ -519,7 +520,8 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     match discovered {
         None => {
             interrupted_note(common.log_format);
-            let verdict = Verdict::new(verdicts(&agent), started.elapsed(), embedded).interrupted();
+            let verdict =
+                Verdict::new(verdicts(agent.probes()), started.elapsed(), embedded).interrupted();
             agent.shutdown(std::future::ready(())).await;
             return report(&verdict, args, common).unwrap_or(Exit::Interrupted);
         }
@@ -549,7 +551,7 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
                 "could not run",
                 fields,
             );
-            let mut probes = verdicts(&agent);
+            let mut probes = verdicts(agent.probes());
             for p in &mut probes {
                 if let Some((_, error)) = stuck.iter().find(|(name, _)| *name == p.name) {
                     p.error(format!(
@@ -584,13 +586,17 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
         // Every probe is finished, so each progress line is printed and the task ends.
         let _ = progress.await;
     }
-    let verdict = Verdict::new(verdicts(&agent), started.elapsed(), embedded);
+    // The verdict is read once every task has stopped: a sink poll still running when the last
+    // record settled is counted in it, as it ran.
+    let probes = agent.probes().to_vec();
+    let elapsed = started.elapsed();
+    agent.shutdown(std::future::ready(())).await;
+    let verdict = Verdict::new(verdicts(&probes), elapsed, embedded);
     let verdict = if interrupted {
         verdict.interrupted()
     } else {
         verdict
     };
-    agent.shutdown(std::future::ready(())).await;
     report(&verdict, args, common).unwrap_or(match verdict.result {
         RunResult::Pass => Exit::Ok,
         RunResult::Fail => Exit::Failed,
@@ -645,11 +651,7 @@ fn write_report(verdict: &Verdict, path: &Path, format: LogFormat) -> bool {
 }
 
 /// One stderr line per settled round of each probe.
-async fn show_progress(
-    probes: Vec<std::sync::Arc<crate::probe::Probe>>,
-    plan: Plan,
-    format: LogFormat,
-) {
+async fn show_progress(probes: Vec<Arc<Probe>>, plan: Plan, format: LogFormat) {
     let (total, rounds) = match plan {
         Plan::Rounds(n) => (n.to_string(), Some(n)),
         _ => ("?".into(), None),
