@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use slo_probe::EmbeddedCluster;
 use slo_probe::Plan;
@@ -65,7 +66,8 @@ impl Broker {
 }
 
 /// Every consumer of the harness, and the agents it starts in process, hold an empty fetch this
-/// long at most (the agent's default).
+/// long at most (the agent's default); they reconnect to a broker that was away as the agent's
+/// clients do.
 const FETCH_WAIT: Duration = Duration::from_millis(10);
 
 /// A consumer of the harness reading `partitions` of `topic` from the beginning.
@@ -75,6 +77,10 @@ pub fn reader(bootstrap: &str, topic: &str, partitions: i32, group: &str) -> Str
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
+        .set(
+            "reconnect.backoff.max.ms",
+            crate::disruption::RECONNECT_BACKOFF_MAX_MS,
+        )
         .create()
         .expect("consumer created");
     let mut tpl = TopicPartitionList::new();
@@ -84,6 +90,48 @@ pub fn reader(bootstrap: &str, topic: &str, partitions: i32, group: &str) -> Str
     }
     consumer.assign(&tpl).expect("partitions assigned");
     consumer
+}
+
+/// A raw loop's clients, set up like the agent's (`linger.ms=0`, `acks=all`, the agent's fetch
+/// wait and reconnect pause; `message_timeout` when given) and warmed up: one record per
+/// partition has come back, as the probe's verifier is reading before its first round (consumer
+/// start-up is not latency).
+pub async fn raw_clients(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    group: &str,
+    message_timeout: Option<Duration>,
+) -> (FutureProducer, StreamConsumer) {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .set(
+            "reconnect.backoff.max.ms",
+            crate::disruption::RECONNECT_BACKOFF_MAX_MS,
+        );
+    if let Some(t) = message_timeout {
+        config.set("message.timeout.ms", t.as_millis().to_string());
+    }
+    let producer: FutureProducer = config.create().unwrap();
+    let consumer = reader(bootstrap, topic, partitions, group);
+    for p in 0..partitions {
+        let _ = producer.send_result(
+            FutureRecord::to(topic)
+                .partition(p)
+                .key("warmup")
+                .payload("warmup"),
+        );
+    }
+    for _ in 0..partitions {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the raw loop's consumer starts")
+            .expect("a warm-up record");
+    }
+    (producer, consumer)
 }
 
 /// An agent in this process on `broker`, with one probe file, its consumer holding fetches

@@ -9,13 +9,15 @@
 //! Scenarios: fidelity (quantiles against ground truth, and against fixed Prometheus buckets),
 //! overhead (against a raw rdkafka loop), footprint (RSS and CPU of `slo-probe run`), capacity
 //! (verified records per second per core), detection (time to notice a dead broker), formats
-//! (CPU per record of the envelope, a JSON template and Avro). Every figure is the median of
+//! (CPU per record of the envelope, a JSON template and Avro), disruption (a rolling restart, a
+//! leader election, a slow broker and a broker restart, against a raw loop). Every figure is the median of
 //! `--runs` runs (default 3). Nothing here passes or fails on timing.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it runs `--quick`.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod disruption;
 mod env;
 mod fidelity;
 mod formats;
@@ -35,7 +37,7 @@ use crate::stats::{median_by, rel_err_pct};
 #[derive(Debug, Parser)]
 #[command(
     name = "slo-probe-bench",
-    about = "Fidelity, overhead, footprint, capacity, detection and record formats of slo-probe"
+    about = "Fidelity, overhead, footprint, capacity, detection, record formats and disruption of slo-probe"
 )]
 struct Args {
     /// Seconds instead of minutes: tiny samples, one run. Numbers are not meaningful.
@@ -44,7 +46,8 @@ struct Args {
     /// Runs per figure (medians are reported).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these scenarios (fidelity, overhead, footprint, capacity, detection, formats).
+    /// Only these scenarios (fidelity, overhead, footprint, capacity, detection, formats,
+    /// disruption).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Also write the report here.
@@ -74,6 +77,7 @@ struct Plan {
     detection_timeout: Duration,
     formats_records: u64,
     formats_rounds: usize,
+    disruption: disruption::Timing,
 }
 
 impl Plan {
@@ -93,6 +97,15 @@ impl Plan {
                 detection_timeout: Duration::from_secs(1),
                 formats_records: 500,
                 formats_rounds: 2,
+                disruption: disruption::Timing {
+                    interval: Duration::from_millis(100),
+                    timeout: Duration::from_secs(10),
+                    baseline: Duration::from_secs(2),
+                    down: Duration::from_secs(2),
+                    settle: Duration::from_secs(1),
+                    tail: Duration::from_secs(2),
+                    slow_rtt: Duration::from_millis(200),
+                },
             }
         } else {
             Plan {
@@ -109,6 +122,15 @@ impl Plan {
                 detection_timeout: Duration::from_secs(2),
                 formats_records: 20_000,
                 formats_rounds: 5,
+                disruption: disruption::Timing {
+                    interval: Duration::from_millis(100),
+                    timeout: Duration::from_secs(30),
+                    baseline: Duration::from_secs(20),
+                    down: Duration::from_secs(25),
+                    settle: Duration::from_secs(10),
+                    tail: Duration::from_secs(15),
+                    slow_rtt: Duration::from_millis(200),
+                },
             }
         }
     }
@@ -154,6 +176,9 @@ fn main() {
         }
         if want("formats") {
             report += &formats_section(&plan);
+        }
+        if want("disruption") {
+            report += &disruption_section(&plan).await;
         }
     });
     println!("{report}");
@@ -466,5 +491,92 @@ fn formats_section(plan: &Plan) -> String {
         ratio(1),
         ratio(2)
     );
+    out
+}
+
+async fn disruption_section(plan: &Plan) -> String {
+    let t = plan.disruption;
+    let mut out = format!(
+        "## 7. Disruption\n\nA probe (one record per partition every {}, 3 partitions, timeout {}, `acks=all`) and a raw rdkafka \
+         produce -> consume loop with the same settings run side by side on the same brokers, through each step of a \
+         scenario; brokers stay down (or slow) for {}, instant steps are watched for {}, the last step for {} more. \
+         Records are placed in the step during which they were scheduled. *Disturbed*: lost, or slower than the loop's \
+         own baseline p99 doubled (at least +50 ms); *recovery*: from the step's action to the arrival (or deadline) of \
+         the last disturbed record scheduled in the step. *Slow*: above the freshness threshold, {}. Latency in ms, \
+         raw / probe; medians of {} run(s).\n\n",
+        humantime::format_duration(t.interval),
+        humantime::format_duration(t.timeout),
+        humantime::format_duration(t.down),
+        humantime::format_duration(t.settle),
+        humantime::format_duration(t.tail),
+        humantime::format_duration(disruption::FRESHNESS),
+        plan.runs
+    );
+    let interval = t.interval.as_secs_f64();
+    for scenario in disruption::Scenario::ALL {
+        let mut runs = Vec::new();
+        for r in 0..plan.runs {
+            let tag = format!("{scenario:?}-{r}").to_lowercase();
+            runs.push(disruption::run(scenario, t, &tag).await);
+        }
+        let _ = writeln!(
+            out,
+            "**{}**\n\n| step | records | lost | slow | p50 | p99 | max | recovery s | probe within raw + 1 interval |\n|---|---|---|---|---|---|---|---|---|",
+            scenario.name()
+        );
+        let row = |name: &str,
+                   raw: &dyn Fn(&disruption::Run) -> &disruption::Figures,
+                   probe: &dyn Fn(&disruption::Run) -> &disruption::Figures| {
+            let m = |f: &dyn Fn(&disruption::Figures) -> f64| {
+                (
+                    median_by(&runs, |r| f(raw(r))),
+                    median_by(&runs, |r| f(probe(r))),
+                )
+            };
+            let pair = |(a, b): (f64, f64)| format!("{} / {}", ms(a), ms(b));
+            let count = |(a, b): (f64, f64)| format!("{a:.0} / {b:.0}");
+            let recovery = m(&|f| f.recovery);
+            let within = if recovery.1 <= recovery.0 + interval + 1e-9 {
+                "yes"
+            } else {
+                "**no**"
+            };
+            format!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {within} |",
+                count(m(&|f| f.records as f64)),
+                count(m(&|f| f.lost as f64)),
+                count(m(&|f| f.slow as f64)),
+                pair(m(&|f| f.p50)),
+                pair(m(&|f| f.p99)),
+                pair(m(&|f| f.max)),
+                recovery.0,
+                recovery.1,
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            row("baseline", &|r| &r.baseline.0, &|r| &r.baseline.1)
+        );
+        for (i, step) in runs[0].steps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}",
+                row(&step.name, &|r| &r.steps[i].raw, &|r| &r.steps[i].probe)
+            );
+        }
+        out += "\n";
+        // The probe adds no loss of its own: with acks=all, what the raw loop kept, it keeps.
+        for r in &runs {
+            let lost = |f: fn(&disruption::Step) -> &disruption::Figures| -> usize {
+                r.steps.iter().map(|s| f(s).lost).sum()
+            };
+            assert!(
+                lost(|s| &s.probe) <= lost(|s| &s.raw),
+                "{}: the probe lost records the raw loop did not",
+                scenario.name()
+            );
+        }
+    }
     out
 }

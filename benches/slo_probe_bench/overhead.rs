@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use slo_probe::Plan;
 
-use crate::env::{Broker, agent_in_process, reader};
+use crate::env::{Broker, agent_in_process, raw_clients};
 use crate::stats;
 
 const PARTITIONS: i32 = 3;
@@ -79,30 +79,7 @@ fn p50_p99(mut v: Vec<f64>) -> [f64; 2] {
 
 /// One record per partition every `interval`; each timed from its send call to its arrival.
 async fn raw_loop(bootstrap: &str, topic: &str, rounds: u64, interval: Duration) -> Vec<f64> {
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    let consumer = reader(bootstrap, topic, PARTITIONS, "bench-raw");
-
-    // Warm up first: one record per partition must come back before timing starts, as the
-    // probe's verifier is reading before its first round (consumer start-up is not latency).
-    for p in 0..PARTITIONS {
-        let _ = producer.send_result(
-            FutureRecord::to(topic)
-                .partition(p)
-                .key("warmup")
-                .payload("warmup"),
-        );
-    }
-    let mut warm = 0;
-    while warm < PARTITIONS {
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            warm += 1;
-        }
-    }
+    let (producer, consumer) = raw_clients(bootstrap, topic, PARTITIONS, "bench-raw", None).await;
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let expected = rounds as usize * PARTITIONS as usize;
     let reader = {

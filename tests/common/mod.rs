@@ -9,6 +9,7 @@ pub mod front;
 pub mod infra;
 pub mod job;
 pub mod malformed_pg;
+pub mod otlp;
 pub mod registry;
 pub mod relay;
 pub mod writer;
