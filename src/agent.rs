@@ -29,6 +29,7 @@ use crate::probe::task::{self, Plan, SendLoop};
 use crate::registry::{Registry, RegistryError};
 use crate::server::{self, AgentView};
 use crate::supervise::{Ends, TaskEvent, supervise};
+use crate::verify::fetch_wait;
 use crate::verify::kafka::KafkaVerifier;
 use crate::verify::sink;
 
@@ -220,12 +221,12 @@ impl Agent {
                 continue;
             };
             if !verifiers.contains_key(name) {
-                let v = KafkaVerifier::new(cluster(&config, name), &instance).map_err(|error| {
-                    StartError::Client {
+                let on_embedded = embedded.is_some();
+                let v = KafkaVerifier::new(cluster(&config, name), &instance, on_embedded)
+                    .map_err(|error| StartError::Client {
                         cluster: name.clone(),
                         error,
-                    }
-                })?;
+                    })?;
                 verifiers.insert(name.clone(), Arc::new(v));
             }
             verifiers[name]
@@ -286,6 +287,10 @@ impl Agent {
                 .filter(|p| p.verify_cluster.as_ref() == Some(cluster_name))
                 .cloned()
                 .collect();
+            // Chooses the verifier's fetch wait (when nothing chose it already), then ends. Not
+            // restarted: a detector that dies leaves the verifier at 10 ms, which is right on
+            // every broker.
+            background.spawn(fetch_wait::detect(Arc::clone(v), stop_all.clone()));
             let (v, stop) = (Arc::clone(v), stop_all.clone());
             let start = move || Box::pin(Arc::clone(&v).run(stop.clone())) as BoxTask;
             supervised(
@@ -477,6 +482,11 @@ impl Agent {
             metrics: Arc::clone(&self.metrics),
             site: self.config.agent.site.clone(),
             instance: self.config.agent.instance.clone(),
+            fetch_wait: self
+                ._verifiers
+                .iter()
+                .map(|(name, v)| (name.clone(), v.fetch_wait()))
+                .collect(),
         }
     }
 
@@ -804,6 +814,7 @@ mod tests {
             metrics,
             site: "default".into(),
             instance: "test".into(),
+            fetch_wait: BTreeMap::new(),
         };
         let restarts = |view: &AgentView| {
             let m = view.render_metrics();

@@ -4,11 +4,14 @@
 //! them, in that order):
 //! - producer `linger.ms=0`: a probe sends a handful of records per interval; batching them
 //!   would add up to librdkafka's default 5 ms to every produce latency.
-//! - consumer `fetch.wait.max.ms=10`: Apache Kafka answers a fetch as soon as `fetch.min.bytes`
-//!   (1) is available, but some brokers (librdkafka's mock cluster, several Kafka-compatible
-//!   ones) hold every fetch for the whole wait. The default 500 ms then poses as pipeline
-//!   latency (measured on the mock: p50 258 ms at 500, 6 ms at 10). 10 ms bounds that error at
-//!   the cost of at most 100 empty fetches per second per broker, from one consumer per cluster.
+//! - consumer `fetch.wait.max.ms`: 10 ms, then 500 ms on a broker found to answer fetches when
+//!   data arrives. Apache Kafka answers a fetch as soon as `fetch.min.bytes` (1) is available,
+//!   but some brokers (librdkafka's mock cluster, tansu, other Kafka-compatible ones) hold every
+//!   fetch for the whole wait, and librdkafka's default 500 ms then poses as pipeline latency
+//!   (measured on the mock: p50 258 ms at 500, 6 ms at 10). 10 ms is true everywhere, at the
+//!   cost of up to 100 empty fetches per second per broker when idle; `verify::fetch_wait`
+//!   finds out which kind of broker it is and raises the wait where that costs no latency. A
+//!   value in the cluster's `properties` or `consumer` settings is used as it is.
 //! - the consumer is assigned explicit partitions (`assign`, no `subscribe`), starting at the
 //!   high watermark read before the first record is sent: no group join (~3 s), no rebalance
 //!   that could stall verification, no committed offsets, and no record missed at start.
@@ -131,9 +134,34 @@ pub fn producer_config(
     c
 }
 
-/// The librdkafka configuration of a cluster's verifying consumer.
-pub fn consumer_config(cluster: &ClusterConfig, instance: &str) -> ClientConfig {
-    let mut c = base(cluster, instance, "consumer");
+/// The verifying consumer's `fetch.wait.max.ms` while nothing is known about the broker, and
+/// for good on one that holds every fetch for the whole wait (librdkafka's mock cluster).
+pub const FETCH_WAIT_SHORT: Duration = Duration::from_millis(10);
+
+/// The verifying consumer's `fetch.wait.max.ms` on a broker that answers a fetch as soon as data
+/// arrives (Apache Kafka): librdkafka's default; an idle consumer then fetches twice a second.
+pub const FETCH_WAIT_LONG: Duration = Duration::from_millis(500);
+
+/// The `fetch.wait.max.ms` the user set for a cluster's consumer (its `consumer` settings,
+/// else its `properties`), if any: it is used as it is.
+pub fn user_fetch_wait(cluster: &ClusterConfig) -> Option<&str> {
+    const KEY: &str = "fetch.wait.max.ms";
+    cluster
+        .consumer
+        .get(KEY)
+        .or_else(|| cluster.properties.get(KEY))
+        .map(String::as_str)
+}
+
+/// The librdkafka configuration of a cluster's consumer (`role` names it in `client.id`),
+/// letting a broker hold an empty fetch for `fetch_wait` unless the user set another wait.
+pub fn consumer_config(
+    cluster: &ClusterConfig,
+    instance: &str,
+    role: &str,
+    fetch_wait: Duration,
+) -> ClientConfig {
+    let mut c = base(cluster, instance, role);
     // librdkafka's incremental_assign() (used to add partitions to a running consumer) needs a
     // group id; the group is never joined and nothing is ever committed to it.
     c.set("group.id", format!("slo-probe-{instance}"))
@@ -141,7 +169,10 @@ pub fn consumer_config(cluster: &ClusterConfig, instance: &str) -> ClientConfig 
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "10");
+        .set(
+            "fetch.wait.max.ms",
+            fetch_wait.as_millis().max(1).to_string(),
+        );
     apply(&mut c, &cluster.properties);
     apply(&mut c, &cluster.consumer);
     c
@@ -249,8 +280,15 @@ impl Drop for Producer {
     }
 }
 
-pub fn create_consumer(cluster: &ClusterConfig, instance: &str) -> Result<Consumer, KafkaError> {
-    consumer_config(cluster, instance).create_with_context(ClientCtx::new(&cluster.name))
+/// A consumer of `cluster` (see [`consumer_config`]); assign it partitions to read.
+pub fn create_consumer(
+    cluster: &ClusterConfig,
+    instance: &str,
+    role: &str,
+    fetch_wait: Duration,
+) -> Result<Consumer, KafkaError> {
+    consumer_config(cluster, instance, role, fetch_wait)
+        .create_with_context(ClientCtx::new(&cluster.name))
 }
 
 /// Why a topic's partitions could not be read.

@@ -24,7 +24,8 @@
 //! - `kafka`: client settings (and why), metadata; delivery reports through `Deliveries`.
 //! - `registry`: the Schema Registry client (a probe's schema id; writer schemas by id).
 //! - `probe`: a probe's domain state ([`Probe`]), its schedule, its in-flight tracker.
-//! - `verify`: the paired Kafka consumer, and the sink pollers.
+//! - `verify`: the paired Kafka consumer (and how long it lets a broker hold a fetch:
+//!   `verify::fetch_wait`), and the sink pollers.
 //! - `discovery`: partitions, and which verifier reads what.
 //! - `report`: the smoke verdict (text, JSON, JUnit) and `/status`.
 //! - `export`: metrics, log lines, spans: the `Observer` each probe reports to. A side branch:
@@ -85,6 +86,7 @@ pub use probe::{LAST, Probe, Progress, SLOWEST, Snapshot};
 pub use report::EMBEDDED_NOTICE;
 pub use server::AgentView;
 pub use util::tls::install_crypto_provider;
+pub use verify::fetch_wait::{Choice as FetchWaitChoice, FetchWaitStatus};
 
 /// For the benchmark harness only: not a stable interface.
 #[doc(hidden)]

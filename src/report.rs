@@ -16,6 +16,7 @@ use crate::outcome::{Counts, Outcome, PartitionCounts};
 use crate::probe::{Noted, Probe, SinkSummary, Snapshot};
 use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
+use crate::verify::fetch_wait::FetchWaitStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
@@ -586,6 +587,15 @@ pub struct Status {
     pub site: String,
     pub instance: String,
     pub probes: Vec<ProbeStatus>,
+    /// Each cluster a Kafka verifier reads from.
+    pub clusters: BTreeMap<String, ClusterStatus>,
+}
+
+/// A cluster a Kafka verifier reads from, on `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The verifier's consumer's `fetch.wait.max.ms`, and how it was chosen.
+    pub fetch_wait: FetchWaitStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -10,6 +10,7 @@
 //! connection closed gracefully after [`MAX_CONNECTION_AGE`]. On stop, connections get
 //! [`DRAIN`] to finish their request, then are dropped: shutdown never waits on a client.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,7 @@ use crate::export::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::probe::Probe;
 use crate::report;
+use crate::verify::fetch_wait::FetchWaitStatus;
 
 /// A request's headers must be complete this long after the server starts waiting for them;
 /// an idle keep-alive connection is closed after as long.
@@ -66,6 +68,8 @@ pub struct AgentView {
     pub site: String,
     /// This agent's instance id.
     pub instance: String,
+    /// Each verifying cluster's consumer fetch wait and how it was chosen, as it changes.
+    pub fetch_wait: BTreeMap<String, watch::Receiver<FetchWaitStatus>>,
 }
 
 impl AgentView {
@@ -278,6 +282,14 @@ async fn status(Extract(state): Extract<State>) -> Json<report::Status> {
             .probes
             .iter()
             .map(|p| report::ProbeStatus::new(p, &p.snapshot(now)))
+            .collect(),
+        clusters: view
+            .fetch_wait
+            .iter()
+            .map(|(name, w)| {
+                let fetch_wait = w.borrow().clone();
+                (name.clone(), report::ClusterStatus { fetch_wait })
+            })
             .collect(),
     })
 }

@@ -196,6 +196,13 @@ async fn metrics_over_http_carry_the_whole_contract() {
     assert_eq!(s["probes"][0]["name"], "canary");
     assert_eq!(s["probes"][0]["records"]["ok"], 9);
     assert_eq!(s["probes"][0]["partitions"], serde_json::json!([0, 1, 2]));
+    // the mock cluster holds every fetch: its verifier keeps 10 ms without detecting anything
+    let fetch_wait = &s["clusters"]["default"]["fetch_wait"];
+    assert_eq!(
+        (fetch_wait["chosen"].as_str(), fetch_wait["max_ms"].as_u64()),
+        (Some("embedded"), Some(10)),
+        "{s:#}"
+    );
     let report = agent.shutdown(std::future::ready(())).await;
     assert!(report.drained);
 }

@@ -576,17 +576,31 @@ async fn a_broker_that_goes_away_is_an_outage_the_agent_recovers_from() {
     drop(front);
 }
 
-/// What an idle agent costs a broker, counted at a relay in front of tansu: requests per second
-/// by kind over a few seconds with nothing to send (a probe every hour), with the consumer's
-/// default `fetch.wait.max.ms` (10 ms) and with librdkafka's own default (500 ms): the one
-/// consumer per cluster is what an idle agent costs, one empty fetch per wait (or per the
-/// broker's own hold, when longer).
+/// What an idle agent costs a broker, counted at a relay in front of tansu (a broker that holds
+/// every fetch for the whole wait): requests per second by kind over a few seconds with nothing
+/// to send, from the one consumer per cluster, one empty fetch per wait (or per the broker's own
+/// hold, when longer). Three agents: one still deciding its fetch wait (a probe every hour: too
+/// few records to compare, so the verifier's 10 ms consumer and the detector's 1 s one both
+/// fetch), one that decided tansu holds fetches and kept 10 ms, and one told 500 ms in its
+/// settings (what an agent costs after raising its wait on a broker that answers when data
+/// arrives, where an empty fetch is held for the whole wait too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_agent_costs_a_broker_one_fetch_per_wait() {
     use common::counting::{CountingRelay, FETCH};
+    use slo_probe::FetchWaitChoice as Choice;
     const MEASURED: Duration = Duration::from_secs(5);
+    let cases = [
+        ("10 ms, still deciding", None, "1h", Choice::Detecting),
+        ("10 ms, decided: holds", None, "200ms", Choice::Holds),
+        (
+            "500 ms, set by the user",
+            Some("500"),
+            "200ms",
+            Choice::User,
+        ),
+    ];
     let mut rates = Vec::new();
-    for wait in [None, Some("500")] {
+    for (what, wait, interval, chosen) in cases {
         let relay_port = free_port();
         let broker = Tansu::advertising(Some(relay_port));
         let relay = CountingRelay::start(relay_port, format!("127.0.0.1:{}", broker.port)).await;
@@ -596,18 +610,30 @@ async fn an_idle_agent_costs_a_broker_one_fetch_per_wait() {
         let agent_yaml = format!(
             "clusters:\n  primary:\n    bootstrap_servers: '127.0.0.1:{relay_port}'\n{consumer}"
         );
-        let probe = "name: idle\ninterval: 1h\ntimeout: 5s\ncreate_topic: { partitions: 1 }\n";
-        let (_t, agent) = agent(&agent_yaml, probe, Plan::Forever).await;
+        let probe = format!(
+            "name: idle\ninterval: {interval}\ntimeout: 5s\ncreate_topic: {{ partitions: 1 }}\n"
+        );
+        let (_t, agent) = agent(&agent_yaml, &probe, Plan::Forever).await;
         let p = agent.probes()[0].clone();
         eventually("the first round settles", || async {
             let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
-            (c.get(Outcome::Ok) == 1).then_some(())
+            (c.get(Outcome::Ok) >= 1).then_some(())
         })
         .await;
+        if chosen == Choice::Holds {
+            assert_eq!(decision(&agent).await.chosen, Choice::Holds);
+        }
+        // nothing more to send from here on
+        agent.stop_sending();
+        tokio::time::timeout(GUARD, agent.wait_finished())
+            .await
+            .expect("the probe drains");
         let before = relay.counts();
         // a measuring period, not a wait for anything
         tokio::time::sleep(MEASURED).await;
         let after = relay.counts();
+        let status = fetch_wait(&agent);
+        assert_eq!(status.chosen, chosen, "{what}: {status:?}");
         agent.shutdown(std::future::ready(())).await;
         let per_second = |key: i16| {
             (after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)) as f64
@@ -615,15 +641,272 @@ async fn an_idle_agent_costs_a_broker_one_fetch_per_wait() {
         };
         let all: f64 = after.keys().map(|&k| per_second(k)).sum();
         eprintln!(
-            "fetch.wait.max.ms {}: {:.1} fetches/s, {all:.1} requests/s in all, to the one broker",
-            wait.unwrap_or("10 (the default)"),
+            "fetch.wait.max.ms {what}: {:.1} fetches/s, {all:.1} requests/s in all, to the one broker",
             per_second(FETCH)
         );
         rates.push((per_second(FETCH), all));
     }
-    let ((fast, _), (slow, slow_all)) = (rates[0], rates[1]);
+    let ((deciding, _), (fast, _), (slow, slow_all)) = (rates[0], rates[1], rates[2]);
     // At 500 ms the one consumer fetches about twice a second; at 10 ms several times as often
-    // (how often depends on how long the broker holds an empty fetch: tansu about 50 ms).
+    // (how often depends on how long the broker holds an empty fetch: tansu about 50 ms); while
+    // deciding, the detector adds about one fetch a second.
     assert!(slow <= 3.0 && slow_all <= 5.0, "{rates:?}");
     assert!(fast > 3.0 * slow, "{rates:?}");
+    assert!(deciding > 3.0 * slow, "{rates:?}");
+}
+
+/// The verifier's fetch wait and how it was chosen, now.
+fn fetch_wait(agent: &Agent) -> slo_probe::FetchWaitStatus {
+    agent.view().fetch_wait["primary"].borrow().clone()
+}
+
+/// The fetch wait once the detector decided (or gave up).
+async fn decision(agent: &Agent) -> slo_probe::FetchWaitStatus {
+    let mut rx = agent.view().fetch_wait["primary"].clone();
+    let decided = tokio::time::timeout(
+        GUARD,
+        rx.wait_for(|s| s.chosen != slo_probe::FetchWaitChoice::Detecting),
+    )
+    .await
+    .expect("the detector decides")
+    .expect("the agent runs");
+    decided.clone()
+}
+
+/// An agent in this process serving `/status` on a free port, probing `primary` at `bootstrap`
+/// every 200 ms (3 partitions) until told to stop.
+async fn agent_serving(bootstrap: &str) -> (Tree, Agent, String) {
+    let t = Tree::new();
+    t.agent_file(bootstrap);
+    t.write(
+        "probes/p.yaml",
+        "name: fetched\ninterval: 200ms\ntimeout: 5s\ncreate_topic: { partitions: 3 }\n",
+    );
+    let sources = slo_probe::config::Sources {
+        agent_file: Some(t.path().join("slo-probe.yaml")),
+        probe_paths: vec![t.path().join("probes")],
+    };
+    let opts = slo_probe::AgentOptions {
+        plan: Plan::Forever,
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        embedded: false,
+    };
+    let agent = Agent::start(slo_probe::config::load(&sources).unwrap(), opts)
+        .await
+        .unwrap();
+    let addr = agent.http_addr().unwrap().to_string();
+    (t, agent, addr)
+}
+
+/// Stops sending, waits for every record's outcome, and returns the counts and the window's
+/// latency p50 (seconds).
+async fn drain(agent: Agent) -> (Counts, Snapshot, f64) {
+    agent.stop_sending();
+    tokio::time::timeout(GUARD, agent.wait_finished())
+        .await
+        .expect("the probe drains");
+    let s = agent.probes()[0].snapshot(tokio::time::Instant::now());
+    agent.shutdown(std::future::ready(())).await;
+    assert!(s.progress.counts.conserved());
+    let p50 = s.e2e_window.expect("verified records")[0];
+    (s.progress.counts, s, p50)
+}
+
+/// A broker that holds fetches for the whole wait (tansu): the detector finds it out from the
+/// first records, the verifier keeps 10 ms, and latency stays what the pipeline makes it (at
+/// 500 ms, p50 would be about 250 ms of fetch wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_broker_that_holds_fetches_the_verifier_keeps_10_ms() {
+    use slo_probe::FetchWaitChoice as Choice;
+    let broker = Tansu::start();
+    let started = std::time::Instant::now();
+    let (_t, agent, addr) = agent_serving(&broker.bootstrap()).await;
+    assert_eq!(fetch_wait(&agent).chosen, Choice::Detecting);
+    let decided = decision(&agent).await;
+    eprintln!("decided after {:?}: {}", started.elapsed(), decided.why);
+    assert_eq!(
+        (decided.chosen, decided.max_ms),
+        (Choice::Holds, 10),
+        "{decided:?}"
+    );
+    assert!(
+        decided
+            .why
+            .starts_with("broker holds fetches for the whole wait: "),
+        "{}",
+        decided.why
+    );
+    let (_, status) = get(&addr, "/status").await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let shown = &status["clusters"]["primary"]["fetch_wait"];
+    assert_eq!(
+        (shown["chosen"].as_str(), shown["max_ms"].as_u64()),
+        (Some("holds"), Some(10)),
+        "{shown}"
+    );
+    assert_eq!(shown["why"], decided.why.as_str());
+    let p = agent.probes()[0].clone();
+    let ok_then = p
+        .snapshot(tokio::time::Instant::now())
+        .progress
+        .counts
+        .get(Outcome::Ok);
+    eventually("ten more rounds are verified", || async {
+        let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
+        (c.get(Outcome::Ok) >= ok_then + 30).then_some(())
+    })
+    .await;
+    let (c, s, p50) = drain(agent).await;
+    eprintln!(
+        "holding broker at 10 ms: p50 {:.1} ms over {} records",
+        p50 * 1e3,
+        s.e2e_window_count
+    );
+    assert_eq!(c.get(Outcome::Ok), c.sent, "{c:?}");
+    assert_eq!((c.duplicates, c.late, c.reordered), (0, 0, 0), "{c:?}");
+    assert!(p50 < 0.15, "p50 {p50} s: fetch wait poses as latency");
+}
+
+/// A broker that answers fetches when data arrives (`EarlyFetchBroker`, standing for Apache
+/// Kafka): the detector finds it out, the verifier switches to a consumer waiting 500 ms at the
+/// old one's positions, and every record before and after the switch is verified once; latency
+/// stays low, and the stand-in really cut the waits of the fetches it forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_broker_that_answers_fetches_early_the_verifier_raises_its_wait_losing_nothing() {
+    use common::early_fetch::{CAP_MS, EarlyFetchBroker};
+    use slo_probe::FetchWaitChoice as Choice;
+    let broker = EarlyFetchBroker::start().await;
+    let started = std::time::Instant::now();
+    let (_t, agent, addr) = agent_serving(&broker.bootstrap()).await;
+    assert_eq!(fetch_wait(&agent).chosen, Choice::Detecting);
+    let decided = decision(&agent).await;
+    eprintln!("decided after {:?}: {}", started.elapsed(), decided.why);
+    assert_eq!(
+        (decided.chosen, decided.max_ms),
+        (Choice::AnswersEarly, 500),
+        "{decided:?}"
+    );
+    assert!(
+        decided
+            .why
+            .starts_with("broker answers fetches when data arrives: "),
+        "{}",
+        decided.why
+    );
+    let (_, status) = get(&addr, "/status").await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let shown = &status["clusters"]["primary"]["fetch_wait"];
+    assert_eq!(
+        (shown["chosen"].as_str(), shown["max_ms"].as_u64()),
+        (Some("answers_early"), Some(500)),
+        "{shown}"
+    );
+    let p = agent.probes()[0].clone();
+    let ok_then = p
+        .snapshot(tokio::time::Instant::now())
+        .progress
+        .counts
+        .get(Outcome::Ok);
+    assert!(ok_then > 0, "records were verified before the switch");
+    eventually("ten more rounds are verified after the switch", || async {
+        let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
+        (c.get(Outcome::Ok) >= ok_then + 30).then_some(())
+    })
+    .await;
+    let (c, s, p50) = drain(agent).await;
+    eprintln!(
+        "early-answering stand-in at 500 ms: p50 {:.1} ms over {} records",
+        p50 * 1e3,
+        s.e2e_window_count
+    );
+    assert_eq!(c.get(Outcome::Ok), c.sent, "none lost: {c:?}");
+    assert_eq!(
+        (c.duplicates, c.late, c.reordered, s.foreign),
+        (0, 0, 0, 0),
+        "none read twice: {c:?}"
+    );
+    assert!(p50 < 0.15, "p50 {p50} s");
+
+    let f = broker.fetches();
+    eprintln!("the stand-in saw {f:?}");
+    assert!(
+        f.unparsed.is_empty(),
+        "fetches the stand-in could not read: {:?}",
+        f.unparsed
+    );
+    assert!(!f.by_version.is_empty(), "{f:?}");
+    // the verifier before the switch (10 ms), the detector (1000 ms) and the verifier after it
+    // (500 ms) all fetched through the stand-in, and every longer wait was cut
+    for asked in [10, 1000, 500] {
+        assert!(
+            f.by_wait.get(&asked).copied().unwrap_or(0) > 0,
+            "no fetch asked for {asked} ms: {f:?}"
+        );
+    }
+    let longer: u64 = f.by_wait.range(CAP_MS + 1..).map(|(_, n)| n).sum();
+    assert_eq!(f.rewritten, longer, "{f:?}");
+}
+
+/// The stand-in reads `MaxWaitMs` where each Fetch version keeps it, and refuses versions it
+/// does not know rather than rewriting the wrong bytes.
+#[test]
+fn the_early_fetch_stand_in_finds_max_wait_in_every_fetch_version() {
+    use common::early_fetch::{NEWEST_KNOWN, cap_max_wait};
+    /// A Fetch request: header v1 or v2 (with `tags`), then the body's first fields.
+    fn fetch(version: i16, client_id: Option<&str>, tags: &[(u8, &[u8])], wait: i32) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&1i16.to_be_bytes());
+        f.extend_from_slice(&version.to_be_bytes());
+        f.extend_from_slice(&7i32.to_be_bytes());
+        match client_id {
+            Some(c) => {
+                f.extend_from_slice(&(c.len() as i16).to_be_bytes());
+                f.extend_from_slice(c.as_bytes());
+            }
+            None => f.extend_from_slice(&(-1i16).to_be_bytes()),
+        }
+        if version >= 12 {
+            f.push(tags.len() as u8);
+            for (tag, data) in tags {
+                f.push(*tag);
+                f.push(data.len() as u8);
+                f.extend_from_slice(data);
+            }
+        }
+        if version <= 14 {
+            f.extend_from_slice(&(-1i32).to_be_bytes()); // ReplicaId
+        }
+        f.extend_from_slice(&wait.to_be_bytes());
+        f.extend_from_slice(&1i32.to_be_bytes()); // MinBytes
+        f
+    }
+    for version in 0..=NEWEST_KNOWN {
+        for client in [Some("slo-probe-x-consumer"), None] {
+            let tags: &[(u8, &[u8])] = &[(0, b"abc"), (5, b"")];
+            let mut frame = fetch(version, client, tags, 500);
+            let tail = frame.len() - 8;
+            assert_eq!(
+                cap_max_wait(&mut frame, 10),
+                Ok((version, 500)),
+                "v{version}"
+            );
+            assert_eq!(
+                frame[tail..],
+                [0, 0, 0, 10, 0, 0, 0, 1],
+                "v{version}: MaxWaitMs cut, MinBytes kept"
+            );
+            let mut short = fetch(version, client, &[], 5);
+            let before = short.clone();
+            assert_eq!(cap_max_wait(&mut short, 10), Ok((version, 5)));
+            assert_eq!(short, before, "a shorter wait is left alone");
+        }
+    }
+    let mut unknown = fetch(NEWEST_KNOWN + 1, None, &[], 500);
+    let before = unknown.clone();
+    assert!(
+        cap_max_wait(&mut unknown, 10)
+            .unwrap_err()
+            .contains("does not know")
+    );
+    assert_eq!(unknown, before);
 }

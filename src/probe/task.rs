@@ -509,7 +509,7 @@ mod tests {
         };
         let producer =
             Arc::new(Producer::new(&cluster, &agent.instance, Duration::from_secs(5)).unwrap());
-        let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance).unwrap());
+        let verifier = Arc::new(KafkaVerifier::new(&cluster, &agent.instance, true).unwrap());
         verifier.route(Arc::clone(&probe)).unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(Arc::clone(&verifier).run(stop.clone()));

@@ -4,23 +4,30 @@
 //! Each record read is claimed by its headers (or envelope): this agent's records go to their
 //! probe, other agents' records on a shared topic are skipped, and anything else is counted as
 //! foreign for every probe reading that topic.
+//!
+//! The consumer is replaced once when [`super::fetch_wait`] finds that the broker answers
+//! fetches when data arrives: by one waiting longer, assigned where the old one would have read
+//! next. The read loop does the swap itself (no record is read from the old consumer after its
+//! positions are taken), holding the assignment lock (no partition is added meanwhile).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ClusterConfig;
-use crate::kafka::{self, Consumer, TopicError};
+use crate::kafka::{self, Consumer, FETCH_WAIT_LONG, FETCH_WAIT_SHORT, TopicError};
 use crate::probe::Probe;
 use crate::record::{self, Claim, ForeignReason, View, avro};
 use crate::registry::Registry;
+use crate::verify::fetch_wait::{self, Choice, FetchWaitStatus, Marker};
 
 /// Bound on each metadata or watermark request.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,28 +60,93 @@ fn assignment(
 pub struct KafkaVerifier {
     cluster: ClusterConfig,
     instance: String,
-    consumer: Arc<Consumer>,
+    /// The consumer records are read with: replaced once at most (the fetch wait raised);
+    /// never locked across an await.
+    consumer: RwLock<Arc<Consumer>>,
     /// Verify topic -> the probes reading it.
     routes: RwLock<HashMap<String, Vec<Arc<Probe>>>>,
-    /// Partitions assigned so far; only ever grows.
-    assigned: tokio::sync::Mutex<BTreeSet<(String, i32)>>,
+    /// Partitions assigned so far, with the offset each was first read from; only ever grows.
+    assigned: tokio::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    /// How many partitions are assigned.
+    assigned_count: watch::Sender<usize>,
     /// Verify topic -> the registry its records' writer schemas come from (`format: avro`).
     decoders: RwLock<HashMap<String, Arc<Registry>>>,
+    /// The consumer's fetch wait and how it was chosen.
+    fetch_wait: watch::Sender<FetchWaitStatus>,
+    /// A raised fetch wait the read loop is to switch to (with the status to show once done).
+    raise: watch::Sender<Option<FetchWaitStatus>>,
+    /// Notes the arrival of the records the fetch-wait detector compares.
+    pub(crate) marker: Marker,
 }
 
 impl KafkaVerifier {
+    /// The verifier of `cluster`; `embedded`: the cluster is librdkafka's mock (it holds fetches).
     pub fn new(
         cluster: &ClusterConfig,
         instance: &str,
+        embedded: bool,
     ) -> Result<Self, rdkafka::error::KafkaError> {
+        let status = fetch_wait::initial(cluster, embedded);
+        tracing::debug!(cluster = %cluster.name, fetch_wait_max_ms = status.max_ms, chosen = ?status.chosen, "{}", status.why);
+        let consumer = kafka::create_consumer(cluster, instance, "consumer", FETCH_WAIT_SHORT)?;
         Ok(KafkaVerifier {
-            consumer: Arc::new(kafka::create_consumer(cluster, instance)?),
+            consumer: RwLock::new(Arc::new(consumer)),
             cluster: cluster.clone(),
             instance: instance.to_string(),
             routes: RwLock::new(HashMap::new()),
-            assigned: tokio::sync::Mutex::new(BTreeSet::new()),
+            assigned: tokio::sync::Mutex::new(BTreeMap::new()),
+            assigned_count: watch::Sender::new(0),
             decoders: RwLock::new(HashMap::new()),
+            fetch_wait: watch::Sender::new(status),
+            raise: watch::Sender::new(None),
+            marker: Marker::default(),
         })
+    }
+
+    /// The consumer records are read with now.
+    fn consumer(&self) -> Arc<Consumer> {
+        let consumer = self.consumer.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&consumer)
+    }
+
+    pub(crate) fn cluster(&self) -> &ClusterConfig {
+        &self.cluster
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The consumer's fetch wait and how it was chosen, as it changes.
+    pub fn fetch_wait(&self) -> watch::Receiver<FetchWaitStatus> {
+        self.fetch_wait.subscribe()
+    }
+
+    /// How many partitions are assigned, as it changes.
+    pub(crate) fn assigned_count(&self) -> watch::Receiver<usize> {
+        self.assigned_count.subscribe()
+    }
+
+    /// The detector decided and nothing changes: shows it.
+    pub(crate) fn settle_fetch_wait(&self, status: FetchWaitStatus) {
+        self.fetch_wait.send_replace(status);
+    }
+
+    /// The detector found the broker answers early: the read loop switches to a consumer with
+    /// the long wait, then shows `status`.
+    pub(crate) fn raise_fetch_wait(&self, status: FetchWaitStatus) {
+        self.raise.send_replace(Some(status));
+    }
+
+    /// The detector's assignment: every partition assigned so far, from its end.
+    pub(crate) async fn detector_assignment(&self) -> (TopicPartitionList, HashSet<(String, i32)>) {
+        let assigned = self.assigned.lock().await;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in assigned.keys() {
+            // Only an invalid partition fails, and these were assigned once already.
+            let _ = tpl.add_partition_offset(t, *p, Offset::End);
+        }
+        (tpl, assigned.keys().cloned().collect())
     }
 
     /// Sends records of `probe` read from its verify topic to it; records of a topic that is
@@ -97,7 +169,7 @@ impl KafkaVerifier {
 
     /// The partitions of a topic on this cluster.
     pub async fn partitions(&self, topic: &str) -> Result<kafka::Partitions, TopicError> {
-        let consumer = Arc::clone(&self.consumer);
+        let consumer = self.consumer();
         let cluster = self.cluster.clone();
         let t = topic.to_string();
         tokio::task::spawn_blocking(move || {
@@ -114,12 +186,12 @@ impl KafkaVerifier {
         let new: Vec<i32> = partitions
             .iter()
             .copied()
-            .filter(|p| !assigned.contains(&(topic.to_string(), *p)))
+            .filter(|p| !assigned.contains_key(&(topic.to_string(), *p)))
             .collect();
         if new.is_empty() {
             return Ok(());
         }
-        let consumer = Arc::clone(&self.consumer);
+        let consumer = self.consumer();
         let (t, cluster) = (topic.to_string(), self.cluster.clone());
         let starts = tokio::task::spawn_blocking(move || {
             new.iter()
@@ -138,7 +210,8 @@ impl KafkaVerifier {
         .await
         .unwrap_or_else(|e| Err(self.lookup_failed(topic, &e)))?;
         let tpl = assignment(&self.cluster.name, topic, &starts)?;
-        self.consumer
+        // The consumer now: the read loop cannot replace it while the lock is held.
+        self.consumer()
             .incremental_assign(&tpl)
             .map_err(|e| TopicError::Other {
                 cluster: self.cluster.name.clone(),
@@ -147,8 +220,9 @@ impl KafkaVerifier {
             })?;
         for (p, high) in starts {
             tracing::debug!(cluster = %self.cluster.name, topic, partition = p, offset = high, "verifying from offset");
-            assigned.insert((topic.to_string(), p));
+            assigned.insert((topic.to_string(), p), high);
         }
+        self.assigned_count.send_replace(assigned.len());
         Ok(())
     }
 
@@ -161,15 +235,26 @@ impl KafkaVerifier {
         }
     }
 
-    /// Reads and dispatches records until `stop`.
+    /// Reads and dispatches records until `stop`; switches to a consumer with a longer fetch
+    /// wait when told to.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let quiet = crate::util::quiet::Quiet::default();
+        let mut raise = self.raise.subscribe();
         loop {
+            let pending = raise.borrow_and_update().clone();
+            if let Some(status) = pending {
+                self.switch(status).await;
+                continue;
+            }
+            let consumer = self.consumer();
             tokio::select! {
                 _ = stop.cancelled() => break,
-                received = self.consumer.recv() => match received {
+                // Err only when the sender is gone, which `self` holds.
+                _ = raise.changed() => {}
+                received = consumer.recv() => match received {
                     Ok(m) => {
                         let at = Instant::now();
+                        self.marker.note(m.topic(), m.partition(), m.offset(), at);
                         let decoder = self.decoder(m.topic());
                         match decoder {
                             None => self.dispatch(&View::of(&m), at),
@@ -191,6 +276,70 @@ impl KafkaVerifier {
                 }
             }
         }
+    }
+
+    /// Replaces the consumer by one waiting [`FETCH_WAIT_LONG`], assigned where the old one
+    /// would have read next: `position()` is the offset after the last record handed to this
+    /// loop, so a record fetched but not yet handed over is fetched again, none is read twice.
+    /// A partition nothing was read from yet starts where it was first assigned. Called by the
+    /// read loop only, so nothing reads from the old consumer meanwhile; the assignment lock
+    /// keeps `ensure_assigned` out.
+    async fn switch(&self, status: FetchWaitStatus) {
+        let switched = async {
+            let assigned = self.assigned.lock().await;
+            let old = self.consumer();
+            let next = old
+                .position()
+                .map_err(|e| format!("cannot read the consumer's positions: {e}"))?;
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), start) in assigned.iter() {
+                let at = next
+                    .find_partition(t, *p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) if o >= 0 => Some(o),
+                        _ => None,
+                    })
+                    .unwrap_or(*start);
+                tpl.add_partition_offset(t, *p, Offset::Offset(at))
+                    .map_err(|e| format!("cannot resume {t}/{p} at {at}: {e}"))?;
+            }
+            let new =
+                kafka::create_consumer(&self.cluster, &self.instance, "consumer", FETCH_WAIT_LONG)
+                    .map_err(|e| format!("cannot create the consumer: {e}"))?;
+            if tpl.count() > 0 {
+                new.incremental_assign(&tpl)
+                    .map_err(|e| format!("cannot assign partitions: {e}"))?;
+            }
+            for e in tpl.elements() {
+                tracing::debug!(cluster = %self.cluster.name, topic = e.topic(), partition = e.partition(), offset = ?e.offset(), "verifying from offset (fetch wait raised)");
+            }
+            *self.consumer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+            Ok::<_, String>(old)
+        }
+        .await;
+        let cluster = self.cluster.name.as_str();
+        match switched {
+            Ok(old) => {
+                // Closing waits on librdkafka's threads.
+                tokio::task::spawn_blocking(move || drop(old));
+                tracing::info!(cluster, fetch_wait_max_ms = status.max_ms, "{}", status.why);
+                self.fetch_wait.send_replace(status);
+            }
+            Err(e) => {
+                let status = FetchWaitStatus {
+                    max_ms: FETCH_WAIT_SHORT.as_millis() as u64,
+                    chosen: Choice::Undecided,
+                    why: format!(
+                        "{}; but the consumer could not be switched ({e}): keeping {} ms",
+                        status.why,
+                        FETCH_WAIT_SHORT.as_millis()
+                    ),
+                };
+                tracing::warn!(cluster, fetch_wait_max_ms = status.max_ms, "{}", status.why);
+                self.fetch_wait.send_replace(status);
+            }
+        }
+        self.raise.send_replace(None);
     }
 
     fn decoder(&self, topic: &str) -> Option<Arc<Registry>> {

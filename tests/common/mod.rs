@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod counting;
+pub mod early_fetch;
 pub mod front;
 pub mod infra;
 pub mod job;
