@@ -445,7 +445,7 @@ mod tests {
     fn both_clients_reconnect_within_a_second_unless_the_cluster_says_otherwise() {
         let c = cluster(&[], &[]);
         let producer = producer_config(&c, "i", Duration::from_secs(5));
-        let consumer = consumer_config(&c, "i");
+        let consumer = consumer_config(&c, "i", "consumer", FETCH_WAIT_SHORT);
         for config in [&producer, &consumer] {
             assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         }
@@ -457,7 +457,7 @@ mod tests {
         let producer = producer_config(&c, "i", Duration::from_secs(5));
         assert_eq!(producer.get("reconnect.backoff.max.ms"), Some("5000"));
         assert_eq!(
-            consumer_config(&c, "i").get("reconnect.backoff.max.ms"),
+            consumer_config(&c, "i", "consumer", FETCH_WAIT_SHORT).get("reconnect.backoff.max.ms"),
             Some("250")
         );
     }

@@ -79,6 +79,16 @@ impl Scenario {
         Scenario::BrokerRestart,
     ];
 
+    /// As `--scenario` names it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::RollingRestart => "roll",
+            Scenario::PreferredLeaderElection => "election",
+            Scenario::SlowBroker => "slow-broker",
+            Scenario::BrokerRestart => "restart",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::RollingRestart => "rolling restart (mock, 3 brokers)",

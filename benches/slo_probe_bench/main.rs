@@ -50,6 +50,9 @@ struct Args {
     /// disruption).
     #[arg(long = "only")]
     only: Vec<String>,
+    /// Only these disruption scenarios (roll, election, slow-broker, restart).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
     /// Also write the report here.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -178,7 +181,7 @@ fn main() {
             report += &formats_section(&plan);
         }
         if want("disruption") {
-            report += &disruption_section(&plan).await;
+            report += &disruption_section(&plan, &args.scenarios).await;
         }
     });
     println!("{report}");
@@ -494,7 +497,7 @@ fn formats_section(plan: &Plan) -> String {
     out
 }
 
-async fn disruption_section(plan: &Plan) -> String {
+async fn disruption_section(plan: &Plan, only: &[String]) -> String {
     let t = plan.disruption;
     let mut out = format!(
         "## 7. Disruption\n\nA probe (one record per partition every {}, 3 partitions, timeout {}, `acks=all`) and a raw rdkafka \
@@ -513,7 +516,10 @@ async fn disruption_section(plan: &Plan) -> String {
         plan.runs
     );
     let interval = t.interval.as_secs_f64();
-    for scenario in disruption::Scenario::ALL {
+    for scenario in disruption::Scenario::ALL
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.key()))
+    {
         let mut runs = Vec::new();
         for r in 0..plan.runs {
             let tag = format!("{scenario:?}-{r}").to_lowercase();
