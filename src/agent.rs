@@ -487,6 +487,7 @@ impl Agent {
                 .iter()
                 .map(|(name, v)| (name.clone(), v.fetch_wait()))
                 .collect(),
+            trace_url: self.config.agent.trace_url.clone(),
         }
     }
 
@@ -815,6 +816,7 @@ mod tests {
             site: "default".into(),
             instance: "test".into(),
             fetch_wait: BTreeMap::new(),
+            trace_url: None,
         };
         let restarts = |view: &AgentView| {
             let m = view.render_metrics();

@@ -17,6 +17,7 @@ use crate::export::logging::{self, LogFormat};
 use crate::outcome::Outcome;
 use crate::probe::Probe;
 use crate::probe::task::Plan;
+use crate::report::html::Pictures;
 use crate::report::{ProbeVerdict, RunResult, Verdict};
 use crate::rules::{self, RulesFormat, RulesOptions};
 use tracing::Level;
@@ -168,7 +169,8 @@ pub struct SmokeArgs {
     /// Verdict format on stdout.
     #[arg(long, env = "SLO_PROBE_OUTPUT", value_enum, default_value = "text")]
     pub output: Output,
-    /// Also write the verdict to this file: JSON for *.json, JUnit XML for *.xml, else text.
+    /// Also write the verdict to this file: JSON for *.json, JUnit XML for *.xml, a
+    /// self-contained HTML page with charts for *.html, else text.
     #[arg(long, env = "SLO_PROBE_REPORT", value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Give up (exit 2) when a probe's topic cannot be read within this long.
@@ -185,6 +187,8 @@ pub enum Output {
     Json,
     /// JUnit XML for CI systems.
     Junit,
+    /// One self-contained HTML page with charts (for a CI artifact or a browser).
+    Html,
 }
 
 /// The binary's entry point.
@@ -590,8 +594,12 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
     // record settled is counted in it, as it ran.
     let probes = agent.probes().to_vec();
     let elapsed = started.elapsed();
+    let trace_url = agent.config.agent.trace_url.clone();
     agent.shutdown(std::future::ready(())).await;
-    let verdict = Verdict::new(verdicts(&probes), elapsed, embedded);
+    let now = Instant::now();
+    let pictures = probes.iter().map(|p| Pictures::of(p, now)).collect();
+    let verdict =
+        Verdict::new(verdicts(&probes), elapsed, embedded).with_pictures(pictures, trace_url);
     let verdict = if interrupted {
         verdict.interrupted()
     } else {
@@ -624,18 +632,21 @@ fn report(verdict: &Verdict, args: &SmokeArgs, common: &Common) -> Option<Exit> 
         Output::Text => verdict.to_text(),
         Output::Json => verdict.to_json(),
         Output::Junit => verdict.to_junit(),
+        Output::Html => verdict.to_html(),
     };
     println!("{}", rendered.trim_end());
     let path = args.report.as_ref()?;
     (!write_report(verdict, path, common.log_format)).then_some(Exit::CouldNotRun)
 }
 
-/// Writes the verdict to `path` (JSON for `*.json`, JUnit for `*.xml`, text otherwise); false
+/// Writes the verdict to `path` (JSON for `*.json`, JUnit for `*.xml`, HTML for `*.html`, text
+/// otherwise); false
 /// (after saying why) when it cannot.
 fn write_report(verdict: &Verdict, path: &Path, format: LogFormat) -> bool {
     let body = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => verdict.to_json(),
         Some("xml") => verdict.to_junit(),
+        Some("html" | "htm") => verdict.to_html(),
         _ => verdict.to_text(),
     };
     match std::fs::write(path, body) {
@@ -650,8 +661,14 @@ fn write_report(verdict: &Verdict, path: &Path, format: LogFormat) -> bool {
     }
 }
 
-/// One stderr line per settled round of each probe.
+/// Progress of each probe on stderr: on a terminal (text logs), a bar per probe with rounds
+/// done, ok and lost so far, elapsed and remaining; otherwise one line per settled round (JSON
+/// with `--log-format json`).
 async fn show_progress(probes: Vec<Arc<Probe>>, plan: Plan, format: LogFormat) {
+    use std::io::IsTerminal as _;
+    if format == LogFormat::Text && std::io::stderr().is_terminal() {
+        return progress_bars(probes, plan).await;
+    }
     let (total, rounds) = match plan {
         Plan::Rounds(n) => (n.to_string(), Some(n)),
         _ => ("?".into(), None),
@@ -685,6 +702,52 @@ async fn show_progress(probes: Vec<Arc<Probe>>, plan: Plan, format: LogFormat) {
                     logging::say(format, Level::INFO, &text, "round settled", fields);
                 }
                 if s.finished || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One `indicatif` bar per probe, redrawn as its rounds settle.
+async fn progress_bars(probes: Vec<Arc<Probe>>, plan: Plan) {
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>16} [{bar:30}] {pos}/{len} rounds  {msg}  {elapsed} elapsed, ~{eta} left",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    let width = probes.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in probes {
+        let rounds = match plan {
+            Plan::Rounds(n) => n,
+            Plan::For(d) => d
+                .as_nanos()
+                .div_ceil(p.config.interval.as_nanos().max(1))
+                .try_into()
+                .unwrap_or(u64::MAX),
+            Plan::Forever => 0,
+        };
+        let bar = bars.add(indicatif::ProgressBar::new(rounds));
+        bar.set_style(style.clone());
+        bar.set_prefix(format!("{:width$}", p.name()));
+        tasks.spawn(async move {
+            let mut rx = p.progress();
+            loop {
+                let s = rx.borrow_and_update().clone();
+                let c = s.counts;
+                bar.set_position(s.rounds_completed);
+                bar.set_message(format!(
+                    "{} ok, {} lost, {} corrupt, {} in flight",
+                    c.get(Outcome::Ok),
+                    c.get(Outcome::Lost),
+                    c.get(Outcome::Corrupt),
+                    c.in_flight
+                ));
+                if s.finished || rx.changed().await.is_err() {
+                    bar.finish();
                     break;
                 }
             }

@@ -27,7 +27,8 @@
 //! - `verify`: the paired Kafka consumer (and how long it lets a broker hold a fetch:
 //!   `verify::fetch_wait`), and the sink pollers.
 //! - `discovery`: partitions, and which verifier reads what.
-//! - `report`: the smoke verdict (text, JSON, JUnit) and `/status`.
+//! - `report`: the smoke verdict (text, JSON, JUnit, and HTML with SVG charts), `/status` and the
+//!   live page.
 //! - `export`: metrics, log lines, spans: the `Observer` each probe reports to. A side branch:
 //!   nothing below `server` uses it.
 //! - `server`: the HTTP endpoints and the view of the agent they serve ([`AgentView`]).

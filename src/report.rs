@@ -4,6 +4,9 @@
 //! corrupt (a failed assertion), and every SLO met its objective; a probe without SLOs must have
 //! every record `ok`.
 
+mod chart;
+pub mod html;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -168,6 +171,8 @@ pub struct ProbeVerdict {
     pub name: String,
     pub cluster: String,
     pub topic: String,
+    /// The probe's tags (written into every record).
+    pub tags: BTreeMap<String, String>,
     /// How records were verified: `kafka`, `postgres` or `http`.
     pub verify: &'static str,
     /// A sink's poll interval: the resolution of the latencies below.
@@ -250,6 +255,7 @@ impl ProbeVerdict {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
             topic: probe.config.topic.clone(),
+            tags: probe.config.tags.clone(),
             verify: probe.config.verify.kind(),
             poll_interval_ms: poll_ms(probe),
             sink: s.sink.clone(),
@@ -317,6 +323,12 @@ pub struct Verdict {
     pub reason: Option<String>,
     pub duration_seconds: f64,
     pub probes: Vec<ProbeVerdict>,
+    /// What the HTML report draws, in the order of `probes` (not in the JSON).
+    #[serde(skip)]
+    pub pictures: Vec<html::Pictures>,
+    /// The agent file's `trace_url`, for the HTML report's links.
+    #[serde(skip)]
+    pub trace_url: Option<String>,
 }
 
 impl Verdict {
@@ -333,7 +345,29 @@ impl Verdict {
             reason: None,
             duration_seconds: duration.as_secs_f64(),
             probes,
+            pictures: Vec::new(),
+            trace_url: None,
         }
+    }
+
+    /// With what the HTML report draws for each probe, and where its trace ids link to.
+    pub fn with_pictures(
+        mut self,
+        pictures: Vec<html::Pictures>,
+        trace_url: Option<String>,
+    ) -> Self {
+        self.pictures = pictures;
+        self.trace_url = trace_url;
+        self
+    }
+
+    /// One self-contained HTML page: a banner with the result, then each probe with charts.
+    pub fn to_html(&self) -> String {
+        html::smoke_report(
+            self,
+            &self.pictures,
+            html::TraceLinks(self.trace_url.as_deref()),
+        )
     }
 
     /// The run was stopped before the end: what it has is partial, and none of it passes.
@@ -603,6 +637,7 @@ pub struct ProbeStatus {
     pub name: String,
     pub cluster: String,
     pub topic: String,
+    pub tags: BTreeMap<String, String>,
     /// `kafka`, `postgres` or `http`.
     pub verify: &'static str,
     /// The Kafka verifier's cluster (none for a sink).
@@ -684,6 +719,7 @@ impl ProbeStatus {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
             topic: probe.config.topic.clone(),
+            tags: probe.config.tags.clone(),
             verify: probe.config.verify.kind(),
             verify_cluster: probe.verify_cluster.clone(),
             verify_topic: probe.verify_topic.clone(),

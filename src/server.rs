@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process answers),
-//! `/readyz` (every probe works), `/status` (JSON per probe), and [`AgentView`], the view of a
+//! `/readyz` (every probe works), `/status` (JSON per probe), `/` (the same as a live HTML page
+//! with charts), and [`AgentView`], the view of a
 //! running agent they serve (probes and metrics, nothing that owns a client).
 //!
 //! Anyone who can reach the port can talk to this server, so it defends itself: hyper's HTTP/1
@@ -33,6 +34,7 @@ use crate::export::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::probe::Probe;
 use crate::report;
+use crate::report::html::{self, Pictures};
 use crate::verify::fetch_wait::FetchWaitStatus;
 
 /// A request's headers must be complete this long after the server starts waiting for them;
@@ -70,9 +72,33 @@ pub struct AgentView {
     pub instance: String,
     /// Each verifying cluster's consumer fetch wait and how it was chosen, as it changes.
     pub fetch_wait: BTreeMap<String, watch::Receiver<FetchWaitStatus>>,
+    /// The agent file's `trace_url`: where the live page links trace ids.
+    pub trace_url: Option<String>,
 }
 
 impl AgentView {
+    /// `/status` at `now`.
+    pub fn status(&self, now: Instant) -> report::Status {
+        report::Status {
+            version: env!("CARGO_PKG_VERSION"),
+            site: self.site.clone(),
+            instance: self.instance.clone(),
+            probes: self
+                .probes
+                .iter()
+                .map(|p| report::ProbeStatus::new(p, &p.snapshot(now)))
+                .collect(),
+            clusters: self
+                .fetch_wait
+                .iter()
+                .map(|(name, w)| {
+                    let fetch_wait = w.borrow().clone();
+                    (name.clone(), report::ClusterStatus { fetch_wait })
+                })
+                .collect(),
+        }
+    }
+
     /// `/metrics`: window-derived gauges are brought up to date first.
     pub fn render_metrics(&self) -> String {
         let now = Instant::now();
@@ -146,6 +172,7 @@ pub fn router(state: State) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/", get(live))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -272,24 +299,34 @@ async fn readyz(Extract(state): Extract<State>) -> Response {
 }
 
 async fn status(Extract(state): Extract<State>) -> Json<report::Status> {
+    Json(state.0.status(Instant::now()))
+}
+
+/// `/`: the live page, the same figures as `/status` with charts; loads nothing from
+/// anywhere (its Content-Security-Policy says so) and reloads itself.
+async fn live(Extract(state): Extract<State>) -> Response {
     let view = &state.0;
     let now = Instant::now();
-    Json(report::Status {
-        version: env!("CARGO_PKG_VERSION"),
-        site: view.site.clone(),
-        instance: view.instance.clone(),
-        probes: view
-            .probes
-            .iter()
-            .map(|p| report::ProbeStatus::new(p, &p.snapshot(now)))
-            .collect(),
-        clusters: view
-            .fetch_wait
-            .iter()
-            .map(|(name, w)| {
-                let fetch_wait = w.borrow().clone();
-                (name.clone(), report::ClusterStatus { fetch_wait })
-            })
-            .collect(),
-    })
+    let status = view.status(now);
+    let pictures: Vec<Pictures> = view
+        .probes
+        .iter()
+        .take(html::LIVE_CHARTS)
+        .map(|p| Pictures::of(p, now))
+        .collect();
+    let page = html::live_page(
+        &status,
+        &pictures,
+        html::TraceLinks(view.trace_url.as_deref()),
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, html::CSP),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        page,
+    )
+        .into_response()
 }

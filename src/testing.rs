@@ -168,3 +168,32 @@ pub(crate) fn arrive(p: &Probe, r: &crate::record::Outgoing) {
     let view = crate::record::View::of(&m);
     p.arrived(&view, &r.id, tokio::time::Instant::now());
 }
+
+/// A record's final outcome for unit tests: partition `seq % 3`, a trace id from `seq`,
+/// scheduled `seq` ms after a fixed instant, `latency_ms` when `ok`, a timeout reason otherwise.
+pub(crate) fn finished(
+    seq: u64,
+    outcome: crate::outcome::Outcome,
+    latency_ms: u64,
+) -> crate::outcome::Finished {
+    use std::time::Duration;
+
+    use opentelemetry::trace::{SpanId, TraceId};
+
+    use crate::outcome::{Finished, Outcome, Reason};
+    Finished {
+        id: uuid::Uuid::now_v7(),
+        partition: (seq % 3) as i32,
+        seq,
+        trace_id: TraceId::from_bytes([(seq % 250) as u8 + 1; 16]),
+        span_id: SpanId::from_bytes([7; 8]),
+        sampled: true,
+        scheduled_at_ns: 1_700_000_000_000_000_000 + seq * 1_000_000,
+        acked_after: None,
+        since_scheduled: Duration::from_millis(latency_ms),
+        offset: Some(seq as i64),
+        outcome,
+        latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
+        reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
+    }
+}

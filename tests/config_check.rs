@@ -236,6 +236,22 @@ slos:
         ],
     },
     Case {
+        name: "trace_url without a trace id or not a web URL",
+        agent: Some("trace_url: https://grafana.example.com/explore\n"),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "slo-probe.yaml:1:12: `trace_url` must be an http:// or https:// URL with `{trace_id}` where the trace id goes, like https://grafana.example.com/explore?traceId={trace_id}, got `https://grafana.example.com/explore`",
+        ],
+    },
+    Case {
+        name: "trace_url with a script scheme",
+        agent: Some("trace_url: 'javascript:alert(\"{trace_id}\")'\n"),
+        probes: &[("a.yaml", "name: orders\n")],
+        expected: &[
+            "slo-probe.yaml:1:12: `trace_url` must be an http:// or https:// URL with `{trace_id}` where the trace id goes, like https://grafana.example.com/explore?traceId={trace_id}, got `javascript:alert(\"{trace_id}\")`",
+        ],
+    },
+    Case {
         name: "create_topic, id_from and expect",
         agent: Some(AGENT),
         probes: &[

@@ -763,3 +763,43 @@ fn an_interrupted_smoke_says_so_in_every_format() {
         }
     }
 }
+
+/// On a terminal `smoke` draws a progress bar per probe (rounds done, outcomes so far, elapsed
+/// and remaining); the same run through a pipe prints one line per settled round. The terminal
+/// is a real pseudo-terminal, from util-linux's `script`.
+#[test]
+fn smoke_on_a_terminal_shows_a_progress_bar() {
+    let t = Tree::new();
+    t.write(
+        "probes/bar.yaml",
+        "name: bar\ninterval: 100ms\ntimeout: 5s\ncreate_topic: true\n",
+    );
+    let command = format!("{} smoke --embedded --rounds 5", common::BIN);
+    let out = std::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .current_dir(t.path())
+        .env("TERM", "xterm")
+        .output()
+        .expect("script runs");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{tty}");
+    assert!(tty.contains("bar [") && tty.contains("5/5 rounds"), "{tty}");
+    assert!(
+        tty.contains("15 ok, 0 lost, 0 corrupt, 0 in flight"),
+        "{tty}"
+    );
+    assert!(tty.contains("elapsed"), "{tty}");
+    assert!(
+        !tty.contains("round 5/5 settled"),
+        "no plain lines on a terminal: {tty}"
+    );
+
+    let piped = common::run(t.path(), &["smoke", "--embedded", "--rounds", "5"], &[]);
+    assert_eq!(piped.code(), 0);
+    assert!(
+        piped.stderr.contains("[bar] round 5/5 settled: 15 ok"),
+        "{}",
+        piped.stderr
+    );
+    assert!(!piped.stderr.contains("5/5 rounds"), "{}", piped.stderr);
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::otlp::{Collector, attrs, hex};
-use common::relay::{Fault, Picker, Relay};
+use common::relay::{Fault, Picker, Relay, Spoiling};
 use common::{Tree, get, sample};
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 use rdkafka::message::{Headers, Message};
@@ -85,48 +85,6 @@ fn expected_picks() -> u64 {
         .count() as u64
 }
 
-/// Two probes on the embedded cluster: `lossy` through a relay that drops the picked records,
-/// `mangled` through one that corrupts them.
-struct Pipeline {
-    cluster: EmbeddedCluster,
-    relays: Vec<Relay>,
-}
-
-impl Pipeline {
-    fn start() -> Pipeline {
-        let cluster = EmbeddedCluster::start(3).unwrap();
-        for topic in ["lossy-in", "lossy-out", "mangled-in", "mangled-out"] {
-            cluster.create_topic(topic, PARTITIONS, 1).unwrap();
-        }
-        let relays = [("lossy", Fault::Drop), ("mangled", Fault::Corrupt)]
-            .into_iter()
-            .map(|(name, fault)| {
-                Relay::start(
-                    cluster.bootstrap_servers(),
-                    &format!("{name}-in"),
-                    &format!("{name}-out"),
-                    PARTITIONS,
-                    fault,
-                    PICK,
-                )
-            })
-            .collect();
-        Pipeline { cluster, relays }
-    }
-
-    fn probe_files(&self, t: &Tree) {
-        for name in ["lossy", "mangled"] {
-            t.write(
-                &format!("probes/{name}.yaml"),
-                &format!(
-                    "name: {name}\ntopic: {name}-in\ninterval: 100ms\ntimeout: {}\nverify:\n  kafka: {{ topic: {name}-out }}\n",
-                    humantime::format_duration(TIMEOUT)
-                ),
-            );
-        }
-    }
-}
-
 fn agent_file(t: &Tree, bootstrap: &str, tracing: &str) {
     t.write(
         "slo-probe.yaml",
@@ -152,11 +110,16 @@ fn one<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_receiver_gets_joined_spans_and_logs_carry_their_ids() {
-    let pipeline = Pipeline::start();
+    let pipeline = Spoiling::start(3, PARTITIONS, PICK);
     let collector = Collector::default();
     let addr = collector.http().await;
     let t = Tree::new();
-    pipeline.probe_files(&t);
+    pipeline.probe_files(
+        &t,
+        "100ms",
+        &humantime::format_duration(TIMEOUT).to_string(),
+        "",
+    );
     agent_file(
         &t,
         pipeline.cluster.bootstrap_servers(),

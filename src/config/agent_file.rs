@@ -19,6 +19,7 @@ const AGENT_FIELDS: &[&str] = &[
     "metadata_refresh",
     "clusters",
     "tracing",
+    "trace_url",
 ];
 const TRACING_FIELDS: &[&str] = &[
     "otlp_endpoint",
@@ -88,6 +89,22 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
     }
     if let Some(n) = map.get_node("tracing") {
         cfg.tracing = tracing(&mut doc, n);
+    }
+    if let Some(n) = map.get_node("trace_url")
+        && let Some(s) = doc.scalar(n, "trace_url")
+    {
+        let url = s.as_str().trim();
+        let web = url.starts_with("http://") || url.starts_with("https://");
+        if web && url.contains("{trace_id}") {
+            cfg.trace_url = Some(url.to_string());
+        } else {
+            doc.error(
+                n.span(),
+                format!(
+                    "`trace_url` must be an http:// or https:// URL with `{{trace_id}}` where the trace id goes, like https://grafana.example.com/explore?traceId={{trace_id}}, got `{url}`"
+                ),
+            );
+        }
     }
     cfg
 }

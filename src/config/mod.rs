@@ -71,6 +71,9 @@ pub struct AgentConfig {
     /// OTLP span export; `None` when the agent file has no `tracing` section and no
     /// `OTEL_EXPORTER_OTLP_*ENDPOINT` is set.
     pub tracing: Option<TracingConfig>,
+    /// Where a trace can be looked at (Grafana Explore, Jaeger, Tempo): a URL with
+    /// `{trace_id}`; the HTML report and live page link each trace id there.
+    pub trace_url: Option<String>,
 }
 
 /// How spans leave the agent. Fields not set here come from the standard
@@ -147,6 +150,7 @@ impl Default for AgentConfig {
             metadata_refresh: Duration::from_secs(30),
             clusters: BTreeMap::new(),
             tracing: None,
+            trace_url: None,
         }
     }
 }

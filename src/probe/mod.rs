@@ -7,6 +7,7 @@
 //! move together, and reported (log lines, spans) after it.
 
 mod clock;
+mod history;
 mod notable;
 pub mod task;
 mod tracker;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+pub use history::{HistoryView, Point};
 pub use notable::{LAST, Noted, SLOWEST};
 pub use tracker::{Arrival, Footprint, Tracker};
 
@@ -63,6 +65,8 @@ struct Core {
     newest_verified: Option<Instant>,
     slos: Vec<SloState>,
     notable: notable::Notable,
+    /// Every record of a finite run, or the newest ones, for pictures.
+    history: history::History,
     /// "probe ready" was reported.
     announced_ready: bool,
     /// A probe that polls a sink: its polls.
@@ -203,6 +207,7 @@ impl Probe {
             newest_verified: None,
             announced_ready: false,
             notable: notable::Notable::new(agent.window, now),
+            history: history::History::new(run_totals),
             slos: config
                 .slos
                 .iter()
@@ -610,6 +615,7 @@ impl Probe {
         } = end;
         core.availability.record(now, f.outcome);
         core.notable.record(now, &f);
+        core.history.record(&f);
         if f.outcome == Outcome::Ok
             && let Some(latency) = f.latency
         {
@@ -740,6 +746,17 @@ impl Probe {
             }
         };
         self.observer.gauges(&gauges);
+    }
+
+    /// The records kept for pictures (every record of a finite run, or the newest), and the
+    /// end-to-end latency distribution: of the whole run when it is kept, else of the window.
+    pub fn pictures(&self, now: Instant) -> (HistoryView, Option<stats::Distribution>) {
+        let core = self.lock();
+        let distribution = match core.e2e.total() {
+            Some(total) => stats::distribution(total),
+            None => stats::distribution(&core.e2e.window(now)),
+        };
+        (core.history.view(), distribution)
     }
 
     /// Everything known about the probe at `now`.

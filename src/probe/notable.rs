@@ -150,24 +150,7 @@ impl Notable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn finished(seq: u64, outcome: Outcome, latency_ms: u64) -> Finished {
-        Finished {
-            id: Uuid::now_v7(),
-            partition: (seq % 3) as i32,
-            seq,
-            trace_id: TraceId::from_bytes([seq as u8 + 1; 16]),
-            span_id: SpanId::from_bytes([7; 8]),
-            sampled: true,
-            scheduled_at_ns: 1_700_000_000_000_000_000 + seq,
-            acked_after: None,
-            since_scheduled: Duration::from_millis(latency_ms),
-            offset: Some(seq as i64),
-            outcome,
-            latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
-            reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
-        }
-    }
+    use crate::testing::finished;
 
     #[tokio::test(start_paused = true)]
     async fn keeps_the_last_results_newest_first() {

@@ -142,6 +142,68 @@ pub fn window_values(h: &Histogram<u64>) -> crate::outcome::WindowValues {
     }
 }
 
+/// A latency distribution for a chart: the quantile curve and a histogram, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    /// Samples in it.
+    pub count: u64,
+    /// (quantile, seconds), quantiles rising from 0 to [`CURVE_TOP`], denser towards the tail
+    /// (ten points per decade of `1 - q`), [`MARKED`] among them.
+    pub curve: Vec<(f64, f64)>,
+    /// (from, to, samples): adjacent buckets from the lowest sample to the highest, each
+    /// [`BUCKET_GROWTH`] times as wide as the one before.
+    pub buckets: Vec<(f64, f64, u64)>,
+}
+
+/// The highest quantile on a distribution curve.
+pub const CURVE_TOP: f64 = 0.9999;
+/// Quantiles a chart marks.
+pub const MARKED: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+/// Each histogram bucket is this many times as wide as the one before (four per doubling).
+pub const BUCKET_GROWTH: f64 = 1.189_207_115;
+/// Bounds the buckets of a wide distribution (a day over a microsecond is 73 doublings).
+const MAX_BUCKETS: usize = 80;
+
+/// The distribution of `h`; `None` when it is empty.
+pub fn distribution(h: &Histogram<u64>) -> Option<Distribution> {
+    if h.is_empty() {
+        return None;
+    }
+    let mut qs: Vec<f64> = (0..=40)
+        .map(|k| 1.0 - 10f64.powf(-f64::from(k) / 10.0))
+        .collect();
+    qs.extend(MARKED);
+    qs.push(CURVE_TOP);
+    qs.sort_by(f64::total_cmp);
+    qs.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
+    let curve = qs
+        .into_iter()
+        .filter(|q| *q <= CURVE_TOP + 1e-12)
+        .map(|q| (q, h.value_at_quantile(q) as f64 / 1e6))
+        .collect();
+    let (low, high) = (h.min().max(1) as f64, h.max().max(1) as f64);
+    let growth = BUCKET_GROWTH.max((high / low).powf(1.0 / MAX_BUCKETS as f64));
+    let n = ((high / low).ln() / growth.ln()).floor() as usize + 1;
+    let mut buckets: Vec<(f64, f64, u64)> = (0..n)
+        .map(|i| {
+            let from = low * growth.powi(i as i32);
+            (from / 1e6, from * growth / 1e6, 0)
+        })
+        .collect();
+    // Each recorded value (HDR's equivalent, in microseconds) into the bucket holding it: the
+    // buckets add up to the samples exactly.
+    for v in h.iter_recorded() {
+        let value = (v.value_iterated_to().max(1) as f64).clamp(low, high);
+        let i = (((value / low).ln() / growth.ln()).floor() as usize).min(n - 1);
+        buckets[i].2 += v.count_at_value();
+    }
+    Some(Distribution {
+        count: h.len(),
+        curve,
+        buckets,
+    })
+}
+
 /// Final outcomes in one window slot.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OutcomeSlot {
@@ -181,6 +243,44 @@ impl Availability {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_distribution_adds_up_and_marks_the_tail() {
+        assert!(distribution(&new_histogram()).is_none());
+        let mut h = new_histogram();
+        for ms in 1..=1000u64 {
+            add(&mut h, ms * 1000);
+        }
+        add(&mut h, 5_000_000); // one outlier, 5 s
+        let d = distribution(&h).unwrap();
+        assert_eq!(d.count, 1001);
+        assert_eq!(d.buckets.iter().map(|b| b.2).sum::<u64>(), 1001);
+        for pair in d.buckets.windows(2) {
+            assert!((pair[0].1 - pair[1].0).abs() < 1e-12, "contiguous");
+        }
+        assert!(d.buckets.first().unwrap().0 <= 0.001 && d.buckets.last().unwrap().1 >= 5.0);
+        assert_eq!(
+            d.buckets.last().unwrap().2,
+            1,
+            "the outlier alone in the last bucket"
+        );
+        let qs: Vec<f64> = d.curve.iter().map(|c| c.0).collect();
+        for q in MARKED.iter().chain([&CURVE_TOP]) {
+            assert!(qs.iter().any(|x| (x - q).abs() < 1e-9), "{q} on the curve");
+        }
+        assert!(
+            d.curve
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+        );
+        let at = |q: f64| d.curve.iter().find(|c| (c.0 - q).abs() < 1e-9).unwrap().1;
+        assert!((at(0.5) / 0.5 - 1.0).abs() < 0.01, "p50 {}", at(0.5));
+        assert!((at(0.99) / 0.99 - 1.0).abs() < 0.01, "p99 {}", at(0.99));
+        assert!(
+            (at(CURVE_TOP) / 5.0 - 1.0).abs() < 0.01,
+            "p99.99 is the outlier"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn window_quantiles_and_total() {

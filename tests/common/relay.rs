@@ -453,3 +453,49 @@ async fn run(consumer: StreamConsumer, mut state: State, stop: CancellationToken
         }
     }
 }
+
+/// Two pipelines on one embedded cluster: `lossy-in` -> `lossy-out` through a relay that drops
+/// the picked records, `mangled-in` -> `mangled-out` through one that corrupts them.
+pub struct Spoiling {
+    pub cluster: slo_probe::EmbeddedCluster,
+    pub relays: Vec<Relay>,
+}
+
+impl Spoiling {
+    /// The names of the two pipelines, each a probe's name in the tests.
+    pub const NAMES: [&str; 2] = ["lossy", "mangled"];
+
+    pub fn start(brokers: i32, partitions: i32, picker: Picker) -> Spoiling {
+        let cluster = slo_probe::EmbeddedCluster::start(brokers).unwrap();
+        for topic in ["lossy-in", "lossy-out", "mangled-in", "mangled-out"] {
+            cluster.create_topic(topic, partitions, 1).unwrap();
+        }
+        let relays = Spoiling::NAMES
+            .into_iter()
+            .zip([Fault::Drop, Fault::Corrupt])
+            .map(|(name, fault)| {
+                Relay::start(
+                    cluster.bootstrap_servers(),
+                    &format!("{name}-in"),
+                    &format!("{name}-out"),
+                    partitions,
+                    fault,
+                    picker,
+                )
+            })
+            .collect();
+        Spoiling { cluster, relays }
+    }
+
+    /// A probe file per pipeline (`extra` appended to each), in `probes/` of `t`.
+    pub fn probe_files(&self, t: &super::Tree, interval: &str, timeout: &str, extra: &str) {
+        for name in Spoiling::NAMES {
+            t.write(
+                &format!("probes/{name}.yaml"),
+                &format!(
+                    "name: {name}\ntopic: {name}-in\ninterval: {interval}\ntimeout: {timeout}\nverify:\n  kafka: {{ topic: {name}-out }}\n{extra}"
+                ),
+            );
+        }
+    }
+}
