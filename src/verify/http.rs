@@ -178,7 +178,19 @@ mod tests {
         sink_reading(url, ids_pointer, crate::config::DEFAULT_MAX_RESPONSE_BYTES)
     }
 
+    /// Generous: only the timeout test should time out, however busy the machine is.
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
     fn sink_reading(url: &str, ids_pointer: &str, max_response_bytes: usize) -> HttpSink {
+        sink_with(url, ids_pointer, max_response_bytes, TIMEOUT)
+    }
+
+    fn sink_with(
+        url: &str,
+        ids_pointer: &str,
+        max_response_bytes: usize,
+        timeout: Duration,
+    ) -> HttpSink {
         HttpSink::new(&HttpVerify {
             url: url.into(),
             method: HttpMethod::Get,
@@ -189,7 +201,7 @@ mod tests {
             max_response_bytes,
             sink: SinkPoll {
                 poll: Duration::from_millis(100),
-                timeout: Duration::from_millis(300),
+                timeout,
                 ca_file: None,
                 expect: Vec::new(),
             },
@@ -267,7 +279,13 @@ mod tests {
             (Some(404), SinkErrorKind::HttpStatus),
             (None, SinkErrorKind::Timeout),
         ] {
-            let mut s = sink(&server(status).await, "");
+            // the server that never answers is given up on after 300 ms
+            let timeout = match status {
+                None => Duration::from_millis(300),
+                Some(_) => TIMEOUT,
+            };
+            let url = server(status).await;
+            let mut s = sink_with(&url, "", crate::config::DEFAULT_MAX_RESPONSE_BYTES, timeout);
             let e = s.poll(&ids).await.unwrap_err();
             assert_eq!(e.kind, kind, "{status:?}: {}", e.message);
             assert!(!e.message.contains("secret"));
