@@ -1,0 +1,230 @@
+//! Soak: `slo-probe run` as a process of its own, at 300 records per second against a tansu
+//! process behind a TCP front, for half an hour and more: its RSS and CPU sampled every 10 s once
+//! the window, the finished-id retention and the slowest-record lists are full; then the broker
+//! goes away for 15 minutes with the agent at `max_in_flight`; then it comes back.
+//!
+//! tansu's memory engine slows fetches to a crawl past about 38 000 records per partition, so
+//! the probe spreads its records over 30 partitions (10 records per second each: 18 000 per
+//! partition in 30 minutes).
+//!
+//! Every scrape checks the accounting: `sent = ok + lost + corrupt + send_failed + in_flight`.
+
+use std::time::{Duration, Instant};
+
+use crate::common::Tree;
+use crate::common::front::Front;
+use crate::common::infra::{Tansu, free_port};
+use crate::env::{cpu_ticks, rss_kib, ticks_per_second};
+use crate::process::{AgentProcess, sum};
+
+pub const PARTITIONS: i32 = 30;
+const TOPIC: &str = "soak";
+
+/// How long each phase lasts.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    /// Healthy running, fill included.
+    pub soak: Duration,
+    /// From the start until the window (5 minutes), the finished-id retention (10 timeouts, at
+    /// least the window) and the slowest lists are full: samples before it are not in the slope.
+    pub fill: Duration,
+    pub outage: Duration,
+    /// After the broker is back.
+    pub recovery: Duration,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub max_in_flight: u64,
+    pub sample: Duration,
+}
+
+/// One sample of the agent.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Seconds since the agent started.
+    pub at: f64,
+    pub rss_mib: f64,
+    /// % of a core since the previous sample.
+    pub cpu_pct: f64,
+    pub sent: f64,
+    pub ok: f64,
+    pub lost: f64,
+    pub send_failed: f64,
+    pub in_flight: f64,
+}
+
+pub struct Run {
+    pub samples: Vec<Sample>,
+    /// Samples of the healthy run after the fill.
+    pub steady: Vec<Sample>,
+    /// Samples during the outage.
+    pub outage: Vec<Sample>,
+    /// Samples after the broker came back.
+    pub after: Vec<Sample>,
+    /// Seconds from the broker's return to the next verified record.
+    pub recovered_after_s: f64,
+    /// Every scrape conserved the counts.
+    pub conserved: bool,
+    pub scrapes: usize,
+}
+
+/// Least-squares slope of `y` over `x`.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let var: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
+}
+
+struct Agent {
+    process: AgentProcess,
+    started: Instant,
+    last_ticks: u64,
+    last_at: Instant,
+    conserved: bool,
+    scrapes: usize,
+}
+
+impl Agent {
+    async fn sample(&mut self) -> Sample {
+        let m = self.process.metrics().await;
+        let outcome = |o: &str| sum(&m, "slo_probe_records_total", &format!("outcome=\"{o}\""));
+        let (ok, lost, corrupt, send_failed) = (
+            outcome("ok"),
+            outcome("lost"),
+            outcome("corrupt"),
+            outcome("send_failed"),
+        );
+        let sent = sum(&m, "slo_probe_records_sent_total", "probe=");
+        let in_flight = sum(&m, "slo_probe_in_flight", "probe=");
+        self.scrapes += 1;
+        if !m.is_empty() && sent != ok + lost + corrupt + send_failed + in_flight {
+            self.conserved = false;
+            eprintln!(
+                "soak: not conserved: sent {sent} != {ok} ok + {lost} lost + {corrupt} corrupt + {send_failed} send_failed + {in_flight} in flight"
+            );
+        }
+        let now = Instant::now();
+        let ticks = cpu_ticks(self.process.pid()).unwrap_or(self.last_ticks);
+        let cpu_pct = (ticks - self.last_ticks) as f64
+            / ticks_per_second() as f64
+            / now.duration_since(self.last_at).as_secs_f64()
+            * 100.0;
+        (self.last_ticks, self.last_at) = (ticks, now);
+        let (rss, _) = rss_kib(self.process.pid()).unwrap_or((0, 0));
+        Sample {
+            at: self.started.elapsed().as_secs_f64(),
+            rss_mib: rss as f64 / 1024.0,
+            cpu_pct,
+            sent,
+            ok,
+            lost,
+            send_failed,
+            in_flight,
+        }
+    }
+
+    /// Samples every `every` for `d`.
+    async fn watch(&mut self, d: Duration, every: Duration, into: &mut Vec<Sample>) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            tokio::time::sleep(every.min(end - Instant::now())).await;
+            into.push(self.sample().await);
+        }
+    }
+}
+
+pub async fn run(bin: &std::path::Path, t: &Timing) -> Run {
+    let port = free_port();
+    let broker = Tansu::advertising(Some(port));
+    let dir = Tree::new();
+    let upstream = format!("127.0.0.1:{}", broker.port).parse().unwrap();
+    let front = || Front::start(port, upstream, false, None, dir.path());
+    let mut gate = Some(front().await);
+    crate::common::create_topics(&broker.bootstrap(), &[(TOPIC, PARTITIONS)]).await;
+
+    let tree = Tree::new();
+    tree.agent_file(&broker.bootstrap());
+    tree.write(
+        "probes/soak.yaml",
+        &format!(
+            "name: soak\ntopic: {TOPIC}\ninterval: {}\ntimeout: {}\nmax_in_flight: {}\nslos:\n  - {{ name: freshness, latency_below: 500ms, objective: 99% }}\n  - {{ name: completeness, objective: 99.9% }}\n",
+            humantime::format_duration(t.interval),
+            humantime::format_duration(t.timeout),
+            t.max_in_flight
+        ),
+    );
+    let process = AgentProcess::start(bin, tree);
+    let started = Instant::now();
+    assert!(
+        process.ready(Duration::from_secs(60)).await,
+        "the soak agent gets ready"
+    );
+    let mut agent = Agent {
+        last_ticks: cpu_ticks(process.pid()).unwrap_or(0),
+        process,
+        started,
+        last_at: Instant::now(),
+        conserved: true,
+        scrapes: 0,
+    };
+    let mut samples = Vec::new();
+    agent
+        .watch(
+            t.soak.saturating_sub(started.elapsed()),
+            t.sample,
+            &mut samples,
+        )
+        .await;
+    let steady: Vec<Sample> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.at >= t.fill.as_secs_f64())
+        .collect();
+
+    // The broker goes away: every connection reset, connects refused.
+    drop(gate.take());
+    let mut outage = Vec::new();
+    agent.watch(t.outage, t.sample, &mut outage).await;
+
+    gate = Some(front().await);
+    let back = Instant::now();
+    let ok_before = agent.sample().await.ok;
+    let mut recovered_after_s = f64::NAN;
+    let mut after = Vec::new();
+    while back.elapsed() < t.recovery {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = agent.sample().await;
+        if recovered_after_s.is_nan() && s.ok > ok_before {
+            recovered_after_s = back.elapsed().as_secs_f64();
+        }
+        if after
+            .last()
+            .is_none_or(|l: &Sample| s.at - l.at >= t.sample.as_secs_f64())
+        {
+            after.push(s);
+        }
+    }
+    drop(gate);
+    let all: Vec<Sample> = samples
+        .iter()
+        .chain(&outage)
+        .chain(&after)
+        .copied()
+        .collect();
+    Run {
+        samples: all,
+        steady,
+        outage,
+        after,
+        recovered_after_s,
+        conserved: agent.conserved,
+        scrapes: agent.scrapes,
+    }
+}
