@@ -89,6 +89,21 @@ pub use server::AgentView;
 pub use util::tls::install_crypto_provider;
 pub use verify::fetch_wait::{Choice as FetchWaitChoice, FetchWaitStatus};
 
+/// Every decoder and parser that reads outside input, reachable from the property tests
+/// (`tests/properties.rs`) and from fuzz targets: not a stable interface. Configuration is
+/// reached through [`config::load`].
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::outcome::{SinkError, SinkErrorKind};
+    pub use crate::record::avro::{MAX_DECODE_ALLOCATION, WriterSchema, confluent_header};
+    pub use crate::record::{
+        Claim, Corruption, Expected, ForeignReason, Origin, Outgoing, Recipe, View,
+        check_expectations, claim, decode, transformed_id, verify, verify_transformed,
+    };
+    pub use crate::verify::http::HttpSink;
+    pub use crate::verify::sink::Found;
+}
+
 /// For the benchmark harness only: not a stable interface.
 #[doc(hidden)]
 pub mod bench {

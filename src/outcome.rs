@@ -220,6 +220,7 @@ pub enum SinkErrorKind {
 }
 
 impl SinkErrorKind {
+    /// Every kind, in the order of the `reason` label values.
     pub const ALL: [SinkErrorKind; 6] = [
         SinkErrorKind::Unreachable,
         SinkErrorKind::Auth,
@@ -229,6 +230,7 @@ impl SinkErrorKind {
         SinkErrorKind::Timeout,
     ];
 
+    /// The `reason` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             SinkErrorKind::Unreachable => "unreachable",
@@ -275,7 +277,9 @@ impl RegistryErrorKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
+/// Why a sink poll failed: its kind (a label) and what happened.
 pub struct SinkError {
+    /// What kind of failure (the `reason` label).
     pub kind: SinkErrorKind,
     /// Never contains a credential; printable (control characters escaped).
     pub message: String,
@@ -351,8 +355,13 @@ pub enum Event<'a> {
     },
     /// SLO number `slo` (in the probe's order) judged a final outcome good or bad.
     SloJudged { slo: usize, good: bool },
-    /// A verified record was seen again.
-    Duplicate { seen: Seen<'a>, id: Uuid },
+    /// A verified record was seen again; `forgotten`: an own record older than the tracker's
+    /// memory (its fate is not known any more; most often a replay).
+    Duplicate {
+        seen: Seen<'a>,
+        id: Uuid,
+        forgotten: bool,
+    },
     /// A record came back after it was declared lost (`latency` since its scheduled send, when
     /// it is still remembered).
     Late {

@@ -23,7 +23,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Message, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -50,8 +50,11 @@ pub fn is_reserved_header(name: &str) -> bool {
 /// Which agent and probe a record belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The probe's name.
     pub probe: String,
+    /// The agent instance (unique per process start).
     pub instance: String,
+    /// The agent's site.
     pub site: String,
 }
 
@@ -98,12 +101,17 @@ impl Body {
 
 /// A record ready to hand to the producer.
 pub struct Outgoing {
+    /// The record id (UUID v7).
     pub id: Uuid,
+    /// The key sent.
     pub key: String,
+    /// The value sent.
     pub value: Vec<u8>,
+    /// The headers sent.
     pub headers: OwnedHeaders,
     /// The context written into `traceparent`; the verifier expects its trace id back.
     pub span_context: SpanContext,
+    /// The envelope's fields (kept to check what comes back).
     pub body: Body,
     /// Why the record cannot be sent (its shape could not be encoded: a schema id not known
     /// yet); it still counts, as `send_failed`.
@@ -132,8 +140,11 @@ pub fn build(
 
 /// What every record of a probe is made from.
 pub struct Recipe<'a> {
+    /// Which agent and probe.
     pub origin: &'a Origin,
+    /// The probe's tags (headers, and envelope fields).
     pub tags: &'a BTreeMap<String, String>,
+    /// Random payload characters per record.
     pub payload_bytes: usize,
     /// The pipeline's own format; the envelope when `None`.
     pub shape: Option<&'a Shape>,
@@ -260,10 +271,15 @@ impl Injector for HeaderInjector {
 /// A received record, independent of the client library that delivered it.
 #[derive(Clone, Copy)]
 pub struct View<'a> {
+    /// The topic it was read from.
     pub topic: &'a str,
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset.
     pub offset: i64,
+    /// Its key, if any.
     pub key: Option<&'a [u8]>,
+    /// Its value, if any.
     pub value: Option<&'a [u8]>,
     headers: Option<&'a rdkafka::message::BorrowedHeaders>,
     /// The value as JSON, when the verifier decoded it from another format (Avro written by
@@ -313,11 +329,7 @@ impl<'a> View<'a> {
 
     /// First header with this name, as text (`None` when absent or not UTF-8).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        let h = self.headers?;
-        h.iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
+        header_value(self.headers?, name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The trace id carried by `traceparent`, if it is a valid W3C value.
@@ -357,10 +369,66 @@ impl Extractor for View<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.headers
-            .map(|h| h.iter().map(|h| h.key).collect())
-            .unwrap_or_default()
+        self.headers.map(header_names).unwrap_or_default()
     }
+}
+
+// Headers are read through librdkafka's own accessors, never through rdkafka's
+// `Headers::try_get` (or `iter`, which uses it): that unwraps the header *name* as UTF-8 and
+// panics on one that is not, and any producer on the topic can write such a name.
+
+/// The headers' native handle: a `&BorrowedHeaders` is the librdkafka `rd_kafka_headers_t *`
+/// itself (rdkafka builds one from the other by a cast, both ways).
+fn native(h: &BorrowedHeaders) -> *const rdkafka::bindings::rd_kafka_headers_t {
+    (h as *const BorrowedHeaders).cast()
+}
+
+/// The value of the first header named `name` (`None` when there is none, or it has no value).
+fn header_value<'h>(h: &'h BorrowedHeaders, name: &str) -> Option<&'h [u8]> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut value: *const std::ffi::c_void = std::ptr::null();
+    let mut size = 0usize;
+    // SAFETY: `h` is a live header list (it borrows the message holding it); librdkafka writes
+    // a pointer into that list and its length, valid while `h` is.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_header_get(native(h), 0, name.as_ptr(), &mut value, &mut size)
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || value.is_null()
+    {
+        return None;
+    }
+    // SAFETY: as above; `size` bytes at `value` belong to the list.
+    Some(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) })
+}
+
+/// The names of the headers that are UTF-8, in order.
+fn header_names(h: &BorrowedHeaders) -> Vec<&str> {
+    let mut names = Vec::new();
+    for idx in 0.. {
+        let mut name: *const std::ffi::c_char = std::ptr::null();
+        let mut value: *const std::ffi::c_void = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: as in `header_value`; the name is a NUL-terminated string of the list.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_get_all(
+                native(h),
+                idx,
+                &mut name,
+                &mut value,
+                &mut size,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || name.is_null()
+        {
+            break;
+        }
+        // SAFETY: as above.
+        if let Ok(n) = unsafe { std::ffi::CStr::from_ptr(name) }.to_str() {
+            names.push(n);
+        }
+    }
+    names
 }
 
 /// Whose record this is, read from the headers or, when they are missing, from the envelope.
@@ -369,9 +437,13 @@ pub enum Claim {
     /// A probe record. `from_headers` is false when the slo-probe headers were missing and the
     /// identity came from the envelope.
     Probe {
+        /// The probe it names.
         probe: String,
+        /// The agent instance it names.
         instance: String,
+        /// Its record id, when it carries a valid one.
         id: Option<Uuid>,
+        /// Whether the slo-probe headers said so (not the envelope).
         from_headers: bool,
     },
     /// Not a probe record.
@@ -387,20 +459,27 @@ pub enum ForeignReason {
     UnknownVersion,
     /// Some but not all slo-probe headers.
     MissingHeaders,
+    /// This agent's probe and instance, but an id it never sent: another producer wrote the
+    /// agent's headers (its own records it forgot are duplicates instead).
+    UnknownId,
 }
 
 impl ForeignReason {
-    pub const ALL: [ForeignReason; 3] = [
+    /// Every reason, in the order of the `reason` label values.
+    pub const ALL: [ForeignReason; 4] = [
         ForeignReason::Unparseable,
         ForeignReason::UnknownVersion,
         ForeignReason::MissingHeaders,
+        ForeignReason::UnknownId,
     ];
 
+    /// The `reason` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             ForeignReason::Unparseable => "unparseable",
             ForeignReason::UnknownVersion => "unknown_version",
             ForeignReason::MissingHeaders => "missing_headers",
+            ForeignReason::UnknownId => "unknown_id",
         }
     }
 }
@@ -453,10 +532,13 @@ pub fn claim(view: &View) -> Claim {
 /// What the verifier knows a record must look like (kept by the in-flight tracker).
 #[derive(Debug, Clone)]
 pub struct Expected {
+    /// The envelope's fields as sent.
     pub body: Body,
+    /// The trace id written into `traceparent`.
     pub trace_id: TraceId,
     /// The producer span's id (the `traceparent` parent id).
     pub span_id: SpanId,
+    /// Whether the trace was sampled.
     pub sampled: bool,
 }
 
@@ -466,6 +548,7 @@ impl Expected {
         Fill::new(&self.body, self.trace_id, self.span_id, self.sampled)
     }
 
+    /// What to expect of the record `out` once it comes back.
     pub fn of(out: &Outgoing) -> Expected {
         Expected {
             body: out.body.clone(),
@@ -485,18 +568,29 @@ pub enum Corruption {
     Digest,
     /// The content is self-consistent but differs from what was sent.
     Field {
+        /// The field.
         field: String,
+        /// What was sent.
         expected: String,
+        /// What came back.
         got: String,
     },
     /// A slo-probe or tag header is missing or wrong.
-    Header { name: String, problem: String },
+    Header {
+        /// The header's name (`key` for the record key).
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// `traceparent` missing, invalid, or carrying another trace id.
     TraceContext(String),
     /// A transformed record fails an `expect` assertion.
     Assertion {
+        /// The JSON pointer asserted.
         pointer: String,
+        /// The value it must hold.
         expected: String,
+        /// What it held (`nothing` when absent).
         got: String,
     },
 }
@@ -777,7 +871,7 @@ pub enum Expectation {
 mod tests {
     use super::*;
     use rdkafka::Timestamp;
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::message::{Headers, OwnedMessage};
 
     fn origin() -> Origin {
         Origin {

@@ -31,6 +31,24 @@ impl Doc<'_> {
 
     /// Parses the text; a syntax error is recorded and yields `None`.
     pub fn parse(&mut self, text: &str) -> Option<Node> {
+        // The YAML scanner takes a NUL for the end of the text: whatever follows one would be
+        // dropped without a word (a file cut short by a bad copy would still load). YAML text
+        // holds no NUL, so one is an error, where it is.
+        if let Some(at) = text.find('\0') {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let loc = Loc {
+                file: Arc::clone(&self.file),
+                line,
+                column,
+            };
+            self.diags.push(
+                loc,
+                "a NUL byte: YAML text cannot hold one (everything after it would be ignored)",
+            );
+            return None;
+        }
         let options = LoaderOptions::default().error_on_duplicate_keys(true);
         match marked_yaml::parse_yaml_with_options(0, text, options) {
             Ok(node) => Some(node),
@@ -476,6 +494,27 @@ fn unknown_field(key: &str, what: &str, known: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `tests/properties.rs`: the scanner ended the text at a NUL, so
+    /// `timeout: 5s<NUL>` and everything after it loaded as if cut there.
+    #[test]
+    fn a_nul_byte_is_an_error_where_it_is_never_the_end_of_the_file() {
+        for (text, line, column) in [
+            ("name: p\ninterval: 1s\ntimeout: 5s\0\n", 3, 12),
+            ("name: p\0\ninterval: 1s\n", 1, 8),
+            ("\0", 1, 1),
+        ] {
+            let mut diags = Diagnostics::default();
+            let mut doc = Doc {
+                file: Arc::from(Path::new("p.yaml")),
+                diags: &mut diags,
+            };
+            assert!(doc.parse(text).is_none(), "{text:?}");
+            let d = diags.iter().next().unwrap();
+            assert_eq!((d.loc.line, d.loc.column), (line, column), "{d}");
+            assert!(d.message.contains("NUL"), "{d}");
+        }
+    }
 
     #[test]
     fn env_expansion() {

@@ -45,7 +45,7 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
     );
 }
 
-pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid) {
+pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid, forgotten: bool) {
     let cx = &seen.trace;
     info!(
         target: TARGET,
@@ -59,7 +59,13 @@ pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid) {
         record_id = %id,
         site = %origin.site,
         instance = %origin.instance,
-        "record seen again after verification"
+        forgotten,
+        "{}",
+        if forgotten {
+            "record seen again after its fate was forgotten (a replay of an old record)"
+        } else {
+            "record seen again after verification"
+        }
     );
 }
 
@@ -118,8 +124,8 @@ pub fn foreign(origin: &Origin, seen: &Seen, reason: ForeignReason) {
 
 /// Foreign records that were counted but not logged since the last one logged (`quiet`,
 /// indexed like [`ForeignReason::ALL`]).
-pub fn foreign_summary(origin: &Origin, topic: &str, quiet: &[u64; 3]) {
-    let [unparseable, unknown_version, missing_headers] = *quiet;
+pub fn foreign_summary(origin: &Origin, topic: &str, quiet: &[u64; ForeignReason::ALL.len()]) {
+    let [unparseable, unknown_version, missing_headers, unknown_id] = *quiet;
     info!(
         target: TARGET,
         event = "foreign",
@@ -130,7 +136,8 @@ pub fn foreign_summary(origin: &Origin, topic: &str, quiet: &[u64; 3]) {
         unparseable,
         unknown_version,
         missing_headers,
+        unknown_id,
         "{} more records on the probe topic were not valid probe records (counted, not logged one by one)",
-        unparseable + unknown_version + missing_headers
+        unparseable + unknown_version + missing_headers + unknown_id
     );
 }

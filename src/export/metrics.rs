@@ -535,7 +535,7 @@ pub struct ProbeMetrics {
     pub reordered: IntCounter,
     pub late: IntCounter,
     /// Indexed like [`ForeignReason::ALL`].
-    pub foreign: [IntCounter; 3],
+    pub foreign: [IntCounter; ForeignReason::ALL.len()],
     /// (good, bad) per SLO, in the probe's SLO order.
     pub slo_events: Vec<(IntCounter, IntCounter)>,
     /// Indexed like [`crate::stats::QUANTILES`].

@@ -48,7 +48,7 @@ struct ForeignLog {
     /// When the last one was logged in full.
     logged_at: Option<Instant>,
     /// Seen since, by reason (indexed like [`ForeignReason::ALL`]).
-    quiet: [u64; 3],
+    quiet: [u64; ForeignReason::ALL.len()],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -181,7 +181,14 @@ impl ProbeObserver {
             (Event::SloJudged { .. }, Report) => {}
 
             (Event::Duplicate { .. }, Count) => s.duplicates.inc(),
-            (Event::Duplicate { seen, id }, Report) => events::duplicate(&self.origin, seen, id),
+            (
+                Event::Duplicate {
+                    seen,
+                    id,
+                    forgotten,
+                },
+                Report,
+            ) => events::duplicate(&self.origin, seen, id, *forgotten),
 
             (Event::Late { .. }, Count) => s.late.inc(),
             (Event::Late { seen, id, latency }, Report) => {

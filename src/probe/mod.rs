@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub use history::{HistoryView, Point};
 pub use notable::{LAST, Noted, SLOWEST};
-pub use tracker::{Arrival, Footprint, Tracker};
+pub use tracker::{Arrival, Footprint, Stranger, Tracker};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
 use crate::kafka;
@@ -102,8 +102,10 @@ impl<'a> Ending<'a> {
 /// What an arrival of an id the tracker does not know is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Unknown {
-    /// An own record (its header says so), forgotten long after it finished: late.
-    Late,
+    /// A record whose headers (or envelope) name this agent and probe: one of its own it
+    /// forgot (a duplicate), or one it never sent (foreign, `unknown_id`); see
+    /// [`tracker::Stranger`].
+    Claimed,
     /// A sink's row that is not this probe's (a sink holds other rows too): ignored.
     Ignored,
 }
@@ -399,7 +401,7 @@ impl Probe {
     pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
         let same_topic = self.same_topic;
         let seen = Seen::from(view);
-        self.arrive(id, at, view.topic, seen, Unknown::Late, |expected| {
+        self.arrive(id, at, view.topic, seen, Unknown::Claimed, |expected| {
             if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
                 record::verify_transformed(expected, view, &k.expect, self.shape())
             } else {
@@ -433,7 +435,12 @@ impl Probe {
                     self.settle(&mut core, &mut events, at, end)
                 }
                 Some(Arrival::Duplicate) => {
-                    self.emit(&mut events, Event::Duplicate { seen, id: *id })
+                    let duplicate = Event::Duplicate {
+                        seen,
+                        id: *id,
+                        forgotten: false,
+                    };
+                    self.emit(&mut events, duplicate)
                 }
                 Some(Arrival::Late { latency }) => {
                     let late = Event::Late {
@@ -444,15 +451,24 @@ impl Probe {
                     self.emit(&mut events, late)
                 }
                 None if unknown == Unknown::Ignored => return,
-                None => {
-                    core.tracker.forgotten_arrival();
-                    let late = Event::Late {
-                        seen,
-                        id: *id,
-                        latency: None,
-                    };
-                    self.emit(&mut events, late);
-                }
+                None => match core.tracker.stranger(id) {
+                    Stranger::Forgotten => {
+                        let duplicate = Event::Duplicate {
+                            seen,
+                            id: *id,
+                            forgotten: true,
+                        };
+                        self.emit(&mut events, duplicate);
+                    }
+                    Stranger::NeverSent => {
+                        self.foreign.fetch_add(1, Ordering::Relaxed);
+                        let foreign = Event::Foreign {
+                            seen,
+                            reason: ForeignReason::UnknownId,
+                        };
+                        self.emit(&mut events, foreign);
+                    }
+                },
             }
             self.publish(&mut core, &mut events);
         }

@@ -38,6 +38,29 @@ pub enum Arrival {
 /// At most this many finished ids are remembered, whatever the retention.
 const MAX_RECENT: usize = 100_000;
 
+/// What an arriving record that claims this probe is, when the tracker does not know its id
+/// (neither in flight nor remembered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stranger {
+    /// Its id (a UUID v7) was minted no later than the newest record this tracker forgot: one
+    /// of its own records whose fate it no longer remembers (a replay, most often), counted as
+    /// a duplicate.
+    Forgotten,
+    /// Never sent by this probe: its id is not a UUID v7, or was minted after every record the
+    /// tracker forgot (it would still know it). Another producer's record with this agent's
+    /// headers.
+    NeverSent,
+}
+
+/// The time in a UUID v7, in milliseconds since the Unix epoch (`None` for other versions).
+fn minted_ms(id: &Uuid) -> Option<u64> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
 /// Sizes of the tracker's collections, for memory tests and `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footprint {
@@ -70,6 +93,9 @@ pub struct Tracker {
     /// Records still in flight per round; a round completes when its count reaches zero.
     open_rounds: BTreeMap<u64, usize>,
     rounds_completed: u64,
+    /// The latest mint time (UUID v7, ms) of an id forgotten so far: an unknown id minted after
+    /// it was never sent by this probe.
+    forgotten_upto_ms: Option<u64>,
 }
 
 impl Tracker {
@@ -87,6 +113,7 @@ impl Tracker {
             highest_seq: HashMap::new(),
             open_rounds: BTreeMap::new(),
             rounds_completed: 0,
+            forgotten_upto_ms: None,
         }
     }
 
@@ -141,7 +168,7 @@ impl Tracker {
             return Err(Box::new(self.refuse(expected, scheduled, round, reason)));
         }
         let id = expected.body.id;
-        self.count_scheduled(&expected, round);
+        self.count_scheduled(&expected, round, scheduled);
         self.deadlines.push_back((scheduled + self.timeout, id));
         self.pending.insert(
             id,
@@ -164,7 +191,7 @@ impl Tracker {
         round: u64,
         reason: Reason,
     ) -> Finished {
-        self.count_scheduled(&expected, round);
+        self.count_scheduled(&expected, round, scheduled);
         let pending = Pending {
             expected,
             scheduled,
@@ -174,7 +201,10 @@ impl Tracker {
         self.finish(pending, scheduled, Outcome::SendFailed, None, Some(reason))
     }
 
-    fn count_scheduled(&mut self, expected: &Expected, round: u64) {
+    fn count_scheduled(&mut self, expected: &Expected, round: u64, now: Instant) {
+        // Every round forgets what is past the retention: in a healthy run no deadline ever
+        // falls due (records are verified first), so `expire` alone would never forget.
+        self.forget(now);
         self.counts.sent += 1;
         self.counts.in_flight += 1;
         if expected.body.partition >= 0 {
@@ -259,9 +289,17 @@ impl Tracker {
         })
     }
 
-    /// Counts an own record that finished so long ago it was forgotten.
-    pub fn forgotten_arrival(&mut self) {
-        self.counts.late += 1;
+    /// An arrival claiming this probe whose id the tracker does not know: one of its own
+    /// records that it forgot (counted as a duplicate), or one it never sent (for the caller to
+    /// count as foreign).
+    pub fn stranger(&mut self, id: &Uuid) -> Stranger {
+        match (minted_ms(id), self.forgotten_upto_ms) {
+            (Some(minted), Some(upto)) if minted <= upto => {
+                self.counts.duplicates += 1;
+                Stranger::Forgotten
+            }
+            _ => Stranger::NeverSent,
+        }
     }
 
     /// The earliest deadline of a record still in flight.
@@ -356,7 +394,11 @@ impl Tracker {
                 break;
             }
             self.recent_order.pop_front();
-            self.recent.remove(&id);
+            if self.recent.remove(&id).is_some()
+                && let Some(minted) = minted_ms(&id)
+            {
+                self.forgotten_upto_ms = self.forgotten_upto_ms.max(Some(minted));
+            }
         }
     }
 }
@@ -537,5 +579,61 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         t.expire(Instant::now());
         assert!(t.arrive(&id, Instant::now(), Some(0), |_| Ok(())).is_none());
+    }
+
+    /// A healthy run settles every record before its deadline, so no deadline ever falls due:
+    /// scheduling forgets instead, and the remembered ids stay within the retention.
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_run_forgets_without_any_deadline_falling_due() {
+        let retention = Duration::from_secs(60);
+        let mut t = Tracker::new(T, retention, 100);
+        for round in 0..600 {
+            let e = expected(0, round);
+            let id = e.body.id;
+            t.register(e, Instant::now(), round).unwrap();
+            t.arrive(&id, Instant::now(), Some(round as i64), |_| Ok(()));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(t.counts().get(Outcome::Ok), 600);
+        // 60 s of ids at one a second, not 600
+        assert!(t.footprint().recent <= 61, "{:?}", t.footprint());
+    }
+
+    /// An unknown id is one of the probe's own forgotten records (a duplicate) only if it was
+    /// minted no later than the newest one forgotten; any other is not the probe's.
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_id_is_forgotten_or_never_sent() {
+        let mut t = Tracker::new(T, Duration::from_secs(60), 100);
+        let old = expected(0, 0);
+        let old_id = old.body.id;
+        // nothing forgotten yet: no unknown id can be the probe's
+        assert_eq!(t.stranger(&old_id), Stranger::NeverSent);
+        t.register(old, Instant::now(), 0).unwrap();
+        t.arrive(&old_id, Instant::now(), Some(0), |_| Ok(()));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // wall-clock ms ticks on: the next id is minted strictly later
+        std::thread::sleep(Duration::from_millis(2));
+        let next = expected(0, 1);
+        let next_id = next.body.id;
+        t.register(next, Instant::now(), 1).unwrap();
+        assert!(!t.knows(&old_id), "forgotten past the retention");
+        assert!(
+            t.arrive(&old_id, Instant::now(), Some(0), |_| Ok(()))
+                .is_none()
+        );
+        assert_eq!(t.stranger(&old_id), Stranger::Forgotten);
+        assert_eq!(t.counts().duplicates, 1);
+        // minted after everything forgotten (and not in flight): never sent by this probe
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(t.stranger(&Uuid::now_v7()), Stranger::NeverSent);
+        let v4 = uuid::Builder::from_random_bytes([7; 16]).into_uuid();
+        assert_eq!(t.stranger(&v4), Stranger::NeverSent, "not a v7");
+        assert_eq!(t.stranger(&Uuid::nil()), Stranger::NeverSent);
+        assert_eq!(
+            t.counts().duplicates,
+            1,
+            "strangers are not the tracker's to count"
+        );
+        assert!(t.knows(&next_id));
     }
 }

@@ -405,6 +405,8 @@ pub struct AvroFormat {
     /// The schema as written in its file (what a registry is given).
     pub text: String,
     schema: Schema,
+    /// The schema's named types, for walking a value before decoding it.
+    names: HashMap<Name, Schema>,
     template: AvroTemplate,
     pub framing: Framing,
     /// The schema id written after the magic byte: set at load when fixed in the probe file,
@@ -475,6 +477,7 @@ impl AvroFormat {
         Ok(AvroFormat {
             text: text.to_string(),
             schema,
+            names,
             template: compiled,
             framing,
             schema_id: id,
@@ -538,7 +541,7 @@ impl AvroFormat {
                 rest
             }
         };
-        decode_avro(&self.schema, body)
+        decode_avro(&self.schema, &self.names, body)
     }
 }
 
@@ -554,9 +557,180 @@ pub fn confluent_header(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
     }
 }
 
-/// Decodes one Avro datum that must use every byte.
+/// The most apache-avro may allocate for one length or collection while decoding (its default
+/// is 512 MiB). A length prefix is read before the bytes it counts, so without this a value of
+/// a few bytes on the topic (a string "of 500 MB", an array of a million nulls in a writer
+/// schema anyone can register) makes the agent reserve, or fill, hundreds of megabytes. Every
+/// Kafka record is far smaller than this (the broker's default limit is 1 MB).
+pub const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
+/// The deepest nesting (records, arrays, maps) a decoded value may have. apache-avro
+/// decodes (and drops) values recursively, without a limit: a recursive schema (a linked list,
+/// a tree) lets a value of a few kilobytes nest deep enough to overflow the thread's stack,
+/// which aborts the process. Deeper values are refused before decoding, as serde_json refuses
+/// JSON nested deeper than 128.
+pub const MAX_DECODE_DEPTH: usize = 128;
+
+/// At most this many array or map items are walked (apache-avro refuses more anyway: each
+/// takes a `Value` of its allocation bound).
+const MAX_DECODE_ITEMS: usize = MAX_DECODE_ALLOCATION / std::mem::size_of::<Avro>();
+
+/// Walks an Avro datum without building it, to refuse one that nests deeper than
+/// [`MAX_DECODE_DEPTH`] before apache-avro recurses into it. Only depth and item counts are
+/// judged: anything else it cannot read (a truncated value, an unknown reference) ends the
+/// walk, and apache-avro gives the real error.
+struct DepthWalk<'a> {
+    bytes: &'a [u8],
+    names: &'a HashMap<Name, Schema>,
+    items: usize,
+}
+
+/// Why a walk stopped: the value is too deep (refused) or could not be read further (left to
+/// apache-avro).
+enum WalkEnd {
+    TooDeep(String),
+    Unreadable,
+}
+
+impl DepthWalk<'_> {
+    fn long(&mut self) -> Result<i64, WalkEnd> {
+        let mut n: u64 = 0;
+        for i in 0..10 {
+            let (&b, rest) = self.bytes.split_first().ok_or(WalkEnd::Unreadable)?;
+            self.bytes = rest;
+            n |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(((n >> 1) as i64) ^ -((n & 1) as i64));
+            }
+        }
+        Err(WalkEnd::Unreadable)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), WalkEnd> {
+        self.bytes = self.bytes.get(n..).ok_or(WalkEnd::Unreadable)?;
+        Ok(())
+    }
+
+    fn skip_counted(&mut self) -> Result<(), WalkEnd> {
+        let n = usize::try_from(self.long()?).map_err(|_| WalkEnd::Unreadable)?;
+        self.skip(n)
+    }
+
+    /// Array or map blocks: a count (negative: followed by a byte size), 0 ends them.
+    fn blocks(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<(), WalkEnd>,
+    ) -> Result<(), WalkEnd> {
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                self.long()?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                self.items += 1;
+                if self.items > MAX_DECODE_ITEMS {
+                    return Err(WalkEnd::Unreadable); // apache-avro refuses it by size
+                }
+                item(self)?;
+            }
+        }
+    }
+
+    fn value(&mut self, schema: &Schema, depth: usize) -> Result<(), WalkEnd> {
+        if depth > MAX_DECODE_DEPTH {
+            return Err(WalkEnd::TooDeep(format!(
+                "the value nests deeper than {MAX_DECODE_DEPTH} levels: not decoded"
+            )));
+        }
+        match schema {
+            Schema::Null => Ok(()),
+            Schema::Boolean => self.skip(1),
+            Schema::Int
+            | Schema::Long
+            | Schema::Enum(_)
+            | Schema::Date
+            | Schema::TimeMillis
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => self.long().map(drop),
+            Schema::Float => self.skip(4),
+            Schema::Double => self.skip(8),
+            Schema::Bytes | Schema::String | Schema::BigDecimal => self.skip_counted(),
+            Schema::Uuid(apache_avro::schema::UuidSchema::Fixed(f))
+            | Schema::Fixed(f)
+            | Schema::Duration(f) => self.skip(f.size),
+            Schema::Uuid(_) => self.skip_counted(),
+            Schema::Decimal(d) => match &d.inner {
+                apache_avro::schema::InnerDecimalSchema::Fixed(f) => self.skip(f.size),
+                apache_avro::schema::InnerDecimalSchema::Bytes => self.skip_counted(),
+            },
+            // A union or a reference is no level of its own: what it holds is.
+            Schema::Union(u) => {
+                let i = usize::try_from(self.long()?).map_err(|_| WalkEnd::Unreadable)?;
+                let variant = u.variants().get(i).ok_or(WalkEnd::Unreadable)?;
+                self.value(variant, depth)
+            }
+            Schema::Record(r) => r
+                .fields
+                .iter()
+                .try_for_each(|f| self.value(&f.schema, depth + 1)),
+            Schema::Array(a) => self.blocks(|w| w.value(&a.items, depth + 1)),
+            Schema::Map(m) => self.blocks(|w| {
+                w.skip_counted()?;
+                w.value(&m.types, depth + 1)
+            }),
+            Schema::Ref { name } => {
+                let names = self.names;
+                let named = names
+                    .get(name)
+                    .or_else(|| {
+                        names
+                            .iter()
+                            .find(|(n, _)| n.name() == name.name())
+                            .map(|(_, s)| s)
+                    })
+                    .ok_or(WalkEnd::Unreadable)?;
+                self.value(named, depth)
+            }
+        }
+    }
+}
+
+/// Refuses a value nested deeper than [`MAX_DECODE_DEPTH`] (see there); `Ok` otherwise, also
+/// for values apache-avro will refuse for another reason.
+fn check_depth(
+    schema: &Schema,
+    names: &HashMap<Name, Schema>,
+    body: &[u8],
+) -> Result<(), Corruption> {
+    let mut walk = DepthWalk {
+        bytes: body,
+        names,
+        items: 0,
+    };
+    match walk.value(schema, 0) {
+        Err(WalkEnd::TooDeep(why)) => Err(Corruption::Undecodable(why)),
+        Ok(()) | Err(WalkEnd::Unreadable) => Ok(()),
+    }
+}
+
+/// Decodes one Avro datum that must use every byte; `names`: the schema's named types.
 /// Named references are resolved from the root schema itself.
-fn decode_avro(schema: &Schema, mut body: &[u8]) -> Result<Avro, Corruption> {
+fn decode_avro(
+    schema: &Schema,
+    names: &HashMap<Name, Schema>,
+    mut body: &[u8],
+) -> Result<Avro, Corruption> {
+    // Process-wide and set once; the first decode sets it before anything is allocated.
+    apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+    check_depth(schema, names, body)?;
     let reader = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
         .map_err(|e| Corruption::Undecodable(e.to_string()))?;
@@ -580,6 +754,8 @@ pub fn avro_to_json(value: Avro) -> Json {
 /// A writer schema fetched by id, for decoding another stage's Avro records.
 pub struct WriterSchema {
     schema: Schema,
+    /// Its named types, for walking a value before decoding it.
+    names: HashMap<Name, Schema>,
 }
 
 impl WriterSchema {
@@ -587,13 +763,13 @@ impl WriterSchema {
     pub fn parse(text: &str) -> Result<WriterSchema, String> {
         let schema = parse_schema(text)?;
         // Every reference must resolve, as the decoder will need it to.
-        named_types(&schema)?;
-        Ok(WriterSchema { schema })
+        let names = named_types(&schema)?;
+        Ok(WriterSchema { schema, names })
     }
 
     /// Decodes the Avro binary after the Confluent header into JSON.
     pub fn decode_json(&self, body: &[u8]) -> Result<Json, String> {
-        decode_avro(&self.schema, body)
+        decode_avro(&self.schema, &self.names, body)
             .map(avro_to_json)
             .map_err(|e| e.to_string())
     }

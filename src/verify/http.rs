@@ -12,6 +12,7 @@ use crate::config::{HttpMethod, HttpVerify, fill};
 /// echo what was sent, credentials included).
 const BODY_EXCERPT: usize = 200;
 
+/// Polls an HTTP/JSON endpoint for records by id.
 pub struct HttpSink {
     client: reqwest::Client,
     cfg: HttpVerify,
@@ -20,6 +21,7 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
+    /// The sink of `cfg`: its client (TLS, timeout, default headers); an invalid header is an error.
     pub fn new(cfg: &HttpVerify) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &cfg.headers {
@@ -95,8 +97,10 @@ impl HttpSink {
         SinkError::new(kind, self.scrub(message))
     }
 
-    /// The ids (and documents) in a response body.
-    fn found(&self, body: &[u8]) -> Result<Vec<Found>, SinkError> {
+    /// The ids (and documents) in a response body: the array at `ids_pointer`, each element a
+    /// plain id or a document with its id at `id_pointer`; elements without a valid id are
+    /// skipped. A body that is not JSON or has no array there is an `invalid_json` error.
+    pub fn found(&self, body: &[u8]) -> Result<Vec<Found>, SinkError> {
         let invalid = |m: String| SinkError::new(SinkErrorKind::InvalidJson, m);
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| invalid(format!("the response is not JSON: {e}")))?;

@@ -29,7 +29,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A record found in the sink: its id, and the row or document its content is checked on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
+    /// The record id.
     pub id: Uuid,
+    /// The row or document it was found as (what `expect` is checked against).
     pub doc: serde_json::Value,
 }
 
