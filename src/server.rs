@@ -5,26 +5,39 @@
 //!
 //! Anyone who can reach the port can talk to this server, so it defends itself: hyper's HTTP/1
 //! connections with a timer, so a request's headers must arrive within [`HEADER_TIMEOUT`] and
-//! an idle keep-alive connection is closed after as long; at most [`MAX_CONNECTIONS`] at once
-//! (further ones get a 503, or when many arrive together are simply closed, so a flood cannot
-//! take the file descriptors the probes need); request headers and bodies bounded; a
-//! connection closed gracefully after [`MAX_CONNECTION_AGE`]. On stop, connections get
-//! [`DRAIN`] to finish their request, then are dropped: shutdown never waits on a client.
+//! an idle keep-alive connection is closed after as long; at most [`MAX_CONNECTIONS`] at once,
+//! and when they are all taken a new connection takes the slot of the one that has waited
+//! longest for a request (`slots`), so idle or stalled connections cannot lock a scraper out;
+//! when every one is answering a request, further ones get a 503 (or when many arrive
+//! together are simply closed, so a flood cannot take the file descriptors the probes need);
+//! request headers and bodies bounded; a connection closed gracefully after
+//! [`MAX_CONNECTION_AGE`]. `/status` and `/` render on a blocking thread, one render at a time,
+//! reused for a while by the requests that follow (`render`), so clients asking for them in a
+//! loop cannot hold the workers that answer `/metrics` and read the probes' records. On stop,
+//! connections get [`DRAIN`] to finish their request, then are dropped: shutdown never waits
+//! on a client.
+
+mod render;
+mod slots;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State as Extract;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+
+use self::render::Rendered;
+use self::slots::{Admission, Slot, Slots, Tracked};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,10 +61,12 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// How long a connection may take to finish its request once asked to close.
 pub const DRAIN: Duration = Duration::from_secs(2);
-/// Request header bytes (hyper's read buffer; every endpoint is a plain GET).
-const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Request header bytes (hyper's read buffer; every endpoint is a plain GET). Header lines are
+/// bounded by hyper's default, 100 (431 beyond): setting it explicitly would move the parser's
+/// header array from the stack to the heap for every request.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Request body bytes (no endpoint reads a body).
-const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Connections over the limit being told so at once; beyond that they are closed without an
 /// answer, so that refusing a flood never holds more descriptors than serving does.
 const MAX_REFUSING: usize = 16;
@@ -157,12 +172,24 @@ impl AgentView {
     }
 }
 
+/// What the handlers share: the agent's view, and the latest renders of the expensive
+/// endpoints.
 #[derive(Clone)]
-pub struct State(Arc<AgentView>);
+pub struct State(Arc<Shared>);
+
+struct Shared {
+    view: Arc<AgentView>,
+    status: Rendered,
+    live: Rendered,
+}
 
 impl State {
     pub fn new(view: AgentView) -> Self {
-        State(Arc::new(view))
+        State(Arc::new(Shared {
+            view: Arc::new(view),
+            status: Rendered::default(),
+            live: Rendered::default(),
+        }))
     }
 }
 
@@ -179,8 +206,13 @@ pub fn router(state: State) -> Router {
 
 /// Serves until `stop`, then gives open connections [`DRAIN`] to finish and returns.
 pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
-    let service = TowerToHyperService::new(router(state));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_router(listener, router(state), stop).await
+}
+
+/// [`serve`] with any router: the connection handling, on its own.
+async fn serve_router(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let service = TowerToHyperService::new(router);
+    let slots = Slots::new(MAX_CONNECTIONS);
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let connections = TaskTracker::new();
     let quiet = crate::util::quiet::Quiet::default();
@@ -201,19 +233,26 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
                 continue;
             }
         };
-        match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => {
-                let (service, stop) = (service.clone(), stop.clone());
-                connections.spawn(async move {
-                    serve_connection(stream, service, stop).await;
-                    drop(slot);
-                });
+        match slots.admit() {
+            Some((slot, admission)) => {
+                if admission == Admission::Evicted && quiet.allow("evicted") {
+                    tracing::warn!(
+                        max = MAX_CONNECTIONS,
+                        "HTTP connections full: closing the ones waiting longest for a request to serve new ones"
+                    );
+                }
+                let service = Tracked {
+                    inner: service.clone(),
+                    conn: Arc::clone(&slot.conn),
+                };
+                let stop = stop.clone();
+                connections.spawn(serve_connection(stream, service, slot, stop));
             }
-            Err(_) => {
+            None => {
                 if quiet.allow("busy") {
                     tracing::warn!(
                         max = MAX_CONNECTIONS,
-                        "too many HTTP connections: refusing new ones with 503 until some close"
+                        "every HTTP connection is answering a request: refusing new ones with 503 until some finish"
                     );
                 }
                 // Told, while few are being told; else closed at once.
@@ -238,8 +277,9 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
 
 /// One connection, with hyper's timer: headers within [`HEADER_TIMEOUT`] (idle keep-alive
 /// included), closed gracefully at [`MAX_CONNECTION_AGE`] or at stop, and dropped if it does
-/// not finish within [`DRAIN`] after that.
-async fn serve_connection<S>(stream: TcpStream, service: S, stop: CancellationToken)
+/// not finish within [`DRAIN`] after that; dropped at once when its slot is given to a new
+/// connection (it was only waiting for a request).
+async fn serve_connection<S>(stream: TcpStream, service: S, slot: Slot, stop: CancellationToken)
 where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -256,15 +296,19 @@ where
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let age = tokio::time::sleep_until(Instant::now() + MAX_CONNECTION_AGE);
+    let evicted = slot.conn.evicted.clone();
     tokio::select! {
         r = conn.as_mut() => { log_end(r); return }
+        _ = evicted.cancelled() => return,
         _ = age => {}
         _ = stop.cancelled() => {}
     }
     conn.as_mut().graceful_shutdown();
-    if let Ok(r) = tokio::time::timeout(DRAIN, conn).await {
-        log_end(r);
+    tokio::select! {
+        r = tokio::time::timeout(DRAIN, conn) => if let Ok(r) = r { log_end(r) },
+        _ = evicted.cancelled() => {}
     }
+    drop(slot);
 }
 
 fn log_end(r: Result<(), hyper::Error>) {
@@ -284,12 +328,12 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 async fn metrics(Extract(state): Extract<State>) -> Response {
-    let body = state.0.render_metrics();
+    let body = state.0.view.render_metrics();
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
 }
 
 async fn readyz(Extract(state): Extract<State>) -> Response {
-    match state.0.readiness() {
+    match state.0.view.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(waiting) => {
             let body = format!("not ready\n{}\n", waiting.join("\n"));
@@ -298,27 +342,42 @@ async fn readyz(Extract(state): Extract<State>) -> Response {
     }
 }
 
-async fn status(Extract(state): Extract<State>) -> Json<report::Status> {
-    Json(state.0.status(Instant::now()))
+async fn status(Extract(state): Extract<State>) -> Response {
+    let view = Arc::clone(&state.0.view);
+    let body = state
+        .0
+        .status
+        .get(move |now| {
+            let status = view.status(now);
+            Bytes::from(serde_json::to_vec(&status).expect("a status serializes"))
+        })
+        .await;
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `/`: the live page, the same figures as `/status` with charts; loads nothing from
 /// anywhere (its Content-Security-Policy says so) and reloads itself.
 async fn live(Extract(state): Extract<State>) -> Response {
-    let view = &state.0;
-    let now = Instant::now();
-    let status = view.status(now);
-    let pictures: Vec<Pictures> = view
-        .probes
-        .iter()
-        .take(html::LIVE_CHARTS)
-        .map(|p| Pictures::of(p, now))
-        .collect();
-    let page = html::live_page(
-        &status,
-        &pictures,
-        html::TraceLinks(view.trace_url.as_deref()),
-    );
+    let view = Arc::clone(&state.0.view);
+    let page = state
+        .0
+        .live
+        .get(move |now| {
+            let status = view.status(now);
+            let pictures: Vec<Pictures> = view
+                .probes
+                .iter()
+                .take(html::LIVE_CHARTS)
+                .map(|p| Pictures::of(p, now))
+                .collect();
+            let page = html::live_page(
+                &status,
+                &pictures,
+                html::TraceLinks(view.trace_url.as_deref()),
+            );
+            Bytes::from(page)
+        })
+        .await;
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -329,4 +388,86 @@ async fn live(Extract(state): Extract<State>) -> Response {
         page,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn answer(c: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Every slot taken by connections that only wait (idle, or with half their headers) and
+    /// one answering a slow request: clients that send their request are served, each taking
+    /// the slot of the connection waiting longest, and the slow request is answered in the end,
+    /// never closed for another.
+    #[tokio::test]
+    async fn a_full_server_closes_waiting_connections_for_new_ones_never_one_answering() {
+        let (started, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                    async move {
+                        s.notify_one();
+                        r.notified().await;
+                        "slow\n"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "fast\n" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_router(listener, router, stop.clone()));
+
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        started.notified().await;
+        let mut waiting = Vec::new();
+        for i in 0..MAX_CONNECTIONS + 20 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                    .await
+                    .unwrap();
+            }
+            waiting.push(c);
+        }
+        for _ in 0..5 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let got = answer(&mut c).await;
+            assert!(
+                got.starts_with("HTTP/1.1 200") && got.ends_with("fast\n"),
+                "{got}"
+            );
+        }
+        // the longest waiting were closed, without a word
+        for c in waiting.iter_mut().take(20) {
+            assert_eq!(answer(c).await, "");
+        }
+        drop(waiting);
+        release.notify_one();
+        let got = answer(&mut slow).await;
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("slow\n"),
+            "{got}"
+        );
+        stop.cancel();
+        server.await.unwrap();
+    }
 }

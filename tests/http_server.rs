@@ -34,9 +34,9 @@ fn until_closed(mut conn: TcpStream, within: Duration) -> Option<Vec<u8>> {
 /// 352 connections, 100 of them stalled in the middle of their headers, against an agent
 /// allowed 256 file descriptors (the numbers of the review). Before, every one was accepted
 /// and kept: descriptors ran out, the embedded cluster's connections failed, records were
-/// falsely lost and /metrics stopped answering. Now at most 64 are served, the rest refused at
-/// once (a 503, or closed), the idle and stalled ones closed after the header timeout, and the
-/// probe loses nothing.
+/// falsely lost and /metrics stopped answering. Now at most 64 are served at once, the others
+/// closed at once (each newer one takes the slot of one that only waits), the last 64 closed
+/// after the header timeout, and the probe loses nothing.
 #[test]
 fn a_flood_of_idle_and_stalled_connections_is_bounded_and_closed() {
     let t = Tree::new();
@@ -68,8 +68,8 @@ fn a_flood_of_idle_and_stalled_connections_is_bounded_and_closed() {
         })
         .collect();
     // Every connection ends within the header timeout (10 s), idle and stalled alike: the
-    // ones over the limit at once (a 503, or closed without a word when many come together),
-    // the ones served when their headers are late. Each is watched by its own thread, which
+    // ones whose slot a newer one took at once (closed without a word), the ones served
+    // when their headers are late. Each is watched by its own thread, which
     // notes when the server closed it.
     let flooded = std::time::Instant::now();
     let watchers: Vec<_> = flood
@@ -179,4 +179,103 @@ async fn a_stalled_request_never_holds_shutdown_and_oversized_requests_are_refus
     let status = agent.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "in-flight records left: exit 1");
     drop(stalled);
+}
+
+/// Requests no endpoint takes, sent by the dozen: unknown methods and paths, bodies, a megabyte
+/// of headers in many lines, too many headers, versions and bytes that are not HTTP/1. Each gets
+/// its error status and nothing panics. Then a few hundred connections held open, idle or
+/// trickling headers, more than the server serves at once: before, they took every slot until
+/// their header timeout (and for good, reconnecting), and a scraper got 503; now each new
+/// connection takes the slot of the one that waited longest for a request, so the scraper is
+/// served while they are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_errors_and_held_connections_cannot_lock_a_scraper_out() {
+    let t = Tree::new();
+    t.write("probes/canary.yaml", CANARY);
+    let (mut agent, addr) = Running::run_ready(t.path(), &["--embedded"], &[]);
+    let raw = |request: &[u8]| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        // the server may answer and close before it has read everything
+        let _ = c.write_all(request);
+        let got = until_closed(c, Duration::from_secs(30)).expect("answered and closed");
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let close = "Host: a\r\nConnection: close\r\n\r\n";
+    let mut megabyte = String::from("GET /metrics HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..16_384 {
+        megabyte.push_str(&format!("X-Pad-{i:05}: {}\r\n", "x".repeat(50)));
+    }
+    megabyte.push_str("\r\n");
+    let many: String = (0..500).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (format!("BREW /coffee HTTP/1.1\r\n{close}").into(), "404"),
+        (format!("GET /nope HTTP/1.1\r\n{close}").into(), "404"),
+        (
+            format!("GET /metrics/../status HTTP/1.1\r\n{close}").into(),
+            "404",
+        ),
+        (format!("DELETE /metrics HTTP/1.1\r\n{close}").into(), "405"),
+        (format!("PROPFIND / HTTP/1.1\r\n{close}").into(), "405"),
+        (
+            format!("POST /status HTTP/1.1\r\nContent-Length: 5\r\n{close}hello").into(),
+            "405",
+        ),
+        (format!("GET /metrics HTTP/9.9\r\n{close}").into(), "400"),
+        (
+            format!("GET /metrics HTTP/1.1\r\n{many}{close}").into(),
+            "431",
+        ),
+        (megabyte.into_bytes(), "431"),
+        (format!("GET /\0 HTTP/1.1\r\n{close}").into(), "400"),
+        (
+            vec![
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ],
+            "400",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (request, status) in &cases {
+        for _ in 0..12 {
+            let got = raw(request);
+            if !got.starts_with(&format!("HTTP/1.1 {status}")) {
+                wrong.push(format!(
+                    "{:?} expected {status}, got {:?}",
+                    String::from_utf8_lossy(&request[..request.len().min(40)]),
+                    &got[..got.len().min(40)]
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    let held: Vec<TcpStream> = (0..200)
+        .map(|i| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nX-Slow: ")
+                    .unwrap();
+            }
+            c
+        })
+        .collect();
+    agent.wait_event(
+        GUARD,
+        "HTTP connections full: closing the ones waiting longest for a request to serve new ones",
+    );
+    for _ in 0..10 {
+        let (status, body) = get(&addr, "/metrics").await;
+        assert_eq!(status, 200, "a scrape while 200 connections are held");
+        assert!(body.contains("slo_probe_records_sent_total"), "{body}");
+    }
+    drop(held);
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+    let panics: Vec<&String> = agent
+        .seen
+        .iter()
+        .filter(|l| l.contains("panicked"))
+        .collect();
+    assert!(panics.is_empty(), "{panics:#?}");
 }

@@ -565,3 +565,182 @@ fn a_time_scaled_rule_file_pages_sixty_times_sooner() {
     );
     assert_eq!(out.code(), 78, "{}", out.stderr);
 }
+
+/// An agent killed (SIGKILL) and started again is the same scrape target with its counters back
+/// at zero: `slo_probe_slo_events_total` resets mid-series. `rate()` and `increase()` count a
+/// drop as a reset, so the generated rules must see the same burn through a restart as through
+/// continuous running. The 2% burn of the first scenario, three ways: counters that run on, counters
+/// that restart from zero at minute 160 (the burn is on; the new agent scraped a minute after its
+/// start), and the same with the agent down for two scrapes first (its first scrape reads 0):
+/// the same alerts at the same times with the same ratios, the same `increase()` over the hour,
+/// and the same error ratios and budget. A restart during clean running pages nothing and spends
+/// no budget. The inputs really reset (`resets()` says so), and a wrong expectation fails.
+#[test]
+fn a_restarted_agents_counter_reset_keeps_increase_burn_rates_and_budget_continuous() {
+    let t = Tree::new();
+    t.write("probes/orders.yaml", PROBE);
+    let r = rules(&t, &[]);
+    let page = json!({ "probe": "orders", "slo": "completeness", "severity": "page" });
+    let ticket = json!({ "probe": "orders", "slo": "completeness", "severity": "ticket" });
+    let series = "{probe=\"orders\",slo=\"completeness\"}";
+    let sample = |expr: &str, at: &str, labels: &str, value: f64| {
+        json!({
+            "expr": expr,
+            "eval_time": at,
+            "exp_samples": [{ "labels": labels, "value": value }],
+        })
+    };
+    // Figures at 195m, 35 minutes after the restart: over the hour 1.5% of the events bad, and
+    // `minutes` minutes of events (985 good and 15 bad a minute) counted.
+    let figures = |resets: f64, minutes: f64| {
+        json!([
+            sample(
+                "round(slo_probe:slo_errors:ratio_rate1h, 0.0001)",
+                "195m",
+                series,
+                0.015
+            ),
+            sample(
+                "round(slo_probe:slo_errors:ratio_rate5m, 0.0001)",
+                "195m",
+                series,
+                0.015
+            ),
+            sample(
+                "round(sum(increase(slo_probe_slo_events_total{result=\"good\"}[1h])))",
+                "195m",
+                "{}",
+                985.0 * minutes
+            ),
+            sample(
+                "round(sum(increase(slo_probe_slo_events_total{result=\"bad\"}[1h])))",
+                "195m",
+                "{}",
+                15.0 * minutes
+            ),
+            sample(
+                "sum(resets(slo_probe_slo_events_total[1h]))",
+                "195m",
+                "{}",
+                resets
+            ),
+        ])
+    };
+    // Exactly the alerts of continuous running, with the same ratios in their annotations.
+    let burning = json!([
+        { "eval_time": "125m", "alertname": "SloProbeBudgetBurn", "exp_alerts": [] },
+        {
+            "eval_time": "195m",
+            "alertname": "SloProbeBudgetBurn",
+            "exp_alerts": [
+                burn_alert(&r, page.clone(), "eu", "1.5%"),
+                burn_alert(&r, ticket.clone(), "eu", "0.5823%"),
+            ],
+        },
+    ]);
+    // The budget, once the series ended at 200m (1200 bad of 198200 events over 30 days: 6.054
+    // budgets spent), read an hour later: the recording rules evaluate in groups of their own,
+    // in no fixed order, so during the burn the budget may read the 30-day ratio of the
+    // previous evaluation.
+    let budget_after_burn = |value: f64| {
+        sample(
+            "round(slo_probe:slo_error_budget_remaining:ratio, 0.001)",
+            "260m",
+            series,
+            value,
+        )
+    };
+    let test = |restarted_resets: f64| {
+        let mut restarted = figures(restarted_resets, 60.0);
+        restarted
+            .as_array_mut()
+            .unwrap()
+            .push(budget_after_burn(-5.054));
+        let mut continuous = figures(0.0, 60.0);
+        continuous
+            .as_array_mut()
+            .unwrap()
+            .push(budget_after_burn(-5.054));
+        json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "5m",
+            "tests": [
+                {
+                    "name": "counters that run on",
+                    "interval": "1m",
+                    "input_series": [
+                        events("good", "0+985x200"),
+                        events("bad", "0+0x120 15+15x79"),
+                    ],
+                    "alert_rule_test": burning.clone(),
+                    "promql_expr_test": continuous,
+                },
+                {
+                    "name": "counters back at zero after a restart at minute 160",
+                    "interval": "1m",
+                    // the new agent's first scrape, a minute after it started: one minute of
+                    // events (good and bad) since zero
+                    "input_series": [
+                        events("good", "0+985x159 985+985x40"),
+                        events("bad", "0+0x120 15+15x38 15+15x40"),
+                    ],
+                    "alert_rule_test": burning.clone(),
+                    "promql_expr_test": restarted,
+                },
+                {
+                    "name": "down for two scrapes, then back at zero",
+                    "interval": "1m",
+                    // the killed agent's last minute of events and the outage are counted by
+                    // nobody: 57 of the hour's 60 minutes, in the same proportion
+                    "input_series": [
+                        events("good", "0+985x159 _x2 0+985x38"),
+                        events("bad", "0+0x120 15+15x38 _x2 0+15x38"),
+                    ],
+                    // pages and tickets as well; over the day, 1080 bad of 190200 counted
+                    "alert_rule_test": [
+                        { "eval_time": "125m", "alertname": "SloProbeBudgetBurn", "exp_alerts": [] },
+                        {
+                            "eval_time": "195m",
+                            "alertname": "SloProbeBudgetBurn",
+                            "exp_alerts": [
+                                burn_alert(&r, page.clone(), "eu", "1.5%"),
+                                burn_alert(&r, ticket.clone(), "eu", "0.5678%"),
+                            ],
+                        },
+                    ],
+                    "promql_expr_test": figures(2.0, 57.0),
+                },
+                {
+                    "name": "a restart during clean running",
+                    "interval": "1m",
+                    "input_series": [
+                        events("good", "0+985x100 985+985x99"),
+                        events("bad", "0+0x100 0+0x99"),
+                    ],
+                    "alert_rule_test": [
+                        { "eval_time": "105m", "alertname": "SloProbeBudgetBurn", "exp_alerts": [] },
+                        { "eval_time": "195m", "alertname": "SloProbeBudgetBurn", "exp_alerts": [] },
+                    ],
+                    "promql_expr_test": [
+                        sample("round(slo_probe:slo_error_budget_remaining:ratio, 0.001)", "195m", series, 1.0),
+                        sample("round(sum(increase(slo_probe_slo_events_total{result=\"good\"}[2h])) / 120)", "195m", "{}", 985.0),
+                        sample("sum(resets(slo_probe_slo_events_total{result=\"good\"}[2h]))", "195m", "{}", 1.0),
+                    ],
+                },
+            ],
+        })
+    };
+    // one reset per series (good and bad) in the hour before 195m
+    let (ok, out) = promtool_test(t.path(), &test(2.0));
+    assert!(ok, "{out}");
+    // the restarted input really resets: claiming it does not fails
+    let (ok, out) = promtool_test(t.path(), &test(0.0));
+    assert!(
+        !ok,
+        "promtool accepted a reset-free reading of a reset:\n{out}"
+    );
+    assert!(
+        out.contains("resets(slo_probe_slo_events_total[1h])") && out.contains("got: {} 2E+00"),
+        "{out}"
+    );
+}

@@ -10,11 +10,14 @@
 //! overhead (against a raw rdkafka loop), footprint (RSS and CPU of `slo-probe run`), capacity
 //! (verified records per second per core), detection (time to notice a dead broker), formats
 //! (CPU per record of the envelope, a JSON template and Avro), disruption (a rolling restart, a
-//! leader election, a slow broker and a broker restart, against a raw loop). Every figure is the median of
-//! `--runs` runs (default 3). Nothing here passes or fails on timing.
+//! leader election, a slow broker and a broker restart, against a raw loop), abuse (hostile HTTP
+//! clients while `/metrics` is scraped; the cost of `/status` and `/` at 1 000 probes). Every
+//! figure is the median of `--runs` runs (default 3; abuse: one run, its samples reported).
+//! Nothing here passes or fails on timing.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it runs `--quick`.
 
+mod abuse;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod disruption;
@@ -38,7 +41,7 @@ use crate::stats::{median_by, rel_err_pct};
 #[derive(Debug, Parser)]
 #[command(
     name = "slo-probe-bench",
-    about = "Fidelity, overhead, footprint, capacity, detection, record formats and disruption of slo-probe"
+    about = "Fidelity, overhead, footprint, capacity, detection, record formats, disruption and HTTP abuse of slo-probe"
 )]
 struct Args {
     /// Seconds instead of minutes: tiny samples, one run. Numbers are not meaningful.
@@ -48,7 +51,7 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Only these scenarios (fidelity, overhead, footprint, capacity, detection, formats,
-    /// disruption).
+    /// disruption, abuse).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Only these disruption scenarios (roll, election, slow-broker, restart).
@@ -57,8 +60,8 @@ struct Args {
     /// Also write the report here.
     #[arg(long)]
     markdown: Option<PathBuf>,
-    /// Another slo-probe binary (e.g. an older build) to compare with at 100 probes, side by
-    /// side in the same run.
+    /// Another slo-probe binary (e.g. an older build) to compare with, side by side in the same
+    /// run: at 100 probes (footprint), and under every HTTP attack (abuse).
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Passed by `cargo bench`.
@@ -83,6 +86,7 @@ struct Plan {
     formats_rounds: usize,
     disruption: disruption::Timing,
     soak: soak::Timing,
+    abuse: abuse::Timing,
 }
 
 impl Plan {
@@ -121,6 +125,13 @@ impl Plan {
                     max_in_flight: 50,
                     sample: Duration::from_secs(1),
                 },
+                abuse: abuse::Timing {
+                    phase: Duration::from_secs(2),
+                    connections: 100,
+                    small: 2,
+                    large: 20,
+                    renders: 1,
+                },
             }
         } else {
             Plan {
@@ -155,6 +166,13 @@ impl Plan {
                     timeout: Duration::from_secs(30),
                     max_in_flight: 5000,
                     sample: Duration::from_secs(10),
+                },
+                abuse: abuse::Timing {
+                    phase: Duration::from_secs(20),
+                    connections: 1000,
+                    small: 10,
+                    large: 1000,
+                    renders: 5,
                 },
             }
         }
@@ -208,6 +226,9 @@ fn main() {
         // Not in a full run unless asked for: it takes about 55 minutes.
         if args.only.iter().any(|o| o == "soak") || (quick && args.only.is_empty()) {
             report += &soak_section(&plan).await;
+        }
+        if want("abuse") {
+            report += &abuse_section(&plan, args.baseline.as_deref()).await;
         }
     });
     println!("{report}");
@@ -724,4 +745,109 @@ async fn soak_section(plan: &Plan) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/soak-samples.csv");
     let _ = std::fs::write(&path, csv);
     out + "\n"
+}
+
+async fn abuse_section(plan: &Plan, baseline: Option<&std::path::Path>) -> String {
+    let t = plan.abuse;
+    abuse::raise_fd_limit();
+    let mut out = format!(
+        "## 8. HTTP endpoints under abuse\n\n`slo-probe run` as its own process on a tansu process; a scraper reads `/metrics` \
+         every 100 ms on a new connection (as Prometheus does once the agent closed its idle one), timing connect to last \
+         byte, while attackers run for {} per phase. RSS sampled every 200 ms; CPU over the phase. After every phase the \
+         agent must still run and must not have logged a panic.\n\n",
+        humantime::format_duration(t.phase)
+    );
+    let mut builds = vec![("this build".to_string(), agent_bin())];
+    if let Some(old) = baseline {
+        builds.insert(0, (format!("`{}`", old.display()), old.to_path_buf()));
+    }
+    let broker = crate::common::infra::Tansu::start();
+    let attacks = [
+        abuse::Attack::None,
+        abuse::Attack::Idle,
+        abuse::Attack::Slowloris,
+        abuse::Attack::HugeHeaders,
+        abuse::Attack::Unknown,
+        abuse::Attack::Hammer("/"),
+        abuse::Attack::Hammer("/status"),
+        abuse::Attack::All,
+    ];
+    let table = |phases: &[abuse::Phase]| {
+        let mut s = String::from(
+            "| attack | scrapes answered | scrapes failed | p50 ms | p99 ms | max ms | agent RSS max / end MiB | agent CPU % | the attackers got |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for p in phases {
+            let failed = if p.failed.is_empty() {
+                "0".to_string()
+            } else {
+                let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+                for f in &p.failed {
+                    *kinds.entry(f.as_str()).or_default() += 1;
+                }
+                let k: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+                format!("{} ({})", p.failed.len(), k.join(", "))
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {failed} | {} | {} | {} | {:.1} / {:.1} | {:.1} | {} |",
+                p.attack,
+                p.scrapes.len(),
+                ms(p.q(0.5)),
+                ms(p.q(0.99)),
+                ms(p.q(1.0)),
+                p.rss_max_mib,
+                p.rss_end_mib,
+                p.cpu_pct,
+                p.achieved
+            );
+        }
+        s
+    };
+    for (label, bin) in &builds {
+        let mut agent = abuse::Agent::start(bin, &broker, t.small, Duration::from_secs(1), "small");
+        agent.ready(Duration::from_secs(120)).await;
+        let mut phases = Vec::new();
+        for a in attacks {
+            phases.push(abuse::phase(&mut agent, a, &t).await);
+        }
+        assert!(
+            !phases[0].scrapes.is_empty(),
+            "no scrape answered without an attack: the harness is broken"
+        );
+        let _ = writeln!(
+            out,
+            "**{label}, {} probes** (3 partitions each, 1 s)\n\n{}",
+            t.small,
+            table(&phases)
+        );
+    }
+    for (label, bin) in &builds {
+        let mut agent = abuse::Agent::start(bin, &broker, t.large, Duration::from_secs(2), "large");
+        agent.ready(Duration::from_secs(300)).await;
+        let _ = writeln!(
+            out,
+            "**{label}, {} probes** (3 partitions each, 2 s, ten topics): one request at a time, each a fresh render \
+             ({} per page)\n\n| page | bytes | ms per request (median) | max |\n|---|---|---|---|",
+            t.large, t.renders
+        );
+        for path in ["/metrics", "/status", "/"] {
+            let (times, bytes) = abuse::cost(&agent, path, t.renders).await;
+            let _ = writeln!(
+                out,
+                "| `{path}` | {bytes} | {} | {} |",
+                ms(stats::median(&times)),
+                ms(times.iter().copied().fold(0.0, f64::max))
+            );
+        }
+        let mut phases = Vec::new();
+        for a in [
+            abuse::Attack::None,
+            abuse::Attack::Hammer("/"),
+            abuse::Attack::Hammer("/status"),
+        ] {
+            phases.push(abuse::phase(&mut agent, a, &t).await);
+        }
+        let _ = writeln!(out, "\nScraping it meanwhile:\n\n{}", table(&phases));
+    }
+    out
 }
