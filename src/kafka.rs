@@ -422,24 +422,9 @@ pub fn partitions_blocking<C: ClientContext>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use crate::testing::cluster;
 
     use super::*;
-
-    fn cluster(properties: &[(&str, &str)], consumer: &[(&str, &str)]) -> ClusterConfig {
-        let map = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        ClusterConfig {
-            name: "primary".into(),
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            properties: map(properties),
-            producer: BTreeMap::new(),
-            consumer: map(consumer),
-        }
-    }
 
     #[test]
     fn both_clients_reconnect_within_a_second_unless_the_cluster_says_otherwise() {

@@ -197,3 +197,22 @@ pub(crate) fn finished(
         reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
     }
 }
+
+/// A cluster `primary` with these `properties` and `consumer` settings.
+pub(crate) fn cluster(
+    properties: &[(&str, &str)],
+    consumer: &[(&str, &str)],
+) -> crate::config::ClusterConfig {
+    let map = |kv: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    crate::config::ClusterConfig {
+        name: "primary".into(),
+        bootstrap_servers: "kafka:9092".into(),
+        properties: map(properties),
+        producer: Default::default(),
+        consumer: map(consumer),
+    }
+}

@@ -673,6 +673,53 @@ async fn decision(agent: &Agent) -> slo_probe::FetchWaitStatus {
     decided.clone()
 }
 
+/// Waits for the detector's decision, started from `started`, and checks it chose `chosen` at
+/// `max_ms`, saying why with `why`; `/status` shows the same as `shown_as`.
+async fn decided_as(
+    agent: &Agent,
+    addr: &str,
+    started: std::time::Instant,
+    (chosen, max_ms, why, shown_as): (slo_probe::FetchWaitChoice, u64, &str, &str),
+) -> slo_probe::FetchWaitStatus {
+    assert_eq!(
+        fetch_wait(agent).chosen,
+        slo_probe::FetchWaitChoice::Detecting
+    );
+    let decided = decision(agent).await;
+    eprintln!("decided after {:?}: {}", started.elapsed(), decided.why);
+    assert_eq!(
+        (decided.chosen, decided.max_ms),
+        (chosen, max_ms),
+        "{decided:?}"
+    );
+    assert!(decided.why.starts_with(why), "{}", decided.why);
+    let (_, status) = get(addr, "/status").await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let shown = &status["clusters"]["primary"]["fetch_wait"];
+    assert_eq!(
+        (shown["chosen"].as_str(), shown["max_ms"].as_u64()),
+        (Some(shown_as), Some(max_ms)),
+        "{shown}"
+    );
+    decided
+}
+
+/// Waits until `more` records beyond those verified now are verified (`what` says which).
+async fn verified_more(agent: &Agent, more: u64, what: &str) -> u64 {
+    let p = agent.probes()[0].clone();
+    let ok_then = p
+        .snapshot(tokio::time::Instant::now())
+        .progress
+        .counts
+        .get(Outcome::Ok);
+    eventually(what, || async {
+        let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
+        (c.get(Outcome::Ok) >= ok_then + more).then_some(())
+    })
+    .await;
+    ok_then
+}
+
 /// An agent in this process serving `/status` on a free port, probing `primary` at `bootstrap`
 /// every 200 ms (3 partitions) until told to stop.
 async fn agent_serving(bootstrap: &str) -> (Tree, Agent, String) {
@@ -721,41 +768,15 @@ async fn on_a_broker_that_holds_fetches_the_verifier_keeps_10_ms() {
     let broker = Tansu::start();
     let started = std::time::Instant::now();
     let (_t, agent, addr) = agent_serving(&broker.bootstrap()).await;
-    assert_eq!(fetch_wait(&agent).chosen, Choice::Detecting);
-    let decided = decision(&agent).await;
-    eprintln!("decided after {:?}: {}", started.elapsed(), decided.why);
-    assert_eq!(
-        (decided.chosen, decided.max_ms),
-        (Choice::Holds, 10),
-        "{decided:?}"
-    );
-    assert!(
-        decided
-            .why
-            .starts_with("broker holds fetches for the whole wait: "),
-        "{}",
-        decided.why
-    );
+    let why = "broker holds fetches for the whole wait: ";
+    let decided = decided_as(&agent, &addr, started, (Choice::Holds, 10, why, "holds")).await;
     let (_, status) = get(&addr, "/status").await;
     let status: Value = serde_json::from_str(&status).unwrap();
-    let shown = &status["clusters"]["primary"]["fetch_wait"];
     assert_eq!(
-        (shown["chosen"].as_str(), shown["max_ms"].as_u64()),
-        (Some("holds"), Some(10)),
-        "{shown}"
+        status["clusters"]["primary"]["fetch_wait"]["why"],
+        decided.why.as_str()
     );
-    assert_eq!(shown["why"], decided.why.as_str());
-    let p = agent.probes()[0].clone();
-    let ok_then = p
-        .snapshot(tokio::time::Instant::now())
-        .progress
-        .counts
-        .get(Outcome::Ok);
-    eventually("ten more rounds are verified", || async {
-        let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
-        (c.get(Outcome::Ok) >= ok_then + 30).then_some(())
-    })
-    .await;
+    verified_more(&agent, 30, "ten more rounds are verified").await;
     let (c, s, p50) = drain(agent).await;
     eprintln!(
         "holding broker at 10 ms: p50 {:.1} ms over {} records",
@@ -778,41 +799,11 @@ async fn on_a_broker_that_answers_fetches_early_the_verifier_raises_its_wait_los
     let broker = EarlyFetchBroker::start().await;
     let started = std::time::Instant::now();
     let (_t, agent, addr) = agent_serving(&broker.bootstrap()).await;
-    assert_eq!(fetch_wait(&agent).chosen, Choice::Detecting);
-    let decided = decision(&agent).await;
-    eprintln!("decided after {:?}: {}", started.elapsed(), decided.why);
-    assert_eq!(
-        (decided.chosen, decided.max_ms),
-        (Choice::AnswersEarly, 500),
-        "{decided:?}"
-    );
-    assert!(
-        decided
-            .why
-            .starts_with("broker answers fetches when data arrives: "),
-        "{}",
-        decided.why
-    );
-    let (_, status) = get(&addr, "/status").await;
-    let status: Value = serde_json::from_str(&status).unwrap();
-    let shown = &status["clusters"]["primary"]["fetch_wait"];
-    assert_eq!(
-        (shown["chosen"].as_str(), shown["max_ms"].as_u64()),
-        (Some("answers_early"), Some(500)),
-        "{shown}"
-    );
-    let p = agent.probes()[0].clone();
-    let ok_then = p
-        .snapshot(tokio::time::Instant::now())
-        .progress
-        .counts
-        .get(Outcome::Ok);
+    let why = "broker answers fetches when data arrives: ";
+    let early = (Choice::AnswersEarly, 500, why, "answers_early");
+    decided_as(&agent, &addr, started, early).await;
+    let ok_then = verified_more(&agent, 30, "ten more rounds are verified after the switch").await;
     assert!(ok_then > 0, "records were verified before the switch");
-    eventually("ten more rounds are verified after the switch", || async {
-        let c = p.snapshot(tokio::time::Instant::now()).progress.counts;
-        (c.get(Outcome::Ok) >= ok_then + 30).then_some(())
-    })
-    .await;
     let (c, s, p50) = drain(agent).await;
     eprintln!(
         "early-answering stand-in at 500 ms: p50 {:.1} ms over {} records",

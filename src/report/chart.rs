@@ -37,15 +37,8 @@ fn svg(draw: impl FnOnce(&Area<'_>) -> anyhow::Result<()>) -> String {
     };
     match failed {
         None => out,
-        Some(e) => format!("<p class=\"note\">chart not drawn: {}</p>", escape(&e)),
+        Some(e) => maud::html! { p.note { "chart not drawn: " (e) } }.into_string(),
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// A chart with room for the axes' labels.

@@ -426,7 +426,7 @@ impl Drop for Dropped {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use crate::testing::cluster;
 
     use super::*;
 
@@ -499,21 +499,6 @@ mod tests {
             for m in n..=SAMPLES {
                 assert_eq!(decide(&lags[..m]), Some(d), "{lags:?}");
             }
-        }
-    }
-
-    fn cluster(properties: &[(&str, &str)], consumer: &[(&str, &str)]) -> ClusterConfig {
-        let map = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        ClusterConfig {
-            name: "primary".into(),
-            bootstrap_servers: "kafka:9092".into(),
-            properties: map(properties),
-            producer: BTreeMap::new(),
-            consumer: map(consumer),
         }
     }
 
