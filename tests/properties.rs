@@ -5,16 +5,17 @@
 //! and sizes refused before they are followed), and always an outcome the agent counts (a
 //! `foreign` reason, a `corrupt` reason, a sink error kind, a located configuration problem).
 //!
-//! Each property runs 64 cases in `cargo test` (the whole file takes seconds); the long mode
+//! Each property runs 64 cases in `cargo test` (the whole file takes about 20 s); the long mode
 //! runs as many as `PROPTEST_CASES` says, e.g.
 //!
 //! ```sh
 //! PROPTEST_CASES=100000 cargo test --release --test properties
 //! ```
 //!
-//! Properties that write files or build megabyte inputs run a tenth as many cases. A failing
-//! case is shrunk and saved under `tests/properties.proptest-regressions`, which is committed:
-//! it runs first, every time, from then on.
+//! Properties that write files or build megabyte inputs run a tenth as many cases. On a 2-core
+//! machine the long mode with 100 000 cases took 35 minutes. A failing case is shrunk and saved
+//! under `tests/properties.proptest-regressions`, which is committed: it runs first, every time,
+//! from then on.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
