@@ -11,7 +11,7 @@
 //! when every one is answering a request, further ones get a 503 (or when many arrive
 //! together are simply closed, so a flood cannot take the file descriptors the probes need);
 //! request headers and bodies bounded; a connection closed gracefully after
-//! [`MAX_CONNECTION_AGE`]. `/status` and `/` render on a blocking thread, one render at a time,
+//! [`MAX_CONNECTION_AGE`]. `/status` and `/` render on a thread of their own, one at a time,
 //! reused for a while by the requests that follow (`render`), so clients asking for them in a
 //! loop cannot hold the workers that answer `/metrics` and read the probes' records. On stop,
 //! connections get [`DRAIN`] to finish their request, then are dropped: shutdown never waits
@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use self::render::Rendered;
+use self::render::{Rendered, Renderer};
 use self::slots::{Admission, Slot, Slots, Tracked};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -179,6 +179,8 @@ pub struct State(Arc<Shared>);
 
 struct Shared {
     view: Arc<AgentView>,
+    /// The thread `/status` and `/` render on.
+    renderer: Renderer,
     status: Rendered,
     live: Rendered,
 }
@@ -187,6 +189,7 @@ impl State {
     pub fn new(view: AgentView) -> Self {
         State(Arc::new(Shared {
             view: Arc::new(view),
+            renderer: Renderer::start(),
             status: Rendered::default(),
             live: Rendered::default(),
         }))
@@ -347,7 +350,7 @@ async fn status(Extract(state): Extract<State>) -> Response {
     let body = state
         .0
         .status
-        .get(move |now| {
+        .get(&state.0.renderer, move |now| {
             let status = view.status(now);
             Bytes::from(serde_json::to_vec(&status).expect("a status serializes"))
         })
@@ -362,7 +365,7 @@ async fn live(Extract(state): Extract<State>) -> Response {
     let page = state
         .0
         .live
-        .get(move |now| {
+        .get(&state.0.renderer, move |now| {
             let status = view.status(now);
             let pictures: Vec<Pictures> = view
                 .probes

@@ -4,14 +4,15 @@
 //! for its cost at 1 000 probes), and the endpoints are open to anyone who can reach the port.
 //! Rendered on the async workers, a few clients asking for them in a loop would hold every
 //! worker, and `/metrics` scrapes and the probes' own verifiers (whose arrival times are
-//! latency) would wait behind them. So each endpoint renders on a blocking thread, one render
-//! at a time; requests that come while it runs wait for it and get the same bytes, and a
+//! latency) would wait behind them. So they render on a thread of their own ([`Renderer`]), one
+//! render at a time; requests that come while it runs wait for it and get the same bytes, and a
 //! render is reused for [`REUSE_FACTOR`] times as long as it took (at most [`MAX_REUSE`]).
 //! Whatever the clients do, rendering an endpoint then takes at most about
 //! `1 / (1 + REUSE_FACTOR)` of one core, and a page is never older than [`MAX_REUSE`] plus a
 //! render: on an agent with a few probes a render takes a millisecond or two and is reused for
 //! a few more, so the figures are as fresh as the request.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -22,6 +23,48 @@ use tokio::time::Instant;
 pub const REUSE_FACTOR: u32 = 9;
 /// ...but never longer than this.
 pub const MAX_REUSE: Duration = Duration::from_secs(1);
+
+/// A job for the render thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread renders run on: one for the server. Not tokio's blocking pool, whose threads come
+/// and go: glibc's allocator gives each thread an arena of its own, and 1 000-probe renders
+/// (tens of megabytes each) spread over those threads doubled the agent's RSS (BENCHMARKS.md).
+pub(super) struct Renderer {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Renderer {
+    /// Starts the thread; it ends when the renderer is dropped.
+    pub(super) fn start() -> Renderer {
+        let (jobs, todo) = std::sync::mpsc::channel::<Job>();
+        // Renders read tokio's clock (paused in tests): they run in the runtime's context.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::Builder::new()
+            .name("slo-probe-render".into())
+            .spawn(move || {
+                let _context = runtime.as_ref().map(|r| r.enter());
+                for job in todo {
+                    job();
+                }
+            })
+            .expect("the render thread starts");
+        Renderer { jobs }
+    }
+
+    /// `render` run on the render thread; its panic is the caller's.
+    async fn run<T: Send + 'static>(&self, render: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(render)));
+        });
+        self.jobs.send(job).expect("the render thread runs");
+        match result.await.expect("the render thread answers") {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
 
 /// One endpoint's latest render.
 #[derive(Default)]
@@ -35,10 +78,11 @@ pub(super) struct Rendered {
 }
 
 impl Rendered {
-    /// The latest render if it is still fresh, else a new one by `render` (on a blocking
-    /// thread, given the time it renders for).
+    /// The latest render if it is still fresh, else a new one by `render` (on `on`, given the
+    /// time it renders for).
     pub(super) async fn get(
         &self,
+        on: &Renderer,
         render: impl FnOnce(Instant) -> Bytes + Send + 'static,
     ) -> Bytes {
         let mut latest = self.latest.lock().await;
@@ -50,11 +94,7 @@ impl Rendered {
         }
         // The render's own time (a thread's wall clock, what it kept a core busy for).
         let started = std::time::Instant::now();
-        let bytes = match tokio::task::spawn_blocking(move || render(now)).await {
-            Ok(bytes) => bytes,
-            // A render that panicked: the panic is the request's, as it would be in a handler.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        let bytes = on.run(move || render(now)).await;
         #[cfg(test)]
         self.renders
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -97,11 +137,12 @@ mod tests {
     async fn concurrent_requests_share_one_render_reused_for_nine_times_as_long_as_it_took() {
         // 50 requests at once for a render that keeps its thread busy for 20 ms or more: one
         // render, everyone gets its bytes.
+        let on = Arc::new(Renderer::start());
         let r = Arc::new(Rendered::default());
         let all: Vec<_> = (0..50)
             .map(|_| {
-                let r = Arc::clone(&r);
-                tokio::spawn(async move { r.get(render(Duration::from_millis(20))).await })
+                let (r, on) = (Arc::clone(&r), Arc::clone(&on));
+                tokio::spawn(async move { r.get(&on, render(Duration::from_millis(20))).await })
             })
             .collect();
         let mut pages = Vec::new();
@@ -112,10 +153,10 @@ mod tests {
         assert_eq!(r.renders.load(Ordering::Relaxed), 1);
         // reused for nine times its 20 ms or more: still the same 150 ms later
         tokio::time::advance(Duration::from_millis(150)).await;
-        assert_eq!(r.get(render(Duration::ZERO)).await, pages[0]);
+        assert_eq!(r.get(&on, render(Duration::ZERO)).await, pages[0]);
         // and never more than a second
         tokio::time::advance(MAX_REUSE).await;
-        assert_ne!(r.get(render(Duration::ZERO)).await, pages[0]);
+        assert_ne!(r.get(&on, render(Duration::ZERO)).await, pages[0]);
         assert_eq!(r.renders.load(Ordering::Relaxed), 2);
     }
 }
