@@ -34,12 +34,20 @@ impl AgentProcess {
 
     /// `bin run` on the agent and probe files in `t`.
     pub fn start(bin: &Path, t: Tree) -> AgentProcess {
+        AgentProcess::start_logging(bin, t, None)
+    }
+
+    /// `bin run` on the agent and probe files in `t`, its warnings and errors written to `log`.
+    pub fn start_logging(bin: &Path, t: Tree, log: Option<&Path>) -> AgentProcess {
         let addr = format!("127.0.0.1:{}", free_port());
+        let stderr = log.map_or_else(Stdio::null, |p| {
+            Stdio::from(std::fs::File::create(p).expect("agent log created"))
+        });
         let child = Command::new(bin)
             .args(["run", "--listen", &addr, "--log-level", "warn"])
             .current_dir(t.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("agent starts");
         AgentProcess {
@@ -54,8 +62,13 @@ impl AgentProcess {
     }
 
     pub async fn metrics(&self) -> String {
+        self.get("/metrics").await
+    }
+
+    /// The body of `GET path` (empty when the agent does not answer).
+    pub async fn get(&self, path: &str) -> String {
         match crate::common::http_client()
-            .get(format!("http://{}/metrics", self.addr))
+            .get(format!("http://{}{path}", self.addr))
             .send()
             .await
         {

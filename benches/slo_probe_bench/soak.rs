@@ -67,6 +67,13 @@ pub struct Run {
     pub scrapes: usize,
 }
 
+/// Where the soak leaves what a reader needs after a failed run: `target/<name>`.
+pub fn artifact(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name)
+}
+
 /// Least-squares slope of `y` over `x`.
 pub fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -160,7 +167,7 @@ pub async fn run(bin: &std::path::Path, t: &Timing) -> Run {
             t.max_in_flight
         ),
     );
-    let process = AgentProcess::start(bin, tree);
+    let process = AgentProcess::start_logging(bin, tree, Some(&artifact("soak-agent.log")));
     let started = Instant::now();
     assert!(
         process.ready(Duration::from_secs(60)).await,
@@ -193,6 +200,10 @@ pub async fn run(bin: &std::path::Path, t: &Timing) -> Run {
     let mut outage = Vec::new();
     agent.watch(t.outage, t.sample, &mut outage).await;
 
+    let _ = std::fs::write(
+        artifact("soak-status-outage.json"),
+        agent.process.get("/status").await,
+    );
     gate = Some(front().await);
     let back = Instant::now();
     let ok_before = agent.sample().await.ok;
@@ -211,6 +222,10 @@ pub async fn run(bin: &std::path::Path, t: &Timing) -> Run {
             after.push(s);
         }
     }
+    let _ = std::fs::write(
+        artifact("soak-status-end.json"),
+        agent.process.get("/status").await,
+    );
     drop(gate);
     let all: Vec<Sample> = samples
         .iter()
