@@ -459,9 +459,8 @@ impl Agent {
             embedded,
         };
         if let Some(addr) = opts.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|error| StartError::Listen { addr, error })?;
+            let listener =
+                server::bind(addr).map_err(|error| StartError::Listen { addr, error })?;
             let local = listener
                 .local_addr()
                 .map_err(|error| StartError::Listen { addr, error })?;

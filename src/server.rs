@@ -207,6 +207,23 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
+/// The listen backlog asked for: the usual `net.core.somaxconn` (the kernel caps what is
+/// asked). tokio's `TcpListener::bind` asks for 1 024; under a connection flood a full accept
+/// queue drops a scraper's SYN, and TCP sends it again only a second later.
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves until `stop`, then gives open connections [`DRAIN`] to finish and returns.
 pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken) {
     serve_router(listener, router(state), stop).await

@@ -747,8 +747,8 @@ impl Probe {
         let gauges = {
             let core = self.lock();
             Gauges {
-                e2e: stats::window_values(&core.e2e.window(now)),
-                produce: stats::window_values(&core.produce.window(now)),
+                e2e: stats::window_values(&core.e2e.window_with_sum(now)),
+                produce: stats::window_values(&core.produce.window_with_sum(now)),
                 availability: core.availability.ratio(now),
                 freshness: self.freshness_of(&core, now),
                 slos: core
