@@ -208,6 +208,11 @@ impl Agent {
                 };
                 let observer =
                     ProbeObserver::new(Arc::clone(&metrics), Arc::clone(&spans), p, origin);
+                let observer = if opts.plan == Plan::Forever {
+                    observer
+                } else {
+                    observer.every_record_logged()
+                };
                 Arc::new(Probe::new(
                     p.clone(),
                     &config.agent,

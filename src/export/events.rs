@@ -122,6 +122,22 @@ pub fn foreign(origin: &Origin, seen: &Seen, reason: ForeignReason) {
     );
 }
 
+/// Record events of one kind (`lost`, `duplicate`, ...) that were counted but not logged one by
+/// one since the last line of their kind.
+pub fn record_summary(origin: &Origin, topic: &str, kind: &str, quiet: u64) {
+    warn!(
+        target: TARGET,
+        event = "summary",
+        kind,
+        count = quiet,
+        probe = %origin.probe,
+        topic,
+        site = %origin.site,
+        instance = %origin.instance,
+        "{quiet} more {kind} records since the last line of their kind (counted, not logged one by one)",
+    );
+}
+
 /// Foreign records that were counted but not logged since the last one logged (`quiet`,
 /// indexed like [`ForeignReason::ALL`]).
 pub fn foreign_summary(origin: &Origin, topic: &str, quiet: &[u64; ForeignReason::ALL.len()]) {

@@ -21,6 +21,69 @@ use prometheus::IntCounter;
 /// who can write the topic could otherwise flood the logs.
 pub const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Log lines per kind of record event (each failed outcome, duplicates, late arrivals,
+/// reorderings) in a [`RECORD_LOG_EVERY`] of an agent that runs until stopped: an outage at 300 records a second, or someone
+/// replaying the topic, would otherwise write hundreds of lines a second. The rest are counted
+/// (as every record is, in the metrics) and summed up in one line with the next line of their
+/// kind.
+pub const RECORD_LOG_BURST: u64 = 10;
+pub const RECORD_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Kinds of record events whose log lines are limited.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RecordLine {
+    Finished(Outcome),
+    Duplicate,
+    Late,
+    Reordered,
+}
+
+impl RecordLine {
+    const COUNT: usize = Outcome::ALL.len() + 3;
+
+    fn index(self) -> usize {
+        match self {
+            RecordLine::Finished(o) => o.index(),
+            RecordLine::Duplicate => Outcome::ALL.len(),
+            RecordLine::Late => Outcome::ALL.len() + 1,
+            RecordLine::Reordered => Outcome::ALL.len() + 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordLine::Finished(o) => o.as_str(),
+            RecordLine::Duplicate => "duplicate",
+            RecordLine::Late => "late_arrival",
+            RecordLine::Reordered => "reordered",
+        }
+    }
+}
+
+/// Per kind: when its current period began, lines logged in it, and events not logged since
+/// the last summary.
+#[derive(Default)]
+struct RecordLog([(Option<Instant>, u64, u64); RecordLine::COUNT]);
+
+impl RecordLog {
+    /// Whether a line of `kind` may be logged at `now`, and how many of its kind went unlogged
+    /// before it (to be summed up first).
+    fn allow(&mut self, kind: RecordLine, now: Instant) -> (bool, u64) {
+        let (began, logged, quiet) = &mut self.0[kind.index()];
+        if began.is_none_or(|b| now.duration_since(b) >= RECORD_LOG_EVERY) {
+            *began = Some(now);
+            *logged = 0;
+        }
+        if *logged < RECORD_LOG_BURST {
+            *logged += 1;
+            (true, std::mem::take(quiet))
+        } else {
+            *quiet += 1;
+            (false, 0)
+        }
+    }
+}
+
 /// One probe's metrics, log lines and spans.
 pub struct ProbeObserver {
     metrics: Arc<Metrics>,
@@ -35,6 +98,8 @@ pub struct ProbeObserver {
     /// `postgres` or `http` for a probe that polls a sink.
     sink_kind: Option<crate::config::SinkKind>,
     foreign_log: Mutex<ForeignLog>,
+    /// `None` for a finite run (`smoke`): it logs every record event, as many as it sends.
+    record_log: Option<Mutex<RecordLog>>,
     /// Failed sink polls and registry requests are logged once a minute per kind.
     sink_errors: Quiet,
     /// Failed Schema Registry requests, indexed like `RegistryErrorKind::ALL`; present for a
@@ -99,9 +164,17 @@ impl ProbeObserver {
             verify_topic,
             sink_kind: config.verify.sink_kind(),
             foreign_log: Mutex::default(),
+            record_log: Some(Mutex::default()),
             sink_errors: Quiet::default(),
             registry_errors,
         }
+    }
+
+    /// Logs every record event: for a finite run, whose lines are bounded by the records it
+    /// sends and whose reader wants each failed record.
+    pub fn every_record_logged(mut self) -> Self {
+        self.record_log = None;
+        self
     }
 
     /// Each event's counters and its log line and spans, side by side.
@@ -160,7 +233,11 @@ impl ProbeObserver {
                 },
                 Report,
             ) => {
-                events::finished(&self.origin, topic, finished);
+                if finished.outcome != Outcome::Ok
+                    && self.record_line(RecordLine::Finished(finished.outcome), topic)
+                {
+                    events::finished(&self.origin, topic, finished);
+                }
                 self.spans.record(&RecordSpan {
                     origin: &self.origin,
                     topic: &self.topic,
@@ -168,7 +245,7 @@ impl ProbeObserver {
                     sink: self.sink_kind,
                     finished,
                 });
-                if *reordered {
+                if *reordered && self.record_line(RecordLine::Reordered, topic) {
                     events::reordered(&self.origin, topic, finished);
                 }
             }
@@ -188,11 +265,17 @@ impl ProbeObserver {
                     forgotten,
                 },
                 Report,
-            ) => events::duplicate(&self.origin, seen, id, *forgotten),
+            ) => {
+                if self.record_line(RecordLine::Duplicate, seen.topic) {
+                    events::duplicate(&self.origin, seen, id, *forgotten)
+                }
+            }
 
             (Event::Late { .. }, Count) => s.late.inc(),
             (Event::Late { seen, id, latency }, Report) => {
-                events::late(&self.origin, seen, id, *latency)
+                if self.record_line(RecordLine::Late, seen.topic) {
+                    events::late(&self.origin, seen, id, *latency)
+                }
             }
 
             (Event::Foreign { reason, .. }, Count) => s.foreign(*reason).inc(),
@@ -301,6 +384,22 @@ impl ProbeObserver {
                 tracing::info!(probe = %self.origin.probe, ok, settled, "first round settled: probe ready")
             }
         }
+    }
+
+    /// Whether a record event of `kind` gets its line ([`RECORD_LOG_BURST`] per
+    /// [`RECORD_LOG_EVERY`]); the summary of those left out since goes first.
+    fn record_line(&self, kind: RecordLine, topic: &str) -> bool {
+        let Some(log) = &self.record_log else {
+            return true;
+        };
+        let (allowed, quiet) = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(kind, Instant::now());
+        if quiet > 0 {
+            events::record_summary(&self.origin, topic, kind.as_str(), quiet);
+        }
+        allowed
     }
 
     /// Every foreign record is counted; one a minute is logged, with a summary of the others.
@@ -487,6 +586,40 @@ mod tests {
                 counted("unknown_version")
             ),
             (Some(900.0), Some(100.0), Some(1.0)),
+            "every one counted"
+        );
+    }
+
+    /// An outage fails every record: each is counted, ten a minute are logged, and the rest
+    /// are summed up with the next line of their kind.
+    #[tokio::test(start_paused = true)]
+    async fn failed_records_are_counted_but_logged_ten_a_minute() {
+        let (logs, _guard) = crate::export::logging::captured();
+        let ids: Vec<i32> = (0..50).collect();
+        let (p, metrics) = crate::testing::observed(&format!(
+            "name: outage\npartitions: {ids:?}\ntimeout: 30s\n"
+        ));
+        let leaders: crate::kafka::Partitions = ids.iter().map(|&i| (i, 1)).collect();
+        let lose_a_round = |seq: u64| {
+            p.set_partitions(Ok(&leaders));
+            round(&p, seq, &ids);
+        };
+        lose_a_round(0);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        p.expire(Instant::now());
+        assert_eq!(logs.events("record lost").len(), 10, "ten lines of 50");
+        tokio::time::advance(RECORD_LOG_EVERY).await;
+        lose_a_round(1);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        p.expire(Instant::now());
+        assert_eq!(logs.events("record lost").len(), 20);
+        let summary = logs.events_starting("40 more lost records");
+        assert_eq!(summary.len(), 1, "{:?}", logs.events_starting(""));
+        assert_eq!(summary[0]["fields"]["count"], serde_json::json!(40));
+        let m = scrape(&p, &metrics);
+        assert_eq!(
+            sample(&m, names::RECORDS, "outcome=\"lost\""),
+            Some(100.0),
             "every one counted"
         );
     }
