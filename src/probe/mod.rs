@@ -319,6 +319,10 @@ impl Probe {
         let mut to_send = Vec::with_capacity(records.len());
         {
             let mut core = self.lock();
+            let any = !records.is_empty();
+            if any {
+                core.tracker.round_registering(round);
+            }
             for r in records {
                 let expected = Expected::of(&r);
                 let partition = r.body.partition;
@@ -355,6 +359,9 @@ impl Probe {
                         self.settle(&mut core, &mut events, scheduled, end);
                     }
                 }
+            }
+            if any {
+                core.tracker.round_registered(round);
             }
             // A held round may be sent after later ones fell due.
             self.progress

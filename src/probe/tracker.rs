@@ -151,6 +151,30 @@ impl Tracker {
         self.pending.contains_key(id) || self.recent.contains_key(id)
     }
 
+    /// A round's records are about to be registered: until [`Tracker::round_registered`], the
+    /// round is not complete, even when every record registered so far is settled (records
+    /// refused at once, over the in-flight bound or without partitions, would otherwise each
+    /// complete the round again).
+    pub fn round_registering(&mut self, round: u64) {
+        *self.open_rounds.entry(round).or_default() += 1;
+    }
+
+    /// Every record of `round` is registered (see [`Tracker::round_registering`]).
+    pub fn round_registered(&mut self, round: u64) {
+        self.round_done(round);
+    }
+
+    /// One of `round`'s open records (or its registration) is done; the last completes it.
+    fn round_done(&mut self, round: u64) {
+        if let Some(n) = self.open_rounds.get_mut(&round) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_rounds.remove(&round);
+                self.rounds_completed += 1;
+            }
+        }
+    }
+
     /// A record was scheduled. Over the in-flight bound it is settled at once as
     /// `send_failed` (reason `backpressure`) and returned: the caller must not send it.
     pub fn register(
@@ -352,13 +376,7 @@ impl Tracker {
         if body.partition >= 0 {
             self.partitions.entry(body.partition).or_default().outcomes[outcome.index()] += 1;
         }
-        if let Some(n) = self.open_rounds.get_mut(&p.round) {
-            *n -= 1;
-            if *n == 0 {
-                self.open_rounds.remove(&p.round);
-                self.rounds_completed += 1;
-            }
-        }
+        self.round_done(p.round);
         self.recent.insert(
             body.id,
             Recent {
@@ -541,6 +559,29 @@ mod tests {
         assert_eq!((c.sent, c.in_flight, c.get(Outcome::SendFailed)), (3, 2, 1));
         assert!(c.conserved());
         assert_eq!(t.footprint().pending, 2);
+    }
+
+    /// A round whose records are all refused at once completes once, not once per record.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_refused_record_by_record_completes_once() {
+        let mut t = Tracker::new(T, T, 1);
+        let now = Instant::now();
+        let first = expected(0, 0);
+        let id = first.body.id;
+        t.round_registering(0);
+        assert!(t.register(first, now, 0).is_ok());
+        t.round_registered(0);
+        for round in 1..=3 {
+            t.round_registering(round);
+            for partition in 0..5 {
+                assert!(t.register(expected(partition, round), now, round).is_err());
+                assert_eq!(t.rounds_completed(), round - 1, "not while registering");
+            }
+            t.round_registered(round);
+            assert_eq!(t.rounds_completed(), round, "round {round}, once");
+        }
+        assert!(t.arrive(&id, now, Some(0), |_| Ok(())).is_some());
+        assert_eq!(t.rounds_completed(), 4, "round 0 once its record settled");
     }
 
     #[tokio::test(start_paused = true)]
