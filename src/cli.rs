@@ -43,6 +43,15 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// `smoke --help`'s list of exit codes (see [`Exit`]).
+const SMOKE_EXIT_CODES: &str = "\
+Exit codes:
+  0    passed: every SLO met and every assertion held
+  1    failed: an SLO missed or an assertion failed (the verdict says which)
+  2    could not run: a cluster, topic or sink unreachable, the port taken
+  78   bad configuration or command line (every problem as file:line:col)
+  130  interrupted (SIGINT/SIGTERM): partial results are printed";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "slo-probe",
@@ -77,12 +86,25 @@ pub struct Common {
     )]
     pub probes: Vec<PathBuf>,
     /// Address for /metrics, /healthz, /readyz, /status (overrides the agent file; default
-    /// 0.0.0.0:9747). `smoke` serves them only when this is given.
-    #[arg(long, global = true, env = "SLO_PROBE_LISTEN", value_name = "ADDR")]
+    /// 0.0.0.0:9747): host:port, :port for every interface, or a host name like
+    /// localhost:9747. `smoke` serves them only when this is given.
+    #[arg(
+        long,
+        global = true,
+        env = "SLO_PROBE_LISTEN",
+        value_name = "ADDR",
+        value_parser = crate::config::parse_listen
+    )]
     pub listen: Option<SocketAddr>,
     /// Run on the embedded (in-process mock) cluster instead of the configured clusters. `smoke`
     /// needs it to run without a cluster; every verdict then says so first.
-    #[arg(long, global = true, env = "SLO_PROBE_EMBEDDED")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLO_PROBE_EMBEDDED",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub embedded: bool,
     /// Log format on stderr.
     #[arg(
@@ -110,6 +132,7 @@ pub enum Command {
     /// Run every probe until SIGTERM/SIGINT, then settle in-flight records and exit.
     Run,
     /// Run a few rounds, print a verdict and exit 0 (pass), 1 (fail), 2 (could not run).
+    #[command(after_help = SMOKE_EXIT_CODES)]
     Smoke(SmokeArgs),
     /// Validate the agent and probe files; report every problem as file:line:col.
     Check,
@@ -191,9 +214,37 @@ pub enum Output {
     Html,
 }
 
+/// `--version`: the version, the commit, librdkafka's version and the enabled features, as a
+/// bug report needs them.
+pub fn long_version() -> String {
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    let features: Vec<&str> = [("gssapi", cfg!(feature = "gssapi"))]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+    format!(
+        "{}\ncommit: {}\nlibrdkafka: {librdkafka}\nfeatures: {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("SLO_PROBE_COMMIT"),
+        if features.is_empty() {
+            "none (gssapi off)".to_string()
+        } else {
+            features.join(", ")
+        }
+    )
+}
+
+fn parse_command_line() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    // Built once per process; clap keeps `&'static str`s.
+    let version: &'static str = Box::leak(long_version().into_boxed_str());
+    let matches = Cli::command().long_version(version).try_get_matches()?;
+    Cli::from_arg_matches(&matches)
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_command_line() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -809,5 +860,31 @@ mod tests {
             "chosen"
         );
         assert!(exposure_warning(addr("127.0.0.1:9747"), false).is_none());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("slo-probe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn listen_takes_the_forms_people_write() {
+        let listen = |a: &str| parse(&["--listen", a, "check"]).map(|c| c.common.listen);
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(listen(":9747").unwrap(), addr("0.0.0.0:9747"));
+        assert_eq!(listen("localhost:9748").unwrap(), addr("127.0.0.1:9748"));
+        assert_eq!(listen("[::1]:9749").unwrap(), addr("[::1]:9749"));
+        assert_eq!(listen("10.1.2.3:80").unwrap(), addr("10.1.2.3:80"));
+        for (bad, says) in [
+            ("9747", "write `:9747` for every interface"),
+            (":99999", "`99999` is not a port"),
+            ("localhost:http", "`http` is not a port"),
+            (
+                "no-such-host.invalid:9747",
+                "cannot resolve `no-such-host.invalid`",
+            ),
+        ] {
+            let e = listen(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -214,7 +214,7 @@ slos:
         ),
         probes: &[("a.yaml", "name: orders\n")],
         expected: &[
-            "slo-probe.yaml:1:9: `listen` must be an address like 0.0.0.0:9747, got `nowhere`",
+            "slo-probe.yaml:1:9: `listen`: `nowhere` is not an address like 0.0.0.0:9747, 127.0.0.1:9747, :9747 or localhost:9747",
             "slo-probe.yaml:2:9: `window` must be greater than zero, got `0s`",
             "slo-probe.yaml:3:7: `site` may only contain letters, digits, `.`, `_` and `-`, got `eu west`",
             "slo-probe.yaml:5:33: `bootstrap_servers` must not be empty",
@@ -556,6 +556,60 @@ fn the_example_probes_are_valid() {
         "{}",
         out.stderr
     );
+}
+
+/// `SLO_PROBE_EMBEDDED=1` and the other ways people write a yes or a no are taken; anything
+/// else is refused as a configuration error.
+#[test]
+fn embedded_from_the_environment_takes_one_yes_and_no() {
+    let t = Tree::new();
+    t.agent_file("127.0.0.1:9092");
+    t.write("probes/orders.yaml", GOOD_PROBE);
+    for value in ["1", "yes", "true", "on", "0", "no", "false", "off"] {
+        let out = run(t.path(), &["check"], &[("SLO_PROBE_EMBEDDED", value)]);
+        assert_eq!(out.status.code(), Some(0), "{value}: {}", out.stderr);
+    }
+    let out = run(t.path(), &["check"], &[("SLO_PROBE_EMBEDDED", "maybe")]);
+    assert_eq!(out.status.code(), Some(78), "{}", out.stderr);
+    assert!(out.stderr.contains("maybe"), "{}", out.stderr);
+}
+
+/// `--version` says what a bug report needs: the commit and librdkafka's version.
+#[test]
+fn version_names_the_commit_and_librdkafka() {
+    let t = Tree::new();
+    let out = run(t.path(), &["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    let expected = format!(
+        "slo-probe {}\ncommit: {head}\nlibrdkafka: {librdkafka}\nfeatures: ",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(out.stdout.starts_with(&expected), "{}", out.stdout);
+}
+
+/// `smoke --help` lists every exit code a CI job can see.
+#[test]
+fn smoke_help_lists_every_exit_code() {
+    let t = Tree::new();
+    let out = run(t.path(), &["smoke", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    for code in ["0 ", "1 ", "2 ", "78 ", "130 "] {
+        assert!(
+            out.stdout.lines().any(|l| l.trim_start().starts_with(code)),
+            "exit code {code}missing:\n{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

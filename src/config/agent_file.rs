@@ -62,18 +62,12 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
     if let Some(n) = map.get_node("listen")
         && let Some(s) = doc.scalar(n, "listen")
     {
-        match s.as_str().trim().parse() {
+        match super::parse_listen(s.as_str()) {
             Ok(addr) => {
                 cfg.listen = addr;
                 cfg.listen_chosen = true;
             }
-            Err(_) => doc.error(
-                n.span(),
-                format!(
-                    "`listen` must be an address like 0.0.0.0:9747, got `{}`",
-                    s.as_str()
-                ),
-            ),
+            Err(why) => doc.error(n.span(), format!("`listen`: {why}")),
         }
     }
     if let Some(n) = map.get_node("window") {

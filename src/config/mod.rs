@@ -23,6 +23,46 @@ pub use yaml::{check_name, plain_number};
 pub const DEFAULT_TOPIC: &str = "synthetic-sla";
 /// Where the agent listens when neither the file nor `--listen` says otherwise.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9747";
+/// A listen address as people write it: `0.0.0.0:9747`, `[::1]:9747`, `:9747` (every
+/// interface, the Prometheus exporters' convention) or `localhost:9747` (a host name, resolved
+/// now; its first address is used, IPv4 first).
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+            .map_err(|_| format!("`{s}`: `{port}` is not a port (0-65535)"));
+    }
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let hint = "an address like 0.0.0.0:9747, 127.0.0.1:9747, :9747 or localhost:9747";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(if s.parse::<u16>().is_ok() {
+            format!(
+                "`{s}` has no host: write `:{s}` for every interface or `127.0.0.1:{s}` for this host only"
+            )
+        } else {
+            format!("`{s}` is not {hint}")
+        });
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("`{s}`: `{port}` is not a port (0-65535)"));
+    }
+    let mut addrs: Vec<SocketAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve `{host}` ({e}); use {hint}"))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    let port: u16 = port.parse().expect("checked above");
+    addrs
+        .first()
+        .map(|a| SocketAddr::new(a.ip(), port))
+        .ok_or_else(|| format!("`{s}`: `{host}` resolves to no address"))
+}
+
 /// Largest synthetic payload: Kafka's default `message.max.bytes` is about 1 MB.
 pub const MAX_PAYLOAD_BYTES: usize = 1_000_000;
 /// Default bound on a probe's records in flight.
