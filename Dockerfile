@@ -2,7 +2,7 @@
 # slo-probe: multi-stage build; the runtime image holds the binary only, with the CA roots and
 # the shared libraries it links (OpenSSL and zlib, for librdkafka), and runs as a non-root user.
 #
-#   docker build -t slo-probe .
+#   docker build -t slo-probe --build-arg SLO_PROBE_COMMIT=$(git rev-parse --short=12 HEAD) .
 #   docker run --rm -v "$PWD/probes:/etc/slo-probe/probes:ro" slo-probe smoke   # embedded cluster
 #
 # The Helm chart runs it with a read-only root filesystem as uid/gid 65532.
@@ -16,6 +16,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# .git stays out of the build context: the commit `--version` shows comes from this argument.
+ARG SLO_PROBE_COMMIT=unknown
+ENV SLO_PROBE_COMMIT=${SLO_PROBE_COMMIT}
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
