@@ -50,6 +50,22 @@ pub struct AgentOptions {
     pub embedded: bool,
 }
 
+/// What to do about an address that cannot be bound.
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process (another slo-probe?) holds this port: choose another with --listen or `listen:` in the agent file"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need privileges: use a higher one (the default is 9747)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; no interface of this host has that address: use 0.0.0.0 (every interface) or 127.0.0.1"
+        }
+        _ => "",
+    }
+}
+
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,7 +77,7 @@ pub enum StartError {
         /// What librdkafka said.
         error: rdkafka::error::KafkaError,
     },
-    #[error("cannot listen on {addr}: {error}")]
+    #[error("cannot listen on {addr}: {error}{}", listen_hint(error))]
     /// The HTTP address cannot be bound.
     Listen {
         /// The address asked for.
@@ -127,6 +143,14 @@ pub struct ShutdownReport {
 impl Agent {
     /// Builds and starts everything `config` describes (on the embedded cluster when asked for, or when no cluster is configured).
     pub async fn start(mut config: Config, opts: AgentOptions) -> Result<Agent, StartError> {
+        // The port first: a port in use is reported before any cluster or client starts (and
+        // then stops, with log lines of its own that buried the cause).
+        let listener = match opts.listen {
+            Some(addr) => {
+                Some(server::bind(addr).map_err(|error| StartError::Listen { addr, error })?)
+            }
+            None => None,
+        };
         let embedded = if opts.embedded || config.is_zero_config() {
             let cluster = EmbeddedCluster::start(EMBEDDED_BROKERS).map_err(StartError::Embedded)?;
             point_at_embedded(&mut config, &cluster);
@@ -463,9 +487,7 @@ impl Agent {
             _verifiers: verifiers,
             embedded,
         };
-        if let Some(addr) = opts.listen {
-            let listener =
-                server::bind(addr).map_err(|error| StartError::Listen { addr, error })?;
+        if let (Some(addr), Some(listener)) = (opts.listen, listener) {
             let local = listener
                 .local_addr()
                 .map_err(|error| StartError::Listen { addr, error })?;

@@ -670,6 +670,18 @@ fn no_probe_loaded_is_a_configuration_error_naming_the_paths() {
         "{}",
         out.stderr
     );
+    // the first run in an empty directory: where it looked, and how to say where to look
+    let empty = Tree::new();
+    let out = run(empty.path(), &["check"], &[]);
+    assert_eq!(out.code(), 78, "{}", out.stdout);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "probes: no such probe file or directory (in {}); name probe files or directories with --probes PATH or SLO_PROBE_PROBES (default: probes/), e.g. --probes probes/orders-freshness.yaml in a checkout of slo-probe",
+            empty.path().canonicalize().unwrap().display()
+        )
+    );
 }
 
 /// Values from the environment are secrets: a problem with one shows the value as written in

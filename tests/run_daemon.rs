@@ -189,3 +189,24 @@ async fn listening_everywhere_by_default_is_warned_about_and_a_choice_is_not() {
         agent.seen.join("\n")
     );
 }
+
+/// A port in use is the one thing said, with what to do, and nothing starts before it: no
+/// embedded cluster, no client whose teardown logs errors of its own.
+#[test]
+fn a_port_in_use_is_reported_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let t = Tree::new();
+    t.write("probes/a.yaml", "name: orders\n");
+    let out = common::run(t.path(), &["run", "--embedded", "--listen", &addr], &[]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "slo-probe: cannot listen on {addr}: Address already in use (os error 98); another process (another slo-probe?) holds this port: choose another with --listen or `listen:` in the agent file"
+        )],
+        "{}",
+        out.stderr
+    );
+}

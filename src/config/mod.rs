@@ -643,7 +643,16 @@ fn probe_files(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
         } else if path.exists() {
             files.push(path.clone());
         } else {
-            diags.push_path(path, "no such probe file or directory");
+            let looked_in = match std::env::current_dir() {
+                Ok(cwd) if path.is_relative() => format!(" (in {})", cwd.display()),
+                _ => String::new(),
+            };
+            diags.push_path(
+                path,
+                format!(
+                    "no such probe file or directory{looked_in}; name probe files or directories with --probes PATH or SLO_PROBE_PROBES (default: probes/), e.g. --probes probes/orders-freshness.yaml in a checkout of slo-probe"
+                ),
+            );
         }
     }
     files
