@@ -545,6 +545,19 @@ impl Agent {
         if tokio::time::timeout(bound, wait_all).await.is_ok() {
             return Ok(());
         }
+        // Which clusters' bootstrap hosts do not resolve: named first, as the cause.
+        let mut dns: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for p in &self.probes {
+            let c = cluster(&self.config, &p.config.cluster);
+            if p.progress().borrow().partitions.is_empty() && !dns.contains_key(&c.name) {
+                let servers = c.bootstrap_servers.clone();
+                let why = tokio::task::spawn_blocking(move || crate::kafka::unresolvable(&servers))
+                    .await
+                    .ok()
+                    .flatten();
+                dns.insert(c.name.clone(), why);
+            }
+        }
         Err(self
             .probes
             .iter()
@@ -553,11 +566,12 @@ impl Agent {
                 s.partitions.is_empty().then(|| {
                     let error = s.discovery_error.unwrap_or_else(|| {
                         let c = cluster(&self.config, &p.config.cluster);
+                        let why = dns.get(&c.name).cloned().flatten().unwrap_or_else(|| {
+                            format!("no answer within {}", humantime::format_duration(bound))
+                        });
                         format!(
-                            "cannot reach cluster {} ({}): no answer within {}",
-                            c.name,
-                            c.bootstrap_servers,
-                            humantime::format_duration(bound)
+                            "cannot reach cluster {} ({}): {why}",
+                            c.name, c.bootstrap_servers,
                         )
                     });
                     (p.name().to_string(), error)

@@ -361,6 +361,34 @@ pub async fn create_topic(
     }
 }
 
+/// When no host of `bootstrap_servers` resolves: which, and why, with what to check. Blocking.
+pub fn unresolvable(bootstrap_servers: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let mut failures = Vec::new();
+    for server in bootstrap_servers.split(',').map(str::trim) {
+        // librdkafka takes `host:port` with an optional `PROTOCOL://` in front.
+        let server = server.split_once("://").map_or(server, |(_, s)| s);
+        let (host, port) = server.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        match (host, port.parse::<u16>().unwrap_or(9092)).to_socket_addrs() {
+            Ok(addrs) if addrs.as_slice().is_empty() => {
+                failures.push(format!("`{host}` (no address)"))
+            }
+            Ok(_) => return None,
+            Err(e) => failures.push(format!("`{host}` ({e})")),
+        }
+    }
+    (!failures.is_empty()).then(|| {
+        format!(
+            "cannot resolve {}: check the host names in bootstrap_servers and this host's DNS",
+            failures.join(", ")
+        )
+    })
+}
+
 /// Partition id -> leader broker id.
 pub type Partitions = std::collections::BTreeMap<i32, i32>;
 
@@ -376,7 +404,11 @@ pub fn partitions_blocking<C: ClientContext>(
         .map_err(|e| TopicError::Unreachable {
             cluster: cluster.name.clone(),
             servers: cluster.bootstrap_servers.clone(),
-            error: e.to_string(),
+            // librdkafka says "BrokerTransportFailure" and keeps the DNS failure for its log.
+            error: match unresolvable(&cluster.bootstrap_servers) {
+                Some(dns) => format!("{dns} (librdkafka: {e})"),
+                None => e.to_string(),
+            },
         })?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
         return Err(TopicError::Missing {
@@ -425,6 +457,23 @@ mod tests {
     use crate::testing::cluster;
 
     use super::*;
+
+    /// `.invalid` never resolves (RFC 2606); an address or one host that resolves is not a DNS
+    /// problem.
+    #[test]
+    fn a_dns_failure_is_named_only_when_no_bootstrap_host_resolves() {
+        let why = unresolvable("kafka-0.no-such-host.invalid:9092, SSL://kafka-1.invalid:9093")
+            .expect("nothing resolves");
+        assert!(
+            why.starts_with("cannot resolve `kafka-0.no-such-host.invalid` (")
+                && why.contains(", `kafka-1.invalid` (")
+                && why.ends_with("check the host names in bootstrap_servers and this host's DNS"),
+            "{why}"
+        );
+        assert_eq!(unresolvable("127.0.0.1:9092"), None);
+        assert_eq!(unresolvable("[::1]:9092"), None);
+        assert_eq!(unresolvable("nope.invalid:9092,localhost:9092"), None);
+    }
 
     #[test]
     fn both_clients_reconnect_within_a_second_unless_the_cluster_says_otherwise() {

@@ -390,6 +390,17 @@ slos:
         probes: &[],
         expected: &["probes: no probe files (*.yaml, *.yml) in this directory"],
     },
+    Case {
+        name: "a certificate file that is not there is found by check, not by smoke",
+        agent: Some(
+            "clusters:\n  primary:\n    bootstrap_servers: 127.0.0.1:9092\n    properties:\n      security.protocol: ssl\n      ssl.ca.location: /nonexistent/ca.pem\n      ssl.key.location: /\n",
+        ),
+        probes: &[("a.yaml", GOOD_PROBE)],
+        expected: &[
+            "slo-probe.yaml:6:7: `properties.ssl.ca.location`: cannot read `/nonexistent/ca.pem`: No such file or directory (os error 2); librdkafka reads it when the client starts, so `run` and `smoke` would fail there",
+            "slo-probe.yaml:7:7: `properties.ssl.key.location`: `/` is a directory, not a file; librdkafka reads it when the client starts, so `run` and `smoke` would fail there",
+        ],
+    },
 ];
 
 fn tree(case: &Case) -> Tree {

@@ -377,6 +377,24 @@ fn an_unreachable_cluster_exits_2_naming_the_servers() {
     );
 }
 
+/// A bootstrap host that does not resolve is named as such, first, not as librdkafka's
+/// "BrokerTransportFailure" with the DNS failure left in its log.
+#[test]
+fn an_unresolvable_bootstrap_host_is_named() {
+    let t = Tree::new();
+    t.agent_file("kafka.no-such-host.invalid:9092");
+    t.write("probes/a.yaml", "name: orders\n");
+    let out = common::run(t.path(), &["smoke", "--connect-timeout", "2s"], &[]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "slo-probe: probe orders: cannot reach cluster primary (kafka.no-such-host.invalid:9092): cannot resolve `kafka.no-such-host.invalid` ("
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn a_missing_topic_is_named_with_its_cluster() {
     let cluster = EmbeddedCluster::start(1).unwrap();

@@ -201,7 +201,45 @@ fn check_librdkafka(
                 hide_expanded(&description, &[written, name])
             };
             doc.error(key.span(), format!("`{field}.{name}`: {description}"));
+        } else if let Some(why) = unreadable_file(name, value) {
+            doc.error(
+                key.span(),
+                format!(
+                    "`{field}.{name}`: {why}; librdkafka reads it when the client starts, so `run` and `smoke` would fail there"
+                ),
+            );
         }
+    }
+}
+
+/// librdkafka properties that name a file, read when a client is created (`ssl.ca.location`
+/// may name a directory of certificates, or be `probe`: the system's usual places).
+const FILE_PROPERTIES: &[&str] = &[
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "ssl.engine.location",
+    "sasl.kerberos.keytab",
+];
+
+/// Why the file a property names cannot be read, if it cannot. A path is not a secret: it is
+/// shown.
+fn unreadable_file(name: &str, value: &str) -> Option<String> {
+    if !FILE_PROPERTIES.contains(&name) || (name == "ssl.ca.location" && value == "probe") {
+        return None;
+    }
+    let path = std::path::Path::new(value);
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("cannot read `{value}`: {e}")),
+        Ok(m) if m.is_dir() && name == "ssl.ca.location" => std::fs::read_dir(path)
+            .err()
+            .map(|e| format!("cannot read directory `{value}`: {e}")),
+        Ok(m) if m.is_dir() => Some(format!("`{value}` is a directory, not a file")),
+        Ok(_) => std::fs::File::open(path)
+            .err()
+            .map(|e| format!("cannot read `{value}`: {e}")),
     }
 }
 
