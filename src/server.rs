@@ -253,7 +253,7 @@ async fn serve_router(listener: TcpListener, router: Router, stop: CancellationT
                 continue;
             }
         };
-        match slots.admit() {
+        match slots.admit(Some(std::os::fd::AsRawFd::as_raw_fd(&stream))) {
             Some((slot, admission)) => {
                 if admission == Admission::Evicted && quiet.allow("evicted") {
                     tracing::warn!(
