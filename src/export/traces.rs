@@ -464,6 +464,7 @@ mod tests {
             outcome: Outcome::Ok,
             latency: Some(Duration::from_millis(450)),
             reason: None,
+            hops: None,
         };
         let origin = Origin {
             probe: "orders-warehouse".into(),
