@@ -14,6 +14,7 @@ pub mod malformed_pg;
 pub mod otlp;
 pub mod registry;
 pub mod relay;
+pub mod timed_job;
 pub mod writer;
 
 use std::io::{BufRead, BufReader};
