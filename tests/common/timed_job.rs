@@ -12,12 +12,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::relay::from_beginning_waiting;
 
 /// How the job treats each record.
 #[derive(Debug, Clone, Copy)]
@@ -40,20 +42,8 @@ pub struct TimedJob {
 impl TimedJob {
     /// Starts the job `from` -> `to` on one cluster (`partitions` each), from the beginning.
     pub fn start(bootstrap: &str, from: &str, to: &str, partitions: i32, timing: Timing) -> Self {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "test-timed-job")
-            .set("enable.auto.commit", "false")
-            // a broker that holds fetches (tansu) answers within a millisecond of a record
-            .set("fetch.wait.max.ms", "1")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(from, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        // a broker that holds fetches (tansu) answers within a millisecond of a record
+        let consumer = from_beginning_waiting(bootstrap, from, partitions, "test-timed-job", 1);
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "0")
