@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 pub use crate::record::ForeignReason;
 use crate::record::View;
-pub use hops::{End, Hop, HopPlan, Hops, Mark, Stamp, Stamps, Unsplit, parse_time};
+pub use hops::{End, Hop, HopPlan, Hops, Mark, Reading, Stamp, Stamps, Unsplit, parse_time};
 
 /// The final outcome of a sent record. Exactly one per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

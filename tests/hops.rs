@@ -119,8 +119,14 @@ fn hops_of_spans(collector: &Collector, records: usize) -> BTreeMap<String, Vec<
                 i128::from(send.start_time_unix_nano) + sum,
                 "each hop's event at the time it ended: {e:?}"
             );
-            let skew = a.get("slo_probe.clock_skew").map(String::as_str);
-            assert_eq!(skew == Some("true"), ns < 0, "{a:?}");
+            // a negative hop is marked: clock skew, or within the resolution of its end
+            let marked = |key: &str| a.get(key).map(String::as_str) == Some("true");
+            let (skew, within) = (
+                marked("slo_probe.clock_skew"),
+                marked("slo_probe.hop.within_resolution"),
+            );
+            assert_eq!(skew || within, ns < 0, "{a:?}");
+            assert!(!(skew && within), "{a:?}");
             hops.push((a["slo_probe.hop"].clone(), ns as f64 / 1e6));
         }
         assert_eq!(sum, e2e, "the hops of trace {trace} add up to its latency");
@@ -272,23 +278,18 @@ async fn each_hop_of_a_sink_pipeline_is_the_delay_injected_before_it() {
     assert_eq!(hop(p, "pipeline")["ended_by"]["hop_timestamp"], sent);
     assert_eq!(hop(p, "sink")["ended_by"]["written"], sent);
     assert_eq!(hop(p, "read")["ended_by"]["poll"], sent);
-    for h in ["produce", "pipeline", "sink"] {
+    // One clock on this machine: no skew. (A row written while the poll that found it ran
+    // makes a read hop a little below zero: within its resolution, zero in its quantiles.)
+    for h in ["produce", "pipeline", "sink", "read"] {
         let h = hop(p, h);
         assert_eq!(h["latency"]["count"], sent, "{h}");
         let skew = (h["clock_skew"].as_u64(), h["largest_skew_ms"].as_f64());
         assert_eq!(skew, (Some(0), None), "{h}");
     }
-    // The query reads the table a moment after the poll began (a connection from the pool,
-    // the statement sent): a row written in between is found by that poll, its read hop a
-    // little below zero and counted as skew, by less than the hop's resolution.
-    let skewed = read["clock_skew"].as_u64().unwrap();
-    assert_eq!(
-        read["latency"]["count"].as_u64().unwrap() + skewed,
-        sent as u64
+    eprintln!(
+        "read hops within the poll's resolution: {}",
+        read["within_resolution"]
     );
-    if skewed > 0 {
-        assert!(ms(&read["largest_skew_ms"]) < 50.0, "{read}");
-    }
     assert_eq!(p["hops"]["unsplit"], 0);
     // The text verdict has a row per hop.
     for h in ["produce", "pipeline", "sink", "read"] {

@@ -345,13 +345,14 @@ impl Metrics {
                 names::HOP_LATENCY,
                 "Each hop of the end-to-end latency over the sliding window (HDR, same records and window as end to end): \
                  produce (to the acknowledgement), pipeline (to the downstream record's timestamp), sink (to the row's timestamp \
-                 or the poll that found it), read (to the verification). Negative hops (clock skew) are left out and counted.",
+                 or the poll that found it), read (to the verification). Hops negative within their timestamps' resolution count as zero; \
+                 beyond it (clock skew) they are left out and counted.",
                 &["probe", "hop"],
             ),
             clock_skew: counter(
                 &r,
                 names::CLOCK_SKEW,
-                "Verified records whose hop came out negative (the clocks of two machines disagree): left out of that hop's quantiles.",
+                "Verified records whose hop came out negative beyond the resolution of the timestamp that ends it (the clocks of two machines disagree): left out of that hop's quantiles.",
                 &["probe", "hop"],
             ),
             clock_skew_max: gauge(

@@ -12,7 +12,7 @@ use super::events;
 use super::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use super::traces::{RecordSpan, Spans};
 use crate::config::ProbeConfig;
-use crate::outcome::{Event, ForeignReason, Gauges, HopPlan, Observer, Outcome, Task};
+use crate::outcome::{Event, ForeignReason, Gauges, HopPlan, Observer, Outcome, Reading, Task};
 use crate::record::Origin;
 use crate::util::quiet::Quiet;
 use prometheus::IntCounter;
@@ -147,12 +147,13 @@ impl ProbeObserver {
                     && let Some(latency) = f.latency
                 {
                     s.e2e_distribution.observe(latency.as_secs_f64());
-                    // A hop that came out negative: counted, kept out of its quantiles.
-                    let skewed = f.hops().into_iter().flat_map(|h| h.iter());
-                    for (hop, _, _) in skewed.filter(|(_, ns, _)| *ns < 0) {
-                        if let Some(series) = s.hops.iter().find(|h| h.hop == hop) {
-                            series.skewed.inc();
-                        }
+                    // A hop negative beyond its resolution: counted, kept out of its quantiles.
+                    if let Some(h) = f.hops() {
+                        let skewed = s
+                            .hops
+                            .iter()
+                            .filter(|series| h.reading(series.hop) == Some(Reading::Skewed));
+                        skewed.for_each(|series| series.skewed.inc());
                     }
                 }
                 if *reordered {
@@ -468,8 +469,9 @@ mod tests {
                 downstream: Some(Ok(Stamp {
                     at_ns: at_ms * 1_000_000,
                     mark: Mark::LogAppendTime,
+                    resolution_ns: 1_000,
                 })),
-                written: None,
+                ..Stamps::default()
             };
             crate::testing::arrive_with(&p, r, &stamps);
         }

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OtlpProtocol, SinkKind, TracingConfig};
-use crate::outcome::{Finished, Outcome};
+use crate::outcome::{Finished, Outcome, Reading};
 use crate::record::Origin;
 
 /// Spans waiting for export; beyond this they are dropped (a collector down for a while must
@@ -289,8 +289,9 @@ impl Spans {
 
 /// A record's hops as events of its verification span, each at the real time its hop ended
 /// (the job's or the sink's timestamp, on their clocks), with its signed duration: a hop that
-/// came out negative stays negative, marked `slo_probe.clock_skew`. A record whose latency
-/// could not be split says why instead.
+/// came out negative stays negative, marked `slo_probe.clock_skew` (beyond the resolution of
+/// its end) or `slo_probe.hop.within_resolution`. A record whose latency could not be split
+/// says why instead.
 fn hop_events(f: &Finished) -> SpanEvents {
     let mut events = SpanEvents::default();
     match &f.hops {
@@ -304,8 +305,14 @@ fn hop_events(f: &Finished) -> SpanEvents {
                     KeyValue::new("slo_probe.hop.duration_ns", ns),
                     KeyValue::new("slo_probe.hop.ends_at", mark.as_str()),
                 ];
-                if ns < 0 {
-                    attrs.push(KeyValue::new("slo_probe.clock_skew", true));
+                match hops.reading(hop) {
+                    Some(Reading::Skewed) => {
+                        attrs.push(KeyValue::new("slo_probe.clock_skew", true))
+                    }
+                    Some(Reading::WithinResolution) => {
+                        attrs.push(KeyValue::new("slo_probe.hop.within_resolution", true))
+                    }
+                    _ => {}
                 }
                 let name = format!("hop {}", hop.as_str());
                 events.events.push(Event::new(name, when, attrs, 0));
@@ -542,10 +549,10 @@ mod tests {
         const MS: i64 = 1_000_000;
         let t0 = 1_700_000_000_000_000_000u64;
         let mut hops = Hops::default();
-        hops.set(Hop::Produce, 2 * MS, Mark::Acknowledged);
+        hops.set(Hop::Produce, 2 * MS, Mark::Acknowledged, 0);
         // a job clock 50 ms behind: its 30 ms read as -20 ms, the read 50 ms longer
-        hops.set(Hop::Pipeline, -20 * MS, Mark::JobTimestamp);
-        hops.set(Hop::Read, 58 * MS, Mark::ReadBack);
+        hops.set(Hop::Pipeline, -20 * MS, Mark::JobTimestamp, 1_000);
+        hops.set(Hop::Read, 58 * MS, Mark::ReadBack, 0);
         let mut f = crate::testing::finished(3, Outcome::Ok, 40);
         f.scheduled_at_ns = t0;
         f.hops = Some(Ok(hops));
@@ -583,6 +590,18 @@ mod tests {
             ]
         );
         assert_eq!(attrs(2).len(), 3, "a positive hop is not marked");
+        // negative within the resolution of its end (a truncated CreateTime): said so
+        let mut within = Hops::default();
+        within.set(Hop::Produce, 2 * MS, Mark::Acknowledged, 0);
+        within.set(Hop::Pipeline, -MS / 2, Mark::CreateTime, MS);
+        within.set(Hop::Read, 38 * MS + MS / 2, Mark::ReadBack, 0);
+        f.hops = Some(Ok(within));
+        let events = hop_events(&f);
+        let last = events[1].attributes.last().unwrap();
+        assert_eq!(
+            format!("{}={}", last.key, last.value),
+            "slo_probe.hop.within_resolution=true"
+        );
         f.hops = Some(Err(Unsplit::NotAcknowledged));
         let unsplit = hop_events(&f);
         assert_eq!(unsplit.len(), 1);

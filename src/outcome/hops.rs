@@ -9,8 +9,10 @@
 //! they add up to its end-to-end latency exactly, whatever the clocks say.
 //!
 //! The middle marks come from other machines' clocks: a hop can come out negative when a clock
-//! is behind. It stays negative here (never clamped); the probe keeps it out of that hop's
-//! quantiles and counts it as clock skew.
+//! is behind. It stays negative here (never clamped). A hop negative by no more than the
+//! resolution of the mark that ends it (a broker timestamp's millisecond, the time a poll took)
+//! may be zero, as measured ([`Reading::WithinResolution`]); beyond that a clock is off
+//! ([`Reading::Skewed`]): the probe keeps it out of that hop's quantiles and counts it.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -107,6 +109,9 @@ pub struct Stamp {
     /// Nanoseconds since the Unix epoch.
     pub at_ns: i64,
     pub mark: Mark,
+    /// How coarse it is (a broker timestamp: a millisecond): the time it stands for is in
+    /// `at_ns .. at_ns + resolution_ns`.
+    pub resolution_ns: i64,
 }
 
 impl Stamp {
@@ -115,8 +120,12 @@ impl Stamp {
         let value = doc
             .pointer(pointer)
             .ok_or_else(|| format!("`{pointer}` is missing"))?;
-        let at_ns = parse_time(value).map_err(|why| format!("`{pointer}` {why}"))?;
-        Ok(Stamp { at_ns, mark })
+        let time = parse_time(value).map_err(|why| format!("`{pointer}` {why}"))?;
+        Ok(Stamp {
+            at_ns: time.ns,
+            mark,
+            resolution_ns: time.resolution_ns,
+        })
     }
 }
 
@@ -128,6 +137,23 @@ pub struct Stamps {
     pub downstream: Option<Result<Stamp, String>>,
     /// The sink's, for the row or document.
     pub written: Option<Result<Stamp, String>>,
+    /// How long the poll that found the record took: the query may have seen rows written up
+    /// to this long after the poll began (the arrival). Zero for a record read back.
+    pub found_within: Duration,
+}
+
+/// How a hop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reading {
+    /// Zero or more.
+    #[default]
+    Measured,
+    /// Negative by no more than the resolution of the mark that ends it: zero, as far as it
+    /// can be measured (a broker timestamp truncated to its millisecond, a row written while
+    /// the poll that found it was under way).
+    WithinResolution,
+    /// Negative beyond that: a clock is behind (clock skew).
+    Skewed,
 }
 
 /// A record's end-to-end latency split into hops: signed nanoseconds per hop (negative when a
@@ -138,19 +164,32 @@ pub struct Hops {
     /// Indexed like [`Hop::ALL`]; meaningful where `ends` has a mark.
     ns: [i64; 4],
     ends: [Option<Mark>; 4],
+    readings: [Reading; 4],
 }
 
 impl Hops {
-    /// Hop `hop` took `ns` (negative: a clock was behind) and ended at `mark`.
-    pub fn set(&mut self, hop: Hop, ns: i64, mark: Mark) {
-        self.ns[hop.index()] = ns;
-        self.ends[hop.index()] = Some(mark);
+    /// Hop `hop` took `ns` (negative: a clock was behind, or its end is coarse) and ended at
+    /// `mark`, which stands for a time up to `tolerance_ns` later.
+    pub fn set(&mut self, hop: Hop, ns: i64, mark: Mark, tolerance_ns: i64) {
+        let i = hop.index();
+        self.ns[i] = ns;
+        self.ends[i] = Some(mark);
+        self.readings[i] = match ns {
+            0.. => Reading::Measured,
+            _ if ns >= -tolerance_ns => Reading::WithinResolution,
+            _ => Reading::Skewed,
+        };
     }
 
     /// How long `hop` took, in nanoseconds (negative: a clock was behind); `None` when the
     /// record has no such hop.
     pub fn get(&self, hop: Hop) -> Option<i64> {
         self.ends[hop.index()].map(|_| self.ns[hop.index()])
+    }
+
+    /// How `hop` reads; `None` when the record has no such hop.
+    pub fn reading(&self, hop: Hop) -> Option<Reading> {
+        self.ends[hop.index()].map(|_| self.readings[hop.index()])
     }
 
     /// The hops the record has, in order: (hop, nanoseconds, the mark that ended it).
@@ -308,9 +347,9 @@ impl HopPlan {
     ) -> Result<Hops, Unsplit> {
         let acked = acked_after.ok_or(Unsplit::NotAcknowledged)?;
         let scheduled = i128::from(scheduled_at_ns);
-        // Each mark as an offset from the scheduled send, in nanoseconds.
+        // Each mark as an offset, what it is, and how much later the time it stands for may be.
         let stamp = |hop: Hop, s: &Option<Result<Stamp, String>>| match s {
-            Some(Ok(s)) => Ok((i128::from(s.at_ns) - scheduled, s.mark)),
+            Some(Ok(s)) => Ok((i128::from(s.at_ns) - scheduled, s.mark, s.resolution_ns)),
             Some(Err(why)) => Err(Unsplit::NoTimestamp {
                 hop,
                 why: why.clone(),
@@ -325,6 +364,7 @@ impl HopPlan {
         } else {
             Mark::ReadBack
         };
+        let found_within = i64::try_from(stamps.found_within.as_nanos()).unwrap_or(i64::MAX);
         if let Some(Ok(s)) = &stamps.downstream
             && s.mark == Mark::CreateTime
             && s.at_ns.div_euclid(MILLI) == (scheduled_at_ns / MILLI as u64) as i64
@@ -334,17 +374,17 @@ impl HopPlan {
         let mut hops = Hops::default();
         let mut from: i128 = 0;
         for (hop, end) in self.layout() {
-            let (at, mark) = match end {
-                End::Acknowledged => (nanos(acked), Mark::Acknowledged),
+            let (at, mark, tolerance) = match end {
+                End::Acknowledged => (nanos(acked), Mark::Acknowledged, 0),
                 End::Downstream => stamp(hop, &stamps.downstream)?,
                 End::Written => stamp(hop, &stamps.written)?,
-                End::Arrived => (nanos(latency), arrived),
+                End::Arrived => (nanos(latency), arrived, found_within),
             };
             let ns = i64::try_from(at - from).map_err(|_| Unsplit::NoTimestamp {
                 hop,
                 why: "the timestamp is centuries away from the scheduled send".into(),
             })?;
-            hops.set(hop, ns, mark);
+            hops.set(hop, ns, mark, tolerance);
             from = at;
         }
         Ok(hops)
@@ -361,63 +401,70 @@ fn nanos(d: Duration) -> i128 {
 /// Numbers below this are seconds since the epoch, below 1000 times it milliseconds, and so on.
 const SECONDS_BELOW: f64 = 1e11;
 
-/// A time the pipeline wrote, in nanoseconds since the Unix epoch: an RFC 3339 string (`Z` or
-/// an offset such as `+02:00`, any fraction of a second), or a number of seconds,
-/// milliseconds, microseconds or nanoseconds since the epoch, told apart by size (seconds
-/// below 1e11, i.e. until the year 5138; milliseconds below 1e14; microseconds below 1e17;
-/// nanoseconds above), as a JSON number or a string of digits. The error completes "`/field` ...".
-pub fn parse_time(value: &serde_json::Value) -> Result<i64, String> {
+/// A time the pipeline wrote: nanoseconds since the Unix epoch, and how coarse it is (the
+/// last digit written: a whole second, a millisecond...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub ns: i64,
+    pub resolution_ns: i64,
+}
+
+/// A time the pipeline wrote: an RFC 3339 string (`Z` or an offset such as `+02:00`, any
+/// fraction of a second), or a number of seconds, milliseconds, microseconds or nanoseconds
+/// since the epoch, told apart by size (seconds below 1e11, i.e. until the year 5138;
+/// milliseconds below 1e14; microseconds below 1e17; nanoseconds above), as a JSON number or a
+/// string of digits. Its resolution is its last digit. The error completes "`/field` ...".
+pub fn parse_time(value: &serde_json::Value) -> Result<Time, String> {
     let not_a_time = || {
         let shown = crate::util::text::printable(&value.to_string(), 80);
         format!("is not a time (RFC 3339, or a number since the epoch), got {shown}")
     };
-    let ns = match value {
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => whole(i128::from(i)),
-            None => n
-                .as_u64()
-                .map_or_else(|| fraction(n.as_f64()), |u| whole(u.into())),
-        },
+    let time = match value {
+        serde_json::Value::Number(n) => number(&n.to_string()),
         serde_json::Value::String(s) => {
             let s = s.trim();
-            match s.parse::<i128>() {
-                Ok(i) => whole(i),
-                Err(_) => rfc3339(s).or_else(|| fraction(s.parse().ok())),
-            }
+            rfc3339(s).or_else(|| number(s))
         }
         _ => None,
     };
-    ns.ok_or_else(not_a_time)
+    time.ok_or_else(not_a_time)
 }
 
 /// Multipliers to nanoseconds of a number since the epoch, by the size that tells its unit.
-const UNITS: [(f64, i128); 4] = [
+const UNITS: [(f64, i64); 4] = [
     (SECONDS_BELOW, 1_000_000_000),
     (SECONDS_BELOW * 1e3, 1_000_000),
     (SECONDS_BELOW * 1e6, 1_000),
     (f64::INFINITY, 1),
 ];
 
-/// A whole number since the epoch, in nanoseconds; `None` unless positive and before 2262.
-fn whole(n: i128) -> Option<i64> {
-    if n <= 0 {
-        return None;
-    }
-    let (_, scale) = UNITS.iter().find(|(below, _)| (n as f64) < *below)?;
-    i64::try_from(n.checked_mul(*scale)?).ok()
-}
-
-/// A number with a fraction since the epoch (seconds with milliseconds, say), in nanoseconds.
-fn fraction(n: Option<f64>) -> Option<i64> {
-    let n = n.filter(|n| n.is_finite() && *n > 0.0)?;
+/// A number since the epoch as written (`1796032800123`, `1796032800.123456`), in
+/// nanoseconds; `None` unless positive and before 2262. Whole numbers are taken exactly.
+fn number(text: &str) -> Option<Time> {
+    let n: f64 = text
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
     let (_, scale) = UNITS.iter().find(|(below, _)| n < *below)?;
-    let ns = n * *scale as f64;
-    (ns < i64::MAX as f64).then(|| ns.round() as i64)
+    let (ns, digits) = match text.parse::<i64>() {
+        Ok(whole) => (whole.checked_mul(*scale)?, 0),
+        Err(_) => {
+            let ns = n * *scale as f64;
+            if ns >= i64::MAX as f64 {
+                return None;
+            }
+            // the digits written after the point (none in an exponent form)
+            let fraction = text.split_once('.').map_or("", |(_, f)| f);
+            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            (ns.round() as i64, digits)
+        }
+    };
+    let resolution_ns = (*scale / 10i64.pow(digits.min(9) as u32)).max(1);
+    Some(Time { ns, resolution_ns })
 }
 
-/// An RFC 3339 time (`2026-11-30T10:41:07.512874Z`, `...+02:00`; a space for the `T` too) in
-/// nanoseconds since the epoch.
-fn rfc3339(s: &str) -> Option<i64> {
+/// An RFC 3339 time (`2026-11-30T10:41:07.512874Z`, `...+02:00`; a space for the `T` too).
+fn rfc3339(s: &str) -> Option<Time> {
     let b = s.as_bytes();
     let (base, offset_s) = if let Some(base) = s.strip_suffix(['Z', 'z']) {
         (base, 0i64)
@@ -432,8 +479,12 @@ fn rfc3339(s: &str) -> Option<i64> {
     };
     let utc = humantime::parse_rfc3339_weak(base).ok()?;
     let ns = i64::try_from(utc.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
-    // The local time minus its offset is UTC.
-    Some(ns - offset_s * 1_000_000_000)
+    let digits = base.split_once('.').map_or(0, |(_, f)| f.len().min(9));
+    Some(Time {
+        // The local time minus its offset is UTC.
+        ns: ns - offset_s * 1_000_000_000,
+        resolution_ns: 10i64.pow(9 - digits as u32),
+    })
 }
 
 #[cfg(test)]
@@ -454,10 +505,12 @@ mod tests {
         }
     }
 
+    /// A timestamp `after_ms` the scheduled send, to the microsecond.
     fn stamp(after_ms: i64, mark: Mark) -> Option<Result<Stamp, String>> {
         Some(Ok(Stamp {
             at_ns: T0 as i64 + after_ms * MS,
             mark,
+            resolution_ns: 1_000,
         }))
     }
 
@@ -496,6 +549,7 @@ mod tests {
         let stamps = Stamps {
             downstream: stamp(33, Mark::CreateTime),
             written: stamp(235, Mark::Written),
+            found_within: ms(2),
         };
         let hops = plan(true, true, true)
             .split(Some(ms(3)), ms(260), T0, &stamps)
@@ -526,14 +580,60 @@ mod tests {
         // the job's clock is 50 ms behind: its 30 ms look like -20 ms, the read 50 ms longer
         let stamps = Stamps {
             downstream: stamp(33 - 50, Mark::JobTimestamp),
-            written: None,
+            ..Stamps::default()
         };
         let hops = plan(false, true, false)
             .split(Some(ms(3)), ms(41), T0, &stamps)
             .unwrap();
         assert_eq!(hops.get(Hop::Pipeline), Some(-20 * MS));
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
         assert_eq!(hops.get(Hop::Read), Some(58 * MS));
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::Measured));
         assert_eq!(hops.sum_ns(), 41 * MS);
+    }
+
+    /// A hop negative by no more than the resolution of the mark that ends it is not clock
+    /// skew: a broker timestamp truncated to its millisecond, a row written while the poll that
+    /// found it ran.
+    #[test]
+    fn a_hop_negative_within_the_resolution_of_its_end_is_not_skew() {
+        // acknowledged at 3.2 ms, the job wrote at 3.6 ms: its CreateTime says 3 ms
+        let create_time = |at_ns: i64| Stamps {
+            downstream: Some(Ok(Stamp {
+                at_ns: T0 as i64 + at_ns,
+                mark: Mark::CreateTime,
+                resolution_ns: MS,
+            })),
+            ..Stamps::default()
+        };
+        let acked = Some(Duration::from_micros(3_200));
+        let hops = plan(false, true, false)
+            .split(acked, ms(10), T0, &create_time(3 * MS))
+            .unwrap();
+        assert_eq!(hops.get(Hop::Pipeline), Some(-200_000), "never clamped");
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::WithinResolution));
+        // a millisecond and more behind: skew
+        let hops = plan(false, true, false)
+            .split(acked, ms(10), T0, &create_time(2 * MS))
+            .unwrap();
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
+        // written at 260.5 ms, during the poll that began at 260 ms and took 2 ms
+        let mut stamps = Stamps {
+            downstream: stamp(33, Mark::CreateTime),
+            written: Some(Ok(Stamp {
+                at_ns: T0 as i64 + 260 * MS + 500_000,
+                mark: Mark::Written,
+                resolution_ns: 1_000,
+            })),
+            found_within: ms(2),
+        };
+        let p = plan(true, true, true);
+        let hops = p.split(Some(ms(3)), ms(260), T0, &stamps).unwrap();
+        assert_eq!(hops.get(Hop::Read), Some(-500_000));
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::WithinResolution));
+        stamps.found_within = Duration::from_micros(100);
+        let hops = p.split(Some(ms(3)), ms(260), T0, &stamps).unwrap();
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::Skewed));
     }
 
     #[test]
@@ -545,7 +645,7 @@ mod tests {
         );
         let missing = Stamps {
             downstream: Some(Err("`/processed_at` is missing".into())),
-            written: None,
+            ..Stamps::default()
         };
         let e = p.split(Some(ms(1)), ms(10), T0, &missing).unwrap_err();
         assert_eq!(
@@ -558,8 +658,9 @@ mod tests {
             downstream: Some(Ok(Stamp {
                 at_ns: T0 as i64 + 400_000,
                 mark,
+                resolution_ns: MS,
             })),
-            written: None,
+            ..Stamps::default()
         };
         assert_eq!(
             p.split(
@@ -586,22 +687,29 @@ mod tests {
     #[test]
     fn times_are_rfc3339_or_numbers_since_the_epoch_of_any_unit() {
         let want = 1_796_032_800_123_456_000i64;
-        for v in [
-            json!("2026-11-30T10:00:00.123456Z"),
-            json!("2026-11-30T11:00:00.123456+01:00"),
-            json!("2026-11-30T04:30:00.123456-05:30"),
-            json!("2026-11-30 10:00:00.123456z"),
-            json!(1_796_032_800_123_456_000u64),
-            json!(1_796_032_800_123_456u64),
-            json!("1796032800123456"),
+        let time = |v: serde_json::Value| parse_time(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        for (v, resolution_ns) in [
+            (json!("2026-11-30T10:00:00.123456Z"), 1_000),
+            (json!("2026-11-30T11:00:00.123456+01:00"), 1_000),
+            (json!("2026-11-30T04:30:00.123456-05:30"), 1_000),
+            (json!("2026-11-30 10:00:00.123456z"), 1_000),
+            (json!(1_796_032_800_123_456_000u64), 1),
+            (json!(1_796_032_800_123_456u64), 1_000),
+            (json!("1796032800123456"), 1_000),
         ] {
-            assert_eq!(parse_time(&v), Ok(want), "{v}");
+            let got = time(v.clone());
+            assert_eq!((got.ns, got.resolution_ns), (want, resolution_ns), "{v}");
         }
-        assert_eq!(parse_time(&json!(1_796_032_800_123u64)), Ok(want - 456_000));
+        // each to its last digit
+        let ms = time(json!(1_796_032_800_123u64));
+        assert_eq!((ms.ns, ms.resolution_ns), (want - 456_000, MS));
+        let s = time(json!("2026-11-30T10:00:00Z"));
+        assert_eq!((s.ns, s.resolution_ns), (want - 123_456_000, 1_000_000_000));
         // seconds with a fraction: as exact as a double holds them (a few hundred ns here)
         for v in [json!(1_796_032_800.123_456), json!("1796032800.123456")] {
-            let got = parse_time(&v).unwrap();
-            assert!((got - want).abs() < 1_000, "{v}: {got}");
+            let got = time(v.clone());
+            assert!((got.ns - want).abs() < 1_000, "{v}: {got:?}");
+            assert_eq!(got.resolution_ns, 1_000, "{v}");
         }
         for bad in [
             json!("yesterday"),
@@ -610,6 +718,7 @@ mod tests {
             json!(0),
             json!(-5),
             json!("2026-11-30T10:00:00+0100"),
+            json!(1e300),
             json!({ "t": 1 }),
         ] {
             let e = parse_time(&bad).unwrap_err();
@@ -617,7 +726,10 @@ mod tests {
         }
         let doc = json!({ "meta": { "processed_at": "2026-11-30T10:00:00.123456Z" } });
         let s = Stamp::at(&doc, "/meta/processed_at", Mark::JobTimestamp).unwrap();
-        assert_eq!((s.at_ns, s.mark), (want, Mark::JobTimestamp));
+        assert_eq!(
+            (s.at_ns, s.mark, s.resolution_ns),
+            (want, Mark::JobTimestamp, 1_000)
+        );
         assert_eq!(
             Stamp::at(&doc, "/processed_at", Mark::JobTimestamp),
             Err("`/processed_at` is missing".into())

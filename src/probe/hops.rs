@@ -3,15 +3,17 @@
 //! far, and which marks ended the hop; and how many records could not be split, and why.
 //!
 //! What goes into a hop's quantiles: the hops of `ok` records (the records of the end-to-end
-//! quantiles) that are zero or more. A negative hop (a clock behind) is never recorded, never
-//! clamped: the record is left out of that hop's quantiles (its other hops are kept), counted
-//! as skewed, and how far below zero it went is kept for the largest skew.
+//! quantiles) that are zero or more, and as zero those negative by no more than the resolution
+//! of the mark that ends them (counted: within measurement, they may be zero). A hop negative
+//! beyond that (a clock behind) is never recorded, never clamped: the record is left out of
+//! that hop's quantiles (its other hops are kept), counted as skewed, and how far below zero it
+//! went is kept for the largest skew.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::outcome::{Finished, Hop, HopGauges, HopPlan, Mark, Outcome};
+use crate::outcome::{Finished, Hop, HopGauges, HopPlan, Mark, Outcome, Reading};
 use crate::stats::{self, Largest, Latency};
 
 /// One hop of a probe.
@@ -22,8 +24,10 @@ struct HopState {
     latency: Latency,
     /// How far below zero the negative ones went.
     skew: Largest,
-    /// Records whose hop was negative (left out of `latency`).
+    /// Records whose hop was negative beyond its resolution (left out of `latency`).
     skewed: u64,
+    /// Records whose hop was negative within its resolution (in `latency` as zero).
+    within_resolution: u64,
     /// Records whose hop ended at each mark, indexed like [`Mark::ALL`].
     ends: [u64; Mark::ALL.len()],
 }
@@ -46,8 +50,10 @@ pub struct HopSnapshot {
     pub window: (u64, Option<[f64; 6]>),
     /// Over the whole run, when kept (a finite run).
     pub total: Option<(u64, Option<[f64; 6]>)>,
-    /// Records whose hop came out negative, since start.
+    /// Records whose hop came out negative beyond its resolution, since start.
     pub skewed: u64,
+    /// Records whose hop came out negative within its resolution (taken as zero), since start.
+    pub within_resolution: u64,
     /// How far below zero the most negative went: in the window, and since start.
     pub largest_skew_window: Option<Duration>,
     pub largest_skew_ever: Option<Duration>,
@@ -76,6 +82,7 @@ impl HopStats {
                     latency: Latency::new(window, origin, run_totals),
                     skew: Largest::new(window, origin),
                     skewed: 0,
+                    within_resolution: 0,
                     ends: [0; Mark::ALL.len()],
                 })
                 .collect(),
@@ -97,11 +104,17 @@ impl HopStats {
                     };
                     state.ends[mark.index()] += 1;
                     let magnitude = Duration::from_nanos(ns.unsigned_abs());
-                    if ns >= 0 {
-                        state.latency.record(now, magnitude);
-                    } else {
-                        state.skewed += 1;
-                        state.skew.record(now, magnitude);
+                    match hops.reading(hop) {
+                        Some(Reading::Measured) => state.latency.record(now, magnitude),
+                        Some(Reading::WithinResolution) => {
+                            state.within_resolution += 1;
+                            state.latency.record(now, Duration::ZERO);
+                        }
+                        Some(Reading::Skewed) => {
+                            state.skewed += 1;
+                            state.skew.record(now, magnitude);
+                        }
+                        None => {}
                     }
                 }
             }
@@ -137,6 +150,7 @@ impl HopStats {
                         window: (window.len(), stats::quantiles(&window)),
                         total: s.latency.total().map(|h| (h.len(), stats::quantiles(h))),
                         skewed: s.skewed,
+                        within_resolution: s.within_resolution,
                         largest_skew_window: s.skew.in_window(now),
                         largest_skew_ever: s.skew.ever(),
                         ends: Mark::ALL
@@ -161,12 +175,16 @@ mod tests {
 
     const MS: i64 = 1_000_000;
 
-    fn with_hops(seq: u64, pipeline_ms: i64, read_ms: i64) -> Finished {
-        let mut f = finished(seq, Outcome::Ok, (2 + pipeline_ms + read_ms) as u64);
+    /// A record whose pipeline hop (ended by a CreateTime, to the millisecond) took
+    /// `pipeline_us`.
+    fn with_hops(seq: u64, pipeline_us: i64, read_ms: i64) -> Finished {
+        let latency_us = 2_000 + pipeline_us + read_ms * 1_000;
+        let mut f = finished(seq, Outcome::Ok, 0);
+        f.latency = Some(Duration::from_micros(latency_us as u64));
         let mut h = Hops::default();
-        h.set(Hop::Produce, 2 * MS, Mark::Acknowledged);
-        h.set(Hop::Pipeline, pipeline_ms * MS, Mark::CreateTime);
-        h.set(Hop::Read, read_ms * MS, Mark::ReadBack);
+        h.set(Hop::Produce, 2 * MS, Mark::Acknowledged, 0);
+        h.set(Hop::Pipeline, pipeline_us * 1_000, Mark::CreateTime, MS);
+        h.set(Hop::Read, read_ms * MS, Mark::ReadBack, 0);
         f.hops = Some(Ok(h));
         f
     }
@@ -182,14 +200,16 @@ mod tests {
         let now = Instant::now();
         let mut s = HopStats::new(&downstream_plan(), Duration::from_secs(60), now, true);
         for seq in 0..8 {
-            s.record(now, &with_hops(seq, 30, 5));
+            s.record(now, &with_hops(seq, 30_000, 5));
         }
         // a job clock 50 ms behind: -20 ms, and a read 50 ms longer
-        s.record(now, &with_hops(8, -20, 55));
-        s.record(now, &with_hops(9, -21, 56));
+        s.record(now, &with_hops(8, -20_000, 55));
+        s.record(now, &with_hops(9, -21_000, 56));
+        // a fast job, its CreateTime truncated: within the millisecond, zero as far as known
+        s.record(now, &with_hops(10, -400, 5));
         // not verified, not split: never in the measures
         s.record(now, &finished(10, Outcome::Lost, 0));
-        let mut unsplit = finished(11, Outcome::Ok, 7);
+        let mut unsplit = finished(12, Outcome::Ok, 7);
         unsplit.hops = Some(Err(Unsplit::NotAcknowledged));
         s.record(now, &unsplit);
 
@@ -197,20 +217,23 @@ mod tests {
         let hops: Vec<Hop> = snap.hops.iter().map(|h| h.hop).collect();
         assert_eq!(hops, [Hop::Produce, Hop::Pipeline, Hop::Read]);
         let pipeline = &snap.hops[1];
-        assert_eq!(pipeline.window.0, 8, "the two negative ones left out");
-        assert_eq!(pipeline.total.unwrap().0, 8);
+        assert_eq!(
+            pipeline.window.0, 9,
+            "the two skewed left out, the one within kept"
+        );
+        assert_eq!(pipeline.total.unwrap().0, 9);
         let q = pipeline.window.1.unwrap();
         assert!(q.iter().all(|v| *v >= 0.0), "no negative latency: {q:?}");
         assert!((q[5] - 0.030).abs() < 1e-4, "{q:?}");
-        assert_eq!(pipeline.skewed, 2);
+        assert_eq!((pipeline.skewed, pipeline.within_resolution), (2, 1));
         assert_eq!(
             pipeline.largest_skew_window,
             Some(Duration::from_millis(21))
         );
         assert_eq!(pipeline.largest_skew_ever, Some(Duration::from_millis(21)));
-        assert_eq!(pipeline.ends, [(Mark::CreateTime, 10)]);
+        assert_eq!(pipeline.ends, [(Mark::CreateTime, 11)]);
         let read = &snap.hops[2];
-        assert_eq!((read.window.0, read.skewed), (10, 0), "kept, longer");
+        assert_eq!((read.window.0, read.skewed), (11, 0), "kept, longer");
         assert_eq!(
             (snap.unsplit, snap.last_unsplit.as_deref()),
             (
@@ -220,7 +243,10 @@ mod tests {
         );
 
         let g = s.gauges(now);
-        assert_eq!(g[Hop::Pipeline.index()].latency.count, 8);
+        let pipeline = g[Hop::Pipeline.index()].latency;
+        assert_eq!(pipeline.count, 9);
+        // eight of 30 ms, and the one within the millisecond as zero (HDR's 1 µs)
+        assert!((pipeline.sum - 0.240).abs() < 2e-6, "{pipeline:?}");
         assert_eq!(
             g[Hop::Pipeline.index()].largest_skew,
             Duration::from_millis(21)

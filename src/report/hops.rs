@@ -27,8 +27,12 @@ pub struct HopSummary {
     pub quantised_ms: Option<f64>,
     /// Quantiles of the verified records whose hop was zero or more.
     pub latency: LatencySummary,
-    /// Verified records whose hop came out negative (a clock behind): left out of `latency`.
+    /// Verified records whose hop came out negative beyond its resolution (a clock behind):
+    /// left out of `latency`.
     pub clock_skew: u64,
+    /// Verified records whose hop came out negative within its resolution (a truncated
+    /// timestamp, a row written while the poll ran): in `latency` as zero.
+    pub within_resolution: u64,
     /// How far below zero the most negative went, ms: over the run (smoke) or the window
     /// (`/status`).
     pub largest_skew_ms: Option<f64>,
@@ -82,6 +86,7 @@ impl HopSummary {
             quantised_ms: quantised(probe, h.hop).map(ms),
             latency: LatencySummary::new(count, quantiles),
             clock_skew: h.skewed,
+            within_resolution: h.within_resolution,
             largest_skew_ms: largest.map(ms),
         }
     }

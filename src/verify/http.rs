@@ -137,6 +137,7 @@ impl HttpSink {
         Stamps {
             downstream: at(&s.hop, Mark::JobTimestamp),
             written: at(&s.written, Mark::Written),
+            found_within: std::time::Duration::ZERO,
         }
     }
 }

@@ -454,7 +454,7 @@ fn stamps(probe: &Probe, view: &View) -> Stamps {
     };
     Stamps {
         downstream: Some(downstream),
-        written: None,
+        ..Stamps::default()
     }
 }
 
@@ -468,6 +468,7 @@ fn broker_stamp(timestamp: rdkafka::Timestamp) -> Result<Stamp, String> {
     Ok(Stamp {
         at_ns: ms.saturating_mul(1_000_000),
         mark,
+        resolution_ns: 1_000_000,
     })
 }
 
@@ -482,7 +483,8 @@ mod tests {
             broker_stamp(rdkafka::Timestamp::CreateTime(ms)),
             Ok(Stamp {
                 at_ns: ms * 1_000_000,
-                mark: Mark::CreateTime
+                mark: Mark::CreateTime,
+                resolution_ns: 1_000_000,
             })
         );
         assert_eq!(

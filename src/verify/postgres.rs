@@ -145,6 +145,7 @@ impl PostgresSink {
             stamps: Stamps {
                 downstream: at(&self.stamps.hop, Mark::JobTimestamp),
                 written: at(&self.stamps.written, Mark::Written),
+                found_within: Duration::ZERO,
             },
         }))
     }
@@ -158,7 +159,7 @@ fn stamp(row: &Row, column: &str, mark: Mark) -> Result<Stamp, String> {
         .iter()
         .position(|c| c.name() == column)
         .ok_or_else(|| format!("the query returns no column `{column}`"))?;
-    let at_ns = match *row.columns()[idx].type_() {
+    let (at_ns, resolution_ns) = match *row.columns()[idx].type_() {
         Type::TIMESTAMPTZ | Type::TIMESTAMP => {
             let t: Option<std::time::SystemTime> = row
                 .try_get(idx)
@@ -167,17 +168,25 @@ fn stamp(row: &Row, column: &str, mark: Mark) -> Result<Stamp, String> {
                 .ok_or_else(|| format!("`{column}` is null"))?
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(|_| format!("`{column}` is before 1970"))?;
-            i64::try_from(since.as_nanos()).map_err(|_| format!("`{column}` is after 2262"))?
+            let ns =
+                i64::try_from(since.as_nanos()).map_err(|_| format!("`{column}` is after 2262"))?;
+            // PostgreSQL keeps microseconds
+            (ns, 1_000)
         }
         _ => {
             let value = json(row, column).map_err(|e| e.message)?;
             if value.is_null() {
                 return Err(format!("`{column}` is null"));
             }
-            parse_time(&value).map_err(|why| format!("`{column}` {why}"))?
+            let time = parse_time(&value).map_err(|why| format!("`{column}` {why}"))?;
+            (time.ns, time.resolution_ns)
         }
     };
-    Ok(Stamp { at_ns, mark })
+    Ok(Stamp {
+        at_ns,
+        mark,
+        resolution_ns,
+    })
 }
 
 impl Sink for PostgresSink {

@@ -142,9 +142,13 @@ pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: 
         let started = Instant::now();
         match sink.poll(&ids).await {
             Ok(found) => {
+                // A row written while the query ran may be in its answer: found up to this
+                // long after the poll began.
+                let found_within = started.elapsed();
                 probe.sink_polled(sink.kind(), ids.len(), Ok(()), failures);
                 failures = 0;
-                for f in found {
+                for mut f in found {
+                    f.stamps.found_within = found_within;
                     probe.found(&f.id, started, &f.doc, &f.stamps);
                 }
             }
