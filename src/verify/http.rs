@@ -126,9 +126,7 @@ impl HttpSink {
             })
             .collect())
     }
-}
 
-impl HttpSink {
     /// The job's and the sink's timestamps in a found document, where the probe points.
     fn stamps(&self, doc: &serde_json::Value) -> Stamps {
         let at =
