@@ -386,6 +386,7 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         .iter()
         .chain(names::PER_PARTITION)
         .chain(names::SINK)
+        .chain(names::CLOCKS)
     {
         for suffix in ["", "_bucket", "_sum", "_count"] {
             known.insert(format!("{n}{suffix}"));

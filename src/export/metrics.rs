@@ -16,7 +16,7 @@ use prometheus::{
 
 use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
-use crate::outcome::{Hop, Outcome, Task};
+use crate::outcome::{Hop, HopPlan, Outcome, Task};
 use crate::outcome::{RegistryErrorKind, SinkErrorKind};
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
@@ -104,8 +104,6 @@ pub mod names {
         SPANS_DROPPED,
         TASK_RESTARTS,
         HOP_LATENCY,
-        CLOCK_SKEW,
-        CLOCK_SKEW_MAX,
     ];
 
     /// Exported only by probes with `per_partition_metrics: true`.
@@ -114,6 +112,10 @@ pub mod names {
 
     /// Exported for probes that verify at a sink (`verify: postgres` or `http`).
     pub const SINK: &[&str] = &[VERIFY_ERRORS, POLL_INTERVAL, SINK_POLLS];
+
+    /// Exported for the hops that compare the agent's clock with another machine's (a
+    /// downstream topic's timestamps, a sink's): the others cannot come out negative.
+    pub const CLOCKS: &[&str] = &[CLOCK_SKEW, CLOCK_SKEW_MAX];
 
     /// Exported for probes that use a Schema Registry (`record.avro.registry`,
     /// `verify.kafka.format: avro`).
@@ -419,7 +421,7 @@ impl Metrics {
         slos: &[SloConfig],
         per_partition: bool,
         tasks: &[Task],
-        hops: &[Hop],
+        hops: &HopPlan,
     ) -> ProbeMetrics {
         let m = ProbeMetrics {
             task_restarts: tasks
@@ -457,17 +459,20 @@ impl Metrics {
                 labels: vec![probe.to_string()],
             },
             hops: hops
-                .iter()
+                .hops()
+                .into_iter()
                 .map(|h| {
                     let labels = [probe, h.as_str()];
                     HopSeries {
-                        hop: *h,
+                        hop: h,
                         latency: WindowSeries {
                             summary: Arc::clone(&self.hop_latency),
                             labels: labels.map(String::from).to_vec(),
                         },
-                        skewed: self.clock_skew.with_label_values(&labels),
-                        largest_skew: self.clock_skew_max.with_label_values(&labels),
+                        skew: hops.compares_clocks(h).then(|| SkewSeries {
+                            skewed: self.clock_skew.with_label_values(&labels),
+                            largest: self.clock_skew_max.with_label_values(&labels),
+                        }),
                     }
                 })
                 .collect(),
@@ -497,7 +502,9 @@ impl Metrics {
         m.produce.set(WindowValues::default());
         for h in &m.hops {
             h.latency.set(WindowValues::default());
-            h.largest_skew.set(0.0);
+            if let Some(skew) = &h.skew {
+                skew.largest.set(0.0);
+            }
         }
         for g in [&m.availability].into_iter().chain(m.burn.iter().flatten()) {
             g.set(f64::NAN);
@@ -682,10 +689,16 @@ impl WindowSeries {
 pub struct HopSeries {
     pub hop: Hop,
     pub latency: WindowSeries,
-    /// Verified records whose hop came out negative.
+    /// For a hop that compares clocks ([`HopPlan::compares_clocks`]).
+    pub skew: Option<SkewSeries>,
+}
+
+/// The clock skew of one hop.
+pub struct SkewSeries {
+    /// Verified records whose hop came out negative beyond its resolution.
     pub skewed: IntCounter,
     /// How far below zero the window's most negative hop went, seconds.
-    pub largest_skew: Gauge,
+    pub largest: Gauge,
 }
 
 fn summary(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Arc<WindowSummary> {

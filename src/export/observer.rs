@@ -79,7 +79,7 @@ impl ProbeObserver {
             &config.slos,
             config.per_partition_metrics,
             &tasks,
-            &HopPlan::of(config).hops(),
+            &HopPlan::of(config),
         );
         let sink = config
             .verify
@@ -153,7 +153,9 @@ impl ProbeObserver {
                             .hops
                             .iter()
                             .filter(|series| h.reading(series.hop) == Some(Reading::Skewed));
-                        skewed.for_each(|series| series.skewed.inc());
+                        for skew in skewed.filter_map(|series| series.skew.as_ref()) {
+                            skew.skewed.inc();
+                        }
                     }
                 }
                 if *reordered {
@@ -353,7 +355,9 @@ impl Observer for ProbeObserver {
         for h in &s.hops {
             let hop = &g.hops[h.hop.index()];
             h.latency.set(hop.latency);
-            h.largest_skew.set(hop.largest_skew.as_secs_f64());
+            if let Some(skew) = &h.skew {
+                skew.largest.set(hop.largest_skew.as_secs_f64());
+            }
         }
         s.availability.set(g.availability.unwrap_or(f64::NAN));
         s.freshness.set(g.freshness.as_secs_f64());
@@ -481,9 +485,12 @@ mod tests {
         };
         assert_eq!(hop(names::CLOCK_SKEW, "pipeline", ""), Some(1.0), "{m}");
         assert_eq!(hop(names::CLOCK_SKEW, "read", ""), Some(0.0));
-        assert_eq!(hop(names::CLOCK_SKEW, "produce", ""), Some(0.0));
         assert_eq!(hop(names::CLOCK_SKEW_MAX, "pipeline", ""), Some(0.001));
         assert_eq!(hop(names::CLOCK_SKEW_MAX, "read", ""), Some(0.0));
+        // the produce hop is on the agent's clock alone: it cannot be skewed
+        assert_eq!(hop(names::CLOCK_SKEW, "produce", ""), None);
+        let count = format!("{}_count", names::HOP_LATENCY);
+        assert_eq!(hop(&count, "produce", ""), Some(2.0));
         let count = format!("{}_count", names::HOP_LATENCY);
         assert_eq!(
             hop(&count, "pipeline", ""),

@@ -326,6 +326,15 @@ impl HopPlan {
         self.layout().into_iter().map(|(h, _)| h).collect()
     }
 
+    /// Whether `hop` compares the agent's clock with another machine's (one of its ends is a
+    /// timestamp the pipeline wrote), so that it can come out negative: the produce hop and a
+    /// read back from the probe's own topic are on the agent's clock alone.
+    pub fn compares_clocks(&self, hop: Hop) -> bool {
+        let stamp = |end: End| matches!(end, End::Downstream | End::Written);
+        self.bounds(hop)
+            .is_some_and(|(start, end)| start.is_some_and(stamp) || stamp(end))
+    }
+
     /// Where `hop` starts and ends (`None` when records are not split into it); the first hop
     /// starts at the scheduled send (`None` as its start).
     pub fn bounds(&self, hop: Hop) -> Option<(Option<End>, End)> {
@@ -540,6 +549,28 @@ mod tests {
             "without the job's timestamp, pipeline runs to the sink's"
         );
         assert_eq!(names(plan(true, false, false)), ["produce", "pipeline"]);
+    }
+
+    #[test]
+    fn only_hops_with_a_pipeline_timestamp_compare_clocks() {
+        let comparing = |p: HopPlan| -> Vec<&str> {
+            p.hops()
+                .into_iter()
+                .filter(|h| p.compares_clocks(*h))
+                .map(Hop::as_str)
+                .collect()
+        };
+        assert!(comparing(plan(false, false, false)).is_empty(), "own topic");
+        assert_eq!(comparing(plan(false, true, false)), ["pipeline", "read"]);
+        assert_eq!(
+            comparing(plan(true, true, true)),
+            ["pipeline", "sink", "read"]
+        );
+        assert_eq!(comparing(plan(true, true, false)), ["pipeline", "sink"]);
+        assert!(
+            comparing(plan(true, false, false)).is_empty(),
+            "to the poll"
+        );
     }
 
     #[test]
