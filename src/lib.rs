@@ -18,8 +18,9 @@
 //!   `record::shape` and `record::avro`: records in the pipeline's own format (JSON templates,
 //!   Avro plain or in the Confluent wire format), checked field by field.
 //! - [`config`]: agent and probe files, validated with every problem located (`file:line:col`).
-//! - `outcome`: the vocabulary: [`Outcome`], reasons, a record as it ends, [`Counts`], the
-//!   events a probe reports, and the `Observer` interface it reports them through.
+//! - `outcome`: the vocabulary: [`Outcome`], reasons, a record as it ends (and its hops:
+//!   `outcome::hops`), [`Counts`], the events a probe reports, and the `Observer` interface it
+//!   reports them through.
 //! - `stats`: HDR histograms over sliding windows, availability, SLO events and burn rates.
 //! - `kafka`: client settings (and why), metadata; delivery reports through `Deliveries`.
 //! - `registry`: the Schema Registry client (a probe's schema id; writer schemas by id).
@@ -47,10 +48,14 @@
 //!    latency; a failure settles the record `send_failed`).
 //! 3. It is read back: `verify::kafka::KafkaVerifier` claims it by its headers
 //!    (`record::claim`) and hands it to its probe (`Probe::arrived`), or a sink poller finds it
-//!    (`Probe::found`). The tracker checks it against what was sent (`record::verify`).
+//!    (`Probe::found`), each with the timestamps the pipeline wrote on the way (the downstream
+//!    record's, the row's: `outcome::Stamps`). The tracker checks it against what was sent
+//!    (`record::verify`), and the probe splits its latency into hops at those timestamps
+//!    (`outcome::HopPlan::split`).
 //! 4. It settles: the tracker gives it its one final outcome (`ok` or `corrupt` on arrival,
-//!    `lost` at its deadline in `Probe::expire`); the probe records it in its windows and SLOs
-//!    and tells its observer `Settled` (and each SLO's judgement) while it holds its lock.
+//!    `lost` at its deadline in `Probe::expire`); the probe records it in its windows (its
+//!    hops too) and SLOs and tells its observer `Settled` (and each SLO's judgement) while it
+//!    holds its lock.
 //! 5. The observer (`export::observer::ProbeObserver`) counts it under that lock (so every
 //!    scrape adds up) and, after it, writes the log line of a non-`ok` outcome and the
 //!    record's spans.

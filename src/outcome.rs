@@ -2,7 +2,11 @@
 //! `ok` ([`Reason`]), the record as it ends ([`Finished`]), running totals ([`Counts`]), where an
 //! event about a record read back was seen ([`Seen`]), why a sink poll failed ([`SinkError`]),
 //! the tasks a probe depends on ([`Task`]) and the values of a sliding window
-//! ([`WindowValues`]). Plain types: everything above uses them, they use only [`crate::record`].
+//! ([`WindowValues`]); [`hops`]: a record's latency split into hops at the pipeline's own
+//! timestamps. Plain types: everything above uses them, they use only [`crate::record`] and
+//! [`crate::config`].
+
+mod hops;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +15,7 @@ use uuid::Uuid;
 
 pub use crate::record::ForeignReason;
 use crate::record::View;
+pub use hops::{End, Hop, HopPlan, Hops, Mark, Reading, Stamp, Stamps, Unsplit, parse_time};
 
 /// The final outcome of a sent record. Exactly one per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,9 +79,16 @@ pub struct Finished {
     pub latency: Option<Duration>,
     /// Why it is not `ok`.
     pub reason: Option<Reason>,
+    /// For a record that arrived: its latency split into hops, or why it could not be.
+    pub hops: Option<Result<Hops, Unsplit>>,
 }
 
 impl Finished {
+    /// Its hops, when it arrived and its latency could be split.
+    pub fn hops(&self) -> Option<&Hops> {
+        self.hops.as_ref().and_then(|h| h.as_ref().ok())
+    }
+
     /// The id of the span that verified (or gave up on) this record: see [`verify_span_id`].
     pub fn verify_span_id(&self) -> opentelemetry::trace::SpanId {
         verify_span_id(&self.id)
@@ -435,6 +447,17 @@ pub struct Gauges {
     pub freshness: Duration,
     /// Per SLO, in the probe's order.
     pub slos: Vec<SloGauges>,
+    /// Per hop, indexed like [`Hop::ALL`] (hops the probe does not split stay empty).
+    pub hops: [HopGauges; 4],
+}
+
+/// One hop's values over the sliding window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HopGauges {
+    /// The hop's latency, of verified records whose hop was not negative.
+    pub latency: WindowValues,
+    /// How far below zero the most negative of the window's hops went (zero when none did).
+    pub largest_skew: Duration,
 }
 
 /// One SLO's budget and burn rates.

@@ -277,6 +277,8 @@ pub struct View<'a> {
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
+    /// Its broker timestamp, and of which type (CreateTime, LogAppendTime).
+    pub timestamp: rdkafka::Timestamp,
     /// Its key, if any.
     pub key: Option<&'a [u8]>,
     /// Its value, if any.
@@ -297,6 +299,7 @@ impl<'a> View<'a> {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
+            timestamp: m.timestamp(),
             key: m.key(),
             value: m.payload(),
             headers: m.headers().map(AsBorrowed::as_borrowed),

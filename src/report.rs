@@ -5,6 +5,7 @@
 //! every record `ok`.
 
 mod chart;
+mod hops;
 pub mod html;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use crate::probe::{Noted, Probe, SinkSummary, Snapshot};
 use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 use crate::verify::fetch_wait::FetchWaitStatus;
+pub use hops::HopsReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
@@ -191,6 +193,9 @@ pub struct ProbeVerdict {
     /// End-to-end latency of every verified record of the run.
     pub latency: LatencySummary,
     pub produce_latency: LatencySummary,
+    /// Where the time went: the end-to-end latency of the run's verified records split into
+    /// hops.
+    pub hops: HopsReport,
     /// ok / settled records of the run, percent.
     pub availability_percent: Option<f64>,
     pub partitions: BTreeMap<i32, PartitionRecords>,
@@ -267,6 +272,7 @@ impl ProbeVerdict {
             events: Events::of(s),
             latency: LatencySummary::new(s.e2e_count, s.e2e_total),
             produce_latency: LatencySummary::new(s.produce_count, s.produce_total),
+            hops: HopsReport::new(probe, &s.hops, hops::Span::Run),
             availability_percent: (finished > 0)
                 .then(|| round4(c.get(Outcome::Ok) as f64 / finished as f64 * 100.0)),
             partitions: s.partitions.iter().map(|(p, pc)| (*p, pc.into())).collect(),
@@ -490,6 +496,9 @@ impl Verdict {
         if any_slo {
             let _ = writeln!(out, "{slos}");
         }
+        if let Some(hops) = self.hops_table() {
+            let _ = writeln!(out, "{hops}");
+        }
         for p in self.probes.iter().filter(|p| !p.passed) {
             for f in &p.failures {
                 let _ = writeln!(out, "FAIL {}: {f}", p.name);
@@ -518,6 +527,45 @@ impl Verdict {
             }
         );
         out
+    }
+
+    /// Where the time went: one row per hop of each probe (`None` without a verified record).
+    fn hops_table(&self) -> Option<Table> {
+        let mut table = Table::new();
+        table.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "probe",
+            "hop",
+            "ends at",
+            "p50",
+            "p99",
+            "max",
+            "quantised",
+            "clock skew",
+            "largest skew",
+        ]);
+        let mut any = false;
+        for p in &self.probes {
+            for h in p
+                .hops
+                .hops
+                .iter()
+                .filter(|h| h.latency.count + h.clock_skew > 0)
+            {
+                any = true;
+                table.add_row([
+                    p.name.clone(),
+                    h.hop.to_string(),
+                    h.ends_at.clone(),
+                    ms(h.latency.p50_ms),
+                    ms(h.latency.p99_ms),
+                    ms(h.latency.max_ms),
+                    ms(h.quantised_ms),
+                    h.clock_skew.to_string(),
+                    ms(h.largest_skew_ms),
+                ]);
+            }
+        }
+        any.then_some(table)
     }
 
     /// A probe's verdict in the table.
@@ -658,6 +706,8 @@ pub struct ProbeStatus {
     pub events: Events,
     /// End-to-end latency over the sliding window.
     pub latency: LatencySummary,
+    /// The same latency split into hops, over the same window.
+    pub hops: HopsReport,
     pub availability_ratio: Option<f64>,
     pub freshness_seconds: f64,
     pub slos: Vec<SloVerdict>,
@@ -685,6 +735,9 @@ pub struct RecordBrief {
     /// RFC 3339, UTC.
     pub scheduled_at: String,
     pub latency_ms: Option<f64>,
+    /// Its latency split into hops, ms (they add up to `latency_ms`; negative when a clock
+    /// was behind).
+    pub hops_ms: Option<serde_json::Map<String, serde_json::Value>>,
     /// Why it is not ok: a short kind, and the sentence.
     pub reason: Option<&'static str>,
     pub detail: Option<String>,
@@ -703,7 +756,10 @@ impl From<&Noted> for RecordBrief {
             offset: n.offset,
             seq: n.seq,
             scheduled_at: humantime::format_rfc3339_micros(scheduled).to_string(),
-            latency_ms: n.latency.map(|l| (l.as_secs_f64() * 1e6).round() / 1e3),
+            latency_ms: n
+                .latency
+                .map(|l| hops::micros(i64::try_from(l.as_nanos()).unwrap_or(i64::MAX)) / 1e3),
+            hops_ms: n.hops.as_ref().map(hops::record_hops),
             reason: n.reason.as_ref().map(|r| r.kind),
             detail: n.reason.as_ref().map(|r| r.detail.clone()),
             trace_id: n.trace_id.to_string(),
@@ -739,6 +795,7 @@ impl ProbeStatus {
             records: c.into(),
             events: Events::of(s),
             latency: LatencySummary::new(s.e2e_window_count, s.e2e_window),
+            hops: HopsReport::new(probe, &s.hops, hops::Span::Window),
             availability_ratio: s.availability,
             freshness_seconds: s.freshness.as_secs_f64(),
             slos: s.slos.iter().map(SloVerdict::from).collect(),

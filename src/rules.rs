@@ -548,12 +548,16 @@ fn runbook(p: &ProbeConfig) -> String {
             "1. Graph sum by (outcome) (rate(slo_probe_records_total{{probe=\"{}\"}}[5m])): which outcome grows (lost, corrupt, send_failed), since when, and on which replicas.",
             p.name
         ),
-        "2. GET /status on the agent: last_results and slowest list the failing records with their trace ids; their traces show where the time went (producer acknowledgement, pipeline, sink).".into(),
         format!(
-            "3. lost: is the pipeline consuming topic {} (consumer lag; sink errors in slo_probe_verify_errors_total)? corrupt: each corrupt record's log line names the failed check. send_failed: the cluster refuses or cannot take writes.",
+            "2. Slow rather than failing: graph max by (hop) (slo_probe_hop_latency_seconds{{probe=\"{}\", quantile=\"0.99\"}}) (the dashboard's hop panel): produce is Kafka taking the write, pipeline the job, sink the sink's write, read the read back. The hops come from the pipeline's own timestamps, no tracing needed; a rising slo_probe_clock_skew_total says a clock is off and the hops beside that timestamp are not to be trusted.",
+            p.name
+        ),
+        "3. GET /status on the agent: last_results and slowest list the failing and slowest records with their trace ids, each slow one with its hops (hops_ms).".into(),
+        format!(
+            "4. lost: is the pipeline consuming topic {} (consumer lag; sink errors in slo_probe_verify_errors_total)? corrupt: each corrupt record's log line names the failed check. send_failed: the cluster refuses or cannot take writes.",
             p.topic
         ),
-        "4. Only one replica affected and slo_probe_send_lag_seconds high: the agent is starved; restart or resize that replica.".into(),
+        "5. Only one replica affected and slo_probe_send_lag_seconds high: the agent is starved; restart or resize that replica.".into(),
     ]
     .join("\n")
 }

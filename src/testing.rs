@@ -22,6 +22,11 @@ fn config(yaml: &str) -> Config {
     .unwrap()
 }
 
+/// The probe of a probe file's text.
+pub(crate) fn probe_config(yaml: &str) -> crate::config::ProbeConfig {
+    config(yaml).probes.remove(0)
+}
+
 /// With the real export observer: its metrics registry (SLO thresholds among the
 /// histogram buckets), no span export.
 pub(crate) fn observed(yaml: &str) -> (Probe, Arc<Metrics>) {
@@ -156,6 +161,11 @@ pub(crate) fn round(p: &Probe, round: u64, partitions: &[i32]) -> Vec<crate::rec
 
 /// `r` comes back on `p`'s topic, intact, now.
 pub(crate) fn arrive(p: &Probe, r: &crate::record::Outgoing) {
+    arrive_with(p, r, &crate::outcome::Stamps::default());
+}
+
+/// `r` comes back on `p`'s topic, intact, now, with these timestamps.
+pub(crate) fn arrive_with(p: &Probe, r: &crate::record::Outgoing, stamps: &crate::outcome::Stamps) {
     let m = rdkafka::message::OwnedMessage::new(
         Some(r.value.clone()),
         Some(r.key.clone().into_bytes()),
@@ -166,7 +176,7 @@ pub(crate) fn arrive(p: &Probe, r: &crate::record::Outgoing) {
         Some(r.headers.clone()),
     );
     let view = crate::record::View::of(&m);
-    p.arrived(&view, &r.id, tokio::time::Instant::now());
+    p.arrived(&view, &r.id, tokio::time::Instant::now(), stamps);
 }
 
 /// A record's final outcome for unit tests: partition `seq % 3`, a trace id from `seq`,
@@ -195,6 +205,7 @@ pub(crate) fn finished(
         outcome,
         latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
         reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
+        hops: None,
     }
 }
 

@@ -92,8 +92,8 @@ fn section<'a>(doc: &'a Html, probe: &str) -> ElementRef<'a> {
         .unwrap_or_else(|| panic!("no section for probe {probe}"))
 }
 
-/// The counts, latency quantiles and SLO figures of one probe's JSON (`records`, `events`,
-/// `latency`, `slos`), each compared with what the page shows.
+/// The counts, latency quantiles, hops and SLO figures of one probe's JSON (`records`,
+/// `events`, `latency`, `hops`, `slos`), each compared with what the page shows.
 fn same_figures(scope: ElementRef<'_>, json: &Value) {
     for f in ["sent", "ok", "lost", "corrupt", "send_failed", "in_flight"] {
         let field = format!("records.{f}");
@@ -109,6 +109,27 @@ fn same_figures(scope: ElementRef<'_>, json: &Value) {
         let field = format!("latency.{q}_ms");
         let value = &json["latency"][format!("{q}_ms")];
         shows(&shown(scope, &field), value, " ms", &field);
+    }
+    // where the time goes: every hop's figures
+    let hops = json["hops"]["hops"].as_array().unwrap();
+    assert!(!hops.is_empty(), "every probe has hops: {json}");
+    for h in hops {
+        let hop = h["hop"].as_str().unwrap();
+        let field = format!("hops.{hop}.latency.count");
+        shows(&shown(scope, &field), &h["latency"]["count"], "", &field);
+        for q in ["p50", "p99", "max"] {
+            let field = format!("hops.{hop}.latency.{q}_ms");
+            shows(
+                &shown(scope, &field),
+                &h["latency"][format!("{q}_ms")],
+                " ms",
+                &field,
+            );
+        }
+        let field = format!("hops.{hop}.clock_skew");
+        shows(&shown(scope, &field), &h["clock_skew"], "", &field);
+        let field = format!("hops.{hop}.largest_skew_ms");
+        shows(&shown(scope, &field), &h["largest_skew_ms"], " ms", &field);
     }
     for slo in json["slos"].as_array().unwrap() {
         let name = slo["name"].as_str().unwrap();
@@ -352,6 +373,7 @@ async fn steady_page(listen: &str) -> (Value, Rendered) {
                     (
                         p["records"].clone(),
                         p["latency"].clone(),
+                        p["hops"].clone(),
                         p["slos"].clone(),
                     )
                 })

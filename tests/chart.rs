@@ -386,6 +386,7 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         .iter()
         .chain(names::PER_PARTITION)
         .chain(names::SINK)
+        .chain(names::CLOCKS)
     {
         for suffix in ["", "_bucket", "_sum", "_count"] {
             known.insert(format!("{n}{suffix}"));
@@ -488,6 +489,8 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         "outcomes",
         "burn rate",
         "budget",
+        "where the time goes",
+        "clock skew",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(want)),
@@ -501,12 +504,32 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         names::RECORDS,
         "slo_probe:slo_error_budget_remaining:ratio",
         "slo_probe:slo_errors:ratio_rate1h",
+        names::HOP_LATENCY,
+        names::CLOCK_SKEW,
+        names::CLOCK_SKEW_MAX,
     ] {
         assert!(
             used.contains(metric),
             "the dashboard does not show {metric}"
         );
     }
+    // The hops of a probe are one stack (a panel per probe), so that on-call sees which part
+    // of the end-to-end latency grew.
+    let stacked = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal");
+    let stacked = stacked.expect("a stacked panel");
+    assert_eq!(stacked["repeat"], "probe", "one stack per probe");
+    let exprs = stacked["targets"].as_array().unwrap();
+    assert!(
+        exprs[0]["expr"]
+            .as_str()
+            .unwrap()
+            .contains(names::HOP_LATENCY),
+        "{stacked}"
+    );
 }
 
 /// The Dockerfile's instructions as BuildKit's parser reads them (the `dockerfile` wheel in

@@ -276,6 +276,42 @@ slos:
         ],
     },
     Case {
+        name: "hop timestamps: where they may be, pointers and columns",
+        agent: Some(AGENT),
+        probes: &[
+            (
+                "a.yaml",
+                "name: a\nverify:\n  kafka: { hop_timestamp: /processed_at }\n",
+            ),
+            (
+                "b.yaml",
+                "name: b\nverify:\n  kafka: { topic: out, hop_timestamp: processed_at }\n",
+            ),
+            (
+                "c.yaml",
+                "name: c\nverify:\n  postgres:\n    dsn: \"host=db\"\n    query: select id, t from sink where id = any($1)\n    hop_timestamp: t\n    timestamp_column: t\n",
+            ),
+            (
+                "d.yaml",
+                "name: d\nverify:\n  http:\n    url: \"http://s/{ids}\"\n    timestamp_pointer: written_at\n    timestamp_column: x\n    hop_timestamp: \"\"\n",
+            ),
+            (
+                "e.yaml",
+                "name: e\nverify:\n  postgres: { dsn: \"host=db\", query: \"select $1\", timestamp_column: \"\" , hop_timestamp: [1] }\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:3:27: `verify.kafka.hop_timestamp` needs a downstream topic: records read back from the probe's own topic have no job between the acknowledgement and the read",
+            "probes/b.yaml:3:39: `verify.kafka.hop_timestamp` must be a JSON pointer starting with `/`, got `processed_at`",
+            "probes/c.yaml:7:23: `verify.postgres.timestamp_column` and `verify.postgres.hop_timestamp` name the same timestamp: the sink hop would always be zero; `hop_timestamp` is the job's, `timestamp_column` the sink's",
+            "probes/d.yaml:5:24: `verify.http.timestamp_pointer` must be a JSON pointer starting with `/`, got `written_at`",
+            "probes/d.yaml:6:5: unknown field `timestamp_column` in verify.http, did you mean `timestamp_pointer`?",
+            "probes/d.yaml:7:20: `verify.http.hop_timestamp` must be a JSON pointer starting with `/`, got ``",
+            "probes/e.yaml:3:69: `verify.postgres.timestamp_column` must name a column",
+            "probes/e.yaml:3:89: `verify.postgres.hop_timestamp` must be a single value, not a list or mapping",
+        ],
+    },
+    Case {
         name: "postgres sink: connection string, query, poll, pool, assertions, secrets",
         agent: Some(AGENT),
         probes: &[
@@ -324,7 +360,7 @@ slos:
             "probes/a.yaml:6:11: `verify.http.body` needs `method: POST`",
             "probes/a.yaml:7:18: `verify.http.ids_pointer` must be a JSON pointer like /hits/hits (or empty for the whole response), got `hits`",
             "probes/a.yaml:8:14: `verify.http.headers.bad header` is not a valid HTTP header name and value",
-            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, max_response_bytes, poll, timeout, ca_file, expect",
+            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, max_response_bytes, poll, timeout, ca_file, expect, hop_timestamp, timestamp_pointer",
             "probes/b.yaml:3:7: `verify` must have exactly one of: kafka, postgres, http",
             "probes/c.yaml:3:16: `verify.http` must put the pending record ids into its `url` or `body`: use {ids} (comma-separated) or {ids_json} (a JSON array)",
             "probes/c.yaml:3:56: `verify.http.method` must be GET or POST, got `PUT`",

@@ -223,6 +223,86 @@ fn every_documented_spelling_loads_with_its_meaning() {
     );
 }
 
+/// Every ```yaml block between `heading` and the next heading.
+fn blocks(heading: &str) -> Vec<String> {
+    let at = README
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has no `{heading}`"));
+    let rest = &README[at + heading.len()..];
+    let section = &rest[..rest.find("\n#").unwrap_or(rest.len())];
+    section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").expect("the block ends")].to_string())
+        .collect()
+}
+
+/// A `verify:` block of the README as a probe file (its variables given placeholder values).
+fn verify_block(block: &str) -> String {
+    let block = block
+        .replace("${ORDERS_PG_DSN}", "host=db")
+        .replace("${SEARCH_URL}", "http://search:9200")
+        .replace("${SEARCH_API_KEY}", "key");
+    format!("name: orders\ntopic: orders\n{block}")
+}
+
+/// The block without the line that sets `field`.
+fn without(block: &str, field: &str) -> String {
+    let lines: Vec<&str> = block.lines().collect();
+    let kept: Vec<&str> = lines
+        .into_iter()
+        .filter(|l| !l.trim_start().starts_with(&format!("{field}:")))
+        .collect();
+    assert!(
+        kept.len() < block.lines().count(),
+        "no `{field}` in {block}"
+    );
+    kept.join("\n") + "\n"
+}
+
+/// The hop timestamps of the downstream and sink references, as documented: a pointer into the
+/// job's output, a column, a pointer into a document; each optional, its default the broker
+/// timestamp (downstream) or none (a sink: the poll).
+#[test]
+fn the_verify_references_load_with_their_hop_timestamps() {
+    let downstream = verify_block(&block("### Verifying elsewhere"));
+    let kafka = |yaml: &str| -> Option<String> {
+        let p = load(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let Verify::Kafka(k) = p.verify else {
+            panic!("{:?}", p.verify)
+        };
+        assert_eq!(k.topic, "orders-enriched");
+        k.hop_timestamp
+    };
+    assert_eq!(kafka(&downstream).as_deref(), Some("/processed_at"));
+    assert_eq!(
+        kafka(&without(&downstream, "hop_timestamp")),
+        None,
+        "left out: the record's broker timestamp"
+    );
+
+    let sinks = blocks("### Verifying at the sink");
+    assert_eq!(sinks.len(), 2, "{sinks:?}");
+    let stamps = |yaml: &str| -> (Option<String>, Option<String>) {
+        let p = load(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let s = &p.verify.sink().expect("a sink").stamps;
+        (s.hop.clone(), s.written.clone())
+    };
+    // (the CA file it names is not on this machine)
+    let postgres = verify_block(&without(&sinks[0], "ca_file"));
+    let http = verify_block(&sinks[1]);
+    let some = |a: &str, b: &str| (Some(a.to_string()), Some(b.to_string()));
+    assert_eq!(stamps(&postgres), some("processed_at", "written_at"));
+    assert_eq!(
+        stamps(&http),
+        some("/_source/processed_at", "/_source/indexed_at")
+    );
+    let neither = without(&without(&postgres, "hop_timestamp"), "timestamp_column");
+    assert_eq!(stamps(&neither), (None, None));
+    let neither = without(&without(&http, "hop_timestamp"), "timestamp_pointer");
+    assert_eq!(stamps(&neither), (None, None));
+}
+
 /// The agent-file reference loads as written (with the variables it references set).
 #[test]
 fn the_agent_file_reference_loads() {

@@ -22,7 +22,6 @@ use slo_probe::EmbeddedCluster;
 use slo_probe::Outcome;
 use slo_probe::Plan;
 use slo_probe::metric_names as names;
-use slo_probe::{Agent, AgentOptions};
 
 /// Guards against a hang; never expected to elapse.
 const GUARD: Duration = Duration::from_secs(120);
@@ -513,21 +512,7 @@ async fn status_shows_the_slowest_records_of_the_window_with_their_traces() {
         "probes/p.yaml",
         "name: p\ntopic: in\ninterval: 100ms\ntimeout: 5s\nverify:\n  kafka: { topic: out }\n",
     );
-    let sources = slo_probe::config::Sources {
-        agent_file: Some(t.path().join("slo-probe.yaml")),
-        probe_paths: vec![t.path().join("probes")],
-    };
-    let opts = AgentOptions {
-        plan: Plan::Rounds(ROUNDS),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        embedded: false,
-    };
-    let agent = Agent::start(slo_probe::config::load(&sources).unwrap(), opts)
-        .await
-        .unwrap();
-    tokio::time::timeout(GUARD, agent.wait_finished())
-        .await
-        .unwrap();
+    let agent = common::finished_agent_serving(&t, Plan::Rounds(ROUNDS)).await;
     let addr = agent.http_addr().unwrap().to_string();
     let (code, body) = get(&addr, "/status").await;
     assert_eq!(code, 200);

@@ -272,6 +272,16 @@ pub struct ProbeConfig {
     pub origin: Loc,
 }
 
+impl ProbeConfig {
+    /// Records are read back from the topic they were sent to, on the same cluster: copies of
+    /// what was sent, with no pipeline in between.
+    pub fn verifies_own_topic(&self) -> bool {
+        self.verify
+            .kafka()
+            .is_some_and(|k| k.cluster == self.cluster && k.topic == self.topic)
+    }
+}
+
 /// A Schema Registry (the Confluent REST API, as Karapace and Redpanda serve it too).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
@@ -421,6 +431,19 @@ pub struct SinkPoll {
     pub ca_file: Option<PathBuf>,
     /// Content assertions: JSON pointer into the found row or document -> expected value.
     pub expect: Vec<(String, Expectation)>,
+    /// Where the found row or document carries the pipeline's timestamps (hops).
+    pub stamps: SinkStamps,
+}
+
+/// Timestamps a sink's rows or documents carry, which split a record's latency into hops: a
+/// column name for PostgreSQL, a JSON pointer into the document for HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkStamps {
+    /// The job's timestamp, carried into the row (`hop_timestamp`): ends the `pipeline` hop.
+    pub hop: Option<String>,
+    /// When the sink wrote the row or document (`timestamp_column`, `timestamp_pointer`):
+    /// ends the `sink` hop; without it, the poll that found the record does.
+    pub written: Option<String>,
 }
 
 /// Sink poller for PostgreSQL: one query per poll for every pending record of the probe.
@@ -511,6 +534,9 @@ pub struct KafkaVerify {
     /// Records read back are Avro in the Confluent wire format (`format: avro`), decoded with
     /// the writer schema this registry gives for the id in each record.
     pub avro: Option<RegistryConfig>,
+    /// Where the job wrote its own timestamp into the records read back (`hop_timestamp`, a
+    /// JSON pointer): it ends the `pipeline` hop instead of the record's broker timestamp.
+    pub hop_timestamp: Option<String>,
 }
 
 impl KafkaVerify {

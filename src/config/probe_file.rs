@@ -15,7 +15,7 @@ use super::yaml::{
 use super::{
     CreateTopic, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOPIC, Expectation,
     HttpMethod, HttpVerify, IdFrom, KafkaVerify, MAX_PAYLOAD_BYTES, Partitions, PostgresVerify,
-    ProbeConfig, RegistryAuth, RegistryConfig, SinkPoll, Sli, SloConfig, Verify,
+    ProbeConfig, RegistryAuth, RegistryConfig, SinkPoll, SinkStamps, Sli, SloConfig, Verify,
 };
 use crate::record::avro::{AvroError, AvroFormat, Framing};
 use crate::record::is_reserved_header;
@@ -55,7 +55,13 @@ const REGISTRY_FIELDS: &[&str] = &[
 const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 const VERIFIERS: &[&str] = &["kafka", "postgres", "http"];
 const KAFKA_VERIFY_FIELDS: &[&str] = &[
-    "cluster", "topic", "id_from", "expect", "format", "registry",
+    "cluster",
+    "topic",
+    "id_from",
+    "expect",
+    "format",
+    "registry",
+    "hop_timestamp",
 ];
 const POSTGRES_VERIFY_FIELDS: &[&str] = &[
     "dsn",
@@ -67,6 +73,8 @@ const POSTGRES_VERIFY_FIELDS: &[&str] = &[
     "pool_size",
     "ca_file",
     "expect",
+    "hop_timestamp",
+    "timestamp_column",
 ];
 const HTTP_VERIFY_FIELDS: &[&str] = &[
     "url",
@@ -80,6 +88,8 @@ const HTTP_VERIFY_FIELDS: &[&str] = &[
     "timeout",
     "ca_file",
     "expect",
+    "hop_timestamp",
+    "timestamp_pointer",
 ];
 /// Placeholders of an HTTP sink's URL and body.
 pub const IDS: &str = "{ids}";
@@ -238,6 +248,7 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
             id_from: None,
             expect: Vec::new(),
             avro: None,
+            hop_timestamp: None,
         })),
     };
     if let (Some(Some((shape, _))), Some(v), Some(n)) = (&record, &verify, map.get_node("record"))
@@ -454,8 +465,28 @@ fn verify(doc: &mut Doc, node: &Node, cx: &VerifyContext, parsed: &mut Parsed) -
         cx.registry,
         cx.record_invalid,
     );
-    let (verify_cluster, verify_topic, id_from, expect, avro) =
-        (verify_cluster?, verify_topic?, id_from?, expect?, avro?);
+    let hop_timestamp = opt(k, "hop_timestamp", None, |n| {
+        let s = doc.string(n, "verify.kafka.hop_timestamp")?;
+        let p = pointer(doc, n, &s, "verify.kafka.hop_timestamp")?;
+        let own_topic = verify_cluster.as_deref() == Some(cluster)
+            && verify_topic.as_deref() == Some(topic_name);
+        if own_topic {
+            doc.error(
+                n.span(),
+                "`verify.kafka.hop_timestamp` needs a downstream topic: records read back from the probe's own topic have no job between the acknowledgement and the read",
+            );
+            return None;
+        }
+        Some(Some(p))
+    });
+    let (verify_cluster, verify_topic, id_from, expect, avro, hop_timestamp) = (
+        verify_cluster?,
+        verify_topic?,
+        id_from?,
+        expect?,
+        avro?,
+        hop_timestamp?,
+    );
     if avro.is_some() && id_from.is_none() && expect.is_empty() {
         doc.error(
             &table_start(k),
@@ -469,6 +500,7 @@ fn verify(doc: &mut Doc, node: &Node, cx: &VerifyContext, parsed: &mut Parsed) -
         id_from,
         expect,
         avro,
+        hop_timestamp,
     }))
 }
 
@@ -506,12 +538,60 @@ fn sink_poll(
         Some(n) => expectations(doc, n, keys, from),
         None => Some(Vec::new()),
     };
+    let stamps = sink_stamps(doc, map, what, keys);
     Some(SinkPoll {
         poll: poll?,
         timeout: sink_timeout?,
         ca_file: ca_file?,
         expect: expect?,
+        stamps: stamps?,
     })
+}
+
+/// The timestamps a sink's rows carry (columns) or its documents (JSON pointers): the job's
+/// (`hop_timestamp`) and the sink's own (`timestamp_column` or `timestamp_pointer`).
+fn sink_stamps(
+    doc: &mut Doc,
+    map: &MarkedMappingNode,
+    what: &str,
+    keys: Keys,
+) -> Option<SinkStamps> {
+    let written_field = match keys {
+        Keys::Columns => "timestamp_column",
+        Keys::Pointers => "timestamp_pointer",
+    };
+    let mut read = |field: &str| {
+        opt(map, field, None, |n| {
+            let name = format!("{what}.{field}");
+            let s = doc.string(n, &name)?;
+            match keys {
+                Keys::Pointers => pointer(doc, n, &s, &name).map(Some),
+                Keys::Columns if s.is_empty() => {
+                    doc.error(n.span(), format!("`{name}` must name a column"));
+                    None
+                }
+                Keys::Columns => Some(Some(s)),
+            }
+        })
+    };
+    let (hop, written) = (read("hop_timestamp"), read(written_field));
+    let stamps = SinkStamps {
+        hop: hop?,
+        written: written?,
+    };
+    if stamps.hop.is_some() && stamps.hop == stamps.written {
+        let at = map
+            .get_node(written_field)
+            .map_or(table_start(map), |n| *n.span());
+        doc.error(
+            &at,
+            format!(
+                "`{what}.{written_field}` and `{what}.hop_timestamp` name the same timestamp: the sink hop would always be zero; `hop_timestamp` is the job's, `{written_field}` the sink's"
+            ),
+        );
+        return None;
+    }
+    Some(stamps)
 }
 
 /// `{what}.ca_file`: extra CA certificates (PEM), a path with `${ENV}`, read once here so that

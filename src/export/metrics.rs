@@ -16,7 +16,7 @@ use prometheus::{
 
 use super::summary::{Registered, WindowSummary, WindowValues};
 use crate::config::SloConfig;
-use crate::outcome::{Outcome, Task};
+use crate::outcome::{Hop, HopPlan, Outcome, Task};
 use crate::outcome::{RegistryErrorKind, SinkErrorKind};
 use crate::record::ForeignReason;
 use crate::stats::slo::BURN_WINDOWS;
@@ -75,6 +75,12 @@ pub mod names {
     pub const TASK_RESTARTS: &str = "slo_probe_task_restarts_total";
     /// Failed Schema Registry requests by reason.
     pub const REGISTRY_ERRORS: &str = "slo_probe_schema_registry_errors_total";
+    /// Each hop's latency quantiles over the window.
+    pub const HOP_LATENCY: &str = "slo_probe_hop_latency_seconds";
+    /// Records whose hop came out negative (a clock behind).
+    pub const CLOCK_SKEW: &str = "slo_probe_clock_skew_total";
+    /// How far below zero the most negative hop of the window went.
+    pub const CLOCK_SKEW_MAX: &str = "slo_probe_clock_skew_max_seconds";
 
     /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
@@ -97,6 +103,7 @@ pub mod names {
         SEND_LAG,
         SPANS_DROPPED,
         TASK_RESTARTS,
+        HOP_LATENCY,
     ];
 
     /// Exported only by probes with `per_partition_metrics: true`.
@@ -105,6 +112,10 @@ pub mod names {
 
     /// Exported for probes that verify at a sink (`verify: postgres` or `http`).
     pub const SINK: &[&str] = &[VERIFY_ERRORS, POLL_INTERVAL, SINK_POLLS];
+
+    /// Exported for the hops that compare the agent's clock with another machine's (a
+    /// downstream topic's timestamps, a sink's): the others cannot come out negative.
+    pub const CLOCKS: &[&str] = &[CLOCK_SKEW, CLOCK_SKEW_MAX];
 
     /// Exported for probes that use a Schema Registry (`record.avro.registry`,
     /// `verify.kafka.format: avro`).
@@ -135,6 +146,9 @@ pub struct Metrics {
     slo_events: IntCounterVec,
     e2e: Arc<WindowSummary>,
     produce: Arc<WindowSummary>,
+    hop_latency: Arc<WindowSummary>,
+    clock_skew: IntCounterVec,
+    clock_skew_max: GaugeVec,
     e2e_distribution: HistogramVec,
     availability: GaugeVec,
     freshness: GaugeVec,
@@ -320,11 +334,34 @@ impl Metrics {
                 &r,
                 names::E2E_LATENCY,
                 "End-to-end latency over the sliding window (HDR; scheduled send to verification).",
+                &["probe"],
             ),
             produce: summary(
                 &r,
                 names::PRODUCE_LATENCY,
                 "Produce latency over the sliding window (HDR; scheduled send to broker acknowledgement).",
+                &["probe"],
+            ),
+            hop_latency: summary(
+                &r,
+                names::HOP_LATENCY,
+                "Each hop of the end-to-end latency over the sliding window (HDR, same records and window as end to end): \
+                 produce (to the acknowledgement), pipeline (to the downstream record's timestamp), sink (to the row's timestamp \
+                 or the poll that found it), read (to the verification). Hops negative within their timestamps' resolution count as zero; \
+                 beyond it (clock skew) they are left out and counted.",
+                &["probe", "hop"],
+            ),
+            clock_skew: counter(
+                &r,
+                names::CLOCK_SKEW,
+                "Verified records whose hop came out negative beyond the resolution of the timestamp that ends it (the clocks of two machines disagree): left out of that hop's quantiles.",
+                &["probe", "hop"],
+            ),
+            clock_skew_max: gauge(
+                &r,
+                names::CLOCK_SKEW_MAX,
+                "How far below zero the most negative hop of the sliding window went (0 when none did): at least this much clock skew.",
+                &["probe", "hop"],
             ),
             e2e_distribution,
             availability: gauge(
@@ -384,6 +421,7 @@ impl Metrics {
         slos: &[SloConfig],
         per_partition: bool,
         tasks: &[Task],
+        hops: &HopPlan,
     ) -> ProbeMetrics {
         let m = ProbeMetrics {
             task_restarts: tasks
@@ -414,12 +452,30 @@ impl Metrics {
                 .collect(),
             e2e: WindowSeries {
                 summary: Arc::clone(&self.e2e),
-                probe: probe.to_string(),
+                labels: vec![probe.to_string()],
             },
             produce: WindowSeries {
                 summary: Arc::clone(&self.produce),
-                probe: probe.to_string(),
+                labels: vec![probe.to_string()],
             },
+            hops: hops
+                .hops()
+                .into_iter()
+                .map(|h| {
+                    let labels = [probe, h.as_str()];
+                    HopSeries {
+                        hop: h,
+                        latency: WindowSeries {
+                            summary: Arc::clone(&self.hop_latency),
+                            labels: labels.map(String::from).to_vec(),
+                        },
+                        skew: hops.compares_clocks(h).then(|| SkewSeries {
+                            skewed: self.clock_skew.with_label_values(&labels),
+                            largest: self.clock_skew_max.with_label_values(&labels),
+                        }),
+                    }
+                })
+                .collect(),
             e2e_distribution: self.e2e_distribution.with_label_values(&[probe]),
             availability: self.availability.with_label_values(&[probe]),
             freshness: self.freshness.with_label_values(&[probe]),
@@ -444,6 +500,12 @@ impl Metrics {
         };
         m.e2e.set(WindowValues::default());
         m.produce.set(WindowValues::default());
+        for h in &m.hops {
+            h.latency.set(WindowValues::default());
+            if let Some(skew) = &h.skew {
+                skew.largest.set(0.0);
+            }
+        }
         for g in [&m.availability].into_iter().chain(m.burn.iter().flatten()) {
             g.set(f64::NAN);
         }
@@ -541,6 +603,8 @@ pub struct ProbeMetrics {
     /// Indexed like [`crate::stats::QUANTILES`].
     pub e2e: WindowSeries,
     pub produce: WindowSeries,
+    /// The hops the probe splits its records into, in order.
+    pub hops: Vec<HopSeries>,
     pub e2e_distribution: Histogram,
     pub availability: Gauge,
     pub freshness: Gauge,
@@ -608,20 +672,37 @@ impl ProbeMetrics {
     }
 }
 
-/// One probe's series of a windowed summary.
+/// One series of a windowed summary.
 pub struct WindowSeries {
     summary: Arc<WindowSummary>,
-    probe: String,
+    /// Its label values: the probe (and the hop).
+    labels: Vec<String>,
 }
 
 impl WindowSeries {
     pub fn set(&self, v: WindowValues) {
-        self.summary.set(&self.probe, v);
+        self.summary.set(&self.labels, v);
     }
 }
 
-fn summary(registry: &Registry, name: &str, help: &str) -> Arc<WindowSummary> {
-    let s = WindowSummary::new(name, help);
+/// The series of one hop of a probe.
+pub struct HopSeries {
+    pub hop: Hop,
+    pub latency: WindowSeries,
+    /// For a hop that compares clocks ([`HopPlan::compares_clocks`]).
+    pub skew: Option<SkewSeries>,
+}
+
+/// The clock skew of one hop.
+pub struct SkewSeries {
+    /// Verified records whose hop came out negative beyond its resolution.
+    pub skewed: IntCounter,
+    /// How far below zero the window's most negative hop went, seconds.
+    pub largest: Gauge,
+}
+
+fn summary(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Arc<WindowSummary> {
+    let s = WindowSummary::new(name, help, labels);
     registry
         .register(Box::new(Registered(Arc::clone(&s))))
         .expect("metric registered once");

@@ -12,7 +12,7 @@ use super::events;
 use super::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use super::traces::{RecordSpan, Spans};
 use crate::config::ProbeConfig;
-use crate::outcome::{Event, ForeignReason, Gauges, Observer, Outcome, Task};
+use crate::outcome::{Event, ForeignReason, Gauges, HopPlan, Observer, Outcome, Reading, Task};
 use crate::record::Origin;
 use crate::util::quiet::Quiet;
 use prometheus::IntCounter;
@@ -144,6 +144,7 @@ impl ProbeObserver {
             &config.slos,
             config.per_partition_metrics,
             &tasks,
+            &HopPlan::of(config),
         );
         let sink = config
             .verify
@@ -219,6 +220,16 @@ impl ProbeObserver {
                     && let Some(latency) = f.latency
                 {
                     s.e2e_distribution.observe(latency.as_secs_f64());
+                    // A hop negative beyond its resolution: counted, kept out of its quantiles.
+                    if let Some(h) = f.hops() {
+                        let skewed = s
+                            .hops
+                            .iter()
+                            .filter(|series| h.reading(series.hop) == Some(Reading::Skewed));
+                        for skew in skewed.filter_map(|series| series.skew.as_ref()) {
+                            skew.skewed.inc();
+                        }
+                    }
                 }
                 if *reordered {
                     s.reordered.inc();
@@ -440,6 +451,13 @@ impl Observer for ProbeObserver {
         let s = &self.series;
         s.e2e.set(g.e2e);
         s.produce.set(g.produce);
+        for h in &s.hops {
+            let hop = &g.hops[h.hop.index()];
+            h.latency.set(hop.latency);
+            if let Some(skew) = &h.skew {
+                skew.largest.set(hop.largest_skew.as_secs_f64());
+            }
+        }
         s.availability.set(g.availability.unwrap_or(f64::NAN));
         s.freshness.set(g.freshness.as_secs_f64());
         for (i, slo) in g.slos.iter().enumerate() {
@@ -531,6 +549,62 @@ mod tests {
                 assert_eq!(lost_1, None);
             }
         }
+    }
+
+    /// A hop that came out negative is counted per hop, the largest shown, and kept out of the
+    /// hop's quantiles; the others are in them.
+    #[tokio::test(start_paused = true)]
+    async fn hops_are_exported_and_a_negative_one_is_counted_as_skew() {
+        use crate::kafka::Deliveries;
+        use crate::outcome::{Mark, Stamp, Stamps};
+        let (p, metrics) =
+            crate::testing::observed("name: d\ntopic: in\nverify:\n  kafka: { topic: out }\n");
+        let records = round(&p, 0, &[0, 1]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for (offset, r) in records.iter().enumerate() {
+            p.delivered(&r.id, Instant::now(), Ok(offset as i64));
+        }
+        tokio::time::advance(Duration::from_millis(9)).await;
+        // scheduled at 0 ns (the wall clock), acknowledged at 1 ms: the broker's append time at
+        // 4 ms makes a 3 ms pipeline; at 0, with its clock behind, -1 ms
+        for (r, at_ms) in records.iter().zip([4, 0]) {
+            let stamps = Stamps {
+                downstream: Some(Ok(Stamp {
+                    at_ns: at_ms * 1_000_000,
+                    mark: Mark::LogAppendTime,
+                    resolution_ns: 1_000,
+                })),
+                ..Stamps::default()
+            };
+            crate::testing::arrive_with(&p, r, &stamps);
+        }
+        let m = scrape(&p, &metrics);
+        let hop = |name: &str, hop: &str, more: &str| {
+            sample(&m, name, &format!("hop=\"{hop}\",probe=\"d\"{more}"))
+        };
+        assert_eq!(hop(names::CLOCK_SKEW, "pipeline", ""), Some(1.0), "{m}");
+        assert_eq!(hop(names::CLOCK_SKEW, "read", ""), Some(0.0));
+        assert_eq!(hop(names::CLOCK_SKEW_MAX, "pipeline", ""), Some(0.001));
+        assert_eq!(hop(names::CLOCK_SKEW_MAX, "read", ""), Some(0.0));
+        // the produce hop is on the agent's clock alone: it cannot be skewed
+        assert_eq!(hop(names::CLOCK_SKEW, "produce", ""), None);
+        let count = format!("{}_count", names::HOP_LATENCY);
+        assert_eq!(hop(&count, "produce", ""), Some(2.0));
+        let count = format!("{}_count", names::HOP_LATENCY);
+        assert_eq!(
+            hop(&count, "pipeline", ""),
+            Some(1.0),
+            "the negative one left out"
+        );
+        assert_eq!(hop(&count, "read", ""), Some(2.0));
+        let p50 = hop(
+            names::HOP_LATENCY,
+            "pipeline",
+            ",site=\"default\",quantile=\"0.5\"",
+        );
+        let p50 = p50.unwrap();
+        assert!((p50 - 0.003).abs() < 1e-5, "{p50}");
+        assert!(!m.contains("hop=\"sink\""), "no sink hop on a topic: {m}");
     }
 
     /// A flood of foreign records is counted exactly, and logged once a minute: one in full,

@@ -12,32 +12,32 @@ use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, S
 pub use crate::outcome::WindowValues;
 use crate::stats::QUANTILES;
 
-/// A summary family with one series per probe.
+/// A summary family with one series per value of its labels (a probe, or a probe and a hop).
 pub struct WindowSummary {
     desc: Desc,
-    values: Mutex<BTreeMap<String, WindowValues>>,
+    /// The label names, in the order of each series' values.
+    labels: Vec<String>,
+    values: Mutex<BTreeMap<Vec<String>, WindowValues>>,
 }
 
 impl WindowSummary {
-    pub fn new(name: &str, help: &str) -> Arc<Self> {
-        let desc = Desc::new(
-            name.into(),
-            help.into(),
-            vec!["probe".into()],
-            Default::default(),
-        )
-        .expect("valid metric");
+    pub fn new(name: &str, help: &str, labels: &[&str]) -> Arc<Self> {
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let desc = Desc::new(name.into(), help.into(), labels.clone(), Default::default())
+            .expect("valid metric");
         Arc::new(WindowSummary {
             desc,
+            labels,
             values: Mutex::new(BTreeMap::new()),
         })
     }
 
-    pub fn set(&self, probe: &str, v: WindowValues) {
+    /// The series with these label values (in the order of the labels).
+    pub fn set(&self, label_values: &[String], v: WindowValues) {
         self.values
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(probe.to_string(), v);
+            .insert(label_values.to_vec(), v);
     }
 }
 
@@ -53,10 +53,21 @@ impl Collector for Registered {
         let values = self.0.values.lock().unwrap_or_else(|e| e.into_inner());
         let metrics = values
             .iter()
-            .map(|(probe, v)| {
-                let mut label = LabelPair::default();
-                label.set_name("probe".into());
-                label.set_value(probe.clone());
+            .map(|(values, v)| {
+                let mut labels: Vec<LabelPair> = self
+                    .0
+                    .labels
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| {
+                        let mut label = LabelPair::default();
+                        label.set_name(name.clone());
+                        label.set_value(value.clone());
+                        label
+                    })
+                    .collect();
+                // In name order, as the other families are written.
+                labels.sort_by(|a, b| a.name().cmp(b.name()));
                 let mut s = Summary::default();
                 s.set_sample_count(v.count);
                 s.set_sample_sum(v.sum);
@@ -74,7 +85,7 @@ impl Collector for Registered {
                         .collect(),
                 );
                 let mut m = Metric::default();
-                m.set_label(vec![label]);
+                m.set_label(labels);
                 m.set_summary(s);
                 m
             })

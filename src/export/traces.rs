@@ -16,7 +16,9 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{OtlpProtocol, SinkKind, TracingConfig};
-use crate::outcome::{Finished, Outcome};
+use crate::outcome::{Finished, Outcome, Reading};
 use crate::record::Origin;
 
 /// Spans waiting for export; beyond this they are dropped (a collector down for a while must
@@ -241,7 +243,7 @@ impl Spans {
             false,
             TraceState::default(),
         );
-        let process = self.span(
+        let mut process = self.span(
             process_cx,
             f.span_id,
             SpanKind::Consumer,
@@ -251,6 +253,7 @@ impl Spans {
             links,
             status,
         );
+        process.events = hop_events(f);
         vec![send, process]
     }
 
@@ -282,6 +285,49 @@ impl Spans {
             instrumentation_scope: self.scope.clone(),
         }
     }
+}
+
+/// A record's hops as events of its verification span, each at the real time its hop ended
+/// (the job's or the sink's timestamp, on their clocks), with its signed duration: a hop that
+/// came out negative stays negative, marked `slo_probe.clock_skew` (beyond the resolution of
+/// its end) or `slo_probe.hop.within_resolution`. A record whose latency could not be split
+/// says why instead.
+fn hop_events(f: &Finished) -> SpanEvents {
+    let mut events = SpanEvents::default();
+    match &f.hops {
+        Some(Ok(hops)) => {
+            let mut at = i128::from(f.scheduled_at_ns);
+            for (hop, ns, mark) in hops.iter() {
+                at += i128::from(ns);
+                let when = UNIX_EPOCH + Duration::from_nanos(u64::try_from(at).unwrap_or(0));
+                let mut attrs = vec![
+                    KeyValue::new("slo_probe.hop", hop.as_str()),
+                    KeyValue::new("slo_probe.hop.duration_ns", ns),
+                    KeyValue::new("slo_probe.hop.ends_at", mark.as_str()),
+                ];
+                match hops.reading(hop) {
+                    Some(Reading::Skewed) => {
+                        attrs.push(KeyValue::new("slo_probe.clock_skew", true))
+                    }
+                    Some(Reading::WithinResolution) => {
+                        attrs.push(KeyValue::new("slo_probe.hop.within_resolution", true))
+                    }
+                    _ => {}
+                }
+                let name = format!("hop {}", hop.as_str());
+                events.events.push(Event::new(name, when, attrs, 0));
+            }
+        }
+        Some(Err(why)) => {
+            let settled = UNIX_EPOCH + Duration::from_nanos(f.scheduled_at_ns) + f.since_scheduled;
+            let attrs = vec![KeyValue::new("slo_probe.hops.unsplit", why.to_string())];
+            events
+                .events
+                .push(Event::new("hops unsplit", settled, attrs, 0));
+        }
+        None => {}
+    }
+    events
 }
 
 fn scope() -> InstrumentationScope {
@@ -464,6 +510,7 @@ mod tests {
             outcome: Outcome::Ok,
             latency: Some(Duration::from_millis(450)),
             reason: None,
+            hops: None,
         };
         let origin = Origin {
             probe: "orders-warehouse".into(),
@@ -494,5 +541,73 @@ mod tests {
         let kafka = span(None);
         assert_eq!(kafka.name, "process synthetic-sla");
         assert!(keys(&kafka).contains(&"messaging.destination.name".to_string()));
+    }
+
+    #[test]
+    fn hops_are_events_of_the_verification_at_their_real_times_negative_ones_marked() {
+        use crate::outcome::{Hop, Hops, Mark, Unsplit};
+        const MS: i64 = 1_000_000;
+        let t0 = 1_700_000_000_000_000_000u64;
+        let mut hops = Hops::default();
+        hops.set(Hop::Produce, 2 * MS, Mark::Acknowledged, 0);
+        // a job clock 50 ms behind: its 30 ms read as -20 ms, the read 50 ms longer
+        hops.set(Hop::Pipeline, -20 * MS, Mark::JobTimestamp, 1_000);
+        hops.set(Hop::Read, 58 * MS, Mark::ReadBack, 0);
+        let mut f = crate::testing::finished(3, Outcome::Ok, 40);
+        f.scheduled_at_ns = t0;
+        f.hops = Some(Ok(hops));
+        let events = hop_events(&f);
+        let got: Vec<(String, i128)> = events
+            .iter()
+            .map(|e| {
+                let at = e.timestamp.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128;
+                (e.name.to_string(), (at - i128::from(t0)) / i128::from(MS))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("hop produce".to_string(), 2),
+                ("hop pipeline".to_string(), -18),
+                ("hop read".to_string(), 40),
+            ],
+            "each at the time its hop ended, on the clock that said so: the last at the verification"
+        );
+        let attrs = |i: usize| -> Vec<String> {
+            events[i]
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect()
+        };
+        assert_eq!(
+            attrs(1),
+            [
+                "slo_probe.hop=pipeline",
+                "slo_probe.hop.duration_ns=-20000000",
+                "slo_probe.hop.ends_at=hop_timestamp",
+                "slo_probe.clock_skew=true",
+            ]
+        );
+        assert_eq!(attrs(2).len(), 3, "a positive hop is not marked");
+        // negative within the resolution of its end (a truncated CreateTime): said so
+        let mut within = Hops::default();
+        within.set(Hop::Produce, 2 * MS, Mark::Acknowledged, 0);
+        within.set(Hop::Pipeline, -MS / 2, Mark::CreateTime, MS);
+        within.set(Hop::Read, 38 * MS + MS / 2, Mark::ReadBack, 0);
+        f.hops = Some(Ok(within));
+        let events = hop_events(&f);
+        let last = events[1].attributes.last().unwrap();
+        assert_eq!(
+            format!("{}={}", last.key, last.value),
+            "slo_probe.hop.within_resolution=true"
+        );
+        f.hops = Some(Err(Unsplit::NotAcknowledged));
+        let unsplit = hop_events(&f);
+        assert_eq!(unsplit.len(), 1);
+        assert_eq!(unsplit[0].name, "hops unsplit");
+        // a lost record has none
+        f.hops = None;
+        assert!(hop_events(&f).is_empty());
     }
 }

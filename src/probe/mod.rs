@@ -8,6 +8,7 @@
 
 mod clock;
 mod history;
+mod hops;
 mod notable;
 pub mod task;
 mod tracker;
@@ -22,14 +23,15 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 pub use history::{HistoryView, Point};
+pub use hops::{HopSnapshot, HopsSnapshot};
 pub use notable::{LAST, Noted, SLOWEST};
-pub use tracker::{Arrival, Footprint, Stranger, Tracker};
+pub use tracker::{Footprint, Stranger, Tracker};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
 use crate::kafka;
 use crate::outcome::{
-    Counts, Event, Finished, Gauges, Observer, Outcome, PartitionCounts, Reason, Seen, SinkError,
-    SloGauges, Task,
+    Counts, Event, Finished, Gauges, HopPlan, Observer, Outcome, PartitionCounts, Reason, Seen,
+    SinkError, SloGauges, Stamps, Task,
 };
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
@@ -60,6 +62,8 @@ struct Core {
     tracker: Tracker,
     e2e: Latency,
     produce: Latency,
+    /// Each hop of the probe's records.
+    hops: hops::HopStats,
     availability: Availability,
     /// Scheduled send time of the newest verified record.
     newest_verified: Option<Instant>,
@@ -99,6 +103,12 @@ impl<'a> Ending<'a> {
     }
 }
 
+/// A record read back or found: when, and the timestamps read with it.
+struct Arrival<'s> {
+    at: Instant,
+    stamps: &'s Stamps,
+}
+
 /// What an arrival of an id the tracker does not know is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Unknown {
@@ -122,6 +132,8 @@ pub struct Probe {
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
+    /// Which timestamps split the probe's records into hops.
+    pub hop_plan: HopPlan,
     /// For a probe that polls a sink: woken when the broker acknowledges a record (the
     /// poller's cue).
     acknowledged: Option<tokio::sync::Notify>,
@@ -180,6 +192,8 @@ pub struct Snapshot {
     pub slowest: Vec<Noted>,
     /// For a probe that polls a sink.
     pub sink: Option<SinkSummary>,
+    /// Each hop of its records: over the window, the run, and its clock skew.
+    pub hops: HopsSnapshot,
 }
 
 impl Probe {
@@ -196,8 +210,8 @@ impl Probe {
             Some(k) => (Some(k.cluster.clone()), k.topic.clone()),
             None => (None, config.verify.kind().to_string()),
         };
-        let same_topic =
-            verify_cluster.as_ref() == Some(&config.cluster) && verify_topic == config.topic;
+        let same_topic = config.verifies_own_topic();
+        let hop_plan = HopPlan::of(&config);
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
         let retention = (config.timeout * 10).max(agent.window);
@@ -205,6 +219,7 @@ impl Probe {
             tracker: Tracker::new(config.timeout, retention, config.max_in_flight),
             e2e: Latency::new(agent.window, now, run_totals),
             produce: Latency::new(agent.window, now, run_totals),
+            hops: hops::HopStats::new(&hop_plan, agent.window, now, run_totals),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
             announced_ready: false,
@@ -228,6 +243,7 @@ impl Probe {
             verify_cluster,
             verify_topic,
             same_topic,
+            hop_plan,
             started: now,
             observer,
             sampling_ratio: agent.tracing.as_ref().map_or(1.0, |t| t.sampling_ratio),
@@ -404,18 +420,27 @@ impl kafka::Deliveries for Probe {
 }
 
 impl Probe {
-    /// An own record came back: verify it and settle its outcome or count the event.
-    pub fn arrived(&self, view: &View, id: &Uuid, at: Instant) {
+    /// An own record came back: verify it and settle its outcome or count the event. `stamps`:
+    /// the timestamps read with it (the downstream record's), which split its latency.
+    pub fn arrived(&self, view: &View, id: &Uuid, at: Instant, stamps: &Stamps) {
         let same_topic = self.same_topic;
         let seen = Seen::from(view);
-        self.arrive(id, at, view.topic, seen, Unknown::Claimed, |expected| {
-            if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
-                record::verify_transformed(expected, view, &k.expect, self.shape())
-            } else {
-                // On another topic the partition may differ; everything else must hold.
-                record::verify(expected, view, same_topic, self.shape())
-            }
-        });
+        let arrival = Arrival { at, stamps };
+        self.arrive(
+            id,
+            arrival,
+            view.topic,
+            seen,
+            Unknown::Claimed,
+            |expected| {
+                if let Some(k) = self.config.verify.kafka().filter(|k| k.transformed()) {
+                    record::verify_transformed(expected, view, &k.expect, self.shape())
+                } else {
+                    // On another topic the partition may differ; everything else must hold.
+                    record::verify(expected, view, same_topic, self.shape())
+                }
+            },
+        );
     }
 
     /// Settles (or counts) an arrival under the lock and reports it after: `seen` is where (at
@@ -424,24 +449,33 @@ impl Probe {
     fn arrive<'a>(
         &self,
         id: &Uuid,
-        at: Instant,
+        arrival: Arrival<'_>,
         topic: &'a str,
         seen: Seen<'a>,
         unknown: Unknown,
         check: impl FnOnce(&record::Expected) -> Result<(), record::Corruption>,
     ) {
+        let at = arrival.at;
         let mut events = Events::new();
         {
             let mut core = self.lock();
             match core.tracker.arrive(id, at, seen.offset, check) {
-                Some(Arrival::Final {
-                    finished,
+                Some(tracker::Arrival::Final {
+                    mut finished,
                     reordered,
                 }) => {
+                    if let Some(latency) = finished.latency {
+                        finished.hops = Some(self.hop_plan.split(
+                            finished.acked_after,
+                            latency,
+                            finished.scheduled_at_ns,
+                            arrival.stamps,
+                        ));
+                    }
                     let end = Ending::of(finished, &core, topic, reordered);
                     self.settle(&mut core, &mut events, at, end)
                 }
-                Some(Arrival::Duplicate) => {
+                Some(tracker::Arrival::Duplicate) => {
                     let duplicate = Event::Duplicate {
                         seen,
                         id: *id,
@@ -449,7 +483,7 @@ impl Probe {
                     };
                     self.emit(&mut events, duplicate)
                 }
-                Some(Arrival::Late { latency }) => {
+                Some(tracker::Arrival::Late { latency }) => {
                     let late = Event::Late {
                         seen,
                         id: *id,
@@ -525,12 +559,14 @@ impl Probe {
     }
 
     /// A sink poller found the record with this id, as `doc` (a row as a JSON object, or a
-    /// document), in the poll that started `at`: settle it after checking its content. Ids
-    /// this probe does not know are ignored (a sink holds other rows too).
-    pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value) {
+    /// document) with the timestamps it carries (`stamps`), in the poll that started `at`:
+    /// settle it after checking its content. Ids this probe does not know are ignored (a sink
+    /// holds other rows too).
+    pub fn found(&self, id: &Uuid, at: Instant, doc: &serde_json::Value, stamps: &Stamps) {
         let seen = Seen::sink(&self.verify_topic);
         let topic = &self.config.topic;
-        self.arrive(id, at, topic, seen, Unknown::Ignored, |expected| {
+        let arrival = Arrival { at, stamps };
+        self.arrive(id, arrival, topic, seen, Unknown::Ignored, |expected| {
             let expect = self.config.verify.sink().map_or(&[][..], |s| &s.expect);
             record::check_expectations(expected, doc, expect, self.shape())
         });
@@ -639,6 +675,7 @@ impl Probe {
         core.availability.record(now, f.outcome);
         core.notable.record(now, &f);
         core.history.record(&f);
+        core.hops.record(now, &f);
         if f.outcome == Outcome::Ok
             && let Some(latency) = f.latency
         {
@@ -766,6 +803,7 @@ impl Probe {
                         burn_rates: slo.burn_rates(now),
                     })
                     .collect(),
+                hops: core.hops.gauges(now),
             }
         };
         self.observer.gauges(&gauges);
@@ -803,6 +841,7 @@ impl Probe {
             last: core.notable.last(),
             slowest: core.notable.slowest(now),
             sink: self.acknowledged.as_ref().map(|_| core.sink.clone()),
+            hops: core.hops.snapshot(now),
         }
     }
 }

@@ -9,7 +9,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::outcome::{Finished, Outcome, Reason, verify_span_id};
+use crate::outcome::{Finished, Hops, Outcome, Reason, verify_span_id};
 use crate::stats::{DEFAULT_SLOTS, Sliding};
 
 /// Results kept per probe.
@@ -32,6 +32,8 @@ pub struct Noted {
     pub outcome: Outcome,
     pub latency: Option<Duration>,
     pub reason: Option<Reason>,
+    /// Its latency split into hops (they add up to it).
+    pub hops: Option<Hops>,
 }
 
 impl Noted {
@@ -47,15 +49,18 @@ impl Noted {
             outcome: f.outcome,
             latency: f.latency,
             reason: f.reason.clone(),
+            hops: f.hops().copied(),
         }
     }
 }
 
-/// A verified record among the slowest of its window slot: 80 bytes (no reason, always ok,
-/// always with an offset), so the 10 slots x 11 entries cost under 9 KiB per probe.
+/// A verified record among the slowest of its window slot: 128 bytes (no reason, always ok,
+/// always with an offset), so the 10 slots x 11 entries cost under 14 KiB per probe.
 #[derive(Debug, Clone, Copy)]
 struct Slow {
-    latency_us: u64,
+    latency_ns: u64,
+    /// Where its time went.
+    hops: Option<Hops>,
     id: Uuid,
     trace_id: TraceId,
     offset: i64,
@@ -70,13 +75,13 @@ struct Top(Vec<Slow>);
 
 impl Top {
     fn offer(&mut self, s: Slow) {
-        if self.0.len() == SLOWEST && self.0.last().is_some_and(|l| l.latency_us >= s.latency_us) {
+        if self.0.len() == SLOWEST && self.0.last().is_some_and(|l| l.latency_ns >= s.latency_ns) {
             return;
         }
         if self.0.capacity() == 0 {
             self.0.reserve_exact(SLOWEST + 1);
         }
-        let at = self.0.partition_point(|x| x.latency_us >= s.latency_us);
+        let at = self.0.partition_point(|x| x.latency_ns >= s.latency_ns);
         self.0.insert(at, s);
         self.0.truncate(SLOWEST);
     }
@@ -104,7 +109,8 @@ impl Notable {
         self.last.push_back(Noted::of(f));
         if let (Outcome::Ok, Some(latency)) = (f.outcome, f.latency) {
             self.slowest.current(now).offer(Slow {
-                latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                latency_ns: u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                hops: f.hops().copied(),
                 id: f.id,
                 trace_id: f.trace_id,
                 // a verified record's offset is known (from the fetch, at the latest)
@@ -128,7 +134,7 @@ impl Notable {
             .live(now)
             .flat_map(|t| t.0.iter().copied())
             .collect();
-        all.sort_by_key(|s| std::cmp::Reverse(s.latency_us));
+        all.sort_by_key(|s| std::cmp::Reverse(s.latency_ns));
         all.truncate(SLOWEST);
         all.into_iter()
             .map(|s| Noted {
@@ -140,8 +146,9 @@ impl Notable {
                 seq: s.seq,
                 scheduled_at_ns: s.scheduled_at_ns,
                 outcome: Outcome::Ok,
-                latency: Some(Duration::from_micros(s.latency_us)),
+                latency: Some(Duration::from_nanos(s.latency_ns)),
                 reason: None,
+                hops: s.hops,
             })
             .collect()
     }

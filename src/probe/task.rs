@@ -314,10 +314,14 @@ fn send_records(probe: &Arc<Probe>, producer: &Producer, slot: Instant, records:
             to: Arc::clone(probe) as Arc<dyn Deliveries>,
             id,
         });
+        // Its CreateTime is its slot: a downstream record with the same timestamp was given
+        // this one's by the job (see `outcome::Unsplit::CarriedOver`), not the job's own.
+        let created_ms = i64::try_from(r.body.scheduled_at_ns / 1_000_000).unwrap_or(i64::MAX);
         let record = BaseRecord::with_opaque_to(topic, ticket)
             .partition(r.body.partition)
             .key(r.key.as_str())
             .payload(r.value.as_slice())
+            .timestamp(created_ms)
             .headers(r.headers);
         if let Err((e, _)) = producer.send(record) {
             Deliveries::delivered(

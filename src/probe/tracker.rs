@@ -21,6 +21,8 @@ pub struct Pending {
     pub round: u64,
     /// Broker acknowledgement: when, and the offset it got.
     pub acked: Option<(Instant, i64)>,
+    /// The offset it was read back at, when that came before the acknowledgement.
+    pub read_at: Option<i64>,
 }
 
 /// What an arriving own record turned out to be.
@@ -201,6 +203,7 @@ impl Tracker {
                 scheduled,
                 round,
                 acked: None,
+                read_at: None,
             },
         );
         Ok(())
@@ -221,6 +224,7 @@ impl Tracker {
             scheduled,
             round,
             acked: None,
+            read_at: None,
         };
         self.finish(pending, scheduled, Outcome::SendFailed, None, Some(reason))
     }
@@ -270,11 +274,10 @@ impl Tracker {
     ) -> Option<Arrival> {
         if let Some(mut p) = self.pending.remove(id) {
             let latency = at.saturating_duration_since(p.scheduled);
-            if p.acked.is_none()
-                && let Some(offset) = offset
-            {
-                // Verified before the delivery report: the offset is known from the fetch.
-                p.acked = Some((at, offset));
+            if p.acked.is_none() {
+                // Verified before the delivery report: the offset is known from the fetch (the
+                // acknowledgement's time is not).
+                p.read_at = offset;
             }
             let (outcome, reason) = match check(&p.expected) {
                 Ok(()) => (Outcome::Ok, None),
@@ -397,10 +400,11 @@ impl Tracker {
                 .acked
                 .map(|(at, _)| at.saturating_duration_since(p.scheduled)),
             since_scheduled: now.saturating_duration_since(p.scheduled),
-            offset: p.acked.map(|(_, o)| o),
+            offset: p.acked.map(|(_, o)| o).or(p.read_at),
             outcome,
             latency,
             reason,
+            hops: None,
         }
     }
 

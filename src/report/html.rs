@@ -1,6 +1,7 @@
 //! The smoke report as one self-contained HTML file, and the live page `run` serves at `/`:
-//! the same view of each probe (outcomes, SLOs, latency quantiles, the latency distribution and
-//! a timeline as inline SVG, the slowest and the failed records with links to their traces).
+//! the same view of each probe (outcomes, SLOs, latency quantiles and where the time goes, the
+//! latency distribution and a timeline as inline SVG, the slowest and the failed records with
+//! their hops and links to their traces).
 //!
 //! Self-contained: no script, font, style sheet or image is loaded from anywhere, and a
 //! Content-Security-Policy says so to the browser ([`CSP`]). Every value that came from a
@@ -14,8 +15,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use tokio::time::Instant;
 
 use super::{
-    Events, LatencySummary, ProbeStatus, ProbeVerdict, RecordBrief, Records, RunResult, SloVerdict,
-    Status, Verdict,
+    Events, HopsReport, LatencySummary, ProbeStatus, ProbeVerdict, RecordBrief, Records, RunResult,
+    SloVerdict, Status, Verdict,
 };
 use crate::probe::{HistoryView, Probe};
 use crate::stats::Distribution;
@@ -142,6 +143,37 @@ fn latency_table(l: &LatencySummary, over: &str) -> Markup {
     }
 }
 
+/// Where the time goes: a row per hop (its figures named `hops.<hop>.<field>`), and the
+/// records that could not be split.
+fn hops_table(h: &HopsReport, over: &str) -> Markup {
+    let named = |hop: &str, name: &str| format!("hops.{hop}.{name}");
+    html! {
+        @if !h.hops.is_empty() {
+            table.hops {
+                tr { th { "hop, " (over) } th { "ends at" } th { "records" } th { "p50" } th { "p99" } th { "max" }
+                     th { "quantised" } th { "clock skew" } th { "largest skew" } }
+                @for x in &h.hops {
+                    tr data-hop=(x.hop) {
+                        td { (x.hop) }
+                        td { (x.ends_at) }
+                        (field(&named(x.hop, "latency.count"), x.latency.count))
+                        (opt_ms(&named(x.hop, "latency.p50_ms"), x.latency.p50_ms))
+                        (opt_ms(&named(x.hop, "latency.p99_ms"), x.latency.p99_ms))
+                        (opt_ms(&named(x.hop, "latency.max_ms"), x.latency.max_ms))
+                        (opt_ms(&named(x.hop, "quantised_ms"), x.quantised_ms))
+                        (field(&named(x.hop, "clock_skew"), x.clock_skew))
+                        (opt_ms(&named(x.hop, "largest_skew_ms"), x.largest_skew_ms))
+                    }
+                }
+            }
+            @if h.unsplit > 0 {
+                p.note { span data-field="hops.unsplit" { (h.unsplit) } " verified records not split into hops"
+                    @if let Some(why) = &h.unsplit_reason { " (the last: " (why) ")" } }
+            }
+        }
+    }
+}
+
 fn percent(v: f64) -> String {
     format!("{}%", (v * 1e4).round() / 1e4)
 }
@@ -185,7 +217,7 @@ fn record_rows(
             h3 { (caption) }
             table class=(class) {
                 tr { th { "record id" } th { "outcome" } th { "partition" } th { "offset" } th { "scheduled" }
-                     th { "latency" } th { "reason" } th { "trace id" } }
+                     th { "latency" } th { "hops" } th { "reason" } th { "trace id" } }
                 @for r in records {
                     tr data-record=(r.record_id) {
                         td { code { (r.record_id) } }
@@ -194,6 +226,14 @@ fn record_rows(
                         td.n { @match r.offset { Some(o) => (o), None => "-" } }
                         td { (r.scheduled_at) }
                         td.n { @match r.latency_ms { Some(l) => { (l) " ms" }, None => "-" } }
+                        td.hops {
+                            @if let Some(hops) = &r.hops_ms {
+                                @for (i, (hop, ms)) in hops.iter().enumerate() {
+                                    @if i > 0 { ", " }
+                                    (hop) " " (ms) " ms"
+                                }
+                            }
+                        }
                         td { @if let Some(k) = r.reason { (k) } @if let Some(d) = &r.detail { ": " (d) } }
                         td { (links.show(&r.trace_id)) }
                     }
@@ -263,6 +303,7 @@ fn probe_smoke(v: &ProbeVerdict, p: &Pictures, links: TraceLinks<'_>) -> Markup 
             }
             (records_table(&v.records, &v.events))
             (latency_table(&v.latency, "whole run"))
+            (hops_table(&v.hops, "whole run"))
             p { "availability " span data-field="availability_percent" { @match v.availability_percent { Some(a) => { (a) "%" }, None => "-" } } }
             (slo_table(&v.slos))
             (charts(p, "whole run"))
@@ -314,6 +355,7 @@ fn probe_live(s: &ProbeStatus, pictures: Option<&Pictures>, links: TraceLinks<'_
             @for (task, why) in &s.tasks_down { p.bad { "task " (task) " down: " (why) } }
             (records_table(&s.records, &s.events))
             (latency_table(&s.latency, "window"))
+            (hops_table(&s.hops, "window"))
             p {
                 "availability " span data-field="availability_ratio" { @match s.availability_ratio { Some(a) => (percent(a * 100.0)), None => "-" } }
                 ", freshness " span data-field="freshness_seconds" { (format!("{:.1}", s.freshness_seconds)) " s" }

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 pub use slo::{SloState, SloSummary};
-pub use window::{DEFAULT_SLOTS, Sliding};
+pub use window::{DEFAULT_SLOTS, Largest, Sliding};
 
 use crate::outcome::Outcome;
 

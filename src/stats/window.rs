@@ -54,9 +54,58 @@ impl<T: Default> Sliding<T> {
     }
 }
 
+/// The largest value recorded over the sliding window, and since start: exact, for a
+/// measure where only the extreme matters (how far a clock is off).
+#[derive(Debug)]
+pub struct Largest {
+    window: Sliding<Option<Duration>>,
+    ever: Option<Duration>,
+}
+
+impl Largest {
+    pub fn new(window: Duration, origin: Instant) -> Self {
+        Largest {
+            window: Sliding::new(window, DEFAULT_SLOTS, origin),
+            ever: None,
+        }
+    }
+
+    pub fn record(&mut self, now: Instant, value: Duration) {
+        let slot = self.window.current(now);
+        *slot = (*slot).max(Some(value));
+        self.ever = self.ever.max(Some(value));
+    }
+
+    /// The largest value in the window at `now`; `None` when it holds none.
+    pub fn in_window(&self, now: Instant) -> Option<Duration> {
+        self.window.live(now).copied().max().flatten()
+    }
+
+    /// The largest value since start.
+    pub fn ever(&self) -> Option<Duration> {
+        self.ever
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_largest_of_the_window_and_of_all_time() {
+        let start = Instant::now();
+        let mut l = Largest::new(Duration::from_secs(10), start);
+        assert_eq!((l.in_window(start), l.ever()), (None, None));
+        l.record(start, Duration::from_millis(21));
+        l.record(start, Duration::from_millis(3));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        l.record(Instant::now(), Duration::from_millis(7));
+        assert_eq!(l.in_window(Instant::now()), Some(Duration::from_millis(21)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // the 21 ms slot left the window; all time keeps it
+        assert_eq!(l.in_window(Instant::now()), Some(Duration::from_millis(7)));
+        assert_eq!(l.ever(), Some(Duration::from_millis(21)));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn old_slots_leave_the_window() {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::sink::{Found, Sink, SinkError, SinkErrorKind};
 use crate::config::{HttpMethod, HttpVerify, fill};
+use crate::outcome::{Mark, Stamp, Stamps};
 
 /// How much of an error response's body is quoted in the log (at debug level only: a body may
 /// echo what was sent, credentials included).
@@ -120,9 +121,22 @@ impl HttpSink {
                 Some(Found {
                     id,
                     doc: doc.clone(),
+                    stamps: self.stamps(doc),
                 })
             })
             .collect())
+    }
+
+    /// The job's and the sink's timestamps in a found document, where the probe points.
+    fn stamps(&self, doc: &serde_json::Value) -> Stamps {
+        let at =
+            |pointer: &Option<String>, mark| pointer.as_deref().map(|p| Stamp::at(doc, p, mark));
+        let s = &self.cfg.sink.stamps;
+        Stamps {
+            downstream: at(&s.hop, Mark::JobTimestamp),
+            written: at(&s.written, Mark::Written),
+            found_within: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -208,6 +222,7 @@ mod tests {
                 timeout,
                 ca_file: None,
                 expect: Vec::new(),
+                stamps: Default::default(),
             },
         })
         .unwrap()

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::ClusterConfig;
 use crate::kafka::{self, Consumer, FETCH_WAIT_LONG, FETCH_WAIT_SHORT, TopicError};
+use crate::outcome::{Mark, Stamp, Stamps};
 use crate::probe::Probe;
 use crate::record::{self, Claim, ForeignReason, View, avro};
 use crate::registry::Registry;
@@ -403,7 +404,7 @@ impl KafkaVerifier {
                     .or_else(|| p.record_id(view))
                     .or_else(|| view.key.and_then(|k| Uuid::try_parse_ascii(k).ok()));
                 match id {
-                    Some(id) => p.arrived(view, &id, at),
+                    Some(id) => p.arrived(view, &id, at, &stamps(p, view)),
                     None => p.foreign(view, ForeignReason::MissingHeaders),
                 }
             }
@@ -415,7 +416,7 @@ impl KafkaVerifier {
                 for p in probes.iter().filter(|p| p.ids_in_values()) {
                     if let Some(id) = p.record_id(view) {
                         if p.knows(&id) {
-                            p.arrived(view, &id, at);
+                            p.arrived(view, &id, at, &stamps(p, view));
                             return;
                         }
                         any_id = true;
@@ -432,9 +433,74 @@ impl KafkaVerifier {
     }
 }
 
+/// The timestamps a record read back carries for `probe`'s hops: on a downstream topic, the
+/// downstream record's (its `hop_timestamp` field when the probe names one, else its broker
+/// timestamp, CreateTime or LogAppendTime); none on the probe's own topic.
+fn stamps(probe: &Probe, view: &View) -> Stamps {
+    if !probe.hop_plan.downstream() {
+        return Stamps::default();
+    }
+    let field = probe
+        .config
+        .verify
+        .kafka()
+        .and_then(|k| k.hop_timestamp.as_deref());
+    let downstream = match field {
+        Some(pointer) => view
+            .json()
+            .map_err(|e| format!("`{pointer}` cannot be read: {e}"))
+            .and_then(|doc| Stamp::at(&doc, pointer, Mark::JobTimestamp)),
+        None => broker_stamp(view.timestamp),
+    };
+    Stamps {
+        downstream: Some(downstream),
+        ..Stamps::default()
+    }
+}
+
+/// A record's broker timestamp (milliseconds), and which kind it is.
+fn broker_stamp(timestamp: rdkafka::Timestamp) -> Result<Stamp, String> {
+    let (ms, mark) = match timestamp {
+        rdkafka::Timestamp::CreateTime(ms) if ms >= 0 => (ms, Mark::CreateTime),
+        rdkafka::Timestamp::LogAppendTime(ms) if ms >= 0 => (ms, Mark::LogAppendTime),
+        _ => return Err("the record has no broker timestamp".into()),
+    };
+    Ok(Stamp {
+        at_ns: ms.saturating_mul(1_000_000),
+        mark,
+        resolution_ns: 1_000_000,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_timestamp_says_which_kind_it_is() {
+        let ms = 1_796_032_800_123;
+        assert_eq!(
+            broker_stamp(rdkafka::Timestamp::CreateTime(ms)),
+            Ok(Stamp {
+                at_ns: ms * 1_000_000,
+                mark: Mark::CreateTime,
+                resolution_ns: 1_000_000,
+            })
+        );
+        assert_eq!(
+            broker_stamp(rdkafka::Timestamp::LogAppendTime(ms)).map(|s| s.mark),
+            Ok(Mark::LogAppendTime)
+        );
+        for none in [
+            rdkafka::Timestamp::NotAvailable,
+            rdkafka::Timestamp::CreateTime(-1),
+        ] {
+            assert_eq!(
+                broker_stamp(none),
+                Err("the record has no broker timestamp".into())
+            );
+        }
+    }
 
     #[test]
     fn a_negative_end_offset_from_a_broker_is_an_error() {

@@ -15,7 +15,8 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::sink::{Found, Sink, SinkError, SinkErrorKind};
-use crate::config::PostgresVerify;
+use crate::config::{PostgresVerify, SinkStamps};
+use crate::outcome::{Mark, Stamp, Stamps, parse_time};
 
 pub struct PostgresSink {
     /// `sslmode=prefer`: TLS only if the server (or whoever answers) offers it.
@@ -25,6 +26,8 @@ pub struct PostgresSink {
     id_column: String,
     /// Result columns the content assertions look at.
     columns: Vec<String>,
+    /// Result columns holding the job's and the sink's timestamps (hops).
+    stamps: SinkStamps,
     timeout: Duration,
 }
 
@@ -71,6 +74,7 @@ impl PostgresSink {
             query: cfg.query.clone(),
             id_column: cfg.id_column.clone(),
             columns,
+            stamps: cfg.sink.stamps.clone(),
             timeout: cfg.sink.timeout,
         })
     }
@@ -104,7 +108,12 @@ impl PostgresSink {
             }
         };
         let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
-        for c in std::iter::once(&self.id_column).chain(&self.columns) {
+        let stamps = [&self.stamps.hop, &self.stamps.written];
+        let stamp_columns = stamps.into_iter().flatten();
+        for c in std::iter::once(&self.id_column)
+            .chain(&self.columns)
+            .chain(stamp_columns)
+        {
             if !names.contains(&c.as_str()) {
                 return Err(query_error(format!(
                     "the query returns no column `{c}` (it returns {})",
@@ -129,11 +138,55 @@ impl PostgresSink {
         for c in &self.columns {
             doc.insert(c.clone(), json(row, c)?);
         }
+        let at = |column: &Option<String>, mark| column.as_deref().map(|c| stamp(row, c, mark));
         Ok(Some(Found {
             id,
             doc: serde_json::Value::Object(doc),
+            stamps: Stamps {
+                downstream: at(&self.stamps.hop, Mark::JobTimestamp),
+                written: at(&self.stamps.written, Mark::Written),
+                found_within: Duration::ZERO,
+            },
         }))
     }
+}
+
+/// The time in a row's `column`: a `timestamptz` (or a `timestamp`, read as UTC), a number since
+/// the epoch or text (RFC 3339, or digits), as [`parse_time`] reads them.
+fn stamp(row: &Row, column: &str, mark: Mark) -> Result<Stamp, String> {
+    let idx = row
+        .columns()
+        .iter()
+        .position(|c| c.name() == column)
+        .ok_or_else(|| format!("the query returns no column `{column}`"))?;
+    let (at_ns, resolution_ns) = match *row.columns()[idx].type_() {
+        Type::TIMESTAMPTZ | Type::TIMESTAMP => {
+            let t: Option<std::time::SystemTime> = row
+                .try_get(idx)
+                .map_err(|e| format!("`{column}` cannot be read: {e}"))?;
+            let since = t
+                .ok_or_else(|| format!("`{column}` is null"))?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| format!("`{column}` is before 1970"))?;
+            let ns =
+                i64::try_from(since.as_nanos()).map_err(|_| format!("`{column}` is after 2262"))?;
+            // PostgreSQL keeps microseconds
+            (ns, 1_000)
+        }
+        _ => {
+            let value = json(row, column).map_err(|e| e.message)?;
+            if value.is_null() {
+                return Err(format!("`{column}` is null"));
+            }
+            let time = parse_time(&value).map_err(|why| format!("`{column}` {why}"))?;
+            (time.ns, time.resolution_ns)
+        }
+    };
+    Ok(Stamp {
+        at_ns,
+        mark,
+        resolution_ns,
+    })
 }
 
 impl Sink for PostgresSink {

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::http::HttpSink;
 use super::postgres::PostgresSink;
 use crate::config::Verify;
+use crate::outcome::Stamps;
 pub use crate::outcome::{SinkError, SinkErrorKind};
 
 use crate::probe::Probe;
@@ -26,13 +27,17 @@ use crate::probe::Probe;
 /// Longest pause between polls of a failing sink.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A record found in the sink: its id, and the row or document its content is checked on.
+/// A record found in the sink: its id, the row or document its content is checked on, and the
+/// timestamps it carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
     /// The record id.
     pub id: Uuid,
     /// The row or document it was found as (what `expect` is checked against).
     pub doc: serde_json::Value,
+    /// The job's and the sink's timestamps, where the probe names them (`hop_timestamp`,
+    /// `timestamp_column`, `timestamp_pointer`): they split the record's latency into hops.
+    pub stamps: Stamps,
 }
 
 /// A place records end up in, looked up by id.
@@ -137,10 +142,14 @@ pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: 
         let started = Instant::now();
         match sink.poll(&ids).await {
             Ok(found) => {
+                // A row written while the query ran may be in its answer: found up to this
+                // long after the poll began.
+                let found_within = started.elapsed();
                 probe.sink_polled(sink.kind(), ids.len(), Ok(()), failures);
                 failures = 0;
-                for f in found {
-                    probe.found(&f.id, started, &f.doc);
+                for mut f in found {
+                    f.stamps.found_within = found_within;
+                    probe.found(&f.id, started, &f.doc, &f.stamps);
                 }
             }
             Err(e) => {
@@ -205,6 +214,7 @@ mod tests {
                 .map(|id| Found {
                     id: *id,
                     doc: serde_json::json!({}),
+                    stamps: Stamps::default(),
                 })
                 .collect())
         }

@@ -14,6 +14,7 @@ pub mod malformed_pg;
 pub mod otlp;
 pub mod registry;
 pub mod relay;
+pub mod timed_job;
 pub mod writer;
 
 use std::io::{BufRead, BufReader};
@@ -71,6 +72,24 @@ impl Output {
 
 /// Starts an agent in this process on the tree's `slo-probe.yaml` (if any) and `probes/`.
 pub async fn start_agent(t: &Tree, plan: slo_probe::Plan) -> slo_probe::Agent {
+    start_agent_with(t, plan, None).await
+}
+
+/// [`start_agent`] serving HTTP on a free port of loopback, once its `plan` is done (every
+/// record settled).
+pub async fn finished_agent_serving(t: &Tree, plan: slo_probe::Plan) -> slo_probe::Agent {
+    let agent = start_agent_with(t, plan, Some("127.0.0.1:0".parse().unwrap())).await;
+    tokio::time::timeout(GUARD, agent.wait_finished())
+        .await
+        .expect("the plan is done");
+    agent
+}
+
+async fn start_agent_with(
+    t: &Tree,
+    plan: slo_probe::Plan,
+    listen: Option<std::net::SocketAddr>,
+) -> slo_probe::Agent {
     let agent_file = t.path().join("slo-probe.yaml");
     let sources = slo_probe::config::Sources {
         agent_file: agent_file.exists().then_some(agent_file),
@@ -78,7 +97,7 @@ pub async fn start_agent(t: &Tree, plan: slo_probe::Plan) -> slo_probe::Agent {
     };
     let opts = slo_probe::AgentOptions {
         plan,
-        listen: None,
+        listen,
         embedded: false,
     };
     slo_probe::Agent::start(slo_probe::config::load(&sources).unwrap(), opts)

@@ -47,11 +47,22 @@ pub enum Fault {
 
 /// A consumer of every partition of `topic` from its beginning, fetching with little delay.
 pub fn from_beginning(servers: &str, topic: &str, partitions: i32, group: &str) -> StreamConsumer {
+    from_beginning_waiting(servers, topic, partitions, group, 5)
+}
+
+/// [`from_beginning`], letting a broker hold each fetch at most `fetch_wait_ms`.
+pub fn from_beginning_waiting(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+    group: &str,
+    fetch_wait_ms: u32,
+) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();

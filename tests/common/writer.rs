@@ -2,7 +2,9 @@
 //! probe topic and writes each record, after a known delay, as a row of a PostgreSQL table or a
 //! document of an in-memory search index, dropping or corrupting the records seeded [`Picker`]s
 //! pick, and stopping altogether when told to. A write that fails (the database is down) is
-//! retried until it succeeds.
+//! retried until it succeeds. Into [`TABLE_STAMPED`] it also writes the record's Kafka
+//! timestamp, as Kafka Connect's JDBC sink does with an `InsertField` transform's
+//! `timestamp.field`, and the database stamps each row's `written_at` as it inserts it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,10 @@ use super::relay::{Picker, from_beginning};
 /// The table the writer fills, as the example probe `probes/sinks/orders-warehouse.yaml` reads it.
 pub const TABLE: &str =
     "create table orders_sink (id uuid primary key, probe text, seq bigint, team text)";
+
+/// The table of the hop tests: each row with the Kafka timestamp of the record it came from
+/// (`kafka_ts`) and the database's clock when it was inserted (`written_at`).
+pub const TABLE_STAMPED: &str = "create table orders_stamped (id uuid primary key, probe text, seq bigint, team text, kafka_ts timestamptz, written_at timestamptz not null default clock_timestamp())";
 
 #[derive(Debug, Clone, Copy)]
 pub struct Faults {
@@ -48,6 +54,8 @@ impl Index {
 pub enum Store {
     /// Rows of `orders_sink` in the database at this connection string.
     Postgres(String),
+    /// Rows of `orders_stamped` ([`TABLE_STAMPED`]) in the database at this connection string.
+    PostgresStamped(String),
     Index(Arc<Index>),
 }
 
@@ -76,6 +84,8 @@ struct Row {
     probe: String,
     seq: i64,
     team: String,
+    /// The Kafka timestamp of the record it came from.
+    kafka_ts: Option<std::time::SystemTime>,
     /// Corrupted: counted when written.
     wrong: bool,
 }
@@ -170,6 +180,7 @@ async fn run(
                     probe: envelope["probe"].as_str().unwrap().to_string(),
                     seq: seq as i64,
                     team: if wrong { "wrong".into() } else { envelope["tags"]["team"].as_str().unwrap_or_default().to_string() },
+                    kafka_ts: m.timestamp().to_millis().map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64)),
                     wrong,
                 };
                 queue.push_back((Instant::now() + delay, row));
@@ -190,11 +201,19 @@ async fn run(
                         index.0.lock().unwrap().insert(row.id.to_string(), doc);
                         true
                     }
-                    Store::Postgres(dsn) => {
+                    Store::Postgres(dsn) | Store::PostgresStamped(dsn) => {
                         if client.as_ref().is_none_or(|c| c.is_closed()) {
                             client = connect(dsn).await;
                         }
+                        let stamped = matches!(store, Store::PostgresStamped(_));
                         match &client {
+                            Some(c) if stamped => c
+                                .execute(
+                                    "insert into orders_stamped (id, probe, seq, team, kafka_ts) values ($1, $2, $3, $4, $5) on conflict do nothing",
+                                    &[&row.id, &row.probe, &row.seq, &row.team, &row.kafka_ts],
+                                )
+                                .await
+                                .is_ok(),
                             Some(c) => c
                                 .execute(
                                     "insert into orders_sink (id, probe, seq, team) values ($1, $2, $3, $4) on conflict do nothing",

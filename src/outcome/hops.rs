@@ -1,0 +1,769 @@
+//! Where a record's time went: its end-to-end latency split into hops at timestamps the
+//! pipeline already writes, without instrumenting the job.
+//!
+//! Every hop is the time between two marks on the record's way, as offsets from its scheduled
+//! send: the broker's acknowledgement (the probe's own monotonic clock), then the downstream
+//! record's timestamp (its broker timestamp, or a time the job wrote into it), then the time the
+//! sink wrote the row (a column or field), then the moment the verifier read it back (or the
+//! poll that found it began). The hops of one record are differences of consecutive marks, so
+//! they add up to its end-to-end latency exactly, whatever the clocks say.
+//!
+//! The middle marks come from other machines' clocks: a hop can come out negative when a clock
+//! is behind. It stays negative here (never clamped). A hop negative by no more than the
+//! resolution of the mark that ends it (a broker timestamp's millisecond, the time a poll took)
+//! may be zero, as measured ([`Reading::WithinResolution`]); beyond that a clock is off
+//! ([`Reading::Skewed`]): the probe keeps it out of that hop's quantiles and counts it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::config::{ProbeConfig, Verify};
+
+/// A stretch of a record's way, in the order it is travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hop {
+    /// Scheduled send to the broker's acknowledgement.
+    Produce,
+    /// Acknowledgement to the downstream record's timestamp: the job.
+    Pipeline,
+    /// The downstream timestamp to the row or document becoming visible in the sink.
+    Sink,
+    /// The last timestamp to the verifier reading the record back.
+    Read,
+}
+
+impl Hop {
+    /// Every hop, in order (and in the order of arrays indexed by hop).
+    pub const ALL: [Hop; 4] = [Hop::Produce, Hop::Pipeline, Hop::Sink, Hop::Read];
+
+    /// The `hop` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Produce => "produce",
+            Hop::Pipeline => "pipeline",
+            Hop::Sink => "sink",
+            Hop::Read => "read",
+        }
+    }
+
+    /// Its position in [`Hop::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What marks the end of a hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mark {
+    /// The broker acknowledged the record to the probe.
+    Acknowledged,
+    /// The downstream record's broker timestamp of type CreateTime: set by the producer that
+    /// wrote it (the job), on the job's clock.
+    CreateTime,
+    /// The downstream record's broker timestamp of type LogAppendTime: set by the broker as
+    /// it appended the record, on the broker's clock.
+    LogAppendTime,
+    /// A time the job wrote into the record (`hop_timestamp`).
+    JobTimestamp,
+    /// When the sink wrote the row or document (`timestamp_column`, `timestamp_pointer`).
+    Written,
+    /// The poll that found the record in the sink began (quantised by the poll interval).
+    Polled,
+    /// The verifier read the record back.
+    ReadBack,
+}
+
+impl Mark {
+    /// Every mark, in the order of arrays indexed by mark.
+    pub const ALL: [Mark; 7] = [
+        Mark::Acknowledged,
+        Mark::CreateTime,
+        Mark::LogAppendTime,
+        Mark::JobTimestamp,
+        Mark::Written,
+        Mark::Polled,
+        Mark::ReadBack,
+    ];
+
+    /// How `/status`, the verdict and spans name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Acknowledged => "acknowledged",
+            Mark::CreateTime => "CreateTime",
+            Mark::LogAppendTime => "LogAppendTime",
+            Mark::JobTimestamp => "hop_timestamp",
+            Mark::Written => "written",
+            Mark::Polled => "poll",
+            Mark::ReadBack => "read_back",
+        }
+    }
+
+    /// Its position in [`Mark::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A wall-clock time the pipeline wrote (another machine's clock), and what it marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Nanoseconds since the Unix epoch.
+    pub at_ns: i64,
+    pub mark: Mark,
+    /// How coarse it is (a broker timestamp: a millisecond): the time it stands for is in
+    /// `at_ns .. at_ns + resolution_ns`.
+    pub resolution_ns: i64,
+}
+
+impl Stamp {
+    /// The time at `pointer` in `doc` (a record's value, a row as JSON, a document).
+    pub fn at(doc: &serde_json::Value, pointer: &str, mark: Mark) -> Result<Stamp, String> {
+        let value = doc
+            .pointer(pointer)
+            .ok_or_else(|| format!("`{pointer}` is missing"))?;
+        let time = parse_time(value).map_err(|why| format!("`{pointer}` {why}"))?;
+        Ok(Stamp {
+            at_ns: time.ns,
+            mark,
+            resolution_ns: time.resolution_ns,
+        })
+    }
+}
+
+/// The timestamps a verifier read with a record. `None`: the verifier has no such timestamp
+/// (its probe does not split that hop); `Some(Err(why))`: it should have, and could not read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamps {
+    /// The downstream record's (its broker timestamp, or the job's `hop_timestamp`).
+    pub downstream: Option<Result<Stamp, String>>,
+    /// The sink's, for the row or document.
+    pub written: Option<Result<Stamp, String>>,
+    /// How long the poll that found the record took: the query may have seen rows written up
+    /// to this long after the poll began (the arrival). Zero for a record read back.
+    pub found_within: Duration,
+}
+
+/// How a hop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reading {
+    /// Zero or more.
+    #[default]
+    Measured,
+    /// Negative by no more than the resolution of the mark that ends it: zero, as far as it
+    /// can be measured (a broker timestamp truncated to its millisecond, a row written while
+    /// the poll that found it was under way).
+    WithinResolution,
+    /// Negative beyond that: a clock is behind (clock skew).
+    Skewed,
+}
+
+/// A record's end-to-end latency split into hops: signed nanoseconds per hop (negative when a
+/// clock was behind), each with the mark that ended it. The hops it has add up to its
+/// end-to-end latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hops {
+    /// Indexed like [`Hop::ALL`]; meaningful where `ends` has a mark.
+    ns: [i64; 4],
+    ends: [Option<Mark>; 4],
+    readings: [Reading; 4],
+}
+
+impl Hops {
+    /// Hop `hop` took `ns` (negative: a clock was behind, or its end is coarse) and ended at
+    /// `mark`, which stands for a time up to `tolerance_ns` later.
+    pub fn set(&mut self, hop: Hop, ns: i64, mark: Mark, tolerance_ns: i64) {
+        let i = hop.index();
+        self.ns[i] = ns;
+        self.ends[i] = Some(mark);
+        self.readings[i] = match ns {
+            0.. => Reading::Measured,
+            _ if ns >= -tolerance_ns => Reading::WithinResolution,
+            _ => Reading::Skewed,
+        };
+    }
+
+    /// How long `hop` took, in nanoseconds (negative: a clock was behind); `None` when the
+    /// record has no such hop.
+    pub fn get(&self, hop: Hop) -> Option<i64> {
+        self.ends[hop.index()].map(|_| self.ns[hop.index()])
+    }
+
+    /// How `hop` reads; `None` when the record has no such hop.
+    pub fn reading(&self, hop: Hop) -> Option<Reading> {
+        self.ends[hop.index()].map(|_| self.readings[hop.index()])
+    }
+
+    /// The hops the record has, in order: (hop, nanoseconds, the mark that ended it).
+    pub fn iter(&self) -> impl Iterator<Item = (Hop, i64, Mark)> + '_ {
+        Hop::ALL
+            .into_iter()
+            .filter_map(|h| self.ends[h.index()].map(|m| (h, self.ns[h.index()], m)))
+    }
+
+    /// The sum of the hops: the end-to-end latency, in nanoseconds.
+    pub fn sum_ns(&self) -> i64 {
+        self.iter().map(|(_, ns, _)| ns).sum()
+    }
+}
+
+/// Why a record's latency was not split into hops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsplit {
+    /// It was read back before the broker's acknowledgement reached the probe (on the probe's
+    /// own topic, with a fast consumer): there is no acknowledgement to split at.
+    NotAcknowledged,
+    /// The timestamp that ends `hop` was missing from the record or row, or not a time.
+    NoTimestamp { hop: Hop, why: String },
+    /// The downstream record carries the probe record's own CreateTime (its scheduled send, in
+    /// milliseconds): the job (or a mirror) kept its input's timestamp, as Kafka Streams,
+    /// Flink's Kafka sink and MirrorMaker do by default. It says nothing of when the job wrote.
+    CarriedOver,
+}
+
+impl std::fmt::Display for Unsplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsplit::NotAcknowledged => {
+                f.write_str("read back before the broker's acknowledgement reached the probe")
+            }
+            Unsplit::NoTimestamp { hop, why } => {
+                write!(f, "no timestamp to end the {} hop: {why}", hop.as_str())
+            }
+            Unsplit::CarriedOver => f.write_str(
+                "the downstream record carries the probe record's own CreateTime (the job keeps its input's timestamps): write the job's time into the record and name it with `hop_timestamp`, or set message.timestamp.type=LogAppendTime on the downstream topic",
+            ),
+        }
+    }
+}
+
+/// Which marks split a probe's records, from its `verify` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopPlan {
+    /// Records are looked up in a sink (found by a poll) rather than read back from a topic.
+    sink: bool,
+    /// A downstream timestamp ends `pipeline`: a downstream topic's records, or a sink's
+    /// `hop_timestamp`.
+    downstream: bool,
+    /// The sink's own timestamp (`timestamp_column`, `timestamp_pointer`) ends `sink`.
+    written: bool,
+}
+
+/// Where a hop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The broker's acknowledgement.
+    Acknowledged,
+    /// The downstream record's timestamp.
+    Downstream,
+    /// The sink's timestamp of the row or document.
+    Written,
+    /// Read back, or found by a poll.
+    Arrived,
+}
+
+impl HopPlan {
+    /// The plan of a probe: on its own topic, produce and read; on a downstream topic,
+    /// produce, pipeline (to the downstream record's timestamp) and read; at a sink, produce,
+    /// pipeline, sink and read as far as its rows carry timestamps (without `hop_timestamp`
+    /// the pipeline hop runs to the sink's timestamp, the job and the sink together; without
+    /// the sink's timestamp the last hop ends at the poll that found the record).
+    pub fn of(config: &ProbeConfig) -> HopPlan {
+        match &config.verify {
+            Verify::Kafka(_) => HopPlan {
+                sink: false,
+                downstream: !config.verifies_own_topic(),
+                written: false,
+            },
+            Verify::Postgres(_) | Verify::Http(_) => {
+                let stamps = config.verify.sink().map(|s| &s.stamps);
+                HopPlan {
+                    sink: true,
+                    downstream: stamps.is_some_and(|s| s.hop.is_some()),
+                    written: stamps.is_some_and(|s| s.written.is_some()),
+                }
+            }
+        }
+    }
+
+    /// Whether records are looked up in a sink: its last hop is quantised by the poll.
+    pub fn polls(&self) -> bool {
+        self.sink
+    }
+
+    /// Whether a downstream timestamp ends the `pipeline` hop (the verifier reads one with
+    /// each record).
+    pub fn downstream(&self) -> bool {
+        self.downstream
+    }
+
+    /// The hops, in order, each with where it ends.
+    fn layout(&self) -> Vec<(Hop, End)> {
+        let mut out = vec![(Hop::Produce, End::Acknowledged)];
+        if self.downstream {
+            out.push((Hop::Pipeline, End::Downstream));
+        }
+        if !self.sink {
+            out.push((Hop::Read, End::Arrived));
+            return out;
+        }
+        // The hop into the sink: from the downstream timestamp when there is one, else from
+        // the acknowledgement (the job and the sink together).
+        let into_sink = if self.downstream {
+            Hop::Sink
+        } else {
+            Hop::Pipeline
+        };
+        if self.written {
+            out.push((into_sink, End::Written));
+            out.push((Hop::Read, End::Arrived));
+        } else {
+            out.push((into_sink, End::Arrived));
+        }
+        out
+    }
+
+    /// The hops each record of the probe splits into, in order.
+    pub fn hops(&self) -> Vec<Hop> {
+        self.layout().into_iter().map(|(h, _)| h).collect()
+    }
+
+    /// Whether `hop` compares the agent's clock with another machine's (one of its ends is a
+    /// timestamp the pipeline wrote), so that it can come out negative: the produce hop and a
+    /// read back from the probe's own topic are on the agent's clock alone.
+    pub fn compares_clocks(&self, hop: Hop) -> bool {
+        let stamp = |end: End| matches!(end, End::Downstream | End::Written);
+        self.bounds(hop)
+            .is_some_and(|(start, end)| start.is_some_and(stamp) || stamp(end))
+    }
+
+    /// Where `hop` starts and ends (`None` when records are not split into it); the first hop
+    /// starts at the scheduled send (`None` as its start).
+    pub fn bounds(&self, hop: Hop) -> Option<(Option<End>, End)> {
+        let layout = self.layout();
+        let i = layout.iter().position(|(h, _)| *h == hop)?;
+        let start = i.checked_sub(1).map(|before| layout[before].1);
+        Some((start, layout[i].1))
+    }
+
+    /// Splits a record's `latency` (scheduled send to verification) at its acknowledgement
+    /// (`acked_after` its scheduled send, on the probe's clock) and the `stamps` read with it;
+    /// `scheduled_at_ns` is its scheduled send on the probe's wall clock.
+    pub fn split(
+        &self,
+        acked_after: Option<Duration>,
+        latency: Duration,
+        scheduled_at_ns: u64,
+        stamps: &Stamps,
+    ) -> Result<Hops, Unsplit> {
+        let acked = acked_after.ok_or(Unsplit::NotAcknowledged)?;
+        let scheduled = i128::from(scheduled_at_ns);
+        // Each mark as an offset, what it is, and how much later the time it stands for may be.
+        let stamp = |hop: Hop, s: &Option<Result<Stamp, String>>| match s {
+            Some(Ok(s)) => Ok((i128::from(s.at_ns) - scheduled, s.mark, s.resolution_ns)),
+            Some(Err(why)) => Err(Unsplit::NoTimestamp {
+                hop,
+                why: why.clone(),
+            }),
+            None => Err(Unsplit::NoTimestamp {
+                hop,
+                why: "the verifier read none".into(),
+            }),
+        };
+        let arrived = if self.sink {
+            Mark::Polled
+        } else {
+            Mark::ReadBack
+        };
+        let found_within = i64::try_from(stamps.found_within.as_nanos()).unwrap_or(i64::MAX);
+        if let Some(Ok(s)) = &stamps.downstream
+            && s.mark == Mark::CreateTime
+            && s.at_ns.div_euclid(MILLI) == (scheduled_at_ns / MILLI as u64) as i64
+        {
+            return Err(Unsplit::CarriedOver);
+        }
+        let mut hops = Hops::default();
+        let mut from: i128 = 0;
+        for (hop, end) in self.layout() {
+            let (at, mark, tolerance) = match end {
+                End::Acknowledged => (nanos(acked), Mark::Acknowledged, 0),
+                End::Downstream => stamp(hop, &stamps.downstream)?,
+                End::Written => stamp(hop, &stamps.written)?,
+                End::Arrived => (nanos(latency), arrived, found_within),
+            };
+            let ns = i64::try_from(at - from).map_err(|_| Unsplit::NoTimestamp {
+                hop,
+                why: "the timestamp is centuries away from the scheduled send".into(),
+            })?;
+            hops.set(hop, ns, mark, tolerance);
+            from = at;
+        }
+        Ok(hops)
+    }
+}
+
+/// Nanoseconds in a millisecond: a broker timestamp's resolution.
+const MILLI: i64 = 1_000_000;
+
+fn nanos(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
+
+/// Numbers below this are seconds since the epoch, below 1000 times it milliseconds, and so on.
+const SECONDS_BELOW: f64 = 1e11;
+
+/// A time the pipeline wrote: nanoseconds since the Unix epoch, and how coarse it is (the
+/// last digit written: a whole second, a millisecond...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub ns: i64,
+    pub resolution_ns: i64,
+}
+
+/// A time the pipeline wrote: an RFC 3339 string (`Z` or an offset such as `+02:00`, any
+/// fraction of a second), or a number of seconds, milliseconds, microseconds or nanoseconds
+/// since the epoch, told apart by size (seconds below 1e11, i.e. until the year 5138;
+/// milliseconds below 1e14; microseconds below 1e17; nanoseconds above), as a JSON number or a
+/// string of digits. Its resolution is its last digit. The error completes "`/field` ...".
+pub fn parse_time(value: &serde_json::Value) -> Result<Time, String> {
+    let not_a_time = || {
+        let shown = crate::util::text::printable(&value.to_string(), 80);
+        format!("is not a time (RFC 3339, or a number since the epoch), got {shown}")
+    };
+    let time = match value {
+        serde_json::Value::Number(n) => number(&n.to_string()),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            rfc3339(s).or_else(|| number(s))
+        }
+        _ => None,
+    };
+    time.ok_or_else(not_a_time)
+}
+
+/// Multipliers to nanoseconds of a number since the epoch, by the size that tells its unit.
+const UNITS: [(f64, i64); 4] = [
+    (SECONDS_BELOW, 1_000_000_000),
+    (SECONDS_BELOW * 1e3, 1_000_000),
+    (SECONDS_BELOW * 1e6, 1_000),
+    (f64::INFINITY, 1),
+];
+
+/// A number since the epoch as written (`1796032800123`, `1796032800.123456`), in
+/// nanoseconds; `None` unless positive and before 2262. Whole numbers are taken exactly.
+fn number(text: &str) -> Option<Time> {
+    let n: f64 = text
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+    let (_, scale) = UNITS.iter().find(|(below, _)| n < *below)?;
+    let (ns, digits) = match text.parse::<i64>() {
+        Ok(whole) => (whole.checked_mul(*scale)?, 0),
+        Err(_) => {
+            let ns = n * *scale as f64;
+            if ns >= i64::MAX as f64 {
+                return None;
+            }
+            // the digits written after the point (none in an exponent form)
+            let fraction = text.split_once('.').map_or("", |(_, f)| f);
+            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            (ns.round() as i64, digits)
+        }
+    };
+    let resolution_ns = (*scale / 10i64.pow(digits.min(9) as u32)).max(1);
+    Some(Time { ns, resolution_ns })
+}
+
+/// An RFC 3339 time (`2026-11-30T10:41:07.512874Z`, `...+02:00`; a space for the `T` too).
+fn rfc3339(s: &str) -> Option<Time> {
+    let b = s.as_bytes();
+    let (base, offset_s) = if let Some(base) = s.strip_suffix(['Z', 'z']) {
+        (base, 0i64)
+    } else if b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':' {
+        let (base, offset) = s.split_at(s.len() - 6);
+        let hours: i64 = offset[1..3].parse().ok()?;
+        let minutes: i64 = offset[4..6].parse().ok()?;
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        (base, sign * (hours * 3600 + minutes * 60))
+    } else {
+        return None;
+    };
+    let utc = humantime::parse_rfc3339_weak(base).ok()?;
+    let ns = i64::try_from(utc.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
+    let digits = base.split_once('.').map_or(0, |(_, f)| f.len().min(9));
+    Some(Time {
+        // The local time minus its offset is UTC.
+        ns: ns - offset_s * 1_000_000_000,
+        resolution_ns: 10i64.pow(9 - digits as u32),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+    /// 2026-11-30T10:00:00Z
+    const T0: u64 = 1_796_032_800_000_000_000;
+
+    fn plan(sink: bool, downstream: bool, written: bool) -> HopPlan {
+        HopPlan {
+            sink,
+            downstream,
+            written,
+        }
+    }
+
+    /// A timestamp `after_ms` the scheduled send, to the microsecond.
+    fn stamp(after_ms: i64, mark: Mark) -> Option<Result<Stamp, String>> {
+        Some(Ok(Stamp {
+            at_ns: T0 as i64 + after_ms * MS,
+            mark,
+            resolution_ns: 1_000,
+        }))
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn each_verifier_splits_into_the_hops_its_timestamps_allow() {
+        let names = |p: HopPlan| -> Vec<&str> { p.hops().iter().map(|h| h.as_str()).collect() };
+        assert_eq!(names(plan(false, false, false)), ["produce", "read"]);
+        assert_eq!(
+            names(plan(false, true, false)),
+            ["produce", "pipeline", "read"]
+        );
+        assert_eq!(
+            names(plan(true, true, true)),
+            ["produce", "pipeline", "sink", "read"]
+        );
+        assert_eq!(
+            names(plan(true, true, false)),
+            ["produce", "pipeline", "sink"]
+        );
+        assert_eq!(
+            names(plan(true, false, true)),
+            ["produce", "pipeline", "read"],
+            "without the job's timestamp, pipeline runs to the sink's"
+        );
+        assert_eq!(names(plan(true, false, false)), ["produce", "pipeline"]);
+    }
+
+    #[test]
+    fn only_hops_with_a_pipeline_timestamp_compare_clocks() {
+        let comparing = |p: HopPlan| -> Vec<&str> {
+            p.hops()
+                .into_iter()
+                .filter(|h| p.compares_clocks(*h))
+                .map(Hop::as_str)
+                .collect()
+        };
+        assert!(comparing(plan(false, false, false)).is_empty(), "own topic");
+        assert_eq!(comparing(plan(false, true, false)), ["pipeline", "read"]);
+        assert_eq!(
+            comparing(plan(true, true, true)),
+            ["pipeline", "sink", "read"]
+        );
+        assert_eq!(comparing(plan(true, true, false)), ["pipeline", "sink"]);
+        assert!(
+            comparing(plan(true, false, false)).is_empty(),
+            "to the poll"
+        );
+    }
+
+    #[test]
+    fn the_hops_of_a_record_add_up_to_its_latency() {
+        // acknowledged after 3 ms, the job's record at 33 ms, the row written at 235 ms, found
+        // by the poll that began at 260 ms
+        let stamps = Stamps {
+            downstream: stamp(33, Mark::CreateTime),
+            written: stamp(235, Mark::Written),
+            found_within: ms(2),
+        };
+        let hops = plan(true, true, true)
+            .split(Some(ms(3)), ms(260), T0, &stamps)
+            .unwrap();
+        let got: Vec<(Hop, i64, Mark)> = hops.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (Hop::Produce, 3 * MS, Mark::Acknowledged),
+                (Hop::Pipeline, 30 * MS, Mark::CreateTime),
+                (Hop::Sink, 202 * MS, Mark::Written),
+                (Hop::Read, 25 * MS, Mark::Polled),
+            ]
+        );
+        assert_eq!(hops.sum_ns(), 260 * MS);
+        // read back from a topic: the last hop ends at the read
+        let kafka = plan(false, true, false)
+            .split(Some(ms(3)), ms(41), T0, &stamps)
+            .unwrap();
+        assert_eq!(kafka.get(Hop::Read), Some(8 * MS));
+        assert_eq!(kafka.iter().last().map(|(_, _, m)| m), Some(Mark::ReadBack));
+        assert_eq!(kafka.sum_ns(), 41 * MS);
+        assert_eq!(kafka.get(Hop::Sink), None);
+    }
+
+    #[test]
+    fn a_clock_behind_makes_a_hop_negative_and_the_next_longer_never_clamped() {
+        // the job's clock is 50 ms behind: its 30 ms look like -20 ms, the read 50 ms longer
+        let stamps = Stamps {
+            downstream: stamp(33 - 50, Mark::JobTimestamp),
+            ..Stamps::default()
+        };
+        let hops = plan(false, true, false)
+            .split(Some(ms(3)), ms(41), T0, &stamps)
+            .unwrap();
+        assert_eq!(hops.get(Hop::Pipeline), Some(-20 * MS));
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
+        assert_eq!(hops.get(Hop::Read), Some(58 * MS));
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::Measured));
+        assert_eq!(hops.sum_ns(), 41 * MS);
+    }
+
+    /// A hop negative by no more than the resolution of the mark that ends it is not clock
+    /// skew: a broker timestamp truncated to its millisecond, a row written while the poll that
+    /// found it ran.
+    #[test]
+    fn a_hop_negative_within_the_resolution_of_its_end_is_not_skew() {
+        // acknowledged at 3.2 ms, the job wrote at 3.6 ms: its CreateTime says 3 ms
+        let create_time = |at_ns: i64| Stamps {
+            downstream: Some(Ok(Stamp {
+                at_ns: T0 as i64 + at_ns,
+                mark: Mark::CreateTime,
+                resolution_ns: MS,
+            })),
+            ..Stamps::default()
+        };
+        let acked = Some(Duration::from_micros(3_200));
+        let hops = plan(false, true, false)
+            .split(acked, ms(10), T0, &create_time(3 * MS))
+            .unwrap();
+        assert_eq!(hops.get(Hop::Pipeline), Some(-200_000), "never clamped");
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::WithinResolution));
+        // a millisecond and more behind: skew
+        let hops = plan(false, true, false)
+            .split(acked, ms(10), T0, &create_time(2 * MS))
+            .unwrap();
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
+        // written at 260.5 ms, during the poll that began at 260 ms and took 2 ms
+        let mut stamps = Stamps {
+            downstream: stamp(33, Mark::CreateTime),
+            written: Some(Ok(Stamp {
+                at_ns: T0 as i64 + 260 * MS + 500_000,
+                mark: Mark::Written,
+                resolution_ns: 1_000,
+            })),
+            found_within: ms(2),
+        };
+        let p = plan(true, true, true);
+        let hops = p.split(Some(ms(3)), ms(260), T0, &stamps).unwrap();
+        assert_eq!(hops.get(Hop::Read), Some(-500_000));
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::WithinResolution));
+        stamps.found_within = Duration::from_micros(100);
+        let hops = p.split(Some(ms(3)), ms(260), T0, &stamps).unwrap();
+        assert_eq!(hops.reading(Hop::Read), Some(Reading::Skewed));
+    }
+
+    #[test]
+    fn a_record_without_its_timestamps_is_not_split() {
+        let p = plan(false, true, false);
+        assert_eq!(
+            p.split(None, ms(10), T0, &Stamps::default()),
+            Err(Unsplit::NotAcknowledged)
+        );
+        let missing = Stamps {
+            downstream: Some(Err("`/processed_at` is missing".into())),
+            ..Stamps::default()
+        };
+        let e = p.split(Some(ms(1)), ms(10), T0, &missing).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no timestamp to end the pipeline hop: `/processed_at` is missing"
+        );
+        // the job kept the probe record's CreateTime (its scheduled send, in ms): it says
+        // nothing of the job; a LogAppendTime or the job's own field in the same millisecond does
+        let carried = |mark| Stamps {
+            downstream: Some(Ok(Stamp {
+                at_ns: T0 as i64 + 400_000,
+                mark,
+                resolution_ns: MS,
+            })),
+            ..Stamps::default()
+        };
+        assert_eq!(
+            p.split(
+                Some(ms(1)),
+                ms(10),
+                T0 + 300_000,
+                &carried(Mark::CreateTime)
+            ),
+            Err(Unsplit::CarriedOver)
+        );
+        for mark in [Mark::LogAppendTime, Mark::JobTimestamp] {
+            assert!(p.split(Some(ms(1)), ms(10), T0, &carried(mark)).is_ok());
+        }
+        // a probe on its own topic needs no timestamp
+        let own = plan(false, false, false)
+            .split(Some(ms(1)), ms(10), T0, &Stamps::default())
+            .unwrap();
+        assert_eq!(
+            (own.get(Hop::Produce), own.get(Hop::Read)),
+            (Some(MS), Some(9 * MS))
+        );
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_numbers_since_the_epoch_of_any_unit() {
+        let want = 1_796_032_800_123_456_000i64;
+        let time = |v: serde_json::Value| parse_time(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        for (v, resolution_ns) in [
+            (json!("2026-11-30T10:00:00.123456Z"), 1_000),
+            (json!("2026-11-30T11:00:00.123456+01:00"), 1_000),
+            (json!("2026-11-30T04:30:00.123456-05:30"), 1_000),
+            (json!("2026-11-30 10:00:00.123456z"), 1_000),
+            (json!(1_796_032_800_123_456_000u64), 1),
+            (json!(1_796_032_800_123_456u64), 1_000),
+            (json!("1796032800123456"), 1_000),
+        ] {
+            let got = time(v.clone());
+            assert_eq!((got.ns, got.resolution_ns), (want, resolution_ns), "{v}");
+        }
+        // each to its last digit
+        let ms = time(json!(1_796_032_800_123u64));
+        assert_eq!((ms.ns, ms.resolution_ns), (want - 456_000, MS));
+        let s = time(json!("2026-11-30T10:00:00Z"));
+        assert_eq!((s.ns, s.resolution_ns), (want - 123_456_000, 1_000_000_000));
+        // seconds with a fraction: as exact as a double holds them (a few hundred ns here)
+        for v in [json!(1_796_032_800.123_456), json!("1796032800.123456")] {
+            let got = time(v.clone());
+            assert!((got.ns - want).abs() < 1_000, "{v}: {got:?}");
+            assert_eq!(got.resolution_ns, 1_000, "{v}");
+        }
+        for bad in [
+            json!("yesterday"),
+            json!(true),
+            json!(null),
+            json!(0),
+            json!(-5),
+            json!("2026-11-30T10:00:00+0100"),
+            json!(1e300),
+            json!({ "t": 1 }),
+        ] {
+            let e = parse_time(&bad).unwrap_err();
+            assert!(e.starts_with("is not a time"), "{bad}: {e}");
+        }
+        let doc = json!({ "meta": { "processed_at": "2026-11-30T10:00:00.123456Z" } });
+        let s = Stamp::at(&doc, "/meta/processed_at", Mark::JobTimestamp).unwrap();
+        assert_eq!(
+            (s.at_ns, s.mark, s.resolution_ns),
+            (want, Mark::JobTimestamp, 1_000)
+        );
+        assert_eq!(
+            Stamp::at(&doc, "/processed_at", Mark::JobTimestamp),
+            Err("`/processed_at` is missing".into())
+        );
+    }
+}
