@@ -259,6 +259,49 @@ mod tests {
     }
 
     #[test]
+    fn found_documents_carry_the_timestamps_the_probe_points_at() {
+        let mut docs = sink("http://x/{ids}", "/hits/hits");
+        docs.cfg.sink.stamps = crate::config::SinkStamps {
+            hop: Some("/_source/processed_at".into()),
+            written: Some("/_source/indexed_at".into()),
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let body = serde_json::json!({"hits": {"hits": [
+            {"_source": {"id": a, "processed_at": "2026-11-30T10:00:00.030Z", "indexed_at": 1_796_032_800_230_123u64}},
+            {"_source": {"id": b, "processed_at": "soon"}},
+        ]}});
+        let found = docs.found(body.to_string().as_bytes()).unwrap();
+        let t0 = 1_796_032_800_000_000_000i64;
+        assert_eq!(
+            found[0].stamps.downstream,
+            Some(Ok(Stamp {
+                at_ns: t0 + 30_000_000,
+                mark: Mark::JobTimestamp,
+                resolution_ns: 1_000_000,
+            }))
+        );
+        assert_eq!(
+            found[0].stamps.written,
+            Some(Ok(Stamp {
+                at_ns: t0 + 230_123_000,
+                mark: Mark::Written,
+                resolution_ns: 1_000,
+            }))
+        );
+        // a document without them is still found; its record is not split, and says why
+        assert_eq!(found[1].id, b);
+        let why = found[1].stamps.downstream.clone().unwrap().unwrap_err();
+        assert!(
+            why.starts_with("`/_source/processed_at` is not a time"),
+            "{why}"
+        );
+        assert_eq!(
+            found[1].stamps.written,
+            Some(Err("`/_source/indexed_at` is missing".into()))
+        );
+    }
+
+    #[test]
     fn placeholders_are_filled_with_the_pending_ids() {
         let ids = [Uuid::nil(), Uuid::max()];
         let n = "00000000-0000-0000-0000-000000000000";
