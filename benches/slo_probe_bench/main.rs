@@ -655,7 +655,8 @@ async fn soak_section(plan: &Plan) -> String {
     let (first, last) = (steady.first(), steady.last());
     let mut out = format!(
         "### Soak and a long outage\n\n`slo-probe run` as its own process, one probe on {} partitions every {} ({rate:.0} records/s), \
-         timeout {}, `max_in_flight: {}`, against a tansu process behind a TCP front; sampled every {}. Healthy for {} \
+         timeout {}, `max_in_flight: {}`, against a tansu process behind a TCP front (the verifier's `fetch.wait.max.ms` {} ms: \
+         tansu holds each fetch that long, and at 10 ms its fetches fell behind after about 20 minutes); sampled every {}. Healthy for {} \
          (the first {} fill the 5-minute window, the finished-id retention and the slowest lists: not in the slope), then \
          the broker away for {}, then back for {}. tansu's memory engine slows fetches past about 38 000 \
          records per partition: {} partitions keep each under {:.0} records.\n\n",
@@ -663,6 +664,7 @@ async fn soak_section(plan: &Plan) -> String {
         humantime::format_duration(t.interval),
         humantime::format_duration(t.timeout),
         t.max_in_flight,
+        soak::FETCH_WAIT_MS,
         humantime::format_duration(t.sample),
         humantime::format_duration(t.soak),
         humantime::format_duration(t.fill),
