@@ -19,6 +19,7 @@
 
 mod render;
 mod slots;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use tokio::sync::{Semaphore, watch};
 
 use self::render::{Rendered, Renderer};
 use self::slots::{Admission, Slot, Slots, Tracked};
+use self::warm::{Kept, Warm};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -179,10 +181,24 @@ pub struct State(Arc<Shared>);
 
 struct Shared {
     view: Arc<AgentView>,
-    /// The thread `/status` and `/` render on.
+    /// The thread `/metrics`, `/status` and `/` render on.
     renderer: Renderer,
+    metrics: Kept,
     status: Rendered,
     live: Rendered,
+}
+
+impl Warm for Shared {
+    fn kept(&self) -> &Kept {
+        &self.metrics
+    }
+    fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+    fn render(&self) -> impl FnOnce(Instant) -> Bytes + Send + 'static {
+        let view = Arc::clone(&self.view);
+        move |_| Bytes::from(view.render_metrics())
+    }
 }
 
 impl State {
@@ -190,6 +206,7 @@ impl State {
         State(Arc::new(Shared {
             view: Arc::new(view),
             renderer: Renderer::start(),
+            metrics: Kept::default(),
             status: Rendered::default(),
             live: Rendered::default(),
         }))
@@ -347,8 +364,10 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
+/// `/metrics`, rendered on the render thread; a large agent's made ahead of the scrapes
+/// (see [`warm`]).
 async fn metrics(Extract(state): Extract<State>) -> Response {
-    let body = state.0.view.render_metrics();
+    let body = Kept::get(&state.0).await;
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
 }
 

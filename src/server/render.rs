@@ -1,4 +1,4 @@
-//! Renders of the expensive endpoints (`/status`, `/`), bounded.
+//! Renders of the expensive endpoints (`/status`, `/`, and `/metrics`: see [`super::warm`]), bounded.
 //!
 //! With many probes a render takes long (the live page draws SVG charts; see BENCHMARKS.md
 //! for its cost at 1 000 probes), and the endpoints are open to anyone who can reach the port.
@@ -31,7 +31,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// and go: glibc's allocator gives each thread an arena of its own, and 1 000-probe renders
 /// (tens of megabytes each) spread over those threads doubled the agent's RSS (BENCHMARKS.md).
 pub(super) struct Renderer {
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// `None`: renders run on the caller (tests on a paused clock, where time must not move
+    /// while a render keeps a thread busy).
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
 }
 
 impl Renderer {
@@ -49,16 +51,28 @@ impl Renderer {
                 }
             })
             .expect("the render thread starts");
-        Renderer { jobs }
+        Renderer { jobs: Some(jobs) }
+    }
+
+    /// Renders on the caller's thread.
+    #[cfg(test)]
+    pub(super) fn inline() -> Renderer {
+        Renderer { jobs: None }
     }
 
     /// `render` run on the render thread; its panic is the caller's.
-    async fn run<T: Send + 'static>(&self, render: impl FnOnce() -> T + Send + 'static) -> T {
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        render: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let Some(jobs) = &self.jobs else {
+            return render();
+        };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(render)));
         });
-        self.jobs.send(job).expect("the render thread runs");
+        jobs.send(job).expect("the render thread runs");
         match result.await.expect("the render thread answers") {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -105,7 +119,7 @@ impl Rendered {
 }
 
 /// How long a render that took `took` is served again.
-fn reuse_for(took: Duration) -> Duration {
+pub(super) fn reuse_for(took: Duration) -> Duration {
     took.saturating_mul(REUSE_FACTOR).min(MAX_REUSE)
 }
 
