@@ -523,7 +523,8 @@ pub async fn phase(agent: &mut Agent, attack: Attack, t: &Timing) -> Phase {
 }
 
 /// The cost of one page at many probes: each request a fresh render (spaced beyond the
-/// server's reuse of a render), (ms, bytes) per request.
+/// server's reuse of a render; a large `/metrics` is rendered ahead instead, and this is what a
+/// scrape of it takes), (ms, bytes) per request.
 pub async fn cost(agent: &Agent, path: &str, n: usize) -> (Vec<f64>, usize) {
     let mut times = Vec::new();
     let mut bytes = 0;

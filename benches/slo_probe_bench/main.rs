@@ -650,27 +650,35 @@ async fn disruption_section(plan: &Plan, only: &[String]) -> String {
 async fn soak_section(plan: &Plan) -> String {
     let t = plan.soak;
     let rate = f64::from(soak::PARTITIONS) / t.interval.as_secs_f64();
-    let run = soak::run(&agent_bin(), &t).await;
+    let engine = soak::Engine::from_env();
+    if matches!(engine, soak::Engine::Memory) && t.soak > Duration::from_secs(20 * 60) {
+        panic!(
+            "soak: tansu's memory engine slows past about 20 minutes at this rate (BENCHMARKS.md); \
+             build tansu with its SQLite engine once (about 20 minutes):\n  \
+             cargo install tansu --version 0.6.0 --features libsql --locked --root target/tansu-libsql\n\
+             and run with SLO_PROBE_SOAK_TANSU=target/tansu-libsql/bin/tansu (or --soak-for 20m or less)"
+        );
+    }
+    let run = soak::run(&agent_bin(), &t, &engine).await;
     let steady = &run.steady;
     let (first, last) = (steady.first(), steady.last());
     let mut out = format!(
         "### Soak and a long outage\n\n`slo-probe run` as its own process, one probe on {} partitions every {} ({rate:.0} records/s), \
-         timeout {}, `max_in_flight: {}`, against a tansu process behind a TCP front (the verifier's `fetch.wait.max.ms` {} ms: \
-         tansu holds each fetch that long, and at 10 ms its fetches fell behind after about 20 minutes); sampled every {}. Healthy for {} \
+         timeout {}, `max_in_flight: {}`, against a tansu process behind a TCP front, {} (the verifier's `fetch.wait.max.ms` {} ms: \
+         tansu holds each fetch that long); sampled every {}. Healthy for {} \
          (the first {} fill the 5-minute window, the finished-id retention and the slowest lists: not in the slope), then \
-         the broker away for {}, then back for {}. tansu's memory engine slows fetches past about 38 000 \
-         records per partition: {} partitions keep each under {:.0} records.\n\n",
+         the broker away for {}, then back for {}; {:.0} records per partition at the end.\n\n",
         soak::PARTITIONS,
         humantime::format_duration(t.interval),
         humantime::format_duration(t.timeout),
         t.max_in_flight,
+        engine.describe(),
         soak::FETCH_WAIT_MS,
         humantime::format_duration(t.sample),
         humantime::format_duration(t.soak),
         humantime::format_duration(t.fill),
         humantime::format_duration(t.outage),
         humantime::format_duration(t.recovery),
-        soak::PARTITIONS,
         rate * (t.soak + t.recovery).as_secs_f64() / f64::from(soak::PARTITIONS),
     );
     if let (Some(first), Some(last)) = (first, last) {
@@ -690,7 +698,8 @@ async fn soak_section(plan: &Plan) -> String {
              | lost / send_failed while healthy | {} / {} |\n\
              | RSS at the fill, at the end, mean | {:.1} / {:.1} / {mean_rss:.1} MiB |\n\
              | RSS slope (least squares) | {per_10_min:+.2}% per 10 min |\n\
-             | CPU, first half / second half | {:.1}% / {:.1}% of a core |\n",
+             | CPU, first half / second half | {:.1}% / {:.1}% of a core |\n\
+             | end-to-end p50 / p99 at the fill, at the end, highest p99 | {:.0} / {:.0}, {:.0} / {:.0}, {:.0} ms |\n",
             steady.len(),
             span_s / 60.0,
             last.lost - first.lost,
@@ -699,6 +708,11 @@ async fn soak_section(plan: &Plan) -> String {
             last.rss_mib,
             cpu(&steady[..half]),
             cpu(&steady[half..]),
+            first.p50_ms,
+            first.p99_ms,
+            last.p50_ms,
+            last.p99_ms,
+            steady.iter().map(|s| s.p99_ms).fold(0.0, f64::max),
         );
     }
     let max = |v: &[soak::Sample], f: fn(&soak::Sample) -> f64| v.iter().map(f).fold(0.0, f64::max);
@@ -731,15 +745,25 @@ async fn soak_section(plan: &Plan) -> String {
         );
     }
     // Every sample, for a plot: target/soak-samples.csv.
-    let csv: String =
-        std::iter::once("at_s,rss_mib,cpu_pct,sent,ok,lost,send_failed,in_flight\n".to_string())
-            .chain(run.samples.iter().map(|s| {
-                format!(
-                    "{:.1},{:.2},{:.2},{},{},{},{},{}\n",
-                    s.at, s.rss_mib, s.cpu_pct, s.sent, s.ok, s.lost, s.send_failed, s.in_flight
-                )
-            }))
-            .collect();
+    let csv: String = std::iter::once(
+        "at_s,rss_mib,cpu_pct,sent,ok,lost,send_failed,in_flight,p50_ms,p99_ms\n".to_string(),
+    )
+    .chain(run.samples.iter().map(|s| {
+        format!(
+            "{:.1},{:.2},{:.2},{},{},{},{},{},{:.1},{:.1}\n",
+            s.at,
+            s.rss_mib,
+            s.cpu_pct,
+            s.sent,
+            s.ok,
+            s.lost,
+            s.send_failed,
+            s.in_flight,
+            s.p50_ms,
+            s.p99_ms
+        )
+    }))
+    .collect();
     let _ = std::fs::write(soak::artifact("soak-samples.csv"), csv);
     // The figures reach the reader even when a check below fails.
     eprintln!("{out}");
@@ -842,8 +866,9 @@ async fn abuse_section(plan: &Plan, baseline: Option<&std::path::Path>) -> Strin
         agent.ready(Duration::from_secs(300)).await;
         let _ = writeln!(
             out,
-            "**{label}, {} probes** (3 partitions each, 2 s, ten topics): one request at a time, each a fresh render \
-             ({} per page)\n\n| page | bytes | ms per request (median) | max |\n|---|---|---|---|",
+            "**{label}, {} probes** (3 partitions each, 2 s, ten topics): one request at a time, 1.1 s apart (past the \
+             reuse of a render, so each is a fresh render, but for a `/metrics` rendered ahead of its scrapes), {} per page\n\n\
+             | page | bytes | ms per request (median) | max |\n|---|---|---|---|",
             t.large, t.renders
         );
         for path in ["/metrics", "/status", "/"] {
@@ -860,6 +885,7 @@ async fn abuse_section(plan: &Plan, baseline: Option<&std::path::Path>) -> Strin
             abuse::Attack::None,
             abuse::Attack::Hammer("/"),
             abuse::Attack::Hammer("/status"),
+            abuse::Attack::All,
         ] {
             phases.push(abuse::phase(&mut agent, a, &t).await);
         }

@@ -3,9 +3,10 @@
 //! the window, the finished-id retention and the slowest-record lists are full; then the broker
 //! goes away for 15 minutes with the agent at `max_in_flight`; then it comes back.
 //!
-//! tansu's memory engine slows fetches to a crawl past about 38 000 records per partition, so
-//! the probe spreads its records over 30 partitions (10 records per second each: 18 000 per
-//! partition in 30 minutes).
+//! The broker must keep its latency flat for the hour, or the soak measures the broker: tansu's
+//! memory engine (the tests' broker) lists every record it holds on each fetch, and at this rate
+//! fell behind after about 20 minutes. The full soak runs tansu's SQLite engine instead
+//! ([`Engine`]); the probe spreads its records over 30 partitions (10 records per second each).
 //!
 //! Every scrape checks the accounting: `sent = ok + lost + corrupt + send_failed + in_flight`.
 
@@ -52,6 +53,36 @@ pub struct Sample {
     pub lost: f64,
     pub send_failed: f64,
     pub in_flight: f64,
+    /// The probe's end-to-end p50 and p99 over its window, ms (what the broker's latency does).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Where the broker keeps the records.
+pub enum Engine {
+    /// tansu's memory engine (the tests' broker): its fetches list every record held, so they
+    /// slow as the run goes on. For short runs.
+    Memory,
+    /// tansu's SQLite engine (`--storage-engine sqlite://...`), in a binary built with the
+    /// `libsql` feature: indexed fetches, flat for an hour.
+    Sqlite(std::path::PathBuf),
+}
+
+impl Engine {
+    /// The SQLite engine when `SLO_PROBE_SOAK_TANSU` names a tansu built with it.
+    pub fn from_env() -> Engine {
+        std::env::var_os("SLO_PROBE_SOAK_TANSU")
+            .map_or(Engine::Memory, |p| Engine::Sqlite(p.into()))
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Engine::Memory => "tansu 0.6's memory engine",
+            Engine::Sqlite(_) => {
+                "tansu 0.6's SQLite engine (built with `--features libsql`), its file on disk"
+            }
+        }
+    }
 }
 
 pub struct Run {
@@ -112,6 +143,13 @@ impl Agent {
         );
         let sent = sum(&m, "slo_probe_records_sent_total", "probe=");
         let in_flight = sum(&m, "slo_probe_in_flight", "probe=");
+        let quantile = |q: &str| {
+            sum(
+                &m,
+                "slo_probe_e2e_latency_seconds",
+                &format!("quantile=\"{q}\""),
+            ) * 1000.0
+        };
         self.scrapes += 1;
         if !m.is_empty() && sent != ok + lost + corrupt + send_failed + in_flight {
             self.conserved = false;
@@ -136,6 +174,8 @@ impl Agent {
             lost,
             send_failed,
             in_flight,
+            p50_ms: quantile("0.5"),
+            p99_ms: quantile("0.99"),
         }
     }
 
@@ -149,10 +189,48 @@ impl Agent {
     }
 }
 
-pub async fn run(bin: &std::path::Path, t: &Timing) -> Run {
+/// tansu 0.6's SQLite schema has no index on `header`: reading a record's headers scans every
+/// header of every record held, so a fetch costs more with every record produced (at 300
+/// records/s tansu took a whole core within a minute and lost records within two). The index
+/// its fetch query needs (`header_fetch.sql` joins on `topition, offset_id`), made with
+/// Python's own SQLite once tansu has made its tables.
+fn index_headers(db: &std::path::Path) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+             c.execute('create index if not exists header_record on header (topition, offset_id)')\n\
+             c.commit()\n\
+             print(c.execute(\"select count(*) from sqlite_master where name = 'header_record'\").fetchone()[0])",
+        ])
+        .arg(db)
+        .output()
+        .expect("python3 runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "soak: indexing tansu's headers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn run(bin: &std::path::Path, t: &Timing, engine: &Engine) -> Run {
     let port = free_port();
-    let broker = Tansu::advertising(Some(port));
     let dir = Tree::new();
+    let broker = match engine {
+        Engine::Memory => Tansu::advertising(Some(port)),
+        Engine::Sqlite(tansu) => {
+            let broker = Tansu::with_storage(
+                Some(port),
+                tansu.clone(),
+                "sqlite://soak.db",
+                Some(dir.path()),
+            );
+            index_headers(&dir.path().join("soak.db"));
+            broker
+        }
+    };
     let upstream = format!("127.0.0.1:{}", broker.port).parse().unwrap();
     let front = || Front::start(port, upstream, false, None, dir.path());
     let mut gate = Some(front().await);

@@ -112,6 +112,10 @@ pub struct Tansu {
     pub port: u16,
     /// The address clients are told to use (a front in front of the broker, or the broker).
     pub advertised: u16,
+    /// The binary, its `--storage-engine` and the directory it runs in.
+    bin: PathBuf,
+    storage: String,
+    cwd: Option<PathBuf>,
     proc: Option<Proc>,
 }
 
@@ -122,10 +126,24 @@ impl Tansu {
 
     /// `advertised`: the port clients must connect to instead of the broker's own.
     pub fn advertising(advertised: Option<u16>) -> Tansu {
+        Tansu::with_storage(advertised, tansu_bin(), "memory://tansu/", None)
+    }
+
+    /// `bin` (a tansu built with other storage engines) with `--storage-engine storage`, run
+    /// in `cwd` (where a `sqlite://name.db` engine keeps its file).
+    pub fn with_storage(
+        advertised: Option<u16>,
+        bin: PathBuf,
+        storage: &str,
+        cwd: Option<&Path>,
+    ) -> Tansu {
         let port = free_port();
         let mut t = Tansu {
             port,
             advertised: advertised.unwrap_or(port),
+            bin,
+            storage: storage.to_string(),
+            cwd: cwd.map(Path::to_path_buf),
             proc: None,
         };
         t.restart();
@@ -150,15 +168,18 @@ impl Tansu {
     /// Starts (again) on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let mut cmd = Command::new(tansu_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("broker")
             .arg("--listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--advertised-listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.advertised))
             .arg("--storage-engine")
-            .arg("memory://tansu/")
+            .arg(&self.storage)
             .env_remove("RUST_LOG");
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
         self.proc = Some(Proc::start(cmd, "ready in"));
     }
 }
