@@ -165,7 +165,8 @@ impl Plan {
                 },
                 soak: soak::Timing {
                     soak: Duration::from_secs(35 * 60),
-                    fill: Duration::from_secs(6 * 60),
+                    // the finished-id table reaches its steady size at 643 s (see soak.rs)
+                    fill: Duration::from_secs(11 * 60),
                     outage: Duration::from_secs(15 * 60),
                     recovery: Duration::from_secs(3 * 60),
                     interval: Duration::from_millis(100),
