@@ -109,6 +109,14 @@ pub mod fuzz {
     pub use crate::verify::sink::Found;
 }
 
+/// The HTTP server on its own, for the tests of its limits (`tests/http_descriptors.rs`):
+/// not a stable interface.
+#[doc(hidden)]
+pub mod http {
+    pub use crate::export::metrics::Metrics;
+    pub use crate::server::{MAX_CONNECTIONS, MAX_DESCRIPTORS, State, bind, serve};
+}
+
 /// For the benchmark harness only: not a stable interface.
 #[doc(hidden)]
 pub mod bench {

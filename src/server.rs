@@ -9,7 +9,8 @@
 //! and when they are all taken a new connection takes the slot of the one that has waited
 //! longest for a request (`slots`), so idle or stalled connections cannot lock a scraper out;
 //! when every one is answering a request, further ones get a 503 (or when many arrive
-//! together are simply closed, so a flood cannot take the file descriptors the probes need);
+//! together are simply closed); and never more than [`MAX_DESCRIPTORS`] sockets held at once,
+//! those being closed included, so a flood cannot take the file descriptors the probes need;
 //! request headers and bodies bounded; a connection closed gracefully after
 //! [`MAX_CONNECTION_AGE`]. `/status` and `/` render on a thread of their own, one at a time,
 //! reused for a while by the requests that follow (`render`), so clients asking for them in a
@@ -35,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use self::render::{Rendered, Renderer};
 use self::slots::{Admission, Slot, Slots, Tracked};
@@ -72,6 +73,15 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Connections over the limit being told so at once; beyond that they are closed without an
 /// answer, so that refusing a flood never holds more descriptors than serving does.
 const MAX_REFUSING: usize = 16;
+/// Connections closed to make room (their slot given to a newer one) whose task has not yet run
+/// to drop them.
+const MAX_CLOSING: usize = 16;
+/// File descriptors the server holds for connections at once: served, being refused, or closed
+/// but not yet dropped. Past this the server stops accepting until one is dropped; new
+/// connections wait in the listen backlog, which holds no descriptor of the process. Without it
+/// a burst of connections on a loaded machine was accepted faster than the tasks of the ones it
+/// closed could run, and the process ran out of descriptors.
+pub const MAX_DESCRIPTORS: usize = MAX_CONNECTIONS + MAX_REFUSING + MAX_CLOSING;
 /// Sent to a connection over [`MAX_CONNECTIONS`] before it is closed.
 const BUSY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
@@ -202,6 +212,7 @@ impl Warm for Shared {
 }
 
 impl State {
+    /// The handlers' state for `view`; starts the render thread.
     pub fn new(view: AgentView) -> Self {
         State(Arc::new(Shared {
             view: Arc::new(view),
@@ -251,9 +262,16 @@ async fn serve_router(listener: TcpListener, router: Router, stop: CancellationT
     let service = TowerToHyperService::new(router);
     let slots = Slots::new(MAX_CONNECTIONS);
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let descriptors = Arc::new(Semaphore::new(MAX_DESCRIPTORS));
     let connections = TaskTracker::new();
     let quiet = crate::util::quiet::Quiet::default();
     loop {
+        // A descriptor first: it goes with the connection and is given back when its socket is
+        // dropped, wherever that happens.
+        let descriptor = tokio::select! {
+            d = Arc::clone(&descriptors).acquire_owned() => d.expect("never closed"),
+            _ = stop.cancelled() => break,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.cancelled() => break,
@@ -283,7 +301,7 @@ async fn serve_router(listener: TcpListener, router: Router, stop: CancellationT
                     conn: Arc::clone(&slot.conn),
                 };
                 let stop = stop.clone();
-                connections.spawn(serve_connection(stream, service, slot, stop));
+                connections.spawn(serve_connection(stream, descriptor, service, slot, stop));
             }
             None => {
                 if quiet.allow("busy") {
@@ -296,7 +314,7 @@ async fn serve_router(listener: TcpListener, router: Router, stop: CancellationT
                 if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
                     connections.spawn(async move {
                         refuse(stream).await;
-                        drop(permit);
+                        drop((permit, descriptor));
                     });
                 }
             }
@@ -316,8 +334,13 @@ async fn serve_router(listener: TcpListener, router: Router, stop: CancellationT
 /// included), closed gracefully at [`MAX_CONNECTION_AGE`] or at stop, and dropped if it does
 /// not finish within [`DRAIN`] after that; dropped at once when its slot is given to a new
 /// connection (it was only waiting for a request).
-async fn serve_connection<S>(stream: TcpStream, service: S, slot: Slot, stop: CancellationToken)
-where
+async fn serve_connection<S>(
+    stream: TcpStream,
+    descriptor: OwnedSemaphorePermit,
+    service: S,
+    slot: Slot,
+    stop: CancellationToken,
+) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = Response,
@@ -325,6 +348,8 @@ where
         >,
     S::Future: Send + 'static,
 {
+    // Declared before the connection that owns the socket, so dropped after it.
+    let _descriptor = descriptor;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

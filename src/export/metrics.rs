@@ -133,6 +133,7 @@ const SEND_LAG_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// The agent's Prometheus registry and the families in it, which `/metrics` renders.
 pub struct Metrics {
     registry: Registry,
     build_info: IntGaugeVec,
