@@ -644,6 +644,26 @@ fn version_names_the_commit_and_librdkafka() {
     assert!(out.stdout.starts_with(&expected), "{}", out.stdout);
 }
 
+/// On Linux the process allocates with jemalloc, under malloc's own names (so librdkafka's C
+/// allocations go to it too): jemalloc reads `MALLOC_CONF` only when its symbols are not
+/// prefixed, and prints its statistics at exit when told to.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_allocates_with_jemalloc_under_mallocs_names() {
+    let t = Tree::new();
+    let out = run(
+        t.path(),
+        &["--version"],
+        &[("MALLOC_CONF", "stats_print:true")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Begin jemalloc statistics"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// `smoke --help` lists every exit code a CI job can see.
 #[test]
 fn smoke_help_lists_every_exit_code() {
