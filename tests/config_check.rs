@@ -662,6 +662,12 @@ fn the_process_allocates_with_jemalloc_under_mallocs_names() {
         "{}",
         out.stderr
     );
+    // The options the binary sets for itself (src/main.rs) are in effect.
+    assert!(
+        out.stderr.lines().any(|l| l.trim() == "opt.narenas: 1"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// `smoke --help` lists every exit code a CI job can see.

@@ -70,6 +70,10 @@ struct Args {
     /// The soak's broker outage, instead of the plan's.
     #[arg(long, value_parser = humantime::parse_duration)]
     outage_for: Option<Duration>,
+    /// The footprint's probe counts, instead of the plan's (e.g. `--footprint-probes 100` for
+    /// the row a target is set for, and the side by side).
+    #[arg(long, value_delimiter = ',')]
+    footprint_probes: Vec<usize>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -197,6 +201,9 @@ fn main() {
     }
     if let Some(d) = args.outage_for {
         plan.soak.outage = d;
+    }
+    if !args.footprint_probes.is_empty() {
+        plan.footprint_probes.clone_from(&args.footprint_probes);
     }
     stats::self_check();
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
