@@ -70,8 +70,8 @@ struct Args {
     /// The soak's broker outage, instead of the plan's.
     #[arg(long, value_parser = humantime::parse_duration)]
     outage_for: Option<Duration>,
-    /// The footprint's probe counts, instead of the plan's (e.g. `--footprint-probes 100` for
-    /// the row a target is set for, and the side by side).
+    /// The footprint's probe counts, instead of the plan's (e.g. `--footprint-probes 1,100`: the
+    /// fixed cost and the row a target is set for; `--baseline` compares at 100 probes either way).
     #[arg(long, value_delimiter = ',')]
     footprint_probes: Vec<usize>,
     /// Passed by `cargo bench`.
