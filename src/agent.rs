@@ -101,7 +101,8 @@ pub enum StartError {
         error: String,
     },
     #[error("probe {probe}: {error}")]
-    /// A probe's sink poller could not be built.
+    /// A probe's sink poller could not be built, or its sink's answer to the query does not
+    /// fit the probe (a column it cannot compare: located in the probe file).
     Sink {
         /// The probe's name.
         probe: String,
@@ -179,6 +180,9 @@ impl Agent {
             None
         };
 
+        for note in &config.notes {
+            tracing::warn!(at = %note.loc, "{}", note.message);
+        }
         let thresholds = config
             .probes
             .iter()
@@ -330,6 +334,9 @@ impl Agent {
                 Box::new(start),
             );
         }
+        sink::check_all(&probes)
+            .await
+            .map_err(|(probe, error)| StartError::Sink { probe, error })?;
         for probe in &probes {
             let poller = sink::poller(probe, &stop_all).map_err(|error| StartError::Sink {
                 probe: probe.name().to_string(),
@@ -578,6 +585,31 @@ impl Agent {
                 })
             })
             .collect())
+    }
+
+    /// Resolves when a probe's sink answers its query in a way the probe cannot verify (a
+    /// configuration mistake found after start): the probe's name and why, located.
+    pub async fn wait_refused(&self) -> (String, String) {
+        // One waiter per probe; the first to see a refusal answers (the rest are aborted when
+        // the set is dropped).
+        let mut waits = tokio::task::JoinSet::new();
+        for p in &self.probes {
+            let (mut rx, name) = (p.progress(), p.name().to_string());
+            waits.spawn(async move {
+                let why = rx
+                    .wait_for(|s| s.refused.is_some())
+                    .await
+                    .map(|s| s.refused.clone().unwrap_or_default());
+                match why {
+                    Ok(why) => (name, why),
+                    Err(_) => std::future::pending().await,
+                }
+            });
+        }
+        match waits.join_next().await {
+            Some(Ok(found)) => found,
+            _ => std::future::pending().await,
+        }
     }
 
     /// Resolves when every probe finished its plan and settled its records.

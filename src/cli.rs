@@ -394,6 +394,9 @@ fn check(config: &Config) -> Exit {
         names.len(),
         names.join(", ")
     );
+    for note in &config.notes {
+        eprintln!("{note}");
+    }
     rate_warnings(config);
     Exit::Ok
 }
@@ -628,13 +631,43 @@ async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> Exit {
         plan,
         common.log_format,
     ));
+    let mut refused = None;
     let interrupted = tokio::select! {
         _ = agent.wait_finished() => false,
+        r = agent.wait_refused() => {
+            refused = Some(r);
+            false
+        }
         _ = signals.next() => {
             interrupted_note(common.log_format);
             true
         }
     };
+    if let Some((probe, why)) = refused {
+        // A configuration mistake found while running: no record's outcome is judged on it.
+        progress.abort();
+        let text = format!("slo-probe: probe {probe}: {why}");
+        let fields = serde_json::json!({ "probe": probe, "error": why });
+        logging::say(
+            common.log_format,
+            Level::ERROR,
+            &text,
+            "configuration problem",
+            fields,
+        );
+        let mut probes = verdicts(agent.probes());
+        for p in &mut probes {
+            if p.name == probe {
+                p.error(format!("its sink's answer cannot be verified: {why}"));
+            } else {
+                p.error("not run to the end: another probe's configuration is refused");
+            }
+        }
+        let verdict = Verdict::new(probes, started.elapsed(), embedded)
+            .config_error(format!("probe {probe}: {why}"));
+        agent.shutdown(std::future::ready(())).await;
+        return report(&verdict, args, common).unwrap_or(Exit::Config);
+    }
     if interrupted {
         progress.abort();
     } else {

@@ -73,7 +73,12 @@ pub struct Finished {
     pub acked_after: Option<Duration>,
     /// From the scheduled send to this outcome.
     pub since_scheduled: Duration,
+    /// Where it is on the probe topic: the offset the broker acknowledged (or, read back before
+    /// the acknowledgement, the one it was read at).
     pub offset: Option<i64>,
+    /// Where the verifier read it, for a record read back from a topic (the probe topic, a
+    /// mirror or a job's output): the partition and offset there.
+    pub read: Option<ReadAt>,
     pub outcome: Outcome,
     /// End-to-end latency (scheduled send to verification), for records that arrived.
     pub latency: Option<Duration>,
@@ -109,6 +114,13 @@ impl Finished {
 /// whether or not the trace is exported.
 pub fn verify_span_id(id: &Uuid) -> opentelemetry::trace::SpanId {
     opentelemetry::trace::SpanId::from_bytes(id.as_bytes()[8..16].try_into().expect("8 bytes"))
+}
+
+/// Where a record was read back: a partition and offset of the topic the probe verifies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAt {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Why a record did not end `ok`: a short, low-cardinality kind to filter on (`timeout`,
@@ -229,17 +241,22 @@ pub enum SinkErrorKind {
     InvalidJson,
     /// No answer within the sink's `timeout`.
     Timeout,
+    /// The query answers, but not in a way the probe can verify (a column it cannot compare,
+    /// a missing column, `$1` of the wrong type): a configuration mistake, located in the
+    /// probe file. The probe stops sending until the sink's answer is fit again.
+    Refused,
 }
 
 impl SinkErrorKind {
     /// Every kind, in the order of the `reason` label values.
-    pub const ALL: [SinkErrorKind; 6] = [
+    pub const ALL: [SinkErrorKind; 7] = [
         SinkErrorKind::Unreachable,
         SinkErrorKind::Auth,
         SinkErrorKind::Query,
         SinkErrorKind::HttpStatus,
         SinkErrorKind::InvalidJson,
         SinkErrorKind::Timeout,
+        SinkErrorKind::Refused,
     ];
 
     /// The `reason` label value.
@@ -251,6 +268,7 @@ impl SinkErrorKind {
             SinkErrorKind::HttpStatus => "http_status",
             SinkErrorKind::InvalidJson => "invalid_json",
             SinkErrorKind::Timeout => "timeout",
+            SinkErrorKind::Refused => "refused",
         }
     }
 }
@@ -367,19 +385,22 @@ pub enum Event<'a> {
     },
     /// SLO number `slo` (in the probe's order) judged a final outcome good or bad.
     SloJudged { slo: usize, good: bool },
-    /// A verified record was seen again; `forgotten`: an own record older than the tracker's
-    /// memory (its fate is not known any more; most often a replay).
+    /// A verified record was seen again where `seen`; `partition`: the one it was sent to,
+    /// unless `forgotten` (an own record older than the tracker's memory: its fate is not known
+    /// any more; most often a replay).
     Duplicate {
         seen: Seen<'a>,
         id: Uuid,
+        partition: Option<i32>,
         forgotten: bool,
     },
-    /// A record came back after it was declared lost (`latency` since its scheduled send, when
-    /// it is still remembered).
+    /// A record came back (where `seen`) after it was declared lost (`latency` since its
+    /// scheduled send; `partition`: the one it was sent to).
     Late {
         seen: Seen<'a>,
         id: Uuid,
         latency: Option<Duration>,
+        partition: i32,
     },
     /// A record on the verify topic that is not a probe record.
     Foreign {
@@ -409,6 +430,15 @@ pub enum Event<'a> {
     SendLag { lag: Duration },
     /// A round settled with a verified record among `settled`: the probe works.
     Ready { ok: u64, settled: u64 },
+    /// A timestamp the probe file names (`field`: `name`) was missing from the first
+    /// `records` verified records, and found in none: a typo, or a job that does not write it
+    /// (`why`: the last reason). Reported once.
+    TimestampMissing {
+        field: &'static str,
+        name: String,
+        records: u64,
+        why: String,
+    },
     /// A Schema Registry request for the probe failed (`reason`: unreachable, auth,
     /// not_found, http_status): its schema id could not be had (records are not sent until it
     /// is), or a record's writer schema could not be fetched (the record stays unverified).

@@ -596,6 +596,15 @@ pub enum Corruption {
         /// What it held (`nothing` when absent).
         got: String,
     },
+    /// A record read back from another topic with neither `id_from` nor `expect` is checked
+    /// as an exact copy of the one sent (a mirror's), and was not one: `why`, with the hint
+    /// that a job's output needs `id_from` and `expect`.
+    NotACopy {
+        /// The topic it was read from.
+        topic: String,
+        /// How it differs.
+        why: Box<Corruption>,
+    },
 }
 
 impl Corruption {
@@ -608,6 +617,7 @@ impl Corruption {
             Corruption::Header { .. } => "header",
             Corruption::TraceContext(_) => "trace_context",
             Corruption::Assertion { .. } => "assertion",
+            Corruption::NotACopy { why, .. } => why.kind(),
         }
     }
 }
@@ -633,6 +643,10 @@ impl fmt::Display for Corruption {
             } => {
                 write!(f, "assertion {pointer}: expected {expected}, got {got}")
             }
+            Corruption::NotACopy { topic, why } => write!(
+                f,
+                "{why} (records read back from `{topic}` with neither `id_from` nor `expect` are checked as exact copies of those sent, as a mirror writes them; a job's output needs `id_from` and `expect`)"
+            ),
         }
     }
 }
@@ -713,12 +727,34 @@ pub fn check_expectations(
     Ok(())
 }
 
-/// JSON equality with numbers compared by value (42 == 42.0).
+/// JSON equality with numbers compared by value, exactly (42 == 42.0, 19.99 == 19.990, but
+/// 9007199254740993 != 9007199254740992): as decimals where both are written with at most 28
+/// significant digits, else as floats.
 pub(crate) fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
+    use serde_json::Value::Number;
+    match (a, b) {
+        (Number(x), Number(y)) => match (decimal(x), decimal(y)) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
         _ => a == b,
     }
+}
+
+/// A JSON number as the decimal it is written as (a float as its shortest form: `0.1`), when
+/// one of 28 significant digits holds it exactly.
+pub(crate) fn decimal(n: &serde_json::Number) -> Option<rust_decimal::Decimal> {
+    use rust_decimal::Decimal;
+    if let Some(i) = n.as_i64() {
+        return Some(Decimal::from(i));
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(Decimal::from(u));
+    }
+    let text = n.to_string();
+    Decimal::from_str_exact(&text)
+        .or_else(|_| Decimal::from_scientific(&text))
+        .ok()
 }
 
 /// Decodes and checks an envelope's own digest.
@@ -882,6 +918,28 @@ mod tests {
             instance: "host-abc123".into(),
             site: "eu-west-1a".into(),
         }
+    }
+
+    /// Numbers compare by their value as written, exactly: an integer and the same float are
+    /// equal, a decimal's trailing zeros do not matter, and two integers a float cannot tell
+    /// apart stay apart.
+    #[test]
+    fn numbers_compare_as_the_decimals_they_are() {
+        use serde_json::json;
+        let same = |a: serde_json::Value, b: serde_json::Value| same_json(&a, &b);
+        assert!(same(json!(42), json!(42.0)));
+        assert!(same(json!(19.99), json!(19.99)));
+        assert!(same(json!(-0.5), json!(-0.50)));
+        assert!(same(json!(1e-7), json!(0.0000001)));
+        assert!(!same(
+            json!(9_007_199_254_740_993u64),
+            json!(9_007_199_254_740_992u64)
+        ));
+        assert!(!same(json!(19.99), json!(19.989_999)));
+        assert!(!same(json!(42), json!("42")), "a number is not its text");
+        // beyond 28 significant digits: compared as floats
+        assert!(same(json!(1e300), json!(1e300)));
+        assert!(!same(json!(1e300), json!(2e300)));
     }
 
     fn sample() -> Outgoing {

@@ -239,6 +239,17 @@ impl ProbeVerdict {
                 c.get(Outcome::Corrupt)
             ));
         }
+        // A timestamp named in the probe file that no verified record carried: a typo, or a
+        // job that does not write it. Every hop at it went unmeasured.
+        for n in s.hops.named.iter().filter(|n| n.never_found()) {
+            failures.push(format!(
+                "`{}` ({}) is in none of the {} verified records ({}): no hop was split at it; check it against what the pipeline writes",
+                n.field,
+                n.name,
+                n.missing,
+                n.last_missing.as_deref().unwrap_or("-")
+            ));
+        }
         for v in slos.iter().filter(|v| !v.met) {
             let got = v
                 .good_percent
@@ -698,6 +709,9 @@ pub struct ProbeStatus {
     /// Partition -> leader broker id, at the last metadata refresh.
     pub leaders: BTreeMap<i32, i32>,
     pub discovery_error: Option<String>,
+    /// Why the sink's answer to the probe's query cannot be verified (located in the probe
+    /// file), while that is the case: the probe sends nothing meanwhile.
+    pub refused: Option<String>,
     /// Supervised tasks of the probe that are down (being restarted) -> why the last one died.
     pub tasks_down: BTreeMap<&'static str, String>,
     pub rounds_started: u64,
@@ -784,6 +798,7 @@ impl ProbeStatus {
             partitions: s.progress.partitions.clone(),
             leaders: s.progress.leaders.clone(),
             discovery_error: s.progress.discovery_error.clone(),
+            refused: s.progress.refused.clone(),
             tasks_down: s
                 .progress
                 .down

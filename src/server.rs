@@ -153,6 +153,8 @@ impl AgentView {
                     format!("task {} is down and being restarted: {why}", task.as_str())
                 } else if let Some(e) = s.discovery_error {
                     e
+                } else if let Some(e) = s.refused {
+                    format!("the sink's answer cannot be verified, nothing is sent: {e}")
                 } else if s.rounds_completed == 0 {
                     "first round not complete".into()
                 } else if s.counts.get(Outcome::Ok) == 0 {

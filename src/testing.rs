@@ -102,6 +102,7 @@ fn kind(e: &Event<'_>) -> &'static str {
         Event::SendLag { .. } => "send_lag",
         Event::Ready { .. } => "ready",
         Event::RegistryFailed { .. } => "registry_failed",
+        Event::TimestampMissing { .. } => "timestamp_missing",
     }
 }
 
@@ -202,6 +203,7 @@ pub(crate) fn finished(
         acked_after: None,
         since_scheduled: Duration::from_millis(latency_ms),
         offset: Some(seq as i64),
+        read: None,
         outcome,
         latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
         reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),

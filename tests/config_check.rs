@@ -360,7 +360,7 @@ slos:
             "probes/a.yaml:6:11: `verify.http.body` needs `method: POST`",
             "probes/a.yaml:7:18: `verify.http.ids_pointer` must be a JSON pointer like /hits/hits (or empty for the whole response), got `hits`",
             "probes/a.yaml:8:14: `verify.http.headers.bad header` is not a valid HTTP header name and value",
-            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, max_response_bytes, poll, timeout, ca_file, expect, hop_timestamp, timestamp_pointer",
+            "probes/a.yaml:9:5: unknown field `colour` in verify.http; expected one of: url, method, body, headers, ids_pointer, id_pointer, max_response_bytes, poll, timeout, ca_file, expect, hop_timestamp, timestamp_pointer, ordered",
             "probes/b.yaml:3:7: `verify` must have exactly one of: kafka, postgres, http",
             "probes/c.yaml:3:16: `verify.http` must put the pending record ids into its `url` or `body`: use {ids} (comma-separated) or {ids_json} (a JSON array)",
             "probes/c.yaml:3:56: `verify.http.method` must be GET or POST, got `PUT`",
@@ -418,6 +418,36 @@ slos:
             "probes/e.yaml:5:13: `record.value` does not fit the schema in s.avsc: text \"high\" does not fit type double",
             "probes/e.yaml:6:5: `record.value` does not fit the schema in s.avsc: record Order has no field `extra` (its fields: id, seq, amount, note)",
             "probes/f.yaml:3:6: a sink finds records by their id: put `{id}` in `record.value` (or `record.key`) so that the pipeline carries it into the sink",
+        ],
+    },
+    Case {
+        name: "transactional says how a job writes: not on the probe's own topic, not with the job's timestamp, not read uncommitted",
+        agent: Some(
+            "clusters:\n  primary:\n    bootstrap_servers: 127.0.0.1:9092\n    consumer: { isolation.level: read_uncommitted }\n",
+        ),
+        probes: &[
+            (
+                "a.yaml",
+                "name: own\nverify:\n  kafka: { transactional: true }\n",
+            ),
+            (
+                "b.yaml",
+                "name: stamped\nverify:\n  kafka: { topic: out, id_from: header, transactional: true, hop_timestamp: /at }\n",
+            ),
+            (
+                "c.yaml",
+                "name: uncommitted\nverify:\n  kafka:\n    topic: out\n    id_from: header\n    transactional: true\n    ordered: maybe\n",
+            ),
+            (
+                "d.yaml",
+                "name: uncommitted2\nverify:\n  kafka: { topic: out, id_from: header, transactional: true }\n",
+            ),
+        ],
+        expected: &[
+            "probes/a.yaml:3:27: `verify.kafka.transactional` says how a job writes its output: the probe's own topic is written by the probe, outside transactions",
+            "probes/b.yaml:3:77: `verify.kafka.hop_timestamp` with `transactional: true`: a record of a transactional output becomes readable when the job's transaction commits, not at the time the job wrote into it, so the pipeline hop runs to the read-back; remove `hop_timestamp`",
+            "probes/c.yaml:7:14: `verify.kafka.ordered` must be true or false, got `maybe`",
+            "probes/d.yaml:3:56: `verify.kafka.transactional` needs a consumer that reads only committed records, but cluster `primary` sets isolation.level=read_uncommitted: records of aborted transactions would count as delivered; remove it (librdkafka's default is read_committed)",
         ],
     },
     Case {
@@ -861,5 +891,39 @@ fn files_are_read_only_when_regular_and_small() {
     assert!(
         !stderr.contains("linked-secret"),
         "a link to a regular file is read: {stderr}"
+    );
+}
+
+/// A probe that reads its records back from another topic with neither `id_from` nor
+/// `expect` holds them to be exact copies: valid (a mirror writes copies), but a job's output
+/// would then be `corrupt` record by record, so `check` says what it will do and what a job's
+/// output needs. A mirror of the probe topic on another cluster, same name, is not noted.
+#[test]
+fn check_explains_a_downstream_topic_read_as_copies() {
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        "clusters:\n  primary: { bootstrap_servers: 127.0.0.1:9092 }\n  replica: { bootstrap_servers: 127.0.0.1:9093 }\n",
+    );
+    t.write(
+        "probes/enriched.yaml",
+        "name: enriched\ncluster: primary\nverify:\n  kafka:\n    cluster: primary\n    topic: orders-enriched\n",
+    );
+    t.write(
+        "probes/mirror.yaml",
+        "name: mirror\ncluster: primary\nverify:\n  kafka: { cluster: replica }\n",
+    );
+    t.write(
+        "probes/job.yaml",
+        "name: job\ncluster: primary\nverify:\n  kafka: { topic: orders-enriched, id_from: header }\n",
+    );
+    let out = run(t.path(), &["check"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let notes: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        notes,
+        [
+            "probes/enriched.yaml:5:5: note: probe enriched reads its records back from `orders-enriched`, not from its own topic `synthetic-sla`, with neither `id_from` nor `expect`: each record there must be an exact copy of the one sent (the envelope and its digest, every header), as a mirror writes it. A job's output is not: say where its id is (`id_from`) and what must hold (`expect`), or every record is `corrupt`"
+        ],
     );
 }

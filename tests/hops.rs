@@ -428,3 +428,52 @@ async fn a_job_clock_behind_is_counted_as_skew_never_a_negative_latency() {
         job.stop().await;
     }
 }
+
+/// A `hop_timestamp` that no record carries (a typo: `/processed_ad`) splits nothing: the
+/// verdict fails, naming the field and the pointer, though every record arrived intact (it
+/// passed before, the only trace an `unsplit` count deep in the JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_timestamp_that_matches_nothing_fails_the_verdict_naming_it() {
+    let broker = Tansu::start();
+    create_topics(
+        &broker.bootstrap(),
+        &[("in", PARTITIONS), ("out", PARTITIONS)],
+    )
+    .await;
+    let timing = Timing {
+        hold: Duration::ZERO,
+        clock_behind: Duration::ZERO,
+        processed_at: true,
+    };
+    let job = TimedJob::start(&broker.bootstrap(), "in", "out", PARTITIONS, timing);
+    let t = Tree::new();
+    t.agent_file(&broker.bootstrap());
+    t.write(
+        "probes/typo.yaml",
+        "name: typo\ntopic: in\ninterval: 100ms\ntimeout: 5s\nverify:\n  kafka: { topic: out, id_from: header, hop_timestamp: /processed_ad }\n",
+    );
+    let dir = t.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        common::run(&dir, &["smoke", "--rounds", "5", "--output", "json"], &[])
+    })
+    .await
+    .unwrap();
+    job.stop().await;
+    assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let p = &v["probes"][0];
+    let sent = 5 * PARTITIONS as u64;
+    assert_eq!(p["records"]["ok"], sent, "{p:#}");
+    assert_eq!(
+        p["failures"],
+        serde_json::json!([format!(
+            "`verify.kafka.hop_timestamp` (/processed_ad) is in none of the {sent} verified records (`/processed_ad` is missing): no hop was split at it; check it against what the pipeline writes"
+        )]),
+        "{p:#}"
+    );
+    let named = &p["hops"]["timestamps"][0];
+    assert_eq!(
+        (named["found"].as_u64(), named["missing"].as_u64()),
+        (Some(0), Some(sent))
+    );
+}

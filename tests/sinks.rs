@@ -26,15 +26,7 @@ const TOPIC: &str = "synthetic-sla";
 
 /// An example probe file, with `substitutions` (each must apply) to run it faster.
 fn example(file: &str, substitutions: &[(&str, &str)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("probes/sinks")
-        .join(file);
-    let mut text = std::fs::read_to_string(path).unwrap();
-    for (from, to) in substitutions {
-        assert!(text.contains(from), "{file} has no `{from}`");
-        text = text.replacen(from, to, 1);
-    }
-    text
+    common::example(&format!("sinks/{file}"), substitutions)
 }
 
 async fn database(pg: &Postgres) -> tokio_postgres::Client {
@@ -601,4 +593,153 @@ async fn a_malformed_sqlstate_is_a_counted_error_not_a_dead_poller() {
     );
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(GUARD).code(), Some(0));
+}
+
+/// A NUMERIC column (Flink's DECIMAL in PostgreSQL, every money column) is compared exactly:
+/// `42.50` is the `42.5` the probe expects, and a `seq` kept as `numeric(20,2)` is the record's
+/// seq. (Before, every poll failed reading it and every record ended `lost`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_columns_are_compared_exactly() {
+    let pg = Postgres::start();
+    let _db = database(&pg).await;
+    let (broker, t) = probe_tree(
+        "orders-warehouse.yaml",
+        &[
+            ("interval: 10s", "interval: 200ms"),
+            ("timeout: 60s", "timeout: 6s"),
+            ("poll: 1s", "poll: 100ms"),
+            (
+                "select id, probe, seq, team from orders_sink",
+                "select id, probe, seq::numeric(20,2) as seq, team, 42.50::numeric(12,2) as amount, 0.30000000000000004::numeric as tiny from orders_sink",
+            ),
+            ("      team: payments\n", "      team: payments\n      amount: 42.5\n      tiny: \"0.30000000000000004\"\n"),
+        ],
+    )
+    .await;
+    let writer = writer(
+        &broker,
+        Store::Postgres(pg.dsn()),
+        Duration::from_millis(50),
+        Faults::NONE,
+    );
+    let dsn = pg.dsn();
+    let (mut smoke, report) = smoke(&t, 5, &[("ORDERS_PG_DSN", &dsn)]);
+    let code = smoke.wait_exit(GUARD).code();
+    writer.stop().await;
+    let p = &verdict(&report)["probes"][0];
+    assert_eq!(code, Some(0), "{p:#}");
+    let r = &p["records"];
+    assert_eq!(
+        (count(&r["sent"]), count(&r["ok"])),
+        (5 * PARTITIONS as u64, 5 * PARTITIONS as u64),
+        "{p:#}"
+    );
+    assert_eq!(count(&p["sink"]["errors"]), 0, "{p:#}");
+}
+
+/// A column the poller cannot compare (here an `interval`) is a configuration mistake, found
+/// when the query is prepared at start: exit 78 with the probe file's place of the column, no
+/// record sent, none `lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_it_cannot_compare_is_refused_at_start_with_its_place() {
+    let pg = Postgres::start();
+    let _db = database(&pg).await;
+    let (_broker, t) = probe_tree(
+        "orders-warehouse.yaml",
+        &[(
+            "select id, probe, seq, team from orders_sink",
+            "select id, probe, seq, interval '1 day' as team from orders_sink",
+        )],
+    )
+    .await;
+    let dsn = pg.dsn();
+    let (mut smoke, report) = smoke(&t, 3, &[("ORDERS_PG_DSN", &dsn)]);
+    assert_eq!(smoke.wait_exit(GUARD).code(), Some(78));
+    let v = verdict(&report);
+    assert_eq!(v["result"], "CONFIG_ERROR", "{v:#}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("probes/orders-warehouse.yaml:28:7: `verify.postgres.expect.team`: column `team` is interval, which slo-probe cannot compare; cast it in the query"),
+        "{why}"
+    );
+    // and `run` the same way
+    let out = common::run(t.path(), &["run"], &[("ORDERS_PG_DSN", &dsn)]);
+    assert_eq!(out.code(), 78, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("column `team` is interval"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A database that cannot be asked at start is asked at every poll: when it answers with a
+/// query the probe cannot verify, the probe stops sending and its records in flight wait
+/// instead of ending `lost`; smoke ends at once with exit 78 naming the column's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_refused_after_start_stops_the_probe_and_loses_nothing() {
+    let mut pg = Postgres::start();
+    let db = database(&pg).await;
+    // on disk before the kill: the test server runs without fsync
+    db.batch_execute("alter table orders_sink add column amount money default 42.5")
+        .await
+        .unwrap();
+    db.batch_execute("checkpoint").await.unwrap();
+    let (broker, t) = probe_tree(
+        "orders-warehouse.yaml",
+        &[
+            ("interval: 10s", "interval: 200ms"),
+            ("timeout: 60s", "timeout: 30s"),
+            ("poll: 1s", "poll: 100ms"),
+            (
+                "select id, probe, seq, team from orders_sink",
+                "select id, probe, seq, team, amount from orders_sink",
+            ),
+            (
+                "      team: payments\n",
+                "      team: payments\n      amount: 42.5\n",
+            ),
+        ],
+    )
+    .await;
+    drop(db);
+    pg.kill();
+    let writer = writer(
+        &broker,
+        Store::Postgres(pg.dsn()),
+        Duration::from_millis(50),
+        Faults::NONE,
+    );
+    let dsn = pg.dsn();
+    let (mut smoke, report) = smoke(&t, 50, &[("ORDERS_PG_DSN", &dsn)]);
+    let unasked = smoke.wait_event(
+        GUARD,
+        "cannot check the sink's query at start; the poller checks it at every poll",
+    );
+    assert_eq!(unasked["reason"], "unreachable", "{unasked}");
+    pg.restart();
+    assert_eq!(smoke.wait_exit(GUARD).code(), Some(78));
+    writer.stop().await;
+    let v = verdict(&report);
+    assert_eq!(v["result"], "CONFIG_ERROR", "{v:#}");
+    let p = &v["probes"][0];
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("probes/orders-warehouse.yaml:29:7: `verify.postgres.expect.amount`: column `amount` is money"),
+        "{v:#}"
+    );
+    let r = &p["records"];
+    assert!(count(&r["sent"]) > 0, "{p:#}");
+    assert_eq!(
+        count(&r["lost"]),
+        0,
+        "nothing lost for a configuration mistake: {p:#}"
+    );
+    assert_eq!(
+        count(&r["sent"]),
+        count(&r["ok"]) + count(&r["in_flight"]),
+        "{p:#}"
+    );
+    assert!(count(&p["sink"]["errors"]) >= 1, "{p:#}");
 }

@@ -184,6 +184,12 @@ async fn http_receiver_gets_joined_spans_and_logs_carry_their_ids() {
         let headers = headers_on(pipeline.cluster.bootstrap_servers(), &topic, sent as usize);
         on_topics.insert(name, headers.await);
     }
+    let mangled_out = headers_on(
+        pipeline.cluster.bootstrap_servers(),
+        "mangled-out",
+        sent as usize,
+    )
+    .await;
     let got = std::mem::take(&mut *collector.got.lock().unwrap());
     assert_eq!(got.spans.len(), 4 * sent as usize);
     assert!(
@@ -324,6 +330,10 @@ async fn http_receiver_gets_joined_spans_and_logs_carry_their_ids() {
                 assert_eq!(log["reason"], "timeout");
                 assert!(log["latency_ms"].is_null());
                 assert_eq!(log["topic"], "lossy-in");
+                // never read back: nowhere downstream to name
+                for f in ["read_topic", "read_partition", "read_offset"] {
+                    assert!(log.get(f).is_none_or(Value::is_null), "{f}: {log}");
+                }
             } else {
                 // the failed assertion, in the status and the log
                 assert_eq!(a["slo_probe.reason"], "digest");
@@ -340,7 +350,13 @@ async fn http_receiver_gets_joined_spans_and_logs_carry_their_ids() {
                         .starts_with("digest mismatch")
                 );
                 assert!(log["latency_ms"].as_f64().unwrap() > 0.0);
-                assert_eq!(log["topic"], "mangled-out");
+                // where it was sent (above), and where the verifier read it, as the relay
+                // wrote it there
+                assert_eq!(log["topic"], "mangled-in");
+                let out = &mangled_out[record_id];
+                assert_eq!(log["read_topic"], "mangled-out");
+                assert_eq!(log["read_partition"], out.partition);
+                assert_eq!(log["read_offset"], out.offset);
             }
         }
         assert_eq!(failed, k, "{name}: every picked record has an error span");

@@ -78,6 +78,9 @@ pub struct Config {
     pub agent: AgentConfig,
     /// One per probe file, in the order read.
     pub probes: Vec<ProbeConfig>,
+    /// Valid, but worth a second look before it runs: each a located sentence. `check` prints
+    /// them; `run` and `smoke` log them as warnings at start.
+    pub notes: Vec<Diagnostic>,
 }
 
 impl Config {
@@ -387,6 +390,16 @@ impl Verify {
         }
     }
 
+    /// Whether the pipeline keeps the order of one partition's records on the way the
+    /// verifier sees them (`ordered`): only then is `reordered` counted.
+    pub fn ordered(&self) -> bool {
+        match self {
+            Verify::Kafka(k) => k.ordered,
+            Verify::Postgres(p) => p.sink.ordered,
+            Verify::Http(h) => h.sink.ordered,
+        }
+    }
+
     /// How often a sink is polled.
     pub fn poll(&self) -> Option<Duration> {
         self.sink().map(|s| s.poll)
@@ -433,6 +446,10 @@ pub struct SinkPoll {
     pub expect: Vec<(String, Expectation)>,
     /// Where the found row or document carries the pipeline's timestamps (hops).
     pub stamps: SinkStamps,
+    /// The sink shows one partition's records in the order they were sent (`ordered`, the
+    /// default): a record found in a later poll than a higher seq of its partition is
+    /// `reordered`. False for a sink written by parallel writers that do not keep that order.
+    pub ordered: bool,
 }
 
 /// Timestamps a sink's rows or documents carry, which split a record's latency into hops: a
@@ -459,6 +476,30 @@ pub struct PostgresVerify {
     pub pool_size: usize,
     /// Cadence, bound and assertions of the poller.
     pub sink: SinkPoll,
+    /// Where the query and each column it must return are named in the probe file: a column
+    /// the poller cannot read or compare is refused with its place.
+    pub places: ColumnPlaces,
+}
+
+/// Where a PostgreSQL probe names its query and the columns it reads, for located refusals.
+#[derive(Debug, Clone)]
+pub struct ColumnPlaces {
+    /// `verify.postgres.query`.
+    pub query: Loc,
+    /// Column -> the field that names it (`id_column`, an `expect` key, `hop_timestamp`,
+    /// `timestamp_column`) and where; the first field naming a column wins.
+    pub columns: BTreeMap<String, (String, Loc)>,
+}
+
+impl ColumnPlaces {
+    /// Where `column` is named, and by which field (the query's place when no field names it).
+    pub fn of(&self, column: &str) -> (&str, &Loc) {
+        self.columns
+            .get(column)
+            .map_or(("verify.postgres.query", &self.query), |(field, loc)| {
+                (field.as_str(), loc)
+            })
+    }
 }
 
 impl fmt::Debug for PostgresVerify {
@@ -469,6 +510,7 @@ impl fmt::Debug for PostgresVerify {
             .field("id_column", &self.id_column)
             .field("pool_size", &self.pool_size)
             .field("sink", &self.sink)
+            .field("places", &self.places)
             .finish()
     }
 }
@@ -537,6 +579,17 @@ pub struct KafkaVerify {
     /// Where the job wrote its own timestamp into the records read back (`hop_timestamp`, a
     /// JSON pointer): it ends the `pipeline` hop instead of the record's broker timestamp.
     pub hop_timestamp: Option<String>,
+    /// The job writes the topic in transactions (`transactional`: Flink's exactly-once sink,
+    /// Kafka Streams `exactly_once_v2`): a record becomes readable when its transaction
+    /// commits, at the job's next checkpoint, so the `pipeline` hop runs to the read-back (the
+    /// wait for the commit is the job's, not the read's).
+    pub transactional: bool,
+    /// The pipeline keeps the order of one input partition's records on each partition it
+    /// writes them to (`ordered`, the default): a record read after a higher seq of its input
+    /// partition on the same downstream partition is `reordered`. Order across downstream
+    /// partitions is never judged (a job that re-keys spreads one input partition over
+    /// several). False for a job that shuffles between parallel subtasks before its sink.
+    pub ordered: bool,
 }
 
 impl KafkaVerify {
@@ -619,7 +672,8 @@ pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
             parsed.push(p);
         }
     }
-    let probes = resolve(&agent, parsed, &mut diags);
+    let mut notes = Vec::new();
+    let probes = resolve(&agent, parsed, &mut diags, &mut notes);
     // Nothing to run is never a success: `check` would say "ok" and `smoke` would pass.
     if diags.is_empty() && probes.is_empty() {
         let searched: Vec<String> = sources
@@ -640,7 +694,11 @@ pub fn load(sources: &Sources) -> Result<Config, Diagnostics> {
         );
     }
     if diags.is_empty() {
-        Ok(Config { agent, probes })
+        Ok(Config {
+            agent,
+            probes,
+            notes,
+        })
     } else {
         diags.sort();
         Err(diags)
@@ -689,11 +747,13 @@ fn is_yaml(p: &Path) -> bool {
 }
 
 /// Cross-file checks (unique probe names, cluster references), run on every probe file that
-/// parsed, valid or not; then the unnamed clusters of valid probes are resolved.
+/// parsed, valid or not; then the unnamed clusters of valid probes are resolved, and what the
+/// probe and the clusters it uses say together is checked ([`downstream_checks`]).
 fn resolve(
     agent: &AgentConfig,
     parsed: Vec<probe_file::Parsed>,
     diags: &mut Diagnostics,
+    notes: &mut Vec<Diagnostic>,
 ) -> Vec<ProbeConfig> {
     let mut seen: HashMap<&str, &Loc> = HashMap::new();
     for p in &parsed {
@@ -721,7 +781,7 @@ fn resolve(
         .then(|| agent.clusters.keys().next().cloned())
         .flatten();
     let mut probes = Vec::new();
-    for p in parsed {
+    for mut p in parsed {
         let who = p
             .name
             .as_ref()
@@ -749,7 +809,9 @@ fn resolve(
                 ),
             );
         }
-        let Some(mut probe) = p.probe else { continue };
+        let Some(mut probe) = p.probe.take() else {
+            continue;
+        };
         if let (None, Some(only)) = (&p.cluster, &only) {
             probe.cluster = only.clone();
             if let Verify::Kafka(k) = &mut probe.verify
@@ -758,7 +820,57 @@ fn resolve(
                 k.cluster = only.clone();
             }
         }
+        downstream_checks(agent, &probe, &p, diags, notes);
         probes.push(probe);
     }
     probes
+}
+
+/// What a probe verifying on another topic says together with its clusters: a transactional
+/// downstream topic needs a consumer that reads only committed records; a downstream topic
+/// read with neither `id_from` nor `expect` is checked as a copy, which a job's output is not
+/// (a note, since a mirror's is).
+fn downstream_checks(
+    agent: &AgentConfig,
+    probe: &ProbeConfig,
+    parsed: &probe_file::Parsed,
+    diags: &mut Diagnostics,
+    notes: &mut Vec<Diagnostic>,
+) {
+    let Some(k) = probe.verify.kafka() else {
+        return;
+    };
+    if let (true, Some(at), Some(c)) = (
+        k.transactional,
+        &parsed.transactional,
+        agent.clusters.get(&k.cluster),
+    ) {
+        let isolation = c
+            .consumer
+            .get("isolation.level")
+            .or_else(|| c.properties.get("isolation.level"));
+        if isolation.is_some_and(|i| i == "read_uncommitted") {
+            diags.push(
+                at.clone(),
+                format!(
+                    "`verify.kafka.transactional` needs a consumer that reads only committed records, but cluster `{}` sets isolation.level=read_uncommitted: records of aborted transactions would count as delivered; remove it (librdkafka's default is read_committed)",
+                    k.cluster
+                ),
+            );
+        }
+    }
+    let copied = !k.transformed() && k.avro.is_none();
+    if copied && k.topic != probe.topic {
+        let at = parsed.verify_kafka.clone().unwrap_or(probe.origin.clone());
+        notes.push(Diagnostic {
+            loc: at,
+            message: format!(
+                "note: probe {} reads its records back from `{}`, not from its own topic `{}`, with neither `id_from` nor `expect`: each record there must be an exact copy of the one sent ({}, every header), as a mirror writes it. A job's output is not: say where its id is (`id_from`) and what must hold (`expect`), or every record is `corrupt`",
+                probe.name,
+                k.topic,
+                probe.topic,
+                if probe.record.is_some() { "every field of `record`" } else { "the envelope and its digest" },
+            ),
+        });
+    }
 }

@@ -1,6 +1,9 @@
 //! Log lines for record outcomes and events, one function per kind so that every line of a kind
 //! carries the same fields: trace_id, span_id, probe, topic, partition, offset, record_id, site,
-//! instance, and latency/reason where they apply. `span_id` is the span that carries the
+//! instance, and latency/reason where they apply. `topic`, `partition` and `offset` always say
+//! where the record was sent (the probe topic); `read_topic`, `read_partition` and
+//! `read_offset` where the verifier read it back (a job's output, a mirror, or the probe topic
+//! itself), whatever the kind of line. `span_id` is the span that carries the
 //! outcome (see [`Finished::outcome_span_id`]); for events about a record read back it is the
 //! producer span from the record's `traceparent`. [`super::observer`] calls them after the
 //! probe's lock, next to the counters of the same events.
@@ -18,8 +21,37 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1000.0)
 }
 
-/// A record reached its final outcome; only non-`ok` outcomes are logged.
-pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
+/// Where a record was read back, for its line: the topic records are read from (`None` for a
+/// probe that looks them up in a sink) with the partition and offset it was read at there.
+pub struct ReadBack<'a> {
+    pub topic: Option<&'a str>,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+}
+
+impl<'a> ReadBack<'a> {
+    /// A settled record, read from `verify_topic` (`None`: a sink) where `f` says.
+    pub fn of(verify_topic: Option<&'a str>, f: &Finished) -> Self {
+        ReadBack {
+            topic: verify_topic.filter(|_| f.read.is_some()),
+            partition: f.read.map(|r| r.partition),
+            offset: f.read.map(|r| r.offset),
+        }
+    }
+
+    /// An event about a record seen again where `seen` (a topic, or a sink).
+    pub fn seen(verify_topic: Option<&'a str>, seen: &Seen<'a>) -> Self {
+        ReadBack {
+            topic: verify_topic.map(|_| seen.topic),
+            partition: seen.partition,
+            offset: seen.offset,
+        }
+    }
+}
+
+/// A record reached its final outcome; only non-`ok` outcomes are logged. `topic`, `partition`
+/// and `offset` say where it was sent (the probe topic), `read_*` where it was read back.
+pub fn finished(origin: &Origin, topic: &str, read: &ReadBack, f: &Finished) {
     if f.outcome == Outcome::Ok {
         return;
     }
@@ -33,6 +65,9 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
         topic,
         partition = f.partition,
         offset = f.offset,
+        read_topic = read.topic,
+        read_partition = read.partition,
+        read_offset = read.offset,
         record_id = %f.id,
         seq = f.seq,
         site = %origin.site,
@@ -45,7 +80,17 @@ pub fn finished(origin: &Origin, topic: &str, f: &Finished) {
     );
 }
 
-pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid, forgotten: bool) {
+/// A verified record was seen again, read back where `read` says; `partition`: the probe
+/// topic's partition it was sent to (unknown once `forgotten`).
+pub fn duplicate(
+    origin: &Origin,
+    topic: &str,
+    read: &ReadBack,
+    seen: &Seen,
+    id: &uuid::Uuid,
+    partition: Option<i32>,
+    forgotten: bool,
+) {
     let cx = &seen.trace;
     info!(
         target: TARGET,
@@ -53,9 +98,11 @@ pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid, forgotten: bool)
         trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
         span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
-        topic = seen.topic,
-        partition = seen.partition,
-        offset = seen.offset,
+        topic,
+        partition,
+        read_topic = read.topic,
+        read_partition = read.partition,
+        read_offset = read.offset,
         record_id = %id,
         site = %origin.site,
         instance = %origin.instance,
@@ -69,7 +116,7 @@ pub fn duplicate(origin: &Origin, seen: &Seen, id: &uuid::Uuid, forgotten: bool)
     );
 }
 
-pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
+pub fn reordered(origin: &Origin, topic: &str, read: &ReadBack, f: &Finished) {
     info!(
         target: TARGET,
         event = "reordered",
@@ -79,16 +126,29 @@ pub fn reordered(origin: &Origin, topic: &str, f: &Finished) {
         topic,
         partition = f.partition,
         offset = f.offset,
+        read_topic = read.topic,
+        read_partition = read.partition,
+        read_offset = read.offset,
         record_id = %f.id,
         seq = f.seq,
         site = %origin.site,
         instance = %origin.instance,
         latency_ms = ms(f.latency),
-        "record verified after a later one on its partition"
+        "record verified after a later one of its partition that came the same way"
     );
 }
 
-pub fn late(origin: &Origin, seen: &Seen, id: &uuid::Uuid, latency: Option<Duration>) {
+/// A record arrived (read back where `read` says) after it was declared lost; `partition`:
+/// the probe topic's partition it was sent to.
+pub fn late(
+    origin: &Origin,
+    topic: &str,
+    read: &ReadBack,
+    seen: &Seen,
+    id: &uuid::Uuid,
+    latency: Option<Duration>,
+    partition: i32,
+) {
     let cx = &seen.trace;
     warn!(
         target: TARGET,
@@ -96,9 +156,11 @@ pub fn late(origin: &Origin, seen: &Seen, id: &uuid::Uuid, latency: Option<Durat
         trace_id = cx.as_ref().map(|c| c.trace_id().to_string()),
         span_id = cx.as_ref().map(|c| c.span_id().to_string()),
         probe = %origin.probe,
-        topic = seen.topic,
-        partition = seen.partition,
-        offset = seen.offset,
+        topic,
+        partition,
+        read_topic = read.topic,
+        read_partition = read.partition,
+        read_offset = read.offset,
         record_id = %id,
         site = %origin.site,
         instance = %origin.instance,

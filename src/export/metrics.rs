@@ -580,7 +580,7 @@ impl Metrics {
 pub struct SinkMetrics {
     pub polls: IntCounter,
     /// Indexed like [`SinkErrorKind::ALL`].
-    pub errors: [IntCounter; 6],
+    pub errors: [IntCounter; SinkErrorKind::ALL.len()],
 }
 
 impl SinkMetrics {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::events;
+use super::events::{self, ReadBack};
 use super::metrics::{Metrics, ProbeMetrics, SinkMetrics};
 use super::traces::{RecordSpan, Spans};
 use crate::config::ProbeConfig;
@@ -247,7 +247,8 @@ impl ProbeObserver {
                 if finished.outcome != Outcome::Ok
                     && self.record_line(RecordLine::Finished(finished.outcome), topic)
                 {
-                    events::finished(&self.origin, topic, finished);
+                    let read = ReadBack::of(self.read_topic(), finished);
+                    events::finished(&self.origin, &self.topic, &read, finished);
                 }
                 self.spans.record(&RecordSpan {
                     origin: &self.origin,
@@ -257,7 +258,8 @@ impl ProbeObserver {
                     finished,
                 });
                 if *reordered && self.record_line(RecordLine::Reordered, topic) {
-                    events::reordered(&self.origin, topic, finished);
+                    let read = ReadBack::of(self.read_topic(), finished);
+                    events::reordered(&self.origin, &self.topic, &read, finished);
                 }
             }
 
@@ -273,19 +275,46 @@ impl ProbeObserver {
                 Event::Duplicate {
                     seen,
                     id,
+                    partition,
                     forgotten,
                 },
                 Report,
             ) => {
                 if self.record_line(RecordLine::Duplicate, seen.topic) {
-                    events::duplicate(&self.origin, seen, id, *forgotten)
+                    let read = ReadBack::seen(self.read_topic(), seen);
+                    events::duplicate(
+                        &self.origin,
+                        &self.topic,
+                        &read,
+                        seen,
+                        id,
+                        *partition,
+                        *forgotten,
+                    )
                 }
             }
 
             (Event::Late { .. }, Count) => s.late.inc(),
-            (Event::Late { seen, id, latency }, Report) => {
+            (
+                Event::Late {
+                    seen,
+                    id,
+                    latency,
+                    partition,
+                },
+                Report,
+            ) => {
                 if self.record_line(RecordLine::Late, seen.topic) {
-                    events::late(&self.origin, seen, id, *latency)
+                    let read = ReadBack::seen(self.read_topic(), seen);
+                    events::late(
+                        &self.origin,
+                        &self.topic,
+                        &read,
+                        seen,
+                        id,
+                        *latency,
+                        *partition,
+                    )
                 }
             }
 
@@ -390,11 +419,36 @@ impl ProbeObserver {
                 }
             }
 
+            (Event::TimestampMissing { .. }, Count) => {}
+            (
+                Event::TimestampMissing {
+                    field,
+                    name,
+                    records,
+                    why,
+                },
+                Report,
+            ) => tracing::warn!(
+                probe = %self.origin.probe,
+                field,
+                name = %name,
+                records,
+                why = %why,
+                "`{field}` ({name}) is in none of the first {records} verified records: no hop is split at it; check it against what the pipeline writes"
+            ),
+
             (Event::Ready { .. }, Count) => {}
             (Event::Ready { ok, settled }, Report) => {
                 tracing::info!(probe = %self.origin.probe, ok, settled, "first round settled: probe ready")
             }
         }
+    }
+
+    /// The topic records are read back from (`None`: looked up in a sink).
+    fn read_topic(&self) -> Option<&str> {
+        self.sink_kind
+            .is_none()
+            .then_some(self.verify_topic.as_str())
     }
 
     /// Whether a record event of `kind` gets its line ([`RECORD_LOG_BURST`] per
@@ -566,8 +620,9 @@ mod tests {
         }
         tokio::time::advance(Duration::from_millis(9)).await;
         // scheduled at 0 ns (the wall clock), acknowledged at 1 ms: the broker's append time at
-        // 4 ms makes a 3 ms pipeline; at 0, with its clock behind, -1 ms
-        for (r, at_ms) in records.iter().zip([4, 0]) {
+        // 4 ms makes a 3 ms pipeline; at -1 ms, before the record was even sent (its clock
+        // behind), -2 ms
+        for (r, at_ms) in records.iter().zip([4, -1]) {
             let stamps = Stamps {
                 downstream: Some(Ok(Stamp {
                     at_ns: at_ms * 1_000_000,
@@ -584,7 +639,7 @@ mod tests {
         };
         assert_eq!(hop(names::CLOCK_SKEW, "pipeline", ""), Some(1.0), "{m}");
         assert_eq!(hop(names::CLOCK_SKEW, "read", ""), Some(0.0));
-        assert_eq!(hop(names::CLOCK_SKEW_MAX, "pipeline", ""), Some(0.001));
+        assert_eq!(hop(names::CLOCK_SKEW_MAX, "pipeline", ""), Some(0.002));
         assert_eq!(hop(names::CLOCK_SKEW_MAX, "read", ""), Some(0.0));
         // the produce hop is on the agent's clock alone: it cannot be skewed
         assert_eq!(hop(names::CLOCK_SKEW, "produce", ""), None);

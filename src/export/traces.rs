@@ -507,6 +507,7 @@ mod tests {
             acked_after: Some(Duration::from_millis(2)),
             since_scheduled: Duration::from_millis(450),
             offset: Some(12),
+            read: None,
             outcome: Outcome::Ok,
             latency: Some(Duration::from_millis(450)),
             reason: None,

@@ -245,6 +245,10 @@ pub struct HopPlan {
     downstream: bool,
     /// The sink's own timestamp (`timestamp_column`, `timestamp_pointer`) ends `sink`.
     written: bool,
+    /// The downstream topic is written in transactions: a record becomes readable when its
+    /// transaction commits, after the timestamp the job wrote, so the `pipeline` hop runs to
+    /// the read-back (the wait for the commit is the job's) and there is no `read` hop.
+    committed: bool,
 }
 
 /// Where a hop ends.
@@ -268,10 +272,11 @@ impl HopPlan {
     /// the sink's timestamp the last hop ends at the poll that found the record).
     pub fn of(config: &ProbeConfig) -> HopPlan {
         match &config.verify {
-            Verify::Kafka(_) => HopPlan {
+            Verify::Kafka(k) => HopPlan {
                 sink: false,
-                downstream: !config.verifies_own_topic(),
+                downstream: !config.verifies_own_topic() && !k.transactional,
                 written: false,
+                committed: k.transactional,
             },
             Verify::Postgres(_) | Verify::Http(_) => {
                 let stamps = config.verify.sink().map(|s| &s.stamps);
@@ -279,6 +284,7 @@ impl HopPlan {
                     sink: true,
                     downstream: stamps.is_some_and(|s| s.hop.is_some()),
                     written: stamps.is_some_and(|s| s.written.is_some()),
+                    committed: false,
                 }
             }
         }
@@ -298,6 +304,12 @@ impl HopPlan {
     /// The hops, in order, each with where it ends.
     fn layout(&self) -> Vec<(Hop, End)> {
         let mut out = vec![(Hop::Produce, End::Acknowledged)];
+        if self.committed {
+            // Readable at the commit, which no timestamp marks: the job, its commit and the
+            // read together.
+            out.push((Hop::Pipeline, End::Arrived));
+            return out;
+        }
         if self.downstream {
             out.push((Hop::Pipeline, End::Downstream));
         }
@@ -374,7 +386,8 @@ impl HopPlan {
             Mark::ReadBack
         };
         let found_within = i64::try_from(stamps.found_within.as_nanos()).unwrap_or(i64::MAX);
-        if let Some(Ok(s)) = &stamps.downstream
+        if self.downstream
+            && let Some(Ok(s)) = &stamps.downstream
             && s.mark == Mark::CreateTime
             && s.at_ns.div_euclid(MILLI) == (scheduled_at_ns / MILLI as u64) as i64
         {
@@ -382,6 +395,10 @@ impl HopPlan {
         }
         let mut hops = Hops::default();
         let mut from: i128 = 0;
+        // How much earlier than its mark the start of the next hop may be. The record was
+        // readable once the broker had it, up to the produce hop before its acknowledgement
+        // reached the probe: a job on the agent's host can read (and stamp) it before that.
+        let mut early: i64 = 0;
         for (hop, end) in self.layout() {
             let (at, mark, tolerance) = match end {
                 End::Acknowledged => (nanos(acked), Mark::Acknowledged, 0),
@@ -393,7 +410,11 @@ impl HopPlan {
                 hop,
                 why: "the timestamp is centuries away from the scheduled send".into(),
             })?;
-            hops.set(hop, ns, mark, tolerance);
+            hops.set(hop, ns, mark, tolerance.saturating_add(early));
+            early = match end {
+                End::Acknowledged => i64::try_from(acked.as_nanos()).unwrap_or(i64::MAX),
+                _ => 0,
+            };
             from = at;
         }
         Ok(hops)
@@ -511,6 +532,7 @@ mod tests {
             sink,
             downstream,
             written,
+            committed: false,
         }
     }
 
@@ -643,10 +665,11 @@ mod tests {
             .unwrap();
         assert_eq!(hops.get(Hop::Pipeline), Some(-200_000), "never clamped");
         assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::WithinResolution));
-        // a millisecond and more behind: skew
+        // further behind than its millisecond and the produce hop (see below) together: skew
         let hops = plan(false, true, false)
-            .split(acked, ms(10), T0, &create_time(2 * MS))
+            .split(acked, ms(10), T0, &create_time(-1_100_000))
             .unwrap();
+        assert_eq!(hops.get(Hop::Pipeline), Some(-4_300_000));
         assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
         // written at 260.5 ms, during the poll that began at 260 ms and took 2 ms
         let mut stamps = Stamps {
@@ -665,6 +688,70 @@ mod tests {
         stamps.found_within = Duration::from_micros(100);
         let hops = p.split(Some(ms(3)), ms(260), T0, &stamps).unwrap();
         assert_eq!(hops.reading(Hop::Read), Some(Reading::Skewed));
+    }
+
+    /// The broker makes a record readable before its acknowledgement reaches the probe: a job
+    /// on the agent's host (one clock) may read and stamp it up to the produce hop before the
+    /// acknowledgement. That is not clock skew; earlier than the record's send would be.
+    #[test]
+    fn a_job_that_reads_a_record_before_its_acknowledgement_arrives_is_not_skew() {
+        let job_at = |after_us: i64| Stamps {
+            downstream: Some(Ok(Stamp {
+                at_ns: T0 as i64 + after_us * 1_000,
+                mark: Mark::JobTimestamp,
+                resolution_ns: 1_000,
+            })),
+            ..Stamps::default()
+        };
+        // sent at the slot, acknowledged after 4 ms; the job stamped it at 2.5 ms
+        let acked = Some(ms(4));
+        let p = plan(false, true, false);
+        let hops = p.split(acked, ms(9), T0, &job_at(2_500)).unwrap();
+        assert_eq!(hops.get(Hop::Pipeline), Some(-1_500_000));
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::WithinResolution));
+        assert_eq!(hops.get(Hop::Read), Some(6_500_000), "the read absorbs it");
+        assert_eq!(hops.sum_ns(), 9 * MS);
+        // stamped before the record was even sent: the job's clock is behind
+        let hops = p.split(acked, ms(9), T0, &job_at(-200)).unwrap();
+        assert_eq!(hops.reading(Hop::Pipeline), Some(Reading::Skewed));
+    }
+
+    /// Downstream of a job that writes in transactions, a record is readable only once the
+    /// transaction commits (at its next checkpoint): the wait is the job's, so the pipeline
+    /// hop runs to the read-back and no read hop is made of it. The job's own timestamp is
+    /// not where the record became readable.
+    #[test]
+    fn a_transactional_output_waits_for_its_commit_in_the_pipeline_hop() {
+        let p = HopPlan {
+            committed: true,
+            ..plan(false, false, false)
+        };
+        let names: Vec<&str> = p.hops().iter().map(|h| h.as_str()).collect();
+        assert_eq!(names, ["produce", "pipeline"]);
+        assert!(
+            !p.compares_clocks(Hop::Pipeline),
+            "both ends on the agent's clock"
+        );
+        // written by the job at 30 ms, committed with its checkpoint, read back at 1.2 s
+        let stamps = Stamps {
+            downstream: stamp(30, Mark::CreateTime),
+            ..Stamps::default()
+        };
+        let hops = p.split(Some(ms(3)), ms(1200), T0, &stamps).unwrap();
+        let got: Vec<(Hop, i64, Mark)> = hops.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (Hop::Produce, 3 * MS, Mark::Acknowledged),
+                (Hop::Pipeline, 1197 * MS, Mark::ReadBack),
+            ]
+        );
+        // a CreateTime carried over from the input says nothing here: still split
+        let carried = Stamps {
+            downstream: stamp(0, Mark::CreateTime),
+            ..Stamps::default()
+        };
+        assert!(p.split(Some(ms(3)), ms(1200), T0, &carried).is_ok());
     }
 
     #[test]

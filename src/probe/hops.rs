@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::outcome::{Finished, Hop, HopGauges, HopPlan, Mark, Outcome, Reading};
+use crate::outcome::{Finished, Hop, HopGauges, HopPlan, Mark, Outcome, Reading, Stamps};
 use crate::stats::{self, Largest, Latency};
 
 /// One hop of a probe.
@@ -40,7 +40,81 @@ pub struct HopStats {
     /// `ok` records whose latency could not be split, and why the last one could not.
     unsplit: u64,
     last_unsplit: Option<String>,
+    /// The timestamps the probe file names, and how often verified records carried them.
+    named: Vec<NamedStamp>,
 }
+
+/// Which of a record's timestamps a [`NamedStamp`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StampOf {
+    /// The job's (`hop_timestamp`).
+    Job,
+    /// The sink's (`timestamp_column`, `timestamp_pointer`).
+    Sink,
+}
+
+/// A timestamp the probe file names (`hop_timestamp`, `timestamp_column`,
+/// `timestamp_pointer`): how many verified records carried it as a time, how many did not,
+/// and why the last did not. One that matches no record is a typo, or a job that does not
+/// write it: the verdict fails naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedStamp {
+    /// The field that names it, e.g. `verify.kafka.hop_timestamp`.
+    pub field: &'static str,
+    /// The pointer or column it names.
+    pub name: String,
+    pub of: StampOf,
+    pub found: u64,
+    pub missing: u64,
+    pub last_missing: Option<String>,
+}
+
+impl NamedStamp {
+    /// The timestamps `verify` names.
+    pub fn of(verify: &crate::config::Verify) -> Vec<NamedStamp> {
+        use crate::config::Verify;
+        let named = |field: &'static str, name: &str, of| NamedStamp {
+            field,
+            name: name.to_string(),
+            of,
+            found: 0,
+            missing: 0,
+            last_missing: None,
+        };
+        let (job, sink) = match verify {
+            Verify::Kafka(k) => {
+                let job = k.hop_timestamp.as_deref();
+                return job
+                    .map(|p| named("verify.kafka.hop_timestamp", p, StampOf::Job))
+                    .into_iter()
+                    .collect();
+            }
+            Verify::Postgres(_) => (
+                "verify.postgres.hop_timestamp",
+                "verify.postgres.timestamp_column",
+            ),
+            Verify::Http(_) => ("verify.http.hop_timestamp", "verify.http.timestamp_pointer"),
+        };
+        let stamps = verify.sink().map(|s| &s.stamps);
+        let hop = stamps.and_then(|s| s.hop.as_deref());
+        let written = stamps.and_then(|s| s.written.as_deref());
+        let mut out: Vec<NamedStamp> = hop
+            .map(|h| named(job, h, StampOf::Job))
+            .into_iter()
+            .collect();
+        out.extend(written.map(|w| named(sink, w, StampOf::Sink)));
+        out
+    }
+
+    /// Named, and carried by none of the verified records that looked for it.
+    pub fn never_found(&self) -> bool {
+        self.found == 0 && self.missing > 0
+    }
+}
+
+/// After this many verified records without a named timestamp (and none with it), the agent
+/// says so in its log, once.
+pub const MISSING_TO_WARN: u64 = 10;
 
 /// One hop at one instant, for `/status` and the verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,10 +143,18 @@ pub struct HopsSnapshot {
     /// `ok` records whose latency could not be split, and why the last one could not.
     pub unsplit: u64,
     pub last_unsplit: Option<String>,
+    /// The timestamps the probe file names, and how often verified records carried them.
+    pub named: Vec<NamedStamp>,
 }
 
 impl HopStats {
-    pub fn new(plan: &HopPlan, window: Duration, origin: Instant, run_totals: bool) -> Self {
+    pub fn new(
+        plan: &HopPlan,
+        named: Vec<NamedStamp>,
+        window: Duration,
+        origin: Instant,
+        run_totals: bool,
+    ) -> Self {
         HopStats {
             hops: plan
                 .hops()
@@ -88,7 +170,33 @@ impl HopStats {
                 .collect(),
             unsplit: 0,
             last_unsplit: None,
+            named,
         }
+    }
+
+    /// Tallies the named timestamps a verified record carried (`stamps`, as its verifier read
+    /// them). Returns the timestamp that has just been missing from [`MISSING_TO_WARN`]
+    /// verified records without ever being found, for the one log line that says so.
+    pub fn tally(&mut self, stamps: &Stamps) -> Option<&NamedStamp> {
+        let mut warn = None;
+        for (i, n) in self.named.iter_mut().enumerate() {
+            let read = match n.of {
+                StampOf::Job => &stamps.downstream,
+                StampOf::Sink => &stamps.written,
+            };
+            match read {
+                Some(Ok(_)) => n.found += 1,
+                Some(Err(why)) => {
+                    n.missing += 1;
+                    n.last_missing = Some(why.clone());
+                    if n.found == 0 && n.missing == MISSING_TO_WARN {
+                        warn = Some(i);
+                    }
+                }
+                None => {}
+            }
+        }
+        warn.map(|i| &self.named[i])
     }
 
     /// The hops of a record that reached its outcome: an `ok` record's go into the measures.
@@ -163,6 +271,7 @@ impl HopStats {
                 .collect(),
             unsplit: self.unsplit,
             last_unsplit: self.last_unsplit.clone(),
+            named: self.named.clone(),
         }
     }
 }
@@ -195,10 +304,61 @@ mod tests {
         HopPlan::of(&cfg)
     }
 
+    /// A named timestamp is tallied per verified record; missing from the first ten and found
+    /// in none, it is reported once (the agent's log line), and never again.
+    #[test]
+    fn a_named_timestamp_missing_from_every_record_is_reported_once() {
+        let cfg = crate::testing::probe_config(
+            "name: d\ntopic: in\nverify:\n  kafka: { topic: out, id_from: header, hop_timestamp: /processed_ad }\n",
+        );
+        let named = NamedStamp::of(&cfg.verify);
+        assert_eq!(named.len(), 1);
+        let now = Instant::now();
+        let mut s = HopStats::new(
+            &HopPlan::of(&cfg),
+            named,
+            Duration::from_secs(60),
+            now,
+            true,
+        );
+        let missing = Stamps {
+            downstream: Some(Err("`/processed_ad` is missing".into())),
+            ..Stamps::default()
+        };
+        let reported: Vec<u64> = (1..=25)
+            .filter_map(|_| s.tally(&missing).map(|n| n.missing))
+            .collect();
+        assert_eq!(reported, [MISSING_TO_WARN]);
+        let n = &s.snapshot(now).named[0];
+        assert_eq!(
+            (n.field, n.name.as_str()),
+            ("verify.kafka.hop_timestamp", "/processed_ad")
+        );
+        assert_eq!((n.found, n.missing), (0, 25));
+        assert!(n.never_found());
+        // found once: it matches, it is no typo
+        let found = Stamps {
+            downstream: Some(Ok(crate::outcome::Stamp {
+                at_ns: 1,
+                mark: Mark::JobTimestamp,
+                resolution_ns: 1,
+            })),
+            ..Stamps::default()
+        };
+        assert!(s.tally(&found).is_none());
+        assert!(!s.snapshot(now).named[0].never_found());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_negative_hop_is_counted_as_skew_and_kept_out_of_its_quantiles() {
         let now = Instant::now();
-        let mut s = HopStats::new(&downstream_plan(), Duration::from_secs(60), now, true);
+        let mut s = HopStats::new(
+            &downstream_plan(),
+            Vec::new(),
+            Duration::from_secs(60),
+            now,
+            true,
+        );
         for seq in 0..8 {
             s.record(now, &with_hops(seq, 30_000, 5));
         }

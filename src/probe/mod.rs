@@ -25,13 +25,13 @@ use uuid::Uuid;
 pub use history::{HistoryView, Point};
 pub use hops::{HopSnapshot, HopsSnapshot};
 pub use notable::{LAST, Noted, SLOWEST};
-pub use tracker::{Footprint, Stranger, Tracker};
+pub use tracker::{Footprint, Lane, Stranger, Tracker};
 
 use crate::config::{AgentConfig, KafkaVerify, ProbeConfig};
 use crate::kafka;
 use crate::outcome::{
-    Counts, Event, Finished, Gauges, HopPlan, Observer, Outcome, PartitionCounts, Reason, Seen,
-    SinkError, SloGauges, Stamps, Task,
+    Counts, Event, Finished, Gauges, HopPlan, Observer, Outcome, PartitionCounts, ReadAt, Reason,
+    Seen, SinkError, SinkErrorKind, SloGauges, Stamps, Task,
 };
 use crate::record::{self, Expected, ForeignReason, Origin, Outgoing, View};
 use crate::stats::{self, Availability, Latency, SloState, SloSummary};
@@ -51,6 +51,11 @@ pub struct Progress {
     pub leaders: BTreeMap<i32, i32>,
     /// Why partitions could not be discovered, while that is the case.
     pub discovery_error: Option<String>,
+    /// Why the sink's answer cannot be verified (a column the probe cannot compare, located in
+    /// the probe file), while that is the case: the probe sends nothing meanwhile, and the
+    /// records in flight wait (their deadlines do not pass) rather than end `lost` for a
+    /// configuration mistake.
+    pub refused: Option<String>,
     /// Stopped sending, and every record has its final outcome.
     pub finished: bool,
     /// Supervised tasks serving this probe that are down (panicked or ended), with how many
@@ -219,7 +224,13 @@ impl Probe {
             tracker: Tracker::new(config.timeout, retention, config.max_in_flight),
             e2e: Latency::new(agent.window, now, run_totals),
             produce: Latency::new(agent.window, now, run_totals),
-            hops: hops::HopStats::new(&hop_plan, agent.window, now, run_totals),
+            hops: hops::HopStats::new(
+                &hop_plan,
+                hops::NamedStamp::of(&config.verify),
+                agent.window,
+                now,
+                run_totals,
+            ),
             availability: Availability::new(agent.window, now),
             newest_verified: None,
             announced_ready: false,
@@ -437,7 +448,16 @@ impl Probe {
                     record::verify_transformed(expected, view, &k.expect, self.shape())
                 } else {
                     // On another topic the partition may differ; everything else must hold.
-                    record::verify(expected, view, same_topic, self.shape())
+                    let copy = record::verify(expected, view, same_topic, self.shape());
+                    match copy {
+                        Err(why) if view.topic != self.config.topic => {
+                            Err(record::Corruption::NotACopy {
+                                topic: view.topic.to_string(),
+                                why: Box::new(why),
+                            })
+                        }
+                        other => other,
+                    }
                 }
             },
         );
@@ -459,11 +479,32 @@ impl Probe {
         let mut events = Events::new();
         {
             let mut core = self.lock();
-            match core.tracker.arrive(id, at, seen.offset, check) {
+            // Order is judged among the records that came the same way (see `Lane`).
+            let lane = match (self.config.verify.ordered(), seen.partition) {
+                (false, _) => Lane::Unordered,
+                (true, Some(p)) => Lane::Partition(p),
+                (true, None) => Lane::Sink,
+            };
+            match core.tracker.arrive(id, at, seen.offset, lane, check) {
                 Some(tracker::Arrival::Final {
                     mut finished,
                     reordered,
                 }) => {
+                    finished.read = seen
+                        .partition
+                        .zip(seen.offset)
+                        .map(|(partition, offset)| ReadAt { partition, offset });
+                    if finished.outcome == Outcome::Ok
+                        && let Some(n) = core.hops.tally(arrival.stamps)
+                    {
+                        let missing = Event::TimestampMissing {
+                            field: n.field,
+                            name: n.name.clone(),
+                            records: n.missing,
+                            why: n.last_missing.clone().unwrap_or_default(),
+                        };
+                        self.emit(&mut events, missing);
+                    }
                     if let Some(latency) = finished.latency {
                         finished.hops = Some(self.hop_plan.split(
                             finished.acked_after,
@@ -475,19 +516,21 @@ impl Probe {
                     let end = Ending::of(finished, &core, topic, reordered);
                     self.settle(&mut core, &mut events, at, end)
                 }
-                Some(tracker::Arrival::Duplicate) => {
+                Some(tracker::Arrival::Duplicate { partition }) => {
                     let duplicate = Event::Duplicate {
                         seen,
                         id: *id,
+                        partition: Some(partition),
                         forgotten: false,
                     };
                     self.emit(&mut events, duplicate)
                 }
-                Some(tracker::Arrival::Late { latency }) => {
+                Some(tracker::Arrival::Late { latency, partition }) => {
                     let late = Event::Late {
                         seen,
                         id: *id,
                         latency,
+                        partition,
                     };
                     self.emit(&mut events, late)
                 }
@@ -497,6 +540,7 @@ impl Probe {
                         let duplicate = Event::Duplicate {
                             seen,
                             id: *id,
+                            partition: None,
                             forgotten: true,
                         };
                         self.emit(&mut events, duplicate);
@@ -590,6 +634,19 @@ impl Probe {
                 core.sink.errors += 1;
                 core.sink.last_error = Some(format!("{}: {}", e.kind.as_str(), e.message));
             }
+            // Refused and accepted again under the lock, so that no deadline is applied
+            // between a refusal and the probe knowing of it.
+            let refused = error
+                .filter(|e| e.kind == SinkErrorKind::Refused)
+                .map(|e| e.message.clone());
+            let was = self.progress.borrow().refused.is_some();
+            if refused.is_some() || was {
+                self.progress.send_if_modified(|p| {
+                    let changed = p.refused != refused;
+                    p.refused = refused;
+                    changed
+                });
+            }
             let polled = Event::SinkPolled {
                 sink,
                 pending,
@@ -617,11 +674,15 @@ impl Probe {
         self.observer.report(&event);
     }
 
-    /// Settles every record whose deadline passed.
+    /// Settles every record whose deadline passed (none while the sink's answer is refused:
+    /// see [`Progress::refused`]).
     pub(crate) fn expire(&self, now: Instant) {
         let mut events = Events::new();
         {
             let mut core = self.lock();
+            if self.progress.borrow().refused.is_some() {
+                return;
+            }
             let topic = self.config.topic.as_str();
             let expired = core.tracker.expire(now);
             // Counted one by one: each with the in-flight count as of that record, so that

@@ -139,7 +139,10 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
         };
         let (slot, wall) = s.slot(start, round);
         let held_deadline = oldest_held.map(|r| s.slot(start, r).0 + timeout);
-        let deadline = probe.next_deadline();
+        // While the sink's answer is refused (a configuration mistake) no round is sent and
+        // no deadline passes; the loop wakes when that changes.
+        let refused = progress.borrow_and_update().refused.is_some();
+        let deadline = if refused { None } else { probe.next_deadline() };
         tokio::select! {
             biased;
             _ = s.stop.cancelled(), if sending => {
@@ -147,7 +150,9 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
                 refuse_held(&s, start);
             }
             _ = sleep_until(slot.checked_sub(lead).unwrap_or(slot)), if sending => {
-                if s.known() {
+                if refused {
+                    // Not sent: nothing could verify it.
+                } else if s.known() {
                     let records = prepare_round(&s, round, slot, wall);
                     send_at(&s, slot, records).await;
                 } else {
@@ -178,7 +183,7 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
             _ = sleep_until(deadline.unwrap_or(slot)), if deadline.is_some() => probe.expire(Instant::now()),
             // While draining, an arrival may settle the last record in flight. (While sending,
             // waking on every settled record would only recompute the same next deadline.)
-            _ = progress.changed(), if !sending => {}
+            _ = progress.changed(), if !sending || refused => {}
         }
         if !sending && s.schedule().held.is_empty() && probe.in_flight() == 0 {
             break;

@@ -25,16 +25,36 @@ pub struct Pending {
     pub read_at: Option<i64>,
 }
 
-/// What an arriving own record turned out to be.
+/// What an arriving own record turned out to be. Returned once per arrival and taken apart at
+/// once: moving the final record is cheaper than allocating a box for it on every arrival.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Arrival {
     /// It was in flight: now final (`ok` or `corrupt`). `reordered` when an ok record has a
     /// lower seq than one already verified on its partition.
     Final { finished: Finished, reordered: bool },
-    /// Already verified (or found corrupt) before: seen again.
-    Duplicate,
+    /// Already verified (or found corrupt) before: seen again. `partition`: the one it was
+    /// sent to.
+    Duplicate { partition: i32 },
     /// Already declared lost or unsendable; `latency` since its scheduled send when known.
-    Late { latency: Option<Duration> },
+    Late {
+        latency: Option<Duration>,
+        partition: i32,
+    },
+}
+
+/// Where an arrival's order is judged: against the records of its input partition that came
+/// the same way. Kafka keeps the order of one partition; a job that re-keys its output spreads
+/// one input partition over several downstream partitions, and only the records that share
+/// one kept their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Read back from this partition (of the probe topic, a mirror or a job's output).
+    Partition(i32),
+    /// Found in a sink: among the input partition's records found there.
+    Sink,
+    /// The pipeline does not keep order (`ordered: false`): not judged.
+    Unordered,
 }
 
 /// At most this many finished ids are remembered, whatever the retention.
@@ -74,6 +94,9 @@ pub struct Footprint {
 #[derive(Debug, Clone, Copy)]
 struct Recent {
     outcome: Outcome,
+    /// The partition it was sent to, for the log line of a duplicate or late arrival (in
+    /// what would be padding).
+    partition: i32,
     scheduled: Instant,
 }
 
@@ -90,8 +113,9 @@ pub struct Tracker {
     recent_order: VecDeque<(Instant, Uuid)>,
     counts: Counts,
     partitions: BTreeMap<i32, PartitionCounts>,
-    /// Highest seq verified per partition, for reorder detection.
-    highest_seq: HashMap<i32, u64>,
+    /// Highest seq verified per input partition and the way it came (its [`Lane`]), for
+    /// reorder detection: bounded by the probe's partitions times the downstream topic's.
+    highest_seq: HashMap<(i32, Option<i32>), u64>,
     /// Records still in flight per round; a round completes when its count reaches zero.
     open_rounds: BTreeMap<u64, usize>,
     rounds_completed: u64,
@@ -263,13 +287,14 @@ impl Tracker {
         Some(self.finish(p, now, Outcome::SendFailed, None, Some(reason)))
     }
 
-    /// An own record arrived at `at` (read back at `offset`, or found in a sink); `check`
-    /// compares it with what was sent.
+    /// An own record arrived at `at` (read back at `offset`, or found in a sink) by `lane`;
+    /// `check` compares it with what was sent.
     pub fn arrive(
         &mut self,
         id: &Uuid,
         at: Instant,
         offset: Option<i64>,
+        lane: Lane,
         check: impl FnOnce(&Expected) -> Result<(), Corruption>,
     ) -> Option<Arrival> {
         if let Some(mut p) = self.pending.remove(id) {
@@ -287,8 +312,15 @@ impl Tracker {
             let seq = p.expected.body.seq;
             let finished = self.finish(p, at, outcome, Some(latency), reason);
             let mut reordered = false;
-            if outcome == Outcome::Ok {
-                let highest = self.highest_seq.entry(partition).or_insert(seq);
+            let lane = match lane {
+                Lane::Partition(p) => Some(Some(p)),
+                Lane::Sink => Some(None),
+                Lane::Unordered => None,
+            };
+            if outcome == Outcome::Ok
+                && let Some(lane) = lane
+            {
+                let highest = self.highest_seq.entry((partition, lane)).or_insert(seq);
                 if seq < *highest {
                     reordered = true;
                     self.counts.reordered += 1;
@@ -305,12 +337,15 @@ impl Tracker {
         Some(match recent.outcome {
             Outcome::Ok | Outcome::Corrupt => {
                 self.counts.duplicates += 1;
-                Arrival::Duplicate
+                Arrival::Duplicate {
+                    partition: recent.partition,
+                }
             }
             Outcome::Lost | Outcome::SendFailed => {
                 self.counts.late += 1;
                 Arrival::Late {
                     latency: Some(at.saturating_duration_since(recent.scheduled)),
+                    partition: recent.partition,
                 }
             }
         })
@@ -384,6 +419,7 @@ impl Tracker {
             body.id,
             Recent {
                 outcome,
+                partition: body.partition,
                 scheduled: p.scheduled,
             },
         );
@@ -401,6 +437,7 @@ impl Tracker {
                 .map(|(at, _)| at.saturating_duration_since(p.scheduled)),
             since_scheduled: now.saturating_duration_since(p.scheduled),
             offset: p.acked.map(|(_, o)| o).or(p.read_at),
+            read: None,
             outcome,
             latency,
             reason,
@@ -479,15 +516,25 @@ mod tests {
             "settled once"
         );
         let a = t
-            .arrive(&ids[0], t0 + Duration::from_millis(5), Some(10), |_| Ok(()))
+            .arrive(
+                &ids[0],
+                t0 + Duration::from_millis(5),
+                Some(10),
+                Lane::Sink,
+                |_| Ok(()),
+            )
             .unwrap();
         assert!(
             matches!(a, Arrival::Final { finished: Finished { outcome: Outcome::Ok, latency: Some(l), .. }, reordered: false } if l == Duration::from_millis(5))
         );
         let a = t
-            .arrive(&ids[1], t0 + Duration::from_millis(6), Some(11), |_| {
-                Err(Corruption::Digest)
-            })
+            .arrive(
+                &ids[1],
+                t0 + Duration::from_millis(6),
+                Some(11),
+                Lane::Sink,
+                |_| Err(Corruption::Digest),
+            )
             .unwrap();
         assert!(matches!(
             a,
@@ -532,12 +579,12 @@ mod tests {
 
         // after the fact: a duplicate of the ok record and a late arrival of the lost one
         assert!(matches!(
-            t.arrive(&ids[0], Instant::now(), Some(10), |_| Ok(())),
-            Some(Arrival::Duplicate)
+            t.arrive(&ids[0], Instant::now(), Some(10), Lane::Sink, |_| Ok(())),
+            Some(Arrival::Duplicate { partition: 0 })
         ));
         assert!(matches!(
-            t.arrive(&ids[2], Instant::now(), Some(12), |_| Ok(())),
-            Some(Arrival::Late { latency: Some(l) }) if l == T
+            t.arrive(&ids[2], Instant::now(), Some(12), Lane::Sink, |_| Ok(())),
+            Some(Arrival::Late { latency: Some(l), partition: 2 }) if l == T
         ));
         let c = t.counts();
         assert_eq!((c.duplicates, c.late), (1, 1));
@@ -584,7 +631,10 @@ mod tests {
             t.round_registered(round);
             assert_eq!(t.rounds_completed(), round, "round {round}, once");
         }
-        assert!(t.arrive(&id, now, Some(0), |_| Ok(())).is_some());
+        assert!(
+            t.arrive(&id, now, Some(0), Lane::Sink, |_| Ok(()))
+                .is_some()
+        );
         assert_eq!(t.rounds_completed(), 4, "round 0 once its record settled");
     }
 
@@ -597,14 +647,14 @@ mod tests {
         t.register(e1, now, 0).unwrap();
         t.register(e2, now, 1).unwrap();
         assert!(matches!(
-            t.arrive(&id2, now, Some(1), |_| Ok(())),
+            t.arrive(&id2, now, Some(1), Lane::Sink, |_| Ok(())),
             Some(Arrival::Final {
                 reordered: false,
                 ..
             })
         ));
         assert!(matches!(
-            t.arrive(&id1, now, Some(0), |_| Ok(())),
+            t.arrive(&id1, now, Some(0), Lane::Sink, |_| Ok(())),
             Some(Arrival::Final {
                 reordered: true,
                 ..
@@ -614,16 +664,60 @@ mod tests {
         assert_eq!(t.counts().reordered, 1);
     }
 
+    /// A job that re-keys its output writes consecutive records of one input partition to
+    /// different downstream partitions: their order there is no fault. Only records that came
+    /// the same way (input partition 0 to downstream partition 1, say) are held to it.
+    #[tokio::test(start_paused = true)]
+    async fn order_is_judged_only_among_records_that_came_the_same_way() {
+        let mut t = Tracker::new(T, T, 100);
+        let now = Instant::now();
+        let records: Vec<Expected> = (1..=4).map(|seq| expected(0, seq)).collect();
+        let ids: Vec<Uuid> = records.iter().map(|e| e.body.id).collect();
+        for (round, e) in records.into_iter().enumerate() {
+            t.register(e, now, round as u64).unwrap();
+        }
+        let reordered = |t: &mut Tracker, i: usize, lane: Lane| match t.arrive(
+            &ids[i],
+            now,
+            Some(i as i64),
+            lane,
+            |_| Ok(()),
+        ) {
+            Some(Arrival::Final { reordered, .. }) => reordered,
+            other => panic!("{other:?}"),
+        };
+        // seq 2 on downstream partition 1, then seq 1 on partition 0: no common way
+        assert!(!reordered(&mut t, 1, Lane::Partition(1)));
+        assert!(!reordered(&mut t, 0, Lane::Partition(0)));
+        // seq 4 then seq 3, both on partition 1: overtaken on the way they share
+        assert!(!reordered(&mut t, 3, Lane::Partition(1)));
+        assert!(reordered(&mut t, 2, Lane::Partition(1)));
+        assert_eq!(t.counts().reordered, 1);
+        // a pipeline that keeps no order is not judged
+        let mut t = Tracker::new(T, T, 100);
+        let (e1, e2) = (expected(0, 1), expected(0, 2));
+        let (id1, id2) = (e1.body.id, e2.body.id);
+        t.register(e1, now, 0).unwrap();
+        t.register(e2, now, 1).unwrap();
+        t.arrive(&id2, now, Some(1), Lane::Unordered, |_| Ok(()));
+        t.arrive(&id1, now, Some(0), Lane::Unordered, |_| Ok(()));
+        assert_eq!(t.counts().reordered, 0);
+        assert_eq!(t.counts().get(Outcome::Ok), 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn finished_ids_are_forgotten_after_retention() {
         let mut t = Tracker::new(T, Duration::from_secs(60), 100);
         let e = expected(0, 0);
         let id = e.body.id;
         t.register(e, Instant::now(), 0).unwrap();
-        t.arrive(&id, Instant::now(), Some(0), |_| Ok(()));
+        t.arrive(&id, Instant::now(), Some(0), Lane::Sink, |_| Ok(()));
         tokio::time::advance(Duration::from_secs(61)).await;
         t.expire(Instant::now());
-        assert!(t.arrive(&id, Instant::now(), Some(0), |_| Ok(())).is_none());
+        assert!(
+            t.arrive(&id, Instant::now(), Some(0), Lane::Sink, |_| Ok(()))
+                .is_none()
+        );
     }
 
     /// A healthy run settles every record before its deadline, so no deadline ever falls due:
@@ -636,7 +730,9 @@ mod tests {
             let e = expected(0, round);
             let id = e.body.id;
             t.register(e, Instant::now(), round).unwrap();
-            t.arrive(&id, Instant::now(), Some(round as i64), |_| Ok(()));
+            t.arrive(&id, Instant::now(), Some(round as i64), Lane::Sink, |_| {
+                Ok(())
+            });
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         assert_eq!(t.counts().get(Outcome::Ok), 600);
@@ -654,7 +750,7 @@ mod tests {
         // nothing forgotten yet: no unknown id can be the probe's
         assert_eq!(t.stranger(&old_id), Stranger::NeverSent);
         t.register(old, Instant::now(), 0).unwrap();
-        t.arrive(&old_id, Instant::now(), Some(0), |_| Ok(()));
+        t.arrive(&old_id, Instant::now(), Some(0), Lane::Sink, |_| Ok(()));
         tokio::time::advance(Duration::from_secs(61)).await;
         // wall-clock ms ticks on: the next id is minted strictly later
         std::thread::sleep(Duration::from_millis(2));
@@ -663,7 +759,7 @@ mod tests {
         t.register(next, Instant::now(), 1).unwrap();
         assert!(!t.knows(&old_id), "forgotten past the retention");
         assert!(
-            t.arrive(&old_id, Instant::now(), Some(0), |_| Ok(()))
+            t.arrive(&old_id, Instant::now(), Some(0), Lane::Sink, |_| Ok(()))
                 .is_none()
         );
         assert_eq!(t.stranger(&old_id), Stranger::Forgotten);

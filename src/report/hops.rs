@@ -46,6 +46,25 @@ pub struct HopsReport {
     pub unsplit: u64,
     /// Why the last one could not.
     pub unsplit_reason: Option<String>,
+    /// The timestamps the probe file names, each with how many verified records carried it
+    /// (since start).
+    pub timestamps: Vec<NamedTimestamp>,
+}
+
+/// A timestamp the probe file names (`hop_timestamp`, `timestamp_column`,
+/// `timestamp_pointer`) and how many verified records carried it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedTimestamp {
+    /// The field naming it, e.g. `verify.kafka.hop_timestamp`.
+    pub field: &'static str,
+    /// The JSON pointer or column it names.
+    pub name: String,
+    /// Verified records that carried it as a time.
+    pub found: u64,
+    /// Verified records that did not (missing, null, not a time).
+    pub missing: u64,
+    /// Why the last of those did not.
+    pub missing_reason: Option<String>,
 }
 
 /// Over the whole run (the smoke verdict) or the sliding window (`/status`).
@@ -65,6 +84,17 @@ impl HopsReport {
                 .collect(),
             unsplit: snapshot.unsplit,
             unsplit_reason: snapshot.last_unsplit.clone(),
+            timestamps: snapshot
+                .named
+                .iter()
+                .map(|n| NamedTimestamp {
+                    field: n.field,
+                    name: n.name.clone(),
+                    found: n.found,
+                    missing: n.missing,
+                    missing_reason: n.last_missing.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -124,6 +154,9 @@ fn ends_at(probe: &Probe, hop: Hop) -> String {
         }
         Some(End::Arrived) if probe.hop_plan.polls() => {
             format!("the start of the poll that found the record{poll}")
+        }
+        Some(End::Arrived) if verify.kafka().is_some_and(|k| k.transactional) => {
+            "the verifier reading the record back, once the job's transaction committed".into()
         }
         Some(End::Arrived) => "the verifier reading the record back".into(),
         None => "-".into(),

@@ -352,6 +352,7 @@ fn probe_live(s: &ProbeStatus, pictures: Option<&Pictures>, links: TraceLinks<'_
                 ", partitions " (s.partitions.len()) ", rounds " (s.rounds_completed) }
             (tags(&s.tags))
             @if let Some(e) = &s.discovery_error { p.bad { "discovery: " (e) } }
+            @if let Some(e) = &s.refused { p.bad data-field="refused" { "sink refused, nothing sent: " (e) } }
             @for (task, why) in &s.tasks_down { p.bad { "task " (task) " down: " (why) } }
             (records_table(&s.records, &s.events))
             (latency_table(&s.latency, "window"))

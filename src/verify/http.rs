@@ -223,6 +223,7 @@ mod tests {
                 ca_file: None,
                 expect: Vec::new(),
                 stamps: Default::default(),
+                ordered: true,
             },
         })
         .unwrap()

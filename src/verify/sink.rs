@@ -124,6 +124,52 @@ pub fn poller(
     }))
 }
 
+/// Asks every PostgreSQL sink at once whether its query's answer fits its probe (see
+/// `PostgresSink::check`), each bounded by its sink's timeout: a refusal (a column the probe
+/// cannot compare, a missing one) is returned with the probe's name, so that the agent does
+/// not start with a configuration mistake it would otherwise report record by record. A sink
+/// that cannot be asked now (unreachable, credentials) is only logged: its poller keeps asking
+/// at every poll, and refuses the query there if it must.
+pub async fn check_all(probes: &[Arc<Probe>]) -> Result<(), (String, String)> {
+    let mut checks = tokio::task::JoinSet::new();
+    for probe in probes {
+        let crate::config::Verify::Postgres(cfg) = &probe.config.verify else {
+            continue;
+        };
+        let (name, sink) = (probe.name().to_string(), PostgresSink::new(cfg));
+        checks.spawn(async move {
+            let result = match sink {
+                Ok(sink) => sink.check().await,
+                // Built again by the poller, which reports it.
+                Err(_) => Ok(()),
+            };
+            (name, result)
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(done) = checks.join_next().await {
+        let (probe, result) = done.expect("a sink check does not panic");
+        match result {
+            Err(e) if e.kind == SinkErrorKind::Refused => refused.push((probe, e.message)),
+            Err(e) => tracing::warn!(
+                probe,
+                reason = e.kind.as_str(),
+                error = %e.message,
+                "cannot check the sink's query at start; the poller checks it at every poll"
+            ),
+            Ok(()) => {}
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    // Every refusal at once, in the probes' order.
+    refused.sort();
+    let names: Vec<&str> = refused.iter().map(|(p, _)| p.as_str()).collect();
+    let why: Vec<&str> = refused.iter().map(|(_, m)| m.as_str()).collect();
+    Err((names.join(", "), why.join("; ")))
+}
+
 /// One run of a sink poller.
 pub type PollerTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -147,6 +193,11 @@ pub async fn run<S: Sink>(mut sink: S, probe: Arc<Probe>, poll: Duration, stop: 
                 let found_within = started.elapsed();
                 probe.sink_polled(sink.kind(), ids.len(), Ok(()), failures);
                 failures = 0;
+                // Found by one poll, they were there together: settled in the order they were
+                // sent (UUID v7 ids sort by the time they were minted), so that the order the
+                // sink answers in never counts as reordering.
+                let mut found = found;
+                found.sort_by_key(|f| f.id);
                 for mut f in found {
                     f.stamps.found_within = found_within;
                     probe.found(&f.id, started, &f.doc, &f.stamps);

@@ -57,6 +57,21 @@ impl Tree {
     }
 }
 
+/// The example probe file `probes/<file>` of the repository, with `substitutions` (each must
+/// apply, the first occurrence of each) to run it faster or against the test's parts.
+pub fn example(file: &str, substitutions: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("probes")
+        .join(file);
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in substitutions {
+        assert!(text.contains(from), "{file} has no `{from}`");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
 /// What a finished command printed.
 pub struct Output {
     pub status: ExitStatus,
