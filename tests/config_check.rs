@@ -616,6 +616,18 @@ fn the_example_probes_are_valid() {
     ];
     let out = run(std::path::Path::new(root), &sinks, &env);
     assert_eq!(out.code(), 0, "{}", out.stderr);
+    // the Flink job's probes (the README's guide), with nothing to note
+    let flink = ["check", "--probes", "probes/flink"];
+    let out = run(std::path::Path::new(root), &flink, &env[..1]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "3 probe(s): orders-enriched-exactly-once, orders-enriched, orders-warehouse"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stderr, "", "nothing to note");
     let formats = ["check", "--probes", "probes/formats"];
     let registry = [("SCHEMA_REGISTRY_URL", "https://registry:8081")];
     let out = run(std::path::Path::new(root), &formats, &registry);
