@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod counting;
 pub mod early_fetch;
+pub mod enrichment;
 pub mod flink;
 pub mod front;
 pub mod infra;
