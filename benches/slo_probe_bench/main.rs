@@ -11,8 +11,10 @@
 //! (verified records per second per core), detection (time to notice a dead broker), formats
 //! (CPU per record of the envelope, a JSON template and Avro), disruption (a rolling restart, a
 //! leader election, a slow broker and a broker restart, against a raw loop), abuse (hostile HTTP
-//! clients while `/metrics` is scraped; the cost of `/status` and `/` at 1 000 probes). Every
-//! figure is the median of `--runs` runs (default 3; abuse: one run, its samples reported).
+//! clients while `/metrics` is scraped; the cost of `/status` and `/` at 1 000 probes), flink
+//! (end-to-end and hop quantiles through a real Flink job against Flink's own timestamps,
+//! at-least-once and exactly-once side by side). Every figure is the median of `--runs` runs
+//! (default 3; abuse and flink: one run, its samples reported).
 //! Nothing here passes or fails on timing.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it runs `--quick`.
@@ -23,6 +25,7 @@ mod common;
 mod disruption;
 mod env;
 mod fidelity;
+mod flink;
 mod formats;
 mod overhead;
 mod process;
@@ -50,7 +53,7 @@ struct Args {
     /// Runs per figure (medians are reported).
     #[arg(long)]
     runs: Option<usize>,
-    /// Only these scenarios (fidelity, overhead, footprint, capacity, detection, formats,
+    /// Only these scenarios (fidelity, overhead, footprint, capacity, detection, formats, flink,
     /// disruption, soak, abuse).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -97,6 +100,7 @@ struct Plan {
     disruption: disruption::Timing,
     soak: soak::Timing,
     abuse: abuse::Timing,
+    flink: flink::Timing,
 }
 
 impl Plan {
@@ -142,6 +146,11 @@ impl Plan {
                     large: 20,
                     renders: 1,
                 },
+                flink: flink::Timing {
+                    rounds: 8,
+                    interval: Duration::from_millis(250),
+                    checkpoint: Duration::from_secs(1),
+                },
             }
         } else {
             Plan {
@@ -185,6 +194,11 @@ impl Plan {
                     small: 10,
                     large: 1000,
                     renders: 5,
+                },
+                flink: flink::Timing {
+                    rounds: 300,
+                    interval: Duration::from_millis(200),
+                    checkpoint: Duration::from_secs(2),
                 },
             }
         }
@@ -251,6 +265,9 @@ fn main() {
         }
         if want("abuse") {
             report += &abuse_section(&plan, args.baseline.as_deref()).await;
+        }
+        if want("flink") {
+            report += &flink::section(&plan.flink).await;
         }
     });
     println!("{report}");
