@@ -226,3 +226,38 @@ fn a_drifted_example_is_caught() {
     });
     assert!(result.is_err(), "an unknown flag is caught");
 }
+
+/// The README's Flink SQL (the guide "Probing a Flink job") is what the tests run: each fenced
+/// `sql` block is the text of one of the job files under `probes/flink/`, whole or a part of
+/// it as it stands there.
+#[test]
+fn the_flink_sql_in_the_readme_is_the_sql_the_tests_run() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/flink");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in README.lines().enumerate() {
+        match current.take() {
+            None if line.trim() == "```sql" => current = Some((i + 2, String::new())),
+            None => {}
+            Some(block) if line.trim_start().starts_with("```") => blocks.push(block),
+            Some((start, mut text)) => {
+                text.push_str(line);
+                text.push('\n');
+                current = Some((start, text));
+            }
+        }
+    }
+    assert!(blocks.len() >= 2, "the guide shows the job's SQL");
+    for (line, block) in &blocks {
+        assert!(
+            files.iter().any(|f| f.contains(block.as_str())),
+            "README.md line {line}: this SQL is in no file of probes/flink/ as written:\n{block}"
+        );
+    }
+}

@@ -10,7 +10,9 @@ CREATE TABLE orders_in (
   currency STRING,
   sequence BIGINT,
   created_at STRING,
-  synthetic BOOLEAN
+  synthetic BOOLEAN,
+  -- the record's headers (slo-probe-id, traceparent, ...), to pass them on
+  headers MAP<STRING, BYTES> METADATA
 ) WITH (
   'connector' = 'kafka',
   'topic' = '${INPUT}',
@@ -31,7 +33,8 @@ CREATE TABLE orders_enriched (
   currency STRING,
   sequence BIGINT,
   synthetic BOOLEAN,
-  processed_at TIMESTAMP_LTZ(3)
+  processed_at TIMESTAMP_LTZ(3),
+  headers MAP<STRING, BYTES> METADATA
 ) WITH (
   'connector' = 'kafka',
   'topic' = '${OUTPUT}',
@@ -70,7 +73,7 @@ CREATE TABLE orders_sink (
 
 CREATE TEMPORARY VIEW valid_orders AS
   SELECT order_id, customer_id, amount, CAST(amount * 0.02 AS DECIMAL(12, 4)) AS fee, currency,
-    sequence, synthetic, PROCTIME() AS processed_at
+    sequence, synthetic, PROCTIME() AS processed_at, headers
   FROM orders_in
   WHERE amount > 0 AND currency IN ('EUR', 'USD', 'GBP');
 
