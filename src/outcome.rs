@@ -3,10 +3,11 @@
 //! event about a record read back was seen ([`Seen`]), why a sink poll failed ([`SinkError`]),
 //! the tasks a probe depends on ([`Task`]) and the values of a sliding window
 //! ([`WindowValues`]); [`hops`]: a record's latency split into hops at the pipeline's own
-//! timestamps. Plain types: everything above uses them, they use only [`crate::record`] and
+//! timestamps, which [`time`] reads. Plain types: everything above uses them, they use only [`crate::record`] and
 //! [`crate::config`].
 
 mod hops;
+mod time;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use uuid::Uuid;
 
 pub use crate::record::ForeignReason;
 use crate::record::View;
-pub use hops::{End, Hop, HopPlan, Hops, Mark, Reading, Stamp, Stamps, Unsplit, parse_time};
+pub use hops::{End, Hop, HopPlan, Hops, Mark, Reading, Stamp, Stamps, Unsplit};
+pub use time::parse_time;
 
 /// The final outcome of a sent record. Exactly one per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

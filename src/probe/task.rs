@@ -185,7 +185,10 @@ pub(crate) async fn send_loop(mut s: SendLoop) {
             // waking on every settled record would only recompute the same next deadline.)
             _ = progress.changed(), if !sending || refused => {}
         }
-        if !sending && s.schedule().held.is_empty() && probe.in_flight() == 0 {
+        // Drained, or nothing left that can settle: records held while the sink's answer is
+        // refused stay in flight (the agent's stop says so) rather than wait out the drain.
+        let refused = progress.borrow().refused.is_some();
+        if !sending && s.schedule().held.is_empty() && (probe.in_flight() == 0 || refused) {
             break;
         }
     }

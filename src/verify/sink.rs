@@ -163,7 +163,7 @@ pub async fn check_all(probes: &[Arc<Probe>]) -> Result<(), (String, String)> {
     if refused.is_empty() {
         return Ok(());
     }
-    // Every refusal at once, in the probes' order.
+    // Every refusal at once, by probe name.
     refused.sort();
     let names: Vec<&str> = refused.iter().map(|(p, _)| p.as_str()).collect();
     let why: Vec<&str> = refused.iter().map(|(_, m)| m.as_str()).collect();

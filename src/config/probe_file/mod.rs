@@ -17,12 +17,13 @@ use super::{
 use crate::record::is_reserved_header;
 
 mod record;
+mod sinks;
 mod slos;
 mod verify;
 
 use record::record;
+pub use sinks::fill;
 use slos::slos;
-pub use verify::fill;
 use verify::{VerifyContext, verify};
 
 const PROBE_FIELDS: &[&str] = &[
