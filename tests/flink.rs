@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use common::enrichment::{
     Enrichment, INPUT, PARTITIONS, by_order, extra_copies, hop_ends, iso_ms, n, no_clock_skew, pg,
-    probe, settled_round, utc, verdict,
+    probe, settled_round, utc,
 };
 use common::flink::{self, CheckpointMode, DumpedRecord, FlinkSession, Isolation, JobOptions};
 use common::infra::{Postgres, Tansu};
 use common::otlp::Collector;
-use common::{GUARD, create_topics, eventually};
+use common::{GUARD, create_topics, eventually, verdict};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 

@@ -18,7 +18,7 @@ use axum::routing::post;
 use common::infra::{Postgres, Tansu};
 use common::relay::Picker;
 use common::writer::{Faults, Index, Store, TABLE, Writer};
-use common::{GUARD, Running, Tree, create_topics, eventually, get, sample};
+use common::{GUARD, Running, Tree, create_topics, eventually, get, sample, verdict};
 use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 3;
@@ -61,23 +61,7 @@ fn writer(broker: &Tansu, store: Store, delay: Duration, faults: Faults) -> Writ
 
 /// `slo-probe smoke` for `rounds` with JSON logs, its verdict written to `verdict.json`.
 fn smoke(t: &Tree, rounds: u32, env: &[(&str, &str)]) -> (Running, std::path::PathBuf) {
-    let report = t.path().join("verdict.json");
-    let rounds = rounds.to_string();
-    let args = [
-        "smoke",
-        "--rounds",
-        &rounds,
-        "--report",
-        report.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ];
-    (Running::spawn(t.path(), &args, env), report)
-}
-
-fn verdict(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    common::smoke_reporting(t, rounds, &[], env)
 }
 
 fn count(v: &Value) -> u64 {

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::GUARD;
 use crate::common::enrichment::{
-    Enrichment, INPUT, by_order, extra_copies, hop_ends, iso_ms, probe, utc, verdict,
+    Enrichment, INPUT, by_order, extra_copies, hop_ends, iso_ms, probe, utc,
 };
 use crate::common::flink::{CheckpointMode, FlinkSession, Isolation, JobOptions};
 use crate::common::otlp::Collector;
+use crate::common::{GUARD, verdict};
 use crate::stats::exact;
 
 /// How long and how often.

@@ -120,24 +120,9 @@ impl Enrichment {
     /// `slo-probe smoke` of `t` for `rounds`, with JSON logs (info: events such as duplicates
     /// too) and its verdict in verdict.json.
     pub fn smoke(&self, t: &Tree, rounds: u32) -> (Running, PathBuf) {
-        let report = t.path().join("verdict.json");
-        let rounds = rounds.to_string();
         let dsn = self.postgres.dsn();
-        let args = [
-            "smoke",
-            "--rounds",
-            &rounds,
-            "--report",
-            report.to_str().unwrap(),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info,deadpool=error",
-        ];
-        (
-            Running::spawn(t.path(), &args, &[("ORDERS_PG_DSN", &dsn)]),
-            report,
-        )
+        let info = ["--log-level", "info,deadpool=error"];
+        super::smoke_reporting(t, rounds, &info, &[("ORDERS_PG_DSN", &dsn)])
     }
 
     /// Every record of `topic`, read by the Java kafka-clients (`isolation`) up to sentinels
@@ -192,11 +177,6 @@ pub fn example_path(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("probes/flink")
         .join(file)
-}
-
-pub fn verdict(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Probe `name` of a verdict.

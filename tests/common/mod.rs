@@ -74,6 +74,35 @@ pub fn example(file: &str, substitutions: &[(&str, &str)]) -> String {
     text
 }
 
+/// `slo-probe smoke` of the probes in `t` for `rounds`, with JSON logs (and `extra` arguments),
+/// its verdict written to `verdict.json` (read it with [`verdict`]).
+pub fn smoke_reporting(
+    t: &Tree,
+    rounds: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Running, PathBuf) {
+    let report = t.path().join("verdict.json");
+    let rounds = rounds.to_string();
+    let mut args = vec![
+        "smoke",
+        "--rounds",
+        &rounds,
+        "--report",
+        report.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    (Running::spawn(t.path(), &args, env), report)
+}
+
+/// A smoke verdict written as JSON.
+pub fn verdict(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 /// What a finished command printed.
 pub struct Output {
     pub status: ExitStatus,
