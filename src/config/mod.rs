@@ -593,11 +593,8 @@ fn downstream_checks(
     let Some(k) = probe.verify.kafka() else {
         return;
     };
-    if let (true, Some(at), Some(c)) = (
-        k.transactional,
-        &parsed.transactional,
-        agent.clusters.get(&k.cluster),
-    ) {
+    // `parsed.transactional`: where the file says `transactional: true`
+    if let (Some(at), Some(c)) = (&parsed.transactional, agent.clusters.get(&k.cluster)) {
         let isolation = c
             .consumer
             .get("isolation.level")

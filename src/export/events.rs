@@ -21,8 +21,8 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1000.0)
 }
 
-/// Where a record was read back, for its line: the topic records are read from (`None` for a
-/// probe that looks them up in a sink) with the partition and offset it was read at there.
+/// Where a record was read back from a topic, for its line (all `None` for a record never
+/// read back, or found in a sink).
 pub struct ReadBack<'a> {
     pub topic: Option<&'a str>,
     pub partition: Option<i32>,
@@ -30,19 +30,19 @@ pub struct ReadBack<'a> {
 }
 
 impl<'a> ReadBack<'a> {
-    /// A settled record, read from `verify_topic` (`None`: a sink) where `f` says.
-    pub fn of(verify_topic: Option<&'a str>, f: &Finished) -> Self {
+    /// A settled record, read back from `verify_topic` where `f` says it was.
+    pub fn of(verify_topic: &'a str, f: &Finished) -> Self {
         ReadBack {
-            topic: verify_topic.filter(|_| f.read.is_some()),
+            topic: f.read.map(|_| verify_topic),
             partition: f.read.map(|r| r.partition),
             offset: f.read.map(|r| r.offset),
         }
     }
 
-    /// An event about a record seen again where `seen` (a topic, or a sink).
-    pub fn seen(verify_topic: Option<&'a str>, seen: &Seen<'a>) -> Self {
+    /// Where `seen` says: a topic's partition and offset (a sink's row has neither).
+    fn seen(seen: &Seen<'a>) -> Self {
         ReadBack {
-            topic: verify_topic.map(|_| seen.topic),
+            topic: seen.partition.map(|_| seen.topic),
             partition: seen.partition,
             offset: seen.offset,
         }
@@ -80,17 +80,17 @@ pub fn finished(origin: &Origin, topic: &str, read: &ReadBack, f: &Finished) {
     );
 }
 
-/// A verified record was seen again, read back where `read` says; `partition`: the probe
-/// topic's partition it was sent to (unknown once `forgotten`).
+/// A verified record was seen again where `seen` says; `partition`: the probe topic's
+/// partition it was sent to (unknown once `forgotten`).
 pub fn duplicate(
     origin: &Origin,
     topic: &str,
-    read: &ReadBack,
     seen: &Seen,
     id: &uuid::Uuid,
     partition: Option<i32>,
     forgotten: bool,
 ) {
+    let read = ReadBack::seen(seen);
     let cx = &seen.trace;
     info!(
         target: TARGET,
@@ -138,17 +138,17 @@ pub fn reordered(origin: &Origin, topic: &str, read: &ReadBack, f: &Finished) {
     );
 }
 
-/// A record arrived (read back where `read` says) after it was declared lost; `partition`:
-/// the probe topic's partition it was sent to.
+/// A record arrived (where `seen` says) after it was declared lost; `partition`: the probe
+/// topic's partition it was sent to.
 pub fn late(
     origin: &Origin,
     topic: &str,
-    read: &ReadBack,
     seen: &Seen,
     id: &uuid::Uuid,
     latency: Option<Duration>,
     partition: i32,
 ) {
+    let read = ReadBack::seen(seen);
     let cx = &seen.trace;
     warn!(
         target: TARGET,

@@ -247,7 +247,7 @@ impl ProbeObserver {
                 if finished.outcome != Outcome::Ok
                     && self.record_line(RecordLine::Finished(finished.outcome), topic)
                 {
-                    let read = ReadBack::of(self.read_topic(), finished);
+                    let read = ReadBack::of(&self.verify_topic, finished);
                     events::finished(&self.origin, &self.topic, &read, finished);
                 }
                 self.spans.record(&RecordSpan {
@@ -258,7 +258,7 @@ impl ProbeObserver {
                     finished,
                 });
                 if *reordered && self.record_line(RecordLine::Reordered, topic) {
-                    let read = ReadBack::of(self.read_topic(), finished);
+                    let read = ReadBack::of(&self.verify_topic, finished);
                     events::reordered(&self.origin, &self.topic, &read, finished);
                 }
             }
@@ -281,16 +281,7 @@ impl ProbeObserver {
                 Report,
             ) => {
                 if self.record_line(RecordLine::Duplicate, seen.topic) {
-                    let read = ReadBack::seen(self.read_topic(), seen);
-                    events::duplicate(
-                        &self.origin,
-                        &self.topic,
-                        &read,
-                        seen,
-                        id,
-                        *partition,
-                        *forgotten,
-                    )
+                    events::duplicate(&self.origin, &self.topic, seen, id, *partition, *forgotten)
                 }
             }
 
@@ -305,16 +296,7 @@ impl ProbeObserver {
                 Report,
             ) => {
                 if self.record_line(RecordLine::Late, seen.topic) {
-                    let read = ReadBack::seen(self.read_topic(), seen);
-                    events::late(
-                        &self.origin,
-                        &self.topic,
-                        &read,
-                        seen,
-                        id,
-                        *latency,
-                        *partition,
-                    )
+                    events::late(&self.origin, &self.topic, seen, id, *latency, *partition)
                 }
             }
 
@@ -442,13 +424,6 @@ impl ProbeObserver {
                 tracing::info!(probe = %self.origin.probe, ok, settled, "first round settled: probe ready")
             }
         }
-    }
-
-    /// The topic records are read back from (`None`: looked up in a sink).
-    fn read_topic(&self) -> Option<&str> {
-        self.sink_kind
-            .is_none()
-            .then_some(self.verify_topic.as_str())
     }
 
     /// Whether a record event of `kind` gets its line ([`RECORD_LOG_BURST`] per
