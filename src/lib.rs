@@ -19,14 +19,18 @@
 //!   Avro plain or in the Confluent wire format), checked field by field.
 //! - [`config`]: agent and probe files, validated with every problem located (`file:line:col`).
 //! - `outcome`: the vocabulary: [`Outcome`], reasons, a record as it ends (and its hops:
-//!   `outcome::hops`), [`Counts`], the events a probe reports, and the `Observer` interface it
-//!   reports them through.
+//!   `outcome::hops`; what the job it went through was doing: `outcome::job`), [`Counts`], the
+//!   events a probe reports, and the `Observer` interface it reports them through (and the
+//!   `JobObserver` a job's poller reports to).
 //! - `stats`: HDR histograms over sliding windows, availability, SLO events and burn rates.
 //! - `kafka`: client settings (and why), metadata; delivery reports through `Deliveries`.
 //! - `registry`: the Schema Registry client (a probe's schema id; writer schemas by id).
-//! - `probe`: a probe's domain state ([`Probe`]), its schedule, its in-flight tracker.
+//! - `probe`: a probe's domain state ([`Probe`]), its schedule, its in-flight tracker, its
+//!   failed records grouped by why (`probe::digest`), and the polls of the job it names
+//!   (`probe::job::JobWatch`).
 //! - `verify`: the paired Kafka consumer (and how long it lets a broker hold a fetch:
-//!   `verify::fetch_wait`), and the sink pollers.
+//!   `verify::fetch_wait`), the sink pollers, and beside them the poller of a Flink job's REST
+//!   API (`verify::flink`).
 //! - `discovery`: partitions, and which verifier reads what.
 //! - `report`: the smoke verdict (text, JSON, JUnit, and HTML with SVG charts), `/status` and the
 //!   live page.
@@ -53,9 +57,10 @@
 //!    (`record::verify`), and the probe splits its latency into hops at those timestamps
 //!    (`outcome::HopPlan::split`).
 //! 4. It settles: the tracker gives it its one final outcome (`ok` or `corrupt` on arrival,
-//!    `lost` at its deadline in `Probe::expire`); the probe records it in its windows (its
-//!    hops too) and SLOs and tells its observer `Settled` (and each SLO's judgement) while it
-//!    holds its lock.
+//!    `lost` at its deadline in `Probe::expire`); a record that is not `ok` takes what the job
+//!    it went through was doing meanwhile (`JobWatch::context`) and joins its failure group;
+//!    the probe records it in its windows (its hops too) and SLOs and tells its observer
+//!    `Settled` (and each SLO's judgement) while it holds its lock.
 //! 5. The observer (`export::observer::ProbeObserver`) counts it under that lock (so every
 //!    scrape adds up) and, after it, writes the log line of a non-`ok` outcome and the
 //!    record's spans.

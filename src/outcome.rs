@@ -3,10 +3,11 @@
 //! event about a record read back was seen ([`Seen`]), why a sink poll failed ([`SinkError`]),
 //! the tasks a probe depends on ([`Task`]) and the values of a sliding window
 //! ([`WindowValues`]); [`hops`]: a record's latency split into hops at the pipeline's own
-//! timestamps, which [`time`] reads. Plain types: everything above uses them, they use only [`crate::record`] and
+//! timestamps, which [`time`] reads; [`job`]: the state of a job records go through. Plain types: everything above uses them, they use only [`crate::record`] and
 //! [`crate::config`].
 
 mod hops;
+mod job;
 mod time;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,10 @@ use uuid::Uuid;
 pub use crate::record::ForeignReason;
 use crate::record::View;
 pub use hops::{End, Hop, HopPlan, Hops, Mark, Reading, Stamp, Stamps, Unsplit};
+pub use job::{
+    Checkpoints, JobContext, JobEvent, JobException, JobObserver, JobPollError, JobPollErrorKind,
+    JobState, JobStatus, clock,
+};
 pub use time::parse_time;
 
 /// The final outcome of a sent record. Exactly one per record.
@@ -88,6 +93,9 @@ pub struct Finished {
     pub reason: Option<Reason>,
     /// For a record that arrived: its latency split into hops, or why it could not be.
     pub hops: Option<Result<Hops, Unsplit>>,
+    /// For a record that is not `ok` and went through a job the probe names: what the job was
+    /// doing while it was in flight.
+    pub job: Option<std::sync::Arc<JobContext>>,
 }
 
 impl Finished {
@@ -346,6 +354,8 @@ pub enum Task {
     /// Asks a Schema Registry for the probe's schema id until it answers (`run` only, while it
     /// does not).
     SchemaRegistry,
+    /// Polls the job the probe's records go through (`job`), shared by the probes naming it.
+    JobPoller,
 }
 
 impl Task {
@@ -358,6 +368,7 @@ impl Task {
             Task::KafkaVerifier => "kafka_verifier",
             Task::SinkPoller => "sink_poller",
             Task::SchemaRegistry => "schema_registry",
+            Task::JobPoller => "job_poller",
         }
     }
 }
@@ -481,6 +492,9 @@ pub struct Gauges {
     pub slos: Vec<SloGauges>,
     /// Per hop, indexed like [`Hop::ALL`] (hops the probe does not split stay empty).
     pub hops: [HopGauges; 4],
+    /// When a record was last read from the downstream topic the probe verifies on (ms since
+    /// the Unix epoch), once one was.
+    pub output_read_ms: Option<u64>,
 }
 
 /// One hop's values over the sliding window.

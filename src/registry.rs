@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::{RegistryAuth, RegistryConfig};
+use crate::config::{HttpAuth, RegistryConfig};
 use crate::outcome::RegistryErrorKind;
 use crate::record::avro::WriterSchema;
 
@@ -197,11 +197,11 @@ impl Registry {
             .header(ACCEPT, MEDIA_TYPE)
             .header(CONTENT_TYPE, MEDIA_TYPE);
         match &self.cfg.auth {
-            RegistryAuth::None => {}
-            RegistryAuth::Basic { username, password } => {
+            HttpAuth::None => {}
+            HttpAuth::Basic { username, password } => {
                 request = request.basic_auth(username, Some(password));
             }
-            RegistryAuth::Bearer(token) => {
+            HttpAuth::Bearer(token) => {
                 let mut value =
                     HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                         RegistryError::Unreachable {

@@ -5,14 +5,14 @@
 //! every record `ok`.
 
 mod chart;
+mod formats;
 mod hops;
 pub mod html;
+mod why;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use crate::config::Sli;
@@ -22,6 +22,7 @@ use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 use crate::verify::fetch_wait::FetchWaitStatus;
 pub use hops::HopsReport;
+pub use why::{FailureReport, JobReport, OutputReport};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
@@ -200,6 +201,13 @@ pub struct ProbeVerdict {
     pub availability_percent: Option<f64>,
     pub partitions: BTreeMap<i32, PartitionRecords>,
     pub slos: Vec<SloVerdict>,
+    /// Its records that are not `ok`, by outcome and reason, most first: why, how many, the
+    /// first of them, and what the job was doing.
+    pub failed_records: Vec<FailureReport>,
+    /// The job its records go through (`job`), as its newest poll found it.
+    pub job: Option<JobReport>,
+    /// For a probe verifying on a downstream topic: where that topic stands.
+    pub output: Option<OutputReport>,
 }
 
 impl ProbeVerdict {
@@ -233,12 +241,23 @@ impl ProbeVerdict {
                 c.in_flight
             ));
         }
-        if c.get(Outcome::Corrupt) > 0 {
-            failures.push(format!(
-                "{} records arrived corrupt",
-                c.get(Outcome::Corrupt)
-            ));
-        }
+        // Each failed outcome by reason: its sentence, counts, first records, and what the job
+        // was doing; where a downstream topic stands for lost ones.
+        let output = (probe.config.verify.kafka().is_some() && !probe.config.verifies_own_topic())
+            .then(|| OutputReport::new(&probe.verify_topic, s.output_read_ms));
+        let failed_records: Vec<FailureReport> = s
+            .failures
+            .iter()
+            .map(|g| FailureReport::of(g, &probe.verify_topic, output.as_ref()))
+            .collect();
+        let said = |outcomes: &[&str]| -> Vec<String> {
+            failed_records
+                .iter()
+                .filter(|f| outcomes.contains(&f.outcome))
+                .map(|f| f.summary.clone())
+                .collect()
+        };
+        failures.extend(said(&[Outcome::Corrupt.as_str()]));
         // A timestamp named in the probe file that no verified record carried: a typo, or a
         // job that does not write it. Every hop at it went unmeasured.
         for n in s.hops.named.iter().filter(|n| n.never_found()) {
@@ -259,12 +278,11 @@ impl ProbeVerdict {
                 v.name, v.good, v.bad, v.objective_percent
             ));
         }
-        if slos.is_empty() {
-            for o in [Outcome::Lost, Outcome::SendFailed] {
-                if c.get(o) > 0 {
-                    failures.push(format!("{} records {}", c.get(o), o.as_str()));
-                }
-            }
+        // Without SLOs every lost or unsent record fails the probe; with them, the SLOs judge,
+        // and a failing probe's lost and unsent records still say why.
+        let lost = said(&[Outcome::Lost.as_str(), Outcome::SendFailed.as_str()]);
+        if slos.is_empty() || !failures.is_empty() {
+            failures.extend(lost);
         }
         let finished = c.finished();
         ProbeVerdict {
@@ -288,6 +306,9 @@ impl ProbeVerdict {
                 .then(|| round4(c.get(Outcome::Ok) as f64 / finished as f64 * 100.0)),
             partitions: s.partitions.iter().map(|(p, pc)| (*p, pc.into())).collect(),
             slos,
+            failed_records,
+            job: s.job.as_ref().map(|(name, now)| JobReport::new(name, now)),
+            output,
         }
     }
 
@@ -325,6 +346,9 @@ impl RunResult {
         }
     }
 }
+
+/// What the live page of an agent on the embedded cluster says first.
+pub const EMBEDDED_AGENT_NOTICE: &str = "EMBEDDED CLUSTER: this agent runs on the mock Kafka cluster inside slo-probe; no real pipeline is checked";
 
 /// What an embedded run says first, in every format.
 pub const EMBEDDED_NOTICE: &str = "EMBEDDED CLUSTER: this run used the mock Kafka cluster inside slo-probe; no real pipeline was checked";
@@ -412,255 +436,6 @@ impl Verdict {
         self.reason = Some(why.into());
         self
     }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("verdict serialises")
-    }
-
-    /// The human table: one row per probe, one per SLO, then the reasons for failures.
-    pub fn to_text(&self) -> String {
-        let mut probes = Table::new();
-        probes.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "probe",
-            "verdict",
-            "rounds",
-            "sent",
-            "ok",
-            "lost",
-            "corrupt",
-            "send_failed",
-            "dup",
-            "reord",
-            "late",
-            "foreign",
-            "p50",
-            "p99",
-            "p999",
-            "poll",
-            "availability",
-        ]);
-        for p in &self.probes {
-            let r = &p.records;
-            probes.add_row([
-                p.name.clone(),
-                self.probe_verdict(p).into(),
-                p.rounds.to_string(),
-                r.sent.to_string(),
-                r.ok.to_string(),
-                r.lost.to_string(),
-                r.corrupt.to_string(),
-                r.send_failed.to_string(),
-                p.events.duplicates.to_string(),
-                p.events.reordered.to_string(),
-                p.events.late_arrivals.to_string(),
-                p.events.foreign.to_string(),
-                ms(p.latency.p50_ms),
-                ms(p.latency.p99_ms),
-                ms(p.latency.p999_ms),
-                ms(p.poll_interval_ms),
-                p.availability_percent
-                    .map_or("-".into(), |a| format!("{a}%")),
-            ]);
-        }
-        let mut out = String::new();
-        if self.embedded {
-            let _ = writeln!(out, "{EMBEDDED_NOTICE}");
-        }
-        if !self.probes.is_empty() {
-            let _ = writeln!(out, "{probes}");
-        }
-        let mut slos = Table::new();
-        slos.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "probe",
-            "slo",
-            "sli",
-            "objective",
-            "good",
-            "bad",
-            "good %",
-            "budget left",
-            "burn",
-            "verdict",
-        ]);
-        let mut any_slo = false;
-        for p in &self.probes {
-            for s in &p.slos {
-                any_slo = true;
-                let sli = match s.latency_below_ms {
-                    Some(b) => format!("latency < {}", ms(Some(b))),
-                    None => s.sli.to_string(),
-                };
-                slos.add_row([
-                    p.name.clone(),
-                    s.name.clone(),
-                    sli,
-                    format!("{}%", s.objective_percent),
-                    s.good.to_string(),
-                    s.bad.to_string(),
-                    s.good_percent.map_or("-".into(), |g| format!("{g}%")),
-                    format!("{}%", round4(s.budget_remaining * 100.0)),
-                    s.burn_rate.map_or("-".into(), |b| format!("{b}x")),
-                    if s.met { "met" } else { "FAILED" }.into(),
-                ]);
-            }
-        }
-        if any_slo {
-            let _ = writeln!(out, "{slos}");
-        }
-        if let Some(hops) = self.hops_table() {
-            let _ = writeln!(out, "{hops}");
-        }
-        for p in self.probes.iter().filter(|p| !p.passed) {
-            for f in &p.failures {
-                let _ = writeln!(out, "FAIL {}: {f}", p.name);
-            }
-            for e in &p.errors {
-                let _ = writeln!(out, "ERROR {}: {e}", p.name);
-            }
-        }
-        let records: u64 = self.probes.iter().map(|p| p.records.sent).sum();
-        let reason = match (&self.reason, self.result) {
-            (Some(r), RunResult::CouldNotRun | RunResult::ConfigError) => format!(": {r}"),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "smoke: {}{} ({} probe{}, {records} records, {:.1}s{})",
-            self.result.as_str(),
-            reason,
-            self.probes.len(),
-            if self.probes.len() == 1 { "" } else { "s" },
-            self.duration_seconds,
-            if self.embedded {
-                ", on the embedded cluster"
-            } else {
-                ""
-            }
-        );
-        out
-    }
-
-    /// Where the time went: one row per hop of each probe (`None` without a verified record).
-    fn hops_table(&self) -> Option<Table> {
-        let mut table = Table::new();
-        table.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "probe",
-            "hop",
-            "ends at",
-            "p50",
-            "p99",
-            "max",
-            "quantised",
-            "clock skew",
-            "largest skew",
-        ]);
-        let mut any = false;
-        for p in &self.probes {
-            for h in p
-                .hops
-                .hops
-                .iter()
-                .filter(|h| h.latency.count + h.clock_skew > 0)
-            {
-                any = true;
-                table.add_row([
-                    p.name.clone(),
-                    h.hop.to_string(),
-                    h.ends_at.clone(),
-                    ms(h.latency.p50_ms),
-                    ms(h.latency.p99_ms),
-                    ms(h.latency.max_ms),
-                    ms(h.quantised_ms),
-                    h.clock_skew.to_string(),
-                    ms(h.largest_skew_ms),
-                ]);
-            }
-        }
-        any.then_some(table)
-    }
-
-    /// A probe's verdict in the table.
-    fn probe_verdict(&self, p: &ProbeVerdict) -> &'static str {
-        match (p.failures.is_empty(), p.errors.is_empty(), self.result) {
-            (false, _, _) => "FAIL",
-            (true, true, _) => "PASS",
-            (true, false, RunResult::Interrupted) => "INTERRUPTED",
-            (true, false, _) => "ERROR",
-        }
-    }
-
-    /// JUnit XML for CI systems: one suite per probe, one case for the records and one per SLO.
-    pub fn to_junit(&self) -> String {
-        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-        // The report's name is the first thing a CI system shows: it says how the run ended
-        // unless it simply passed or failed, and whether it touched a real pipeline.
-        let mut name = "slo-probe smoke".to_string();
-        if !matches!(self.result, RunResult::Pass | RunResult::Fail) {
-            name = format!("{name}: {}", self.result.as_str());
-        }
-        if self.embedded {
-            name = format!("{name} ({EMBEDDED_NOTICE})");
-        }
-        let mut report = Report::new(name);
-        report.set_time(Duration::from_secs_f64(self.duration_seconds));
-        let status = |kind: NonSuccessKind, messages: &[&String]| {
-            if messages.is_empty() {
-                return TestCaseStatus::success();
-            }
-            let mut s = TestCaseStatus::non_success(kind);
-            s.set_message(
-                messages
-                    .iter()
-                    .map(|f| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            );
-            s
-        };
-        for p in &self.probes {
-            let mut suite = TestSuite::new(p.name.as_str());
-            // A probe that could not be fully checked: its records case is an error (not a
-            // failure of the pipeline), naming why.
-            let errors: Vec<&String> = p.errors.iter().collect();
-            let record_failures: Vec<&String> = p
-                .failures
-                .iter()
-                .filter(|f| !f.starts_with("slo "))
-                .collect();
-            let records = if errors.is_empty() {
-                status(NonSuccessKind::Failure, &record_failures)
-            } else {
-                let all: Vec<&String> = errors.iter().copied().chain(record_failures).collect();
-                status(NonSuccessKind::Error, &all)
-            };
-            suite.add_test_case(TestCase::new("records", records));
-            for s in &p.slos {
-                let prefix = format!("slo {} ", s.name);
-                let failures: Vec<&String> = p
-                    .failures
-                    .iter()
-                    .filter(|f| f.starts_with(&prefix))
-                    .collect();
-                suite.add_test_case(TestCase::new(
-                    format!("slo {}", s.name),
-                    status(NonSuccessKind::Failure, &failures),
-                ));
-            }
-            report.add_test_suite(suite);
-        }
-        // Nothing ran (the agent could not start, or the configuration was refused): one error
-        // case says why, so the report is never empty.
-        if self.probes.is_empty() || self.result == RunResult::ConfigError {
-            let why = self
-                .reason
-                .clone()
-                .unwrap_or_else(|| "no probe ran".to_string());
-            let mut suite = TestSuite::new("slo-probe");
-            suite.add_test_case(TestCase::new("run", status(NonSuccessKind::Error, &[&why])));
-            report.add_test_suite(suite);
-        }
-        report.to_string().expect("JUnit report serialises")
-    }
 }
 
 /// Milliseconds for people: `850µs`, `12.3ms`, `1.25s`.
@@ -682,6 +457,8 @@ pub struct Status {
     pub probes: Vec<ProbeStatus>,
     /// Each cluster a Kafka verifier reads from.
     pub clusters: BTreeMap<String, ClusterStatus>,
+    /// The agent runs on the embedded mock cluster: no real pipeline is checked.
+    pub embedded: bool,
 }
 
 /// A cluster a Kafka verifier reads from, on `/status`.
@@ -736,6 +513,13 @@ pub struct ProbeStatus {
     /// The slowest verified records of the window, slowest first: from a latency outlier to
     /// its trace.
     pub slowest: Vec<RecordBrief>,
+    /// Its records that are not `ok` since the agent started, by outcome and reason: the
+    /// verdict's account of why.
+    pub failed_records: Vec<FailureReport>,
+    /// The job its records go through (`job`), as its newest poll found it.
+    pub job: Option<JobReport>,
+    /// For a probe verifying on a downstream topic: where that topic stands.
+    pub output: Option<OutputReport>,
 }
 
 /// One record in `/status`.
@@ -758,6 +542,9 @@ pub struct RecordBrief {
     pub trace_id: String,
     /// The span that carries the outcome.
     pub span_id: String,
+    /// What the job it went through was doing while it was in flight (a record that is not
+    /// `ok`, or a slow one, of a probe naming its `job`).
+    pub job: Option<String>,
 }
 
 impl From<&Noted> for RecordBrief {
@@ -778,6 +565,7 @@ impl From<&Noted> for RecordBrief {
             detail: n.reason.as_ref().map(|r| r.detail.clone()),
             trace_id: n.trace_id.to_string(),
             span_id: n.span_id.to_string(),
+            job: n.job.as_ref().map(|j| j.to_string()),
         }
     }
 }
@@ -785,6 +573,8 @@ impl From<&Noted> for RecordBrief {
 impl ProbeStatus {
     pub fn new(probe: &Probe, s: &Snapshot) -> Self {
         let c = s.progress.counts;
+        let output = (probe.config.verify.kafka().is_some() && !probe.config.verifies_own_topic())
+            .then(|| OutputReport::new(&probe.verify_topic, s.output_read_ms));
         ProbeStatus {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
@@ -819,6 +609,13 @@ impl ProbeStatus {
             tracked_finished: s.footprint.recent,
             last_results: s.last.iter().map(RecordBrief::from).collect(),
             slowest: s.slowest.iter().map(RecordBrief::from).collect(),
+            failed_records: s
+                .failures
+                .iter()
+                .map(|g| FailureReport::of(g, &probe.verify_topic, output.as_ref()))
+                .collect(),
+            job: s.job.as_ref().map(|(name, now)| JobReport::new(name, now)),
+            output,
         }
     }
 }

@@ -124,7 +124,7 @@ impl Rule {
                 annotations,
                 ..
             } => {
-                if alert != "SloProbeBudgetBurn" {
+                if alert != "SloProbeBudgetBurn" && alert != "SloProbeJobNotRunning" {
                     return;
                 }
                 *expr = scale_ranges(expr, factor);
@@ -270,6 +270,11 @@ pub fn generate(probes: &[ProbeConfig], opts: &RulesOptions) -> RuleFile {
                 alerts.push(burn_alert(p, slo, severity, &selector, opts));
             }
         }
+        if let Some(job) = &p.job
+            && !p.slos.is_empty()
+        {
+            alerts.push(job_not_running_alert(p, job, opts));
+        }
         alerts.push(absent_alert(p, opts));
         alerts.push(not_sending_alert(p, opts));
     }
@@ -379,6 +384,18 @@ fn burn_alert(
         ("worst_site".to_string(), worst_site_name(p, slo, long)),
         ("runbook".to_string(), runbook(p)),
     ]);
+    if let Some(job) = &p.job {
+        // What the job was doing when the alert fired: the first thing to tell Kafka, job and
+        // sink apart.
+        annotations.insert("job_state".into(), job_state(&job.name));
+        if let Some(d) = annotations.get_mut("description") {
+            d.push_str(&format!(
+                " Its records go through Flink job {}, which was {} when this was evaluated.",
+                job.name,
+                job_state(&job.name)
+            ));
+        }
+    }
     if let Some(url) = &opts.runbook_url {
         annotations.insert("runbook_url".into(), url.clone());
     }
@@ -389,6 +406,87 @@ fn burn_alert(
         // single evaluation's noise.
         for_: "2m".into(),
         labels: alert_labels(p, Some(slo), severity),
+        annotations,
+    }
+}
+
+/// Alert template text: the state of Flink job `job` as the agents' newest polls found it
+/// (`RUNNING`, `RESTARTING`, ...), or why it is not known.
+fn job_state(job: &str) -> String {
+    format!(
+        "{{{{ range query `max by (state) ({}{{flink_job=\"{job}\"}}) == 1` }}}}{{{{ .Labels.state }}}}{{{{ else }}}}UNKNOWN (no agent could read it from Flink's REST API){{{{ end }}}}",
+        names::FLINK_JOB_STATE
+    )
+}
+
+/// Pages when the job a probe's records go through is not running (or its state cannot be
+/// read) while the probe burns its error budget (any of its SLOs over its 5m window faster
+/// than the budget allows): the failing part is the job, not Kafka or the sink.
+fn job_not_running_alert(
+    p: &ProbeConfig,
+    job: &crate::config::JobConfig,
+    opts: &RulesOptions,
+) -> Rule {
+    let burning = p
+        .slos
+        .iter()
+        .map(|slo| {
+            format!(
+                "{}{{probe=\"{}\", slo=\"{}\"}} > {}",
+                error_ratio("5m"),
+                p.name,
+                slo.name,
+                num(1.0 - slo.objective)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n  or\n  ");
+    let expr = format!(
+        "max({}{{flink_job=\"{}\", state=\"RUNNING\"}}) == 0\nand on ()\n(\n  {burning}\n)",
+        names::FLINK_JOB_STATE,
+        job.name
+    );
+    let mut annotations = BTreeMap::from([
+        (
+            "summary".to_string(),
+            format!(
+                "{}: Flink job {} is {} while the probe burns its error budget",
+                p.name,
+                job.name,
+                job_state(&job.name)
+            ),
+        ),
+        (
+            "description".to_string(),
+            format!(
+                "Probe {} (topic {}) goes through Flink job {} ({}), which is not RUNNING while the probe's records fail faster than its SLOs allow. The job is the failing part: its restarts (slo_probe_flink_job_restarts) and newest exception (GET /status: job.last_exception) say why.",
+                p.name,
+                p.topic,
+                job.name,
+                job.target()
+            ),
+        ),
+        ("job_state".to_string(), job_state(&job.name)),
+        (
+            "runbook".to_string(),
+            [
+                "1. GET /status on an agent: the probe's job (state, restarts, last_exception) and failed_records (what each failed record met).".to_string(),
+                format!("2. Flink's web UI or GET {}/jobs/overview: the job's exceptions and restarts; a record it cannot parse makes it restart into that record until it is skipped or the job fixed.", job.url),
+                "3. UNKNOWN: no agent can read Flink's REST API (slo_probe_flink_poll_errors_total by reason); the job itself may be fine.".to_string(),
+            ]
+            .join("\n"),
+        ),
+    ]);
+    if let Some(url) = &opts.runbook_url {
+        annotations.insert("runbook_url".into(), url.clone());
+    }
+    let mut labels = alert_labels(p, None, "page");
+    labels.insert("flink_job".into(), job.name.clone());
+    Rule::Alert {
+        alert: "SloProbeJobNotRunning".into(),
+        expr,
+        for_: "1m".into(),
+        labels,
         annotations,
     }
 }

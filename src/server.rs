@@ -101,6 +101,8 @@ pub struct AgentView {
     pub fetch_wait: BTreeMap<String, watch::Receiver<FetchWaitStatus>>,
     /// The agent file's `trace_url`: where the live page links trace ids.
     pub trace_url: Option<String>,
+    /// It runs on the embedded mock cluster: no real pipeline is checked.
+    pub embedded: bool,
 }
 
 impl AgentView {
@@ -123,6 +125,7 @@ impl AgentView {
                     (name.clone(), report::ClusterStatus { fetch_wait })
                 })
                 .collect(),
+            embedded: self.embedded,
         }
     }
 

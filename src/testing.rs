@@ -208,6 +208,7 @@ pub(crate) fn finished(
         latency: (outcome == Outcome::Ok).then(|| Duration::from_millis(latency_ms)),
         reason: (outcome != Outcome::Ok).then(|| Reason::new("timeout", "not read back")),
         hops: None,
+        job: None,
     }
 }
 

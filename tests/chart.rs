@@ -387,6 +387,7 @@ fn the_dashboard_queries_only_what_the_agent_and_its_rules_export() {
         .chain(names::PER_PARTITION)
         .chain(names::SINK)
         .chain(names::CLOCKS)
+        .chain(names::FLINK)
     {
         for suffix in ["", "_bucket", "_sum", "_count"] {
             known.insert(format!("{n}{suffix}"));

@@ -43,7 +43,7 @@ const CASES: &[Case] = &[
         agent: Some(AGENT),
         probes: &[("a.yaml", "name: orders\ncolour: blue\n")],
         expected: &[
-            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics, create_topic, record",
+            "probes/a.yaml:2:1: unknown field `colour` in probe; expected one of: name, cluster, topic, interval, timeout, partitions, payload_bytes, tags, verify, slos, max_in_flight, per_partition_metrics, create_topic, record, job",
         ],
     },
     Case {
@@ -465,6 +465,28 @@ slos:
         expected: &[
             "slo-probe.yaml:6:7: `properties.ssl.ca.location`: cannot read `/nonexistent/ca.pem`: No such file or directory (os error 2); librdkafka reads it when the client starts, so `run` and `smoke` would fail there",
             "slo-probe.yaml:7:7: `properties.ssl.key.location`: `/` is a directory, not a file; librdkafka reads it when the client starts, so `run` and `smoke` would fail there",
+        ],
+    },
+    Case {
+        name: "a job that cannot be polled as written",
+        agent: Some(AGENT),
+        probes: &[
+            ("a.yaml", "name: a\njob: { name: enrich }\n"),
+            (
+                "b.yaml",
+                "name: b\njob: { flink: 'flink:8081', name: enrich, id: abc, poll: 50ms }\n",
+            ),
+            ("c.yaml", "name: c\njob: { flink: 'http://flink:8081' }\n"),
+            ("d.yaml", "name: d\njob: orders-enrich\n"),
+        ],
+        expected: &[
+            "probes/a.yaml:2:8: missing field `flink` in job",
+            "probes/b.yaml:2:15: `job.flink` must be Flink's REST address, an http:// or https:// URL like http://flink-jobmanager:8081, got `flink:8081`",
+            "probes/b.yaml:2:47: `job.id` must be a Flink job id (32 hex digits), got `abc`",
+            "probes/b.yaml:2:47: `job` has both `name` and `id`: give the job's name (followed across resubmissions) or its id",
+            "probes/b.yaml:2:58: `job.poll` must be at least 200ms: Flink's REST API serves its web UI and every other client too",
+            "probes/c.yaml:2:8: `job` must name the job: `name` (Flink's pipeline.name, as its web UI shows it) or `id`",
+            "probes/d.yaml:2:6: probe `d` names undefined job `orders-enrich`; the agent file's `jobs` define: none",
         ],
     },
 ];

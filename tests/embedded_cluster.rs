@@ -196,6 +196,16 @@ async fn metrics_over_http_carry_the_whole_contract() {
     assert_eq!(s["probes"][0]["name"], "canary");
     assert_eq!(s["probes"][0]["records"]["ok"], 9);
     assert_eq!(s["probes"][0]["partitions"], serde_json::json!([0, 1, 2]));
+    // on the embedded cluster: said by /status and first on the live page, as by the smoke report
+    assert_eq!(s["embedded"], true, "{s:#}");
+    let (_, page) = get(&addr, "/").await;
+    let banner = page
+        .find("EMBEDDED CLUSTER: this agent runs on the mock Kafka cluster")
+        .unwrap();
+    assert!(
+        banner < page.find("data-probe=").unwrap(),
+        "before every probe"
+    );
     // the mock cluster holds every fetch: its verifier keeps 10 ms without detecting anything
     let fetch_wait = &s["clusters"]["default"]["fetch_wait"];
     assert_eq!(

@@ -20,7 +20,9 @@ use common::enrichment::{
 };
 use common::flink::{self, CheckpointMode, DumpedRecord, FlinkSession, Isolation, JobOptions};
 use common::infra::{Postgres, Tansu};
+use common::ingress::FlinkIngress;
 use common::otlp::Collector;
+use common::pipe::Pipe;
 use common::{GUARD, create_topics, eventually, verdict};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -385,11 +387,18 @@ async fn orders_through_the_enrichment_job_are_verified_on_its_topic_and_in_its_
     );
     let collector = Collector::default();
     let otlp = collector.http().await;
+    // both name the job: one poller for the two
+    let (on_topic, in_table) = (
+        naming_job("orders-enriched", job.name()),
+        naming_job("orders-warehouse", job.name()),
+    );
     let faster: &[(&str, &str)] = &[
+        (&on_topic.0, &on_topic.1),
         ("interval: 10s", "interval: 250ms"),
         ("timeout: 60s", "timeout: 20s"),
     ];
     let warehouse: &[(&str, &str)] = &[
+        (&in_table.0, &in_table.1),
         ("interval: 10s", "interval: 250ms"),
         ("timeout: 60s", "timeout: 20s"),
         ("poll: 1s", "poll: 100ms"),
@@ -497,6 +506,35 @@ async fn orders_through_the_enrichment_job_are_verified_on_its_topic_and_in_its_
         );
         assert_eq!(e["sink"], *written_us as u64 * 1_000, "order {id}: {e:?}");
     }
+    // A healthy job's records carry nothing extra: no failure, no job event on any span; the
+    // verdict shows the job running.
+    for p in [enriched, warehouse] {
+        assert_eq!(p["failed_records"], serde_json::json!([]), "{p:#}");
+        let j = &p["job"];
+        assert_eq!(
+            (
+                j["name"].as_str(),
+                j["state"].as_str(),
+                j["running"].as_bool()
+            ),
+            (Some(job.name()), Some("RUNNING"), Some(true)),
+            "{j:#}"
+        );
+        assert_eq!((n(&j["poll_errors"]), n(&j["restarts"])), (0, 0), "{j:#}");
+        assert!(n(&j["checkpoints_completed"]) > 0, "{j:#}");
+    }
+    {
+        let got = collector.got.lock().unwrap();
+        let with_job = got
+            .spans
+            .iter()
+            .filter(|(_, s)| s.events.iter().any(|e| e.name == "job"))
+            .count();
+        assert_eq!(
+            with_job, 0,
+            "no span of a healthy job's records carries a job event"
+        );
+    }
     let hop_names = |p: &Value| -> Vec<String> {
         p["hops"]["hops"]
             .as_array()
@@ -512,10 +550,27 @@ async fn orders_through_the_enrichment_job_are_verified_on_its_topic_and_in_its_
     );
 }
 
+/// Probe `probe` names job `job` of the shared session, polled every 200 ms: the substitution
+/// that says so in its file.
+fn naming_job(probe: &str, job: &str) -> (String, String) {
+    naming_job_at(probe, session().rest_url(), job)
+}
+
+/// Probe `probe` names job `job` of the Flink REST API at `url`, polled every 200 ms.
+fn naming_job_at(probe: &str, url: &str, job: &str) -> (String, String) {
+    (
+        format!("name: {probe}\n"),
+        format!("name: {probe}\njob: {{ flink: '{url}', name: {job}, poll: 200ms }}\n"),
+    )
+}
+
 /// A strict source (`json.fail-on-missing-field`) meeting a misshapen probe (its orders lack
 /// `currency`): the job fails on the first of them and restarts into the same record, and no
 /// order comes out. Every record the probe sent is `lost`, exactly, and the job's own account
-/// (its exceptions, through Flink's REST API) says why, quoting one of the probe's orders.
+/// (its exceptions, through Flink's REST API) says why, quoting one of the probe's orders. The
+/// probe names the job: each lost record says it was lost while the job was RESTARTING, how
+/// often it restarted and the exception, in the verdict, its log line and the failure's
+/// sentence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misshapen_probe_stops_a_strict_job_and_every_record_is_lost() {
     const OUTPUT: &str = "orders-strict";
@@ -526,18 +581,26 @@ async fn a_misshapen_probe_stops_a_strict_job_and_every_record_is_lost() {
         &JobOptions {
             checkpoint_interval: Some(Duration::from_secs(1)),
             restart: Some((1000, Duration::from_millis(500))),
+            // Flink's default failover: a failure restarts the failed region, and its REST
+            // API shows the job RUNNING more often than not (it describes the job as it was up
+            // to 3 s ago): the failures it lists make it a restart
             extra: utc(),
             ..JobOptions::default()
         },
     );
+    let named = naming_job("orders-enriched", job.name());
+    let strict = job.name();
     let misshapen: &[(&str, &str)] = &[
+        (&named.0, &named.1),
         ("interval: 10s", "interval: 250ms"),
         ("timeout: 60s", "timeout: 5s"),
         ("    currency: EUR\n", ""),
         ("      /currency: { from: /currency }\n", ""),
         ("topic: orders-enriched", "topic: orders-strict"),
     ];
-    let t = e.tree(None, &[("orders-enriched.yaml", misshapen)]);
+    let collector = Collector::default();
+    let otlp = collector.http().await;
+    let t = e.tree(Some(&otlp), &[("orders-enriched.yaml", misshapen)]);
     // `check` cannot know what the job parses: the probe is valid
     assert_eq!(common::run(t.path(), &["check"], &[]).code(), 0);
     let (mut smoke, report) = e.smoke(&t, 8);
@@ -547,6 +610,89 @@ async fn a_misshapen_probe_stops_a_strict_job_and_every_record_is_lost() {
     let r = &p["records"];
     assert_eq!(n(&r["sent"]), 8 * PARTITIONS as u64, "{p:#}");
     assert_eq!(n(&r["lost"]), n(&r["sent"]), "{p:#}");
+    // Kafka, job or sink: the job. Every lost record was in flight while it restarted.
+    let failed = p["failed_records"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{p:#}");
+    let lost = &failed[0];
+    assert_eq!(
+        (lost["outcome"].as_str(), n(&lost["records"])),
+        (Some("lost"), n(&r["sent"]))
+    );
+    let while_ = lost["job"].as_str().unwrap();
+    assert!(
+        while_.starts_with(&format!("{strict} was RESTARTING (")),
+        "{while_}"
+    );
+    assert!(
+        while_.contains(" failures") && while_.contains("Some field is missing"),
+        "{while_}"
+    );
+    for e in lost["examples"].as_array().unwrap() {
+        let j = e["job"].as_str().unwrap();
+        assert!(j.contains("RESTARTING") || j.contains("FAILING"), "{e:#}");
+    }
+    // and where its output stands: the job wrote nothing
+    assert_eq!(
+        lost["output"],
+        "nothing was written to orders-strict while the probe ran"
+    );
+    let summary = lost["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("; while {strict} was RESTARTING")),
+        "{summary}"
+    );
+    assert!(
+        v["probes"][0]["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == summary),
+        "{p:#}"
+    );
+    let last = p["job"]["last_exception"].as_str().unwrap();
+    assert!(
+        last.starts_with("JsonParseException: Some field is missing"),
+        "{last}"
+    );
+    // and each lost record's verification span carries it as an event
+    collector.wait_spans(2 * n(&r["sent"]) as usize).await;
+    {
+        let got = collector.got.lock().unwrap();
+        let verifications: Vec<_> = got
+            .spans
+            .iter()
+            .filter(|(_, s)| s.kind == 5)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(verifications.len() as u64, n(&r["sent"]));
+        for s in verifications {
+            let e = s
+                .events
+                .iter()
+                .find(|e| e.name == "job")
+                .unwrap_or_else(|| panic!("{s:?}"));
+            let a: BTreeMap<String, String> = e
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), common::otlp::text(kv)))
+                .collect();
+            assert_eq!(a["slo_probe.flink_job"], strict);
+            assert_eq!(a["slo_probe.job.state"], "RESTARTING", "{a:?}");
+            assert!(
+                a["exception.message"].contains("Some field is missing"),
+                "{a:?}"
+            );
+        }
+    }
+    // and the records' log lines say it too
+    let lines = smoke.events("record lost");
+    assert_eq!(lines.len() as u64, n(&r["lost"]));
+    assert!(
+        lines.iter().all(|l| l["job"]
+            .as_str()
+            .is_some_and(|j| j.contains(&format!("{strict} was")))),
+        "{lines:?}"
+    );
     // The job: failing, restarting into the same record, quoting it.
     let rest = session()
         .rest_url()
@@ -570,6 +716,247 @@ async fn a_misshapen_probe_stops_a_strict_job_and_every_record_is_lost() {
     }
     let out = by_order(&e.dump(OUTPUT, Isolation::ReadCommitted, 1).await, &ids);
     assert!(out.is_empty(), "{out:?}");
+}
+
+/// A gate on a pipeline whose job is not running: `smoke` exits 2 at once (before the first
+/// of its 100 rounds of 10 s could settle), naming the job and its state, and each probe
+/// through it says so. A job name that matches none is the same, naming the jobs there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_is_not_running_fails_smoke_at_once_naming_it() {
+    const OUTPUT: &str = "orders-cancelled";
+    let e = Enrichment::start(&[OUTPUT], &["orders_cancelled"]).await;
+    let job = session().submit(
+        "cancelled",
+        &e.job("cancelled", OUTPUT, "at-least-once", "orders_cancelled"),
+        &JobOptions {
+            extra: utc(),
+            ..JobOptions::default()
+        },
+    );
+    job.cancel();
+    let cancelled = job.name();
+    for (name, expected) in [
+        (cancelled, format!("job {cancelled} is not RUNNING: CANCELED since ")),
+        ("no-such-job", "job no-such-job is not RUNNING: its state could not be read: no job named `no-such-job` at ".to_string()),
+    ] {
+        let named = naming_job("orders-enriched", name);
+        let t = e.tree(
+            None,
+            &[(
+                "orders-enriched.yaml",
+                &[
+                    (&named.0, &named.1),
+                    ("topic: orders-enriched", "topic: orders-cancelled"),
+                ],
+            )],
+        );
+        let (mut smoke, report) = e.smoke(&t, 100);
+        assert_eq!(smoke.wait_exit(GUARD).code(), Some(2), "{name}");
+        let v = verdict(&report);
+        assert_eq!(v["result"], "COULD_NOT_RUN", "{v:#}");
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.starts_with(&expected), "{reason}");
+        let p = probe(&v, "orders-enriched");
+        let errors = p["errors"].as_array().unwrap();
+        assert!(
+            errors.iter().any(|e| e.as_str().unwrap().starts_with(&format!("its job {name} is not RUNNING"))),
+            "{p:#}"
+        );
+        assert!(n(&p["rounds"]) <= 1, "{p:#}");
+        let said = smoke.events("job not running");
+        assert_eq!(said.len(), 1, "{:?}", smoke.events(""));
+        assert_eq!(said[0]["flink_job"], name);
+        if name == cancelled {
+            assert_eq!(p["job"]["state"], "CANCELED", "{p:#}");
+        } else {
+            assert_eq!(p["job"]["state"], Value::Null, "{p:#}");
+            assert!(reason.contains("its jobs: ") && reason.contains(cancelled), "{reason}");
+        }
+    }
+}
+
+/// Flink's REST API stops answering mid-run (the host in front of it goes away): the poller
+/// counts it and says so, never calls the job healthy, and the probe goes on judging its
+/// records, every one of them `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flink_rest_api_that_stops_answering_is_reported_while_records_are_judged() {
+    const OUTPUT: &str = "orders-unpolled";
+    let e = Enrichment::start(&[OUTPUT], &["orders_unpolled"]).await;
+    let job = session().submit(
+        "unpolled",
+        &e.job("unpolled", OUTPUT, "at-least-once", "orders_unpolled"),
+        &JobOptions {
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            mode: CheckpointMode::AtLeastOnce,
+            extra: utc(),
+            ..JobOptions::default()
+        },
+    );
+    let rest = session().rest_url().strip_prefix("http://").unwrap();
+    let pipe = Pipe::start(rest.parse().unwrap()).await;
+    let named = naming_job_at(
+        "orders-enriched",
+        &format!("http://127.0.0.1:{}", pipe.port),
+        job.name(),
+    );
+    let t = e.tree(
+        None,
+        &[(
+            "orders-enriched.yaml",
+            &[
+                (&named.0, &named.1),
+                ("interval: 10s", "interval: 250ms"),
+                ("timeout: 60s", "timeout: 20s"),
+                ("topic: orders-enriched", "topic: orders-unpolled"),
+            ],
+        )],
+    );
+    const ROUNDS: u32 = 12;
+    let (mut smoke, report) = e.smoke(&t, ROUNDS);
+    settled_round(&mut smoke, 3);
+    pipe.cut();
+    let warned = smoke.wait_line(GUARD, |l| l.contains("cannot be read"));
+    let warned: Value = serde_json::from_str(&warned).unwrap();
+    assert_eq!(
+        (warned["flink_job"].as_str(), warned["reason"].as_str()),
+        (Some(job.name()), Some("unreachable")),
+        "{warned}"
+    );
+    assert_eq!(smoke.wait_exit(GUARD).code(), Some(0));
+    job.cancel();
+    let v = verdict(&report);
+    let p = probe(&v, "orders-enriched");
+    let sent = u64::from(ROUNDS) * PARTITIONS as u64;
+    assert_eq!(
+        (n(&p["records"]["sent"]), n(&p["records"]["ok"])),
+        (sent, sent),
+        "{p:#}"
+    );
+    assert_eq!(p["failed_records"], serde_json::json!([]));
+    let j = &p["job"];
+    assert_eq!(
+        (j["running"].as_bool(), j["state"].as_str()),
+        (Some(false), None),
+        "never healthy: {j:#}"
+    );
+    assert!(
+        n(&j["poll_errors"]) > 0 && n(&j["polls"]) > n(&j["poll_errors"]),
+        "{j:#}"
+    );
+    assert!(
+        j["poll_error"].as_str().unwrap().ends_with("(unreachable)"),
+        "{j:#}"
+    );
+    assert!(
+        j["summary"]
+            .as_str()
+            .unwrap()
+            .contains("its state could not be read"),
+        "{j:#}"
+    );
+}
+
+/// Flink's REST API behind an HTTPS ingress with basic authentication, as deployments put it:
+/// the poller trusts the CA of `ca_file`, sends the password of `password_file`, and reads the
+/// job RUNNING through it. A wrong password is an `auth` error and an untrusted certificate an
+/// `unreachable` one naming it: either way the job's state is not known, and `smoke` says so at
+/// once (exit 2), never taking the job for healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_reaches_flink_through_tls_and_basic_auth_and_says_when_it_cannot() {
+    const OUTPUT: &str = "orders-ingress";
+    let e = Enrichment::start(&[OUTPUT], &["orders_ingress"]).await;
+    let job = session().submit(
+        "ingress",
+        &e.job("ingress", OUTPUT, "at-least-once", "orders_ingress"),
+        &JobOptions {
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            mode: CheckpointMode::AtLeastOnce,
+            extra: utc(),
+            ..JobOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ingress =
+        FlinkIngress::start(session().rest_url(), "slo-probe", "s3cret", dir.path()).await;
+    let password = dir.path().join("flink-password");
+    let probe_with = |ca: bool| {
+        let ca = if ca {
+            format!(", ca_file: '{}'", ingress.ca.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "name: orders-enriched\njob: {{ flink: 'https://localhost:{}', name: {}, poll: 200ms, username: slo-probe, password_file: '{}'{ca} }}\n",
+            ingress.port,
+            job.name(),
+            password.display()
+        )
+    };
+    let run = |ca: bool, rounds: u32| {
+        let named = probe_with(ca);
+        let t = e.tree(
+            None,
+            &[(
+                "orders-enriched.yaml",
+                &[
+                    ("name: orders-enriched\n", named.as_str()),
+                    ("interval: 10s", "interval: 250ms"),
+                    ("timeout: 60s", "timeout: 20s"),
+                    ("topic: orders-enriched", &format!("topic: {OUTPUT}")),
+                ],
+            )],
+        );
+        let (mut smoke, report) = e.smoke(&t, rounds);
+        let code = smoke.wait_exit(GUARD).code();
+        (code, verdict(&report), smoke)
+    };
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let (code, v, _) = run(true, 4);
+    assert_eq!(code, Some(0), "{v:#}");
+    let p = probe(&v, "orders-enriched");
+    let j = &p["job"];
+    assert_eq!(
+        (
+            j["state"].as_str(),
+            j["running"].as_bool(),
+            n(&j["poll_errors"])
+        ),
+        (Some("RUNNING"), Some(true), 0),
+        "{j:#}"
+    );
+    assert!(ingress.served.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+    assert_eq!(
+        ingress.refused.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let sent = 4 * PARTITIONS as u64;
+    assert_eq!(n(&p["records"]["ok"]), sent, "{p:#}");
+
+    // a wrong password: refused, said as such
+    std::fs::write(&password, "wrong\n").unwrap();
+    let (code, v, _) = run(true, 100);
+    assert_eq!(code, Some(2), "{v:#}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("HTTP 401: credentials refused (auth)"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("wrong") && !reason.contains("s3cret"),
+        "no secret shown: {reason}"
+    );
+    assert!(ingress.refused.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // the certificate not trusted (no ca_file): unreachable, naming the certificate
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let (code, v, _) = run(false, 100);
+    assert_eq!(code, Some(2), "{v:#}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("certificate") && reason.contains("(unreachable)"),
+        "{reason}"
+    );
+    job.cancel();
 }
 
 /// Stopped with a savepoint while records flow and restored from it within the probe's

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use common::infra::Tansu;
 use common::job::StrictJob;
-use common::registry::{RegistryAuth, StandInSchemaRegistry};
+use common::registry::{HttpAuth, StandInSchemaRegistry};
 use common::relay::{Picker, from_beginning};
 use common::{Conservation, GUARD, Tree, create_topics, eventually, sample};
 use rdkafka::message::{Headers, Message};
@@ -206,7 +206,7 @@ verify:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_records_decode_independently_and_the_job_output_is_verified() {
     const ROUNDS: u64 = 5;
-    let registry = StandInSchemaRegistry::start(RegistryAuth::None).await;
+    let registry = StandInSchemaRegistry::start(HttpAuth::None).await;
     let (broker, job, t) = pipeline(Some(&registry), Picker { seed: 5, one_in: 4 }).await;
     avro_probe(&t, &registry.url(), "200ms");
     let (_, snaps) = run_rounds(&t, ROUNDS).await;
@@ -357,7 +357,7 @@ async fn run_keeps_asking_a_registry_that_is_down_and_counts_each_failure() {
     let cluster = slo_probe::EmbeddedCluster::start(1).unwrap();
     cluster.create_topic("orders", 1, 1).unwrap();
     cluster.create_topic("orders-enriched", 1, 1).unwrap();
-    let registry = StandInSchemaRegistry::start(RegistryAuth::Bearer("s3cret-token".into())).await;
+    let registry = StandInSchemaRegistry::start(HttpAuth::Bearer("s3cret-token".into())).await;
     registry.set_unavailable(true);
     let t = Tree::new();
     agent_file(&t, cluster.bootstrap_servers());
@@ -471,7 +471,7 @@ record:
 /// sent with its id and verified, and slo-probe never registered anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_looks_the_schema_up_with_basic_auth_and_never_registers_it() {
-    let registry = StandInSchemaRegistry::start(RegistryAuth::Basic {
+    let registry = StandInSchemaRegistry::start(HttpAuth::Basic {
         user: "probe".into(),
         password: "pw-9f3k2".into(),
     })

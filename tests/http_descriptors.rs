@@ -49,6 +49,7 @@ async fn a_burst_of_connections_never_holds_more_than_its_descriptors() {
         instance: "test".into(),
         fetch_wait: BTreeMap::new(),
         trace_url: None,
+        embedded: false,
     };
     let stop = CancellationToken::new();
     let serving = tokio::spawn(server::serve(listener, State::new(view), stop.clone()));

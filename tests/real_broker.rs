@@ -901,3 +901,138 @@ fn the_early_fetch_stand_in_finds_max_wait_in_every_fetch_version() {
     );
     assert_eq!(unknown, before);
 }
+
+/// A pipeline stage that gets one field wrong in every record (the relay writes `amount` 41
+/// where 42 is expected): the verdict says which field, what was expected and what came, for
+/// how many records, and the first of them with where they were sent and read, in JSON, JUnit
+/// (its failure message leads with it), text and HTML. Nobody has to read the log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_of_a_corrupting_relay_names_the_field_in_every_format() {
+    let broker = Tansu::start();
+    create_topics(
+        &broker.bootstrap(),
+        &[("orders", 3), ("orders-enriched", 3)],
+    )
+    .await;
+    let fault = Fault::Transform {
+        delay: Duration::from_millis(10),
+        keep_headers: false,
+    };
+    let every = Picker { seed: 1, one_in: 1 };
+    let _relay = Relay::start(
+        &broker.bootstrap(),
+        "orders",
+        "orders-enriched",
+        3,
+        fault,
+        every,
+    );
+    let t = Tree::new();
+    t.write(
+        "slo-probe.yaml",
+        &format!(
+            "clusters:\n  primary: {{ bootstrap_servers: '{}' }}\n",
+            broker.bootstrap()
+        ),
+    );
+    t.write(
+        "probes/p.yaml",
+        &format!("name: enriched\ntopic: orders\ninterval: 200ms\ntimeout: 5s\ntags: {{ team: payments }}\nverify:\n  kafka:\n    topic: orders-enriched\n    id_from: /order/ref\n{DOWNSTREAM_EXPECT}"),
+    );
+    const WHY: &str = "assertion /amount: expected 42, got 41 — 12 of 12 records";
+    // The JSON report with JUnit on stdout, then the HTML report with the text on stdout.
+    let smoke = |report: &str, output: &str| {
+        let out = common::run(
+            t.path(),
+            &[
+                "smoke", "--rounds", "4", "--report", report, "--output", output,
+            ],
+            &[],
+        );
+        assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
+        out.stdout
+    };
+    let junit = smoke("verdict.json", "junit");
+    let v = common::verdict(&t.path().join("verdict.json"));
+    let p = &v["probes"][0];
+    let failed = p["failed_records"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{p:#}");
+    let f = &failed[0];
+    assert_eq!(
+        (
+            f["outcome"].as_str(),
+            f["reason"].as_str(),
+            f["records"].as_u64()
+        ),
+        (Some("corrupt"), Some("assertion"), Some(12))
+    );
+    assert_eq!(
+        f["details"],
+        serde_json::json!([{ "detail": "assertion /amount: expected 42, got 41", "records": 12 }])
+    );
+    let examples = f["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), 3);
+    for e in examples {
+        // where it was sent and where it was read: the relay keeps the partition
+        assert_eq!(e["read_topic"], "orders-enriched", "{e:#}");
+        assert_eq!(e["read_partition"], e["partition"], "{e:#}");
+        assert!(e["offset"].is_i64() && e["read_offset"].is_i64(), "{e:#}");
+        assert_eq!(e["job"], Value::Null, "no job named: nothing about one");
+    }
+    let first = examples[0]["record_id"].as_str().unwrap();
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "12 records arrived corrupt (assertion): {WHY}; e.g. {first} (partition "
+        )),
+        "{summary}"
+    );
+    assert_eq!(p["failures"], serde_json::json!([summary]), "{p:#}");
+    // JUnit: the records case fails with it as its message, every example in its text.
+    let message = format!("message=\"{}", summary.split(';').next().unwrap());
+    assert!(junit.contains(&message), "{junit}");
+    for e in examples {
+        assert!(
+            junit.contains(&format!("record {}", e["record_id"].as_str().unwrap())),
+            "{junit}"
+        );
+    }
+    // an XML reader of its own reads the same message from the failure element
+    let mut reader = quick_xml::Reader::from_str(&junit);
+    let message = loop {
+        match reader.read_event().unwrap() {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)
+                if e.name().as_ref() == b"failure" =>
+            {
+                let m = e.try_get_attribute("message").unwrap().unwrap();
+                break m
+                    .normalized_value(quick_xml::XmlVersion::Explicit1_0)
+                    .unwrap()
+                    .into_owned();
+            }
+            quick_xml::events::Event::Eof => panic!("no failure element: {junit}"),
+            _ => {}
+        }
+    };
+    assert!(
+        message.starts_with(&format!("12 records arrived corrupt (assertion): {WHY}")),
+        "{message}"
+    );
+    // Text and HTML.
+    let text = smoke("verdict.html", "text");
+    assert!(
+        text.contains(&format!(
+            "FAIL enriched: 12 records arrived corrupt (assertion): {WHY}"
+        )),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(t.path().join("verdict.html")).unwrap();
+    assert!(
+        html.contains("assertion /amount: expected 42, got 41 — 12 of 12 records"),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-outcome=\"corrupt\" data-reason=\"assertion\""),
+        "{html}"
+    );
+}

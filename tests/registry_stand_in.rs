@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::registry::{RegistryAuth, StandInSchemaRegistry};
+use common::registry::{HttpAuth, StandInSchemaRegistry};
 use serde_json::{Value, json};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -55,7 +55,7 @@ fn none(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
 
 #[tokio::test]
 async fn registers_looks_up_and_serves_schemas() {
-    let reg = StandInSchemaRegistry::start(RegistryAuth::None).await;
+    let reg = StandInSchemaRegistry::start(HttpAuth::None).await;
     let u = reg.url();
 
     let (s, v) = post(
@@ -200,7 +200,7 @@ async fn registers_looks_up_and_serves_schemas() {
 async fn checks_credentials_and_can_be_unavailable() {
     let unauthorized = (401, json!({"error_code": 40101, "message": "Unauthorized"}));
 
-    let basic = StandInSchemaRegistry::start(RegistryAuth::Basic {
+    let basic = StandInSchemaRegistry::start(HttpAuth::Basic {
         user: "probe".into(),
         password: "s3cret".into(),
     })
@@ -222,7 +222,7 @@ async fn checks_credentials_and_can_be_unavailable() {
     );
     assert_eq!(basic.requests().len(), 4);
 
-    let bearer = StandInSchemaRegistry::start(RegistryAuth::Bearer("tok-1".into())).await;
+    let bearer = StandInSchemaRegistry::start(HttpAuth::Bearer("tok-1".into())).await;
     let url = format!("{}/subjects/probe-value/versions", bearer.url());
     assert_eq!(post(&url, &body, none).await, unauthorized);
     assert_eq!(

@@ -744,3 +744,102 @@ fn a_restarted_agents_counter_reset_keeps_increase_burn_rates_and_budget_continu
         "{out}"
     );
 }
+
+/// Expands the `{{ range query ... }}` templates of an alert's annotations as Prometheus does
+/// for these series: the job's state query gives `state`, the worst-site queries give `site`
+/// (with its error ratio `ratio`).
+fn expanded(mut a: Value, state: &str, site: &str, ratio: &str) -> Value {
+    for (_, text) in a.as_object_mut().unwrap() {
+        let mut s = text.as_str().unwrap().to_string();
+        while let Some(start) = s.find("{{ range query `") {
+            let end = start + s[start..].find("{{ end }}").unwrap() + "{{ end }}".len();
+            let block = &s[start..end];
+            let with = if block.contains("slo_probe_flink_job_state") {
+                state.to_string()
+            } else if block.contains("humanizePercentage") {
+                format!("{site} ({ratio} of its events bad)")
+            } else {
+                site.to_string()
+            };
+            s.replace_range(start..end, &with);
+        }
+        assert!(!s.contains("{{"), "unexpanded template in {s}");
+        *text = Value::String(s);
+    }
+    a
+}
+
+/// A probe naming its Flink job, burning its budget (10% of its records bad against a 99.9%
+/// objective): with the job RESTARTING, `SloProbeJobNotRunning` pages naming the state, and the
+/// burn page says the job was RESTARTING too; with the job RUNNING, only the burn pages, saying
+/// so. A deliberately wrong state makes promtool fail.
+#[test]
+fn a_job_that_is_not_running_while_its_probe_burns_pages() {
+    let t = Tree::new();
+    t.write(
+        "probes/orders.yaml",
+        &format!("{PROBE}job: {{ flink: 'http://flink:8081', name: enrich }}\n"),
+    );
+    let r = rules(&t, &[]);
+    promtool_check_rules(&t.path().join("rules.yaml"));
+    let burn = r["groups"][2]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alert"] == "SloProbeBudgetBurn")
+        .unwrap();
+    assert!(burn["annotations"]["job_state"].is_string(), "{burn}");
+    let job_labels = json!({ "probe": "orders", "severity": "page", "flink_job": "enrich" });
+    let burn_labels = json!({ "probe": "orders", "slo": "completeness", "severity": "page" });
+    let state_series = |state: &str, values: &str| {
+        json!({
+            "series": format!("slo_probe_flink_job_state{{flink_job=\"enrich\",state=\"{state}\",site=\"eu\",instance=\"eu:9747\",job=\"slo-probe\"}}"),
+            "values": values,
+        })
+    };
+    let test = |running: bool, said: &str| {
+        let job_alerts = if running {
+            json!([])
+        } else {
+            json!([{
+                "exp_labels": job_labels,
+                "exp_annotations": expanded(annotations(&r, "SloProbeJobNotRunning", &job_labels), said, "eu", "10%"),
+            }])
+        };
+        let burn_alerts: Vec<Value> = ["page", "ticket"]
+            .iter()
+            .map(|severity| {
+                let mut labels = burn_labels.clone();
+                labels["severity"] = json!(severity);
+                json!({
+                    "exp_labels": labels,
+                    "exp_annotations": expanded(annotations(&r, "SloProbeBudgetBurn", &labels), said, "eu", "10%"),
+                })
+            })
+            .collect();
+        json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "30s",
+            "tests": [{
+                "name": "a job not running while its probe burns",
+                "interval": "30s",
+                "input_series": [
+                    events("good", "0+27x40"),
+                    events("bad", "0+3x40"),
+                    state_series("RUNNING", if running { "1x40" } else { "0x40" }),
+                    state_series("RESTARTING", if running { "0x40" } else { "1x40" }),
+                ],
+                "alert_rule_test": [
+                    { "eval_time": "10m", "alertname": "SloProbeJobNotRunning", "exp_alerts": job_alerts },
+                    { "eval_time": "10m", "alertname": "SloProbeBudgetBurn", "exp_alerts": burn_alerts },
+                ],
+            }],
+        })
+    };
+    let (ok, out) = promtool_test(t.path(), &test(false, "RESTARTING"));
+    assert!(ok, "{out}");
+    let (ok, out) = promtool_test(t.path(), &test(true, "RUNNING"));
+    assert!(ok, "{out}");
+    let (ok, out) = promtool_test(t.path(), &test(false, "RUNNING"));
+    assert!(!ok, "promtool accepted the wrong state:\n{out}");
+}

@@ -88,6 +88,25 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
             .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
             .collect()
     };
+    // A job the probes name that is not running (or whose state cannot be read): the
+    // pipeline cannot be judged, said at once rather than after the rounds.
+    let stopped = agent.jobs().iter().find_map(|j| {
+        let now = j.now().borrow().clone();
+        (!now.running()).then(|| (j.name.clone(), format!("{} ({})", now.describe(), j.target)))
+    });
+    if let Some((job, why)) = stopped {
+        let verdict = job_not_running(
+            &agent,
+            verdicts(agent.probes()),
+            &job,
+            &why,
+            started,
+            embedded,
+            common,
+        );
+        agent.shutdown(std::future::ready(())).await;
+        return report(&verdict, args, common).unwrap_or(Exit::CouldNotRun);
+    }
     let discovered = tokio::select! {
         d = agent.wait_discovered(args.connect_timeout) => Some(d),
         _ = signals.next() => None,
@@ -149,10 +168,15 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
         common.log_format,
     ));
     let mut refused = None;
+    let mut ended = None;
     let interrupted = tokio::select! {
         _ = agent.wait_finished() => false,
         r = agent.wait_refused() => {
             refused = Some(r);
+            false
+        }
+        e = agent.wait_job_ended() => {
+            ended = Some(e);
             false
         }
         _ = signals.next() => {
@@ -185,6 +209,21 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
         agent.shutdown(std::future::ready(())).await;
         return report(&verdict, args, common).unwrap_or(Exit::Config);
     }
+    if let Some((job, why)) = ended {
+        // The job ended mid-run: the records still in flight can only be lost.
+        progress.abort();
+        let verdict = job_not_running(
+            &agent,
+            verdicts(agent.probes()),
+            &job,
+            &why,
+            started,
+            embedded,
+            common,
+        );
+        agent.shutdown(std::future::ready(())).await;
+        return report(&verdict, args, common).unwrap_or(Exit::CouldNotRun);
+    }
     if interrupted {
         progress.abort();
     } else {
@@ -213,6 +252,43 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
         RunResult::CouldNotRun => Exit::CouldNotRun,
         RunResult::ConfigError => Exit::Config,
     })
+}
+
+/// The verdict of a run stopped because job `job` is not running (`why`: its state and last
+/// exception): it could not run (exit 2), naming the job; each probe through it says so.
+fn job_not_running(
+    agent: &Agent,
+    mut probes: Vec<ProbeVerdict>,
+    job: &str,
+    why: &str,
+    started: Instant,
+    embedded: bool,
+    common: &Common,
+) -> Verdict {
+    let text = format!("slo-probe: job {job} is not RUNNING: {why}");
+    let fields = serde_json::json!({ "flink_job": job, "error": why });
+    logging::say(
+        common.log_format,
+        Level::ERROR,
+        &text,
+        "job not running",
+        fields,
+    );
+    for p in &mut probes {
+        let through = agent
+            .probes()
+            .iter()
+            .any(|q| q.name() == p.name && q.job().is_some_and(|j| j.name == job));
+        if through {
+            p.error(format!("its job {job} is not RUNNING: {why}"));
+        } else {
+            p.error(format!(
+                "not run to the end: job {job} of another probe is not running"
+            ));
+        }
+    }
+    Verdict::new(probes, started.elapsed(), embedded)
+        .could_not_run(format!("job {job} is not RUNNING: {why}"))
 }
 
 fn interrupted_note(format: LogFormat) {

@@ -9,7 +9,7 @@ use marked_yaml::types::MarkedMappingNode;
 
 use super::diag::Diagnostics;
 use super::yaml::{Doc, MAX_CONFIG_BYTES, hide_expanded, read_capped};
-use super::{AgentConfig, ClusterConfig, OtlpProtocol, TracingConfig};
+use super::{AgentConfig, ClusterConfig, JobConfig, OtlpProtocol, TracingConfig};
 
 const AGENT_FIELDS: &[&str] = &[
     "site",
@@ -20,6 +20,7 @@ const AGENT_FIELDS: &[&str] = &[
     "clusters",
     "tracing",
     "trace_url",
+    "jobs",
 ];
 const TRACING_FIELDS: &[&str] = &[
     "otlp_endpoint",
@@ -84,6 +85,9 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
     if let Some(n) = map.get_node("tracing") {
         cfg.tracing = tracing(&mut doc, n);
     }
+    if let Some(n) = map.get_node("jobs") {
+        cfg.jobs = jobs(&mut doc, n);
+    }
     if let Some(n) = map.get_node("trace_url")
         && let Some(s) = doc.scalar(n, "trace_url")
     {
@@ -101,6 +105,29 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> AgentConfig {
         }
     }
     cfg
+}
+
+/// `jobs`: key -> a job's table, for the probes that name it (`job: <key>`).
+fn jobs(doc: &mut Doc, node: &Node) -> BTreeMap<String, JobConfig> {
+    let mut out = BTreeMap::new();
+    let Some(map) = node.as_mapping() else {
+        doc.error(
+            node.span(),
+            "`jobs` must be a mapping of job names to jobs (each with `flink`, its REST address)",
+        );
+        return out;
+    };
+    for (k, v) in map.iter() {
+        let key = k.as_str();
+        if let Err(why) = super::check_name(key) {
+            doc.error(k.span(), format!("job name {why}, got `{key}`"));
+            continue;
+        }
+        if let Some(job) = super::probe_file::job::job(doc, v, &format!("jobs.{key}"), Some(key)) {
+            out.insert(key.to_string(), job);
+        }
+    }
+    out
 }
 
 fn tracing(doc: &mut Doc, node: &Node) -> Option<TracingConfig> {

@@ -122,6 +122,8 @@ pub struct AgentConfig {
     /// Where a trace can be looked at (Grafana Explore, Jaeger, Tempo): a URL with
     /// `{trace_id}`; the HTML report and live page link each trace id there.
     pub trace_url: Option<String>,
+    /// Jobs probes name by key (`job: <key>`), for probes that share one.
+    pub jobs: BTreeMap<String, JobConfig>,
 }
 
 /// How spans leave the agent. Fields not set here come from the standard
@@ -199,6 +201,7 @@ impl Default for AgentConfig {
             clusters: BTreeMap::new(),
             tracing: None,
             trace_url: None,
+            jobs: BTreeMap::new(),
         }
     }
 }
@@ -276,8 +279,67 @@ pub struct ProbeConfig {
     pub record: Option<std::sync::Arc<crate::record::shape::Shape>>,
     /// The Schema Registry the record's schema id comes from (`record.avro.registry`).
     pub schema_registry: Option<RegistryConfig>,
+    /// The job its records go through (`job`), whose state a record that is not `ok`
+    /// carries, and which `smoke` requires to be running.
+    pub job: Option<JobConfig>,
     /// Where the probe was defined (its file), for messages.
     pub origin: Loc,
+}
+
+/// A Flink job, polled through Flink's REST API (`job` in a probe file, `jobs` in the agent
+/// file).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobConfig {
+    /// The `flink_job` label: its key in the agent file's `jobs`, or the probe file's `name`
+    /// (else `id`).
+    pub name: String,
+    /// Flink's REST API (the JobManager's, or its Kubernetes service), without a trailing
+    /// slash.
+    pub url: String,
+    /// How the job is found.
+    pub find: JobRef,
+    /// Credentials sent with every request.
+    pub auth: HttpAuth,
+    /// Extra CA certificates (PEM) for an `https://` address.
+    pub ca_file: Option<PathBuf>,
+    /// Bound on each request.
+    pub timeout: Duration,
+    /// How often it is polled (one poller per job, however many probes name it).
+    pub poll: Duration,
+}
+
+impl JobConfig {
+    /// `http://flink:8081 job orders-enrich`: where it is looked for, in messages.
+    pub fn target(&self) -> String {
+        match &self.find {
+            JobRef::Name(n) => format!("{} job `{n}`", self.url),
+            JobRef::Id(id) => format!("{} job id {id}", self.url),
+        }
+    }
+}
+
+impl std::fmt::Debug for JobConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("find", &self.find)
+            .field("auth", &self.auth.kind())
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("poll", &self.poll)
+            .finish()
+    }
+}
+
+/// How a job is found among those Flink runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobRef {
+    /// By its name (Flink's `pipeline.name`): the newest job of that name, so that a job
+    /// submitted again (with a new id) is followed.
+    Name(String),
+    /// By its id.
+    Id(String),
 }
 
 impl ProbeConfig {
@@ -302,16 +364,16 @@ pub struct RegistryConfig {
     /// canary should not change what a pipeline's registry holds unless told to).
     pub register: bool,
     /// Credentials sent with every request.
-    pub auth: RegistryAuth,
+    pub auth: HttpAuth,
     /// Extra CA certificates (PEM) for an `https://` registry.
     pub ca_file: Option<PathBuf>,
     /// Bound on each request.
     pub timeout: Duration,
 }
 
-/// How requests to a Schema Registry authenticate.
+/// How requests to an HTTP API (a Schema Registry, Flink's REST API) authenticate.
 #[derive(Clone, PartialEq, Eq)]
-pub enum RegistryAuth {
+pub enum HttpAuth {
     /// No credentials.
     None,
     /// HTTP basic authentication.
@@ -325,13 +387,20 @@ pub enum RegistryAuth {
     Bearer(String),
 }
 
+impl HttpAuth {
+    /// What kind, never the secret: `none`, `basic (<user>)`, `bearer`.
+    pub fn kind(&self) -> String {
+        match self {
+            HttpAuth::None => "none".to_string(),
+            HttpAuth::Basic { username, .. } => format!("basic ({username})"),
+            HttpAuth::Bearer(_) => "bearer".to_string(),
+        }
+    }
+}
+
 impl std::fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let auth = match &self.auth {
-            RegistryAuth::None => "none".to_string(),
-            RegistryAuth::Basic { username, .. } => format!("basic ({username})"),
-            RegistryAuth::Bearer(_) => "bearer".to_string(),
-        };
+        let auth = self.auth.kind();
         f.debug_struct("RegistryConfig")
             .field("url", &self.url)
             .field("subject", &self.subject)
@@ -571,6 +640,26 @@ fn resolve(
                 && p.verify_cluster.is_none()
             {
                 k.cluster = only.clone();
+            }
+        }
+        if let Some((key, loc)) = &p.job_key {
+            match agent.jobs.get(key) {
+                Some(job) => probe.job = Some(job.clone()),
+                None => {
+                    let defined: Vec<&str> = agent.jobs.keys().map(String::as_str).collect();
+                    diags.push(
+                        loc.clone(),
+                        format!(
+                            "{who} names undefined job `{key}`; the agent file's `jobs` define: {}",
+                            if defined.is_empty() {
+                                "none".to_string()
+                            } else {
+                                defined.join(", ")
+                            }
+                        ),
+                    );
+                    continue;
+                }
             }
         }
         downstream_checks(agent, &probe, &p, diags, notes);

@@ -75,6 +75,7 @@ pub fn finished(origin: &Origin, topic: &str, read: &ReadBack, f: &Finished) {
         latency_ms = ms(f.latency),
         reason = f.reason.as_ref().map(|r| r.kind),
         detail = f.reason.as_ref().map(|r| r.detail.as_str()),
+        job = f.job.as_ref().map(|j| j.to_string()),
         "record {}",
         f.outcome.as_str()
     );

@@ -81,6 +81,48 @@ pub mod names {
     pub const CLOCK_SKEW: &str = "slo_probe_clock_skew_total";
     /// How far below zero the most negative hop of the window went.
     pub const CLOCK_SKEW_MAX: &str = "slo_probe_clock_skew_max_seconds";
+    /// When a record was last read from a downstream topic a probe verifies on.
+    pub const OUTPUT_LAST_READ: &str = "slo_probe_output_last_read_timestamp_seconds";
+    /// A Flink job's state (1 for the current one).
+    pub const FLINK_JOB_STATE: &str = "slo_probe_flink_job_state";
+    /// Whether the newest poll of a job's REST API answered.
+    pub const FLINK_JOB_UP: &str = "slo_probe_flink_job_up";
+    /// When the job entered its state.
+    pub const FLINK_JOB_STATE_SINCE: &str = "slo_probe_flink_job_state_since_timestamp_seconds";
+    /// The job's restarts (Flink's numRestarts).
+    pub const FLINK_JOB_RESTARTS: &str = "slo_probe_flink_job_restarts";
+    /// The job's checkpoints, completed and failed (Flink's counts).
+    pub const FLINK_JOB_CHECKPOINTS: &str = "slo_probe_flink_job_checkpoints";
+    /// When the newest completed checkpoint was acknowledged.
+    pub const FLINK_JOB_LAST_CHECKPOINT: &str =
+        "slo_probe_flink_job_last_checkpoint_timestamp_seconds";
+    /// How long the newest completed checkpoint took.
+    pub const FLINK_JOB_LAST_CHECKPOINT_DURATION: &str =
+        "slo_probe_flink_job_last_checkpoint_duration_seconds";
+    /// When the job's newest failure happened.
+    pub const FLINK_JOB_LAST_EXCEPTION: &str =
+        "slo_probe_flink_job_last_exception_timestamp_seconds";
+    /// Polls of the job's REST API.
+    pub const FLINK_POLLS: &str = "slo_probe_flink_polls_total";
+    /// Failed polls of the job's REST API, by reason.
+    pub const FLINK_POLL_ERRORS: &str = "slo_probe_flink_poll_errors_total";
+    /// Which probe goes through which job (1).
+    pub const PROBE_FLINK_JOB: &str = "slo_probe_probe_flink_job_info";
+
+    /// Exported for each job a probe names (`job`).
+    pub const FLINK: &[&str] = &[
+        FLINK_JOB_STATE,
+        FLINK_JOB_UP,
+        FLINK_JOB_STATE_SINCE,
+        FLINK_JOB_RESTARTS,
+        FLINK_JOB_CHECKPOINTS,
+        FLINK_JOB_LAST_CHECKPOINT,
+        FLINK_JOB_LAST_CHECKPOINT_DURATION,
+        FLINK_JOB_LAST_EXCEPTION,
+        FLINK_POLLS,
+        FLINK_POLL_ERRORS,
+        PROBE_FLINK_JOB,
+    ];
 
     /// Names every agent with at least one SLO exports from its first scrape.
     pub const ALL: &[&str] = &[
@@ -166,16 +208,23 @@ pub struct Metrics {
     sink_polls: IntCounterVec,
     task_restarts: IntCounterVec,
     registry_errors: IntCounterVec,
+    output_last_read: GaugeVec,
+    jobs: super::jobs::JobFamilies,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     registered(
         registry,
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+pub(super) fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     registered(
         registry,
         GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
@@ -183,7 +232,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
 }
 
 /// `metric`, once registered with `registry`.
-fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+pub(super) fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric registered once");
@@ -410,9 +459,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            output_last_read: gauge(
+                &r,
+                names::OUTPUT_LAST_READ,
+                "When the verifier last read a record (any) from the downstream topic the probe verifies on (Unix seconds): where the job's output stands.",
+                &["probe"],
+            ),
+            jobs: super::jobs::JobFamilies::new(&r),
             registry: r,
             consistency: RwLock::new(()),
         }
+    }
+
+    /// The families of the job pollers' series.
+    pub fn jobs(&self) -> &super::jobs::JobFamilies {
+        &self.jobs
+    }
+
+    /// The series of a probe's downstream topic's progress (NaN until a record is read).
+    pub fn output_last_read(&self, probe: &str) -> Gauge {
+        let g = self.output_last_read.with_label_values(&[probe]);
+        g.set(f64::NAN);
+        g
     }
 
     /// Handles bound to one probe; every series of the probe exists (at zero) from here on.

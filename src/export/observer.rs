@@ -105,6 +105,8 @@ pub struct ProbeObserver {
     /// Failed Schema Registry requests, indexed like `RegistryErrorKind::ALL`; present for a
     /// probe that uses a registry.
     registry_errors: Option<[IntCounter; 4]>,
+    /// For a probe verifying on a downstream topic: when a record was last read from it.
+    output_read: Option<prometheus::Gauge>,
 }
 
 /// Foreign records seen since the last one logged.
@@ -139,6 +141,9 @@ impl ProbeObserver {
         if config.schema_registry.is_some() {
             tasks.push(Task::SchemaRegistry);
         }
+        if config.job.is_some() {
+            tasks.push(Task::JobPoller);
+        }
         let series = metrics.probe(
             &config.name,
             &config.slos,
@@ -155,6 +160,8 @@ impl ProbeObserver {
             None => config.verify.kind().to_string(),
         };
         let registry_errors = uses_registry(config).then(|| metrics.registry_errors(&config.name));
+        let downstream = config.verify.kafka().is_some() && !config.verifies_own_topic();
+        let output_read = downstream.then(|| metrics.output_last_read(&config.name));
         ProbeObserver {
             metrics,
             series,
@@ -168,6 +175,7 @@ impl ProbeObserver {
             record_log: Some(Mutex::default()),
             sink_errors: Quiet::default(),
             registry_errors,
+            output_read,
         }
     }
 
@@ -489,6 +497,9 @@ impl Observer for ProbeObserver {
         }
         s.availability.set(g.availability.unwrap_or(f64::NAN));
         s.freshness.set(g.freshness.as_secs_f64());
+        if let (Some(series), Some(ms)) = (&self.output_read, g.output_read_ms) {
+            series.set(ms as f64 / 1e3);
+        }
         for (i, slo) in g.slos.iter().enumerate() {
             if let (Some(budget), Some(burn)) = (s.budget.get(i), s.burn.get(i)) {
                 budget.set(slo.budget_remaining);

@@ -254,6 +254,9 @@ impl Spans {
             status,
         );
         process.events = hop_events(f);
+        if let Some(job) = job_event(f, settled) {
+            process.events.events.push(job);
+        }
         vec![send, process]
     }
 
@@ -285,6 +288,33 @@ impl Spans {
             instrumentation_scope: self.scope.clone(),
         }
     }
+}
+
+/// What the job was doing while a record that is not `ok` was in flight, as an event of its
+/// verification span: at the first poll that saw the job not running (else at the outcome),
+/// with the job's state, restarts, failure and checkpoints.
+fn job_event(f: &Finished, settled: SystemTime) -> Option<Event> {
+    let job = f.job.as_ref()?;
+    let when = job.not_running.map_or(settled, |(from, _)| {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(from)
+    });
+    let mut attrs = vec![
+        KeyValue::new("slo_probe.flink_job", job.job.clone()),
+        KeyValue::new(
+            "slo_probe.job.state",
+            job.state.map_or("UNKNOWN", |s| s.as_str()),
+        ),
+        KeyValue::new("slo_probe.job.restarts", job.restarts as i64),
+        KeyValue::new("slo_probe.job.checkpoints", job.checkpoints as i64),
+        KeyValue::new("slo_probe.job.summary", job.to_string()),
+    ];
+    if let Some(e) = &job.exception {
+        attrs.push(KeyValue::new("exception.message", e.clone()));
+    }
+    if let Some(u) = &job.unknown {
+        attrs.push(KeyValue::new("slo_probe.job.poll_error", u.clone()));
+    }
+    Some(Event::new("job", when, attrs, 0))
 }
 
 /// A record's hops as events of its verification span, each at the real time its hop ended
@@ -512,6 +542,7 @@ mod tests {
             latency: Some(Duration::from_millis(450)),
             reason: None,
             hops: None,
+            job: None,
         };
         let origin = Origin {
             probe: "orders-warehouse".into(),

@@ -8,8 +8,10 @@
 
 mod arrival;
 mod clock;
+mod digest;
 mod history;
 mod hops;
+pub mod job;
 mod notable;
 pub mod task;
 mod tracker;
@@ -23,8 +25,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+pub use digest::{Example, Group};
+
 pub use history::{HistoryView, Point};
 pub use hops::{HopSnapshot, HopsSnapshot};
+pub use job::{JobNow, JobWatch};
 pub use notable::{LAST, Noted, SLOWEST};
 pub use tracker::{Footprint, Tracker};
 
@@ -81,6 +86,8 @@ struct Core {
     announced_ready: bool,
     /// A probe that polls a sink: its polls.
     sink: SinkSummary,
+    /// Its failed records, grouped by why.
+    digest: digest::Digest,
 }
 
 /// The events of one call, counted under the lock and reported after it.
@@ -135,6 +142,11 @@ pub struct Probe {
     progress: watch::Sender<Progress>,
     /// Records on the verify topic that are not probe records.
     foreign: AtomicU64,
+    /// The job its records go through, when the probe file names one.
+    job: Option<Arc<JobWatch>>,
+    /// When the verifier last read a record (any record) from the topic it reads back from,
+    /// ms since the Unix epoch; 0 before the first.
+    output_read_ms: AtomicU64,
 }
 
 /// A sink poller's record: polls, failed polls, the last failure.
@@ -183,6 +195,13 @@ pub struct Snapshot {
     pub sink: Option<SinkSummary>,
     /// Each hop of its records: over the window, the run, and its clock skew.
     pub hops: HopsSnapshot,
+    /// Its failed records, grouped by outcome and reason, most first.
+    pub failures: Vec<Group>,
+    /// The job its records go through: its name and newest poll.
+    pub job: Option<(String, JobNow)>,
+    /// When a record was last read from a downstream topic the probe verifies on (ms since
+    /// the Unix epoch): where the job's output stands.
+    pub output_read_ms: Option<u64>,
 }
 
 impl Probe {
@@ -226,6 +245,7 @@ impl Probe {
                 .map(|s| SloState::new(s.clone(), now))
                 .collect(),
             sink: SinkSummary::default(),
+            digest: digest::Digest::default(),
         };
         Probe {
             origin: Origin {
@@ -245,7 +265,34 @@ impl Probe {
             core: Mutex::new(core),
             progress: watch::Sender::new(Progress::default()),
             foreign: AtomicU64::new(0),
+            job: None,
+            output_read_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Its records go through the job `watch` follows: a record that is not `ok` carries what
+    /// the job was doing while it was in flight.
+    pub fn with_job(mut self, watch: Option<Arc<JobWatch>>) -> Self {
+        self.job = watch;
+        self
+    }
+
+    /// The job its records go through, when the probe file names one.
+    pub fn job(&self) -> Option<&Arc<JobWatch>> {
+        self.job.as_ref()
+    }
+
+    /// The verifier read a record (ours or not) from the topic the probe reads back from, at
+    /// `at_ms` (ms since the Unix epoch).
+    pub(crate) fn output_read(&self, at_ms: u64) {
+        self.output_read_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// When a record was last read from a downstream topic (not the probe's own).
+    fn output_read_at(&self) -> Option<u64> {
+        let downstream = self.config.verify.kafka().is_some() && !self.same_topic;
+        let at = self.output_read_ms.load(Ordering::Relaxed);
+        (downstream && at > 0).then_some(at)
     }
 
     /// The probe's name.
@@ -469,11 +516,18 @@ impl Probe {
     /// records) and its events. Caller holds the lock.
     fn settle<'a>(&self, core: &mut Core, events: &mut Events<'a>, now: Instant, end: Ending<'a>) {
         let Ending {
-            finished: f,
+            finished: mut f,
             topic,
             reordered,
             in_flight,
         } = end;
+        if f.outcome != Outcome::Ok
+            && let Some(job) = &self.job
+        {
+            let (from, to) = in_flight_ms(&f);
+            f.job = job.context(from, to).map(Arc::new);
+        }
+        core.digest.record(&f);
         core.availability.record(now, f.outcome);
         core.notable.record(now, &f);
         core.history.record(&f);
@@ -606,6 +660,7 @@ impl Probe {
                     })
                     .collect(),
                 hops: core.hops.gauges(now),
+                output_read_ms: self.output_read_at(),
             }
         };
         self.observer.gauges(&gauges);
@@ -626,7 +681,7 @@ impl Probe {
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let core = self.lock();
         let window = core.e2e.window(now);
-        Snapshot {
+        let mut snap = Snapshot {
             progress: self.progress.borrow().clone(),
             partitions: core.tracker.partitions().clone(),
             e2e_total: core.e2e.total().and_then(stats::quantiles),
@@ -644,142 +699,30 @@ impl Probe {
             slowest: core.notable.slowest(now),
             sink: self.acknowledged.as_ref().map(|_| core.sink.clone()),
             hops: core.hops.snapshot(now),
+            failures: core.digest.groups(),
+            job: self
+                .job
+                .as_ref()
+                .map(|j| (j.name.clone(), j.now().borrow().clone())),
+            output_read_ms: self.output_read_at(),
+        };
+        // A slow record's job context, from the polls still kept.
+        if let Some(job) = &self.job {
+            for n in &mut snap.slowest {
+                let from = n.scheduled_at_ns / 1_000_000;
+                let to = from + n.latency.map_or(0, |l| l.as_millis() as u64);
+                n.job = job.context(from, to).map(Arc::new);
+            }
         }
+        snap
     }
+}
+
+/// From a record's scheduled send to its outcome, ms since the Unix epoch.
+fn in_flight_ms(f: &Finished) -> (u64, u64) {
+    let from = f.scheduled_at_ns / 1_000_000;
+    (from, from + f.since_scheduled.as_millis() as u64)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{arrive, recorded, round};
-
-    #[tokio::test(start_paused = true)]
-    async fn an_hour_of_broker_outage_keeps_memory_flat() {
-        let (p, recording) =
-            recorded("name: outage\ninterval: 1s\ntimeout: 30s\nmax_in_flight: 40\n");
-        let parts = [0, 1, 2];
-        let mut at_10min = None;
-        for slot in 0..3600u64 {
-            round(&p, slot, &parts); // nothing is ever acknowledged or read back
-            p.expire(Instant::now());
-            let c = p.progress().borrow().counts;
-            assert!(c.conserved(), "slot {slot}: {c:?}");
-            if slot == 600 {
-                at_10min = Some(p.snapshot(Instant::now()).footprint);
-            }
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-        let f = p.snapshot(Instant::now()).footprint;
-        assert_eq!(
-            Some(f),
-            at_10min,
-            "same footprint after 10 minutes and after an hour"
-        );
-        assert!(f.pending <= 40 && f.deadlines <= 40, "{f:?}");
-        // finished ids are kept for max(10 x timeout, window) = 300 s at 3 records/s
-        assert!(f.recent <= 3 * 301, "{f:?}");
-        let c = p.progress().borrow().counts;
-        assert_eq!(c.sent, 10_800);
-        assert!(
-            c.get(Outcome::SendFailed) > 0,
-            "over the bound: backpressure"
-        );
-        assert_eq!(
-            c.sent,
-            c.get(Outcome::Lost) + c.get(Outcome::SendFailed) + c.in_flight
-        );
-        // what the observer was told adds up at every event (checked as it was told), and to
-        // the probe's own counts
-        let r = recording.get();
-        assert_eq!(
-            (r.counts.sent, r.counts.outcomes, r.counts.in_flight),
-            (c.sent, c.outcomes, c.in_flight)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn freshness_shows_a_stuck_consumer_before_anything_is_lost() {
-        let (p, recording) = recorded("name: stuck\ninterval: 1s\ntimeout: 60s\n");
-        for r in round(&p, 0, &[0]) {
-            tokio::time::advance(Duration::from_millis(20)).await;
-            arrive(&p, &r);
-        }
-        tokio::time::advance(Duration::from_millis(980)).await;
-        p.refresh_gauges(Instant::now());
-        assert_eq!(recording.get().gauges.freshness, Duration::from_secs(1));
-        // the consumer stops: records keep coming, none is read back, none is lost yet
-        for slot in 1..=20 {
-            round(&p, slot, &[0]);
-            tokio::time::advance(Duration::from_secs(1)).await;
-            p.expire(Instant::now());
-        }
-        p.refresh_gauges(Instant::now());
-        let r = recording.get();
-        assert_eq!(r.gauges.freshness, Duration::from_secs(21));
-        assert_eq!(r.counts.get(Outcome::Lost), 0);
-        assert_eq!(r.counts.in_flight, 20);
-        assert_eq!(r.gauges.availability, Some(1.0), "nothing has failed yet");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn budget_and_burn_rate_match_the_hand_computed_example() {
-        // objective 99%, 1000 events, 15 bad: budget remaining -0.5, burn rate 1.5
-        let (p, recording) = recorded(
-            "name: budget\ninterval: 1s\ntimeout: 10s\nslos:\n  - { name: completeness, objective: 99% }\n",
-        );
-        let parts: Vec<i32> = (0..1000).collect();
-        let records = round(&p, 0, &parts);
-        for r in &records[15..] {
-            arrive(&p, r);
-        }
-        tokio::time::advance(Duration::from_secs(10)).await;
-        p.expire(Instant::now());
-        p.refresh_gauges(Instant::now());
-        let r = recording.get();
-        assert_eq!(r.counts.get(Outcome::Lost), 15);
-        assert_eq!(r.slo, [(985, 15)], "(good, bad)");
-        let slo = r.gauges.slos[0];
-        assert!((slo.budget_remaining - -0.5).abs() < 1e-9, "{slo:?}");
-        for (w, burn) in ["5m", "30m", "1h", "6h"].iter().zip(slo.burn_rates) {
-            let burn = burn.unwrap();
-            assert!((burn - 1.5).abs() < 1e-9, "{w}: {burn}");
-        }
-        let s = &p.snapshot(Instant::now()).slos[0];
-        assert!(!s.met());
-        // an hour later the 5m and 30m windows are empty, the budget window is not
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        p.refresh_gauges(Instant::now());
-        let slo = recording.get().gauges.slos[0];
-        assert_eq!(slo.burn_rates[0], None, "no event in the last 5 minutes");
-        assert!((slo.budget_remaining - -0.5).abs() < 1e-9);
-    }
-
-    /// Counted under the lock, reported after it, in the same order: a settled record's log
-    /// line comes after its counter, SLO judgements after the outcome.
-    #[tokio::test(start_paused = true)]
-    async fn every_event_is_counted_then_reported_in_order() {
-        let (p, recording) = recorded(
-            "name: order\ninterval: 1s\ntimeout: 5s\nslos:\n  - { name: completeness, objective: 99% }\n",
-        );
-        let records = round(&p, 0, &[0, 1]);
-        arrive(&p, &records[0]);
-        arrive(&p, &records[0]); // seen again
-        tokio::time::advance(Duration::from_secs(5)).await;
-        p.expire(Instant::now());
-        let r = recording.get();
-        assert_eq!(
-            r.reported,
-            [
-                "scheduled",
-                "scheduled", // the round
-                "settled",
-                "slo",       // the first arrival settles the round's first record
-                "duplicate", // the same record again
-                "settled",
-                "slo",   // the other one is lost at its deadline...
-                "ready", // ...which completes the round, one record verified
-            ]
-        );
-        assert_eq!((r.counts.duplicates, r.slo.as_slice()), (1, &[(1, 1)][..]));
-    }
-}
+mod tests;

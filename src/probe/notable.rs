@@ -34,6 +34,9 @@ pub struct Noted {
     pub reason: Option<Reason>,
     /// Its latency split into hops (they add up to it).
     pub hops: Option<Hops>,
+    /// What the job it went through was doing while it was in flight: for a record that is
+    /// not `ok`, and a slow one.
+    pub job: Option<std::sync::Arc<crate::outcome::JobContext>>,
 }
 
 impl Noted {
@@ -50,6 +53,7 @@ impl Noted {
             latency: f.latency,
             reason: f.reason.clone(),
             hops: f.hops().copied(),
+            job: f.job.clone(),
         }
     }
 }
@@ -149,6 +153,7 @@ impl Notable {
                 latency: Some(Duration::from_nanos(s.latency_ns)),
                 reason: None,
                 hops: s.hops,
+                job: None,
             })
             .collect()
     }

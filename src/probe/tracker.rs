@@ -384,12 +384,11 @@ impl Tracker {
             }
             self.deadlines.pop_front();
             if let Some(p) = self.pending.remove(&id) {
+                // The offset is the record's own (`Finished::offset`): the sentence is the same
+                // for every record lost the same way, so that a verdict can count them as one.
                 let reason = match p.acked {
-                    Some((_, offset)) => format!(
-                        "not read back within the timeout (the broker acknowledged offset {offset})"
-                    ),
-                    None => "not read back within the timeout (never acknowledged by the broker)"
-                        .to_string(),
+                    Some(_) => "not read back within the timeout (acknowledged by the broker)",
+                    None => "not read back within the timeout (never acknowledged by the broker)",
                 };
                 let reason = Reason::new("timeout", reason);
                 out.push(self.finish(p, now, Outcome::Lost, None, Some(reason)));
@@ -442,6 +441,7 @@ impl Tracker {
             latency,
             reason,
             hops: None,
+            job: None,
         }
     }
 
@@ -561,7 +561,7 @@ mod tests {
                 (
                     2,
                     Outcome::Lost,
-                    "not read back within the timeout (the broker acknowledged offset 12)".into()
+                    "not read back within the timeout (acknowledged by the broker)".into()
                 ),
                 (
                     3,

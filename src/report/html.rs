@@ -234,8 +234,47 @@ fn record_rows(
                                 }
                             }
                         }
-                        td { @if let Some(k) = r.reason { (k) } @if let Some(d) = &r.detail { ": " (d) } }
+                        td { @if let Some(k) = r.reason { (k) } @if let Some(d) = &r.detail { ": " (d) }
+                             @if let Some(j) = &r.job { @if r.reason.is_some() { "; " } "while " (j) } }
                         td { (links.show(&r.trace_id)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The job a probe's records go through: its state, or why it is not known.
+fn job_line(job: Option<&super::JobReport>) -> Markup {
+    html! {
+        @if let Some(j) = job {
+            p data-field="job" data-state=(j.state.unwrap_or("UNKNOWN")) class=(if j.running { "good" } else { "bad" }) {
+                (j.summary)
+                @if let Some(age) = j.last_checkpoint_age_seconds { "; last checkpoint " (format!("{age:.1}")) " s before the poll" }
+            }
+        }
+    }
+}
+
+/// Failed records by outcome and reason: the sentence, then the first of them with their
+/// traces.
+fn failure_list(failures: &[super::FailureReport], links: TraceLinks<'_>) -> Markup {
+    html! {
+        @if !failures.is_empty() {
+            h3 { "Why records failed" }
+            ul.why {
+                @for f in failures {
+                    li data-outcome=(f.outcome) data-reason=(f.reason) {
+                        strong { (f.records) " " (f.outcome) " (" (f.reason) ")" }
+                        @for d in &f.details { br; (d.detail) " — " (d.records) " of " (f.records) " records" }
+                        @if let Some(j) = &f.job { br; "while " (j) }
+                        @if let Some(o) = &f.output { br; (o) }
+                        @for r in &f.examples {
+                            br; "e.g. " code { (r.record_id) } " partition " (r.partition)
+                            @if let Some(o) = r.offset { " offset " (o) }
+                            @if let (Some(t), Some(p), Some(o)) = (&r.read_topic, r.read_partition, r.read_offset) { ", read from " (t) " partition " (p) " offset " (o) }
+                            " " (links.show(&r.trace_id))
+                        }
                     }
                 }
             }
@@ -301,6 +340,8 @@ fn probe_smoke(v: &ProbeVerdict, p: &Pictures, links: TraceLinks<'_>) -> Markup 
             @if !v.failures.is_empty() || !v.errors.is_empty() {
                 ul.failures { @for f in v.failures.iter().chain(&v.errors) { li.bad { (f) } } }
             }
+            (job_line(v.job.as_ref()))
+            (failure_list(&v.failed_records, links))
             (records_table(&v.records, &v.events))
             (latency_table(&v.latency, "whole run"))
             (hops_table(&v.hops, "whole run"))
@@ -352,6 +393,8 @@ fn probe_live(s: &ProbeStatus, pictures: Option<&Pictures>, links: TraceLinks<'_
                 ", partitions " (s.partitions.len()) ", rounds " (s.rounds_completed) }
             (tags(&s.tags))
             @if let Some(e) = &s.discovery_error { p.bad { "discovery: " (e) } }
+            (job_line(s.job.as_ref()))
+            (failure_list(&s.failed_records, links))
             @if let Some(e) = &s.refused { p.bad data-field="refused" { "sink refused, nothing sent: " (e) } }
             @for (task, why) in &s.tasks_down { p.bad { "task " (task) " down: " (why) } }
             (records_table(&s.records, &s.events))
@@ -379,6 +422,7 @@ fn probe_live(s: &ProbeStatus, pictures: Option<&Pictures>, links: TraceLinks<'_
 pub fn live_page(s: &Status, pictures: &[Pictures], links: TraceLinks<'_>) -> String {
     let body = html! {
         h1 { "slo-probe " (s.site) " / " (s.instance) }
+        @if s.embedded { div.embedded data-field="embedded" { (super::EMBEDDED_AGENT_NOTICE) } }
         div.banner.LIVE {
             (s.probes.len()) " probe(s); reloads every " (LIVE_REFRESH.as_secs()) " s. The same figures as JSON: "
             code { "/status" } "."
@@ -411,7 +455,19 @@ mod tests {
             instance: "i".into(),
             probes,
             clusters: Default::default(),
+            embedded: false,
         }
+    }
+
+    #[test]
+    fn the_live_page_of_an_agent_on_the_embedded_cluster_says_so_first() {
+        let mut s = status(&["a"]);
+        let page = live_page(&s, &[], TraceLinks(None));
+        assert!(!page.contains(super::super::EMBEDDED_AGENT_NOTICE));
+        s.embedded = true;
+        let page = live_page(&s, &[], TraceLinks(None));
+        let at = page.find(super::super::EMBEDDED_AGENT_NOTICE).unwrap();
+        assert!(at < page.find("data-probe=").unwrap(), "{page}");
     }
 
     #[test]

@@ -387,6 +387,11 @@ impl KafkaVerifier {
         let Some(probes) = routes.get(view.topic) else {
             return;
         };
+        // Where the topic stands (a job's output moving or not), whatever the record is.
+        let read_ms = crate::util::time::now_ms();
+        for p in probes {
+            p.output_read(read_ms);
+        }
         match record::claim(view) {
             Claim::Probe {
                 probe,

@@ -11,9 +11,11 @@ pub mod enrichment;
 pub mod flink;
 pub mod front;
 pub mod infra;
+pub mod ingress;
 pub mod job;
 pub mod malformed_pg;
 pub mod otlp;
+pub mod pipe;
 pub mod registry;
 pub mod relay;
 pub mod timed_job;
@@ -316,12 +318,12 @@ impl Running {
         self.child.wait().unwrap()
     }
 
-    /// Every JSON log line seen with this message.
+    /// Every JSON log line seen with this message (every one for an empty message).
     pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
         self.seen
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == message)
+            .filter(|v| message.is_empty() || v["message"] == message)
             .collect()
     }
 }

@@ -38,7 +38,7 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// The credentials the stand-in requires of every request.
 #[derive(Clone, Debug)]
-pub enum RegistryAuth {
+pub enum HttpAuth {
     /// No credentials: every request is let through.
     None,
     /// HTTP Basic: `Authorization: Basic base64(user:password)`.
@@ -97,7 +97,7 @@ impl Inner {
 #[derive(Clone)]
 struct Shared {
     inner: Arc<Mutex<Inner>>,
-    auth: Arc<RegistryAuth>,
+    auth: Arc<HttpAuth>,
 }
 
 /// A running stand-in registry. It stops serving when dropped.
@@ -116,7 +116,7 @@ impl Drop for StandInSchemaRegistry {
 impl StandInSchemaRegistry {
     /// Starts serving on 127.0.0.1 (a port the OS picks), requiring `auth` of every request.
     /// Must be called within a tokio runtime, which runs the server.
-    pub async fn start(auth: RegistryAuth) -> StandInSchemaRegistry {
+    pub async fn start(auth: HttpAuth) -> StandInSchemaRegistry {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let shared = Shared {
             inner: inner.clone(),
@@ -209,11 +209,11 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
         .and_then(|v| v.split_once(' '))
         .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest.trim()));
     let authorized = match (&*s.auth, given) {
-        (RegistryAuth::None, _) => true,
-        (RegistryAuth::Basic { user, password }, Some((scheme, rest))) if scheme == "basic" => B64
+        (HttpAuth::None, _) => true,
+        (HttpAuth::Basic { user, password }, Some((scheme, rest))) if scheme == "basic" => B64
             .decode(rest)
             .is_ok_and(|d| d == format!("{user}:{password}").as_bytes()),
-        (RegistryAuth::Bearer(token), Some((scheme, rest))) if scheme == "bearer" => rest == token,
+        (HttpAuth::Bearer(token), Some((scheme, rest))) if scheme == "bearer" => rest == token,
         _ => false,
     };
     if !authorized {

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::record::is_reserved_header;
 
+pub(super) mod job;
 mod record;
 mod sinks;
 mod slos;
@@ -41,6 +42,7 @@ const PROBE_FIELDS: &[&str] = &[
     "per_partition_metrics",
     "create_topic",
     "record",
+    "job",
 ];
 
 const CREATE_TOPIC_FIELDS: &[&str] = &["partitions", "replication_factor"];
@@ -62,6 +64,8 @@ pub(super) struct Parsed {
     pub verify_kafka: Option<Loc>,
     /// `verify.kafka.transactional: true`, when given.
     pub transactional: Option<Loc>,
+    /// `job: <key>`: a job of the agent file's `jobs`, resolved against it.
+    pub job_key: Option<(String, Loc)>,
 }
 
 pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> Option<Parsed> {
@@ -87,6 +91,7 @@ pub(super) fn load(path: &Path, diags: &mut Diagnostics) -> Option<Parsed> {
         verify_cluster: None,
         verify_kafka: None,
         transactional: None,
+        job_key: None,
     };
     let probe = probe(&mut doc, map, &mut parsed);
     // A probe with any problem is not kept, so that nothing later sees half a probe. A probe
@@ -207,6 +212,16 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
         doc.boolean(n, "per_partition_metrics")
     });
     let create_topic = opt(map, "create_topic", None, |n| create_topic(doc, n));
+    // `job: <key>` names one of the agent file's `jobs` (resolved with the other files);
+    // a table defines it here.
+    let job = match map.get_node("job") {
+        Some(n @ Node::Scalar(_)) => {
+            parsed.job_key = located(doc, Some(n), "job");
+            parsed.job_key.as_ref().map(|_| None)
+        }
+        Some(n) => job::job(doc, n, "job", None).map(Some),
+        None => Some(None),
+    };
 
     Some(ProbeConfig {
         name: name?,
@@ -227,6 +242,7 @@ fn probe(doc: &mut Doc, map: &MarkedMappingNode, parsed: &mut Parsed) -> Option<
             .and_then(|r| r.as_ref())
             .and_then(|r| r.1.clone()),
         record: record?.map(|r| r.0),
+        job: job?,
         origin,
     })
 }

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use marked_yaml::{Node, Span};
 
-use super::super::RegistryAuth;
 use super::super::RegistryConfig;
 use super::super::yaml::{Doc, MAX_CONFIG_BYTES, read_capped, table_start};
-use super::verify::{ca_file, secret};
+use super::verify::{ca_file, http_auth};
 use super::{literal, opt};
 use crate::record::avro::{AvroError, AvroFormat, Framing};
 use crate::record::shape::{Shape, Step, Template, TemplateError, Text, ValueFormat};
@@ -191,33 +190,7 @@ pub(super) fn registry(doc: &mut Doc, node: &Node, topic: &str) -> Option<Regist
         doc.duration(n, "registry.timeout")
     });
     let ca_file = ca_file(doc, map, WHAT);
-    let has = |f: &str| map.get_node(f).is_some();
-    let basic = has("username") || has("password") || has("password_file");
-    let bearer = has("bearer_token") || has("bearer_token_file");
-    let auth = match (basic, bearer) {
-        (true, true) => {
-            doc.error(
-                &table_start(map),
-                "`registry` has both basic (`username`, `password`) and bearer (`bearer_token`) credentials: give one",
-            );
-            None
-        }
-        (true, false) => {
-            let username = doc.required(map, "username", WHAT).and_then(|n| {
-                let s = doc.scalar(n, "registry.username")?;
-                doc.expand_env(s, "registry.username")
-            });
-            let password = secret(doc, map, WHAT, "password").map(|(v, _, _)| v);
-            Some(RegistryAuth::Basic {
-                username: username?,
-                password: password?,
-            })
-        }
-        (false, true) => {
-            secret(doc, map, WHAT, "bearer_token").map(|(v, _, _)| RegistryAuth::Bearer(v))
-        }
-        (false, false) => Some(RegistryAuth::None),
-    };
+    let auth = http_auth(doc, map, WHAT);
     Some(RegistryConfig {
         url: url?,
         subject: subject?,

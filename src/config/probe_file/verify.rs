@@ -11,7 +11,7 @@ use marked_yaml::{Node, Span};
 
 use super::super::diag::Loc;
 use super::super::yaml::{Doc, MAX_SECRET_BYTES, read_capped, table_start};
-use super::super::{Expectation, IdFrom, KafkaVerify, RegistryConfig, Verify};
+use super::super::{Expectation, HttpAuth, IdFrom, KafkaVerify, RegistryConfig, Verify};
 use super::record::registry;
 use super::sinks::{http, postgres};
 use super::{Parsed, literal, located, opt, pointer, topic};
@@ -205,6 +205,39 @@ pub(super) fn ca_file(
 /// A secret given inline (with `${ENV}`) as `field` or read from the file named by `field_file`:
 /// its value, where it is, and what of it the file shows (the template as written; nothing for
 /// a value read from a file), for messages.
+/// Credentials of an HTTP client (a Schema Registry, Flink's REST API): basic (`username`
+/// with `password` or `password_file`) or bearer (`bearer_token` or `bearer_token_file`), or
+/// none.
+pub(super) fn http_auth(doc: &mut Doc, map: &MarkedMappingNode, what: &str) -> Option<HttpAuth> {
+    let has = |f: &str| map.get_node(f).is_some();
+    let basic = has("username") || has("password") || has("password_file");
+    let bearer = has("bearer_token") || has("bearer_token_file");
+    match (basic, bearer) {
+        (true, true) => {
+            doc.error(
+                &table_start(map),
+                format!("`{what}` has both basic (`username`, `password`) and bearer (`bearer_token`) credentials: give one"),
+            );
+            None
+        }
+        (true, false) => {
+            let username = doc.required(map, "username", what).and_then(|n| {
+                let s = doc.scalar(n, &format!("{what}.username"))?;
+                doc.expand_env(s, &format!("{what}.username"))
+            });
+            let password = secret(doc, map, what, "password").map(|(v, _, _)| v);
+            Some(HttpAuth::Basic {
+                username: username?,
+                password: password?,
+            })
+        }
+        (false, true) => {
+            secret(doc, map, what, "bearer_token").map(|(v, _, _)| HttpAuth::Bearer(v))
+        }
+        (false, false) => Some(HttpAuth::None),
+    }
+}
+
 pub(super) fn secret(
     doc: &mut Doc,
     map: &MarkedMappingNode,

@@ -4,7 +4,7 @@
 //! Shutdown order: stop sending -> every probe settles its in-flight records (bounded by the
 //! longest timeout) -> verifiers, discovery and the HTTP server stop -> clients are dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CreateTopic;
 use crate::config::{AgentConfig, TracingConfig};
-use crate::config::{ClusterConfig, Config, Partitions};
+use crate::config::{ClusterConfig, Config};
 use crate::discovery::{self, Follow, MetadataClient, TopicState, TopicWatch};
 use crate::embedded::EmbeddedCluster;
 use crate::export::metrics::Metrics;
@@ -26,12 +26,19 @@ use crate::kafka::Producer;
 use crate::outcome::{Counts, Task};
 use crate::probe::Probe;
 use crate::probe::task::{self, Plan, SendLoop};
-use crate::registry::{Registry, RegistryError};
 use crate::server::{self, AgentView};
 use crate::supervise::{Ends, TaskEvent, supervise};
 use crate::verify::fetch_wait;
 use crate::verify::kafka::KafkaVerifier;
 use crate::verify::sink;
+
+mod embedded;
+mod jobs;
+mod registry;
+mod waits;
+
+use embedded::{create_embedded_topics, point_at_embedded};
+use registry::{keep_asking, schema_id};
 
 /// Brokers of the embedded cluster (librdkafka's in-process mock).
 pub const EMBEDDED_BROKERS: i32 = 3;
@@ -130,6 +137,8 @@ pub struct Agent {
     _producers: BTreeMap<String, Arc<Producer>>,
     _verifiers: BTreeMap<String, Arc<KafkaVerifier>>,
     embedded: Option<EmbeddedCluster>,
+    /// The jobs the probes name, as their pollers see them.
+    jobs: Vec<Arc<crate::probe::JobWatch>>,
 }
 
 /// Totals at the end of a run, for the final log line.
@@ -222,6 +231,7 @@ impl Agent {
             })?;
             producers.insert(p.cluster.clone(), Arc::new(producer));
         }
+        let jobs = jobs::Jobs::of(&config)?;
         let (spans, exporter) = start_spans(&config.agent, metrics.spans_dropped())?;
         let spans = Arc::new(spans);
         let mut verifiers: BTreeMap<String, Arc<KafkaVerifier>> = BTreeMap::new();
@@ -241,12 +251,16 @@ impl Agent {
                 } else {
                     observer.every_record_logged()
                 };
-                Arc::new(Probe::new(
-                    p.clone(),
-                    &config.agent,
-                    Arc::new(observer),
-                    opts.plan != Plan::Forever,
-                ))
+                let job = p.job.as_ref().and_then(|j| jobs.watch(&j.name));
+                Arc::new(
+                    Probe::new(
+                        p.clone(),
+                        &config.agent,
+                        Arc::new(observer),
+                        opts.plan != Plan::Forever,
+                    )
+                    .with_job(job),
+                )
             })
             .collect();
         for probe in &probes {
@@ -331,6 +345,24 @@ impl Agent {
                 Ends::WhenStopped,
                 Task::KafkaVerifier,
                 probes,
+                Box::new(start),
+            );
+        }
+        // Every job polled once before any record is sent (`smoke` gates on it), then polled in
+        // a supervised task of its own, for the probes naming it.
+        for (poller, names) in jobs.pollers(&metrics).await? {
+            let served: Vec<Arc<Probe>> = probes
+                .iter()
+                .filter(|p| names.iter().any(|n| n == p.name()))
+                .cloned()
+                .collect();
+            let stop = stop_all.clone();
+            let start = move || Box::pin(Arc::clone(&poller).run(stop.clone())) as BoxTask;
+            supervised(
+                &background,
+                Ends::WhenStopped,
+                Task::JobPoller,
+                served,
                 Box::new(start),
             );
         }
@@ -493,6 +525,7 @@ impl Agent {
             _producers: producers,
             _verifiers: verifiers,
             embedded,
+            jobs: jobs.watches(),
         };
         if let (Some(addr), Some(listener)) = (opts.listen, listener) {
             let local = listener
@@ -521,6 +554,7 @@ impl Agent {
                 .map(|(name, v)| (name.clone(), v.fetch_wait()))
                 .collect(),
             trace_url: self.config.agent.trace_url.clone(),
+            embedded: self.embedded.is_some(),
         }
     }
 
@@ -539,77 +573,9 @@ impl Agent {
         self.embedded.as_ref()
     }
 
-    /// Waits until every probe found its partitions; on timeout returns each probe still
-    /// without them, with the last error.
-    pub async fn wait_discovered(&self, bound: Duration) -> Result<(), Vec<(String, String)>> {
-        let wait_all = async {
-            for p in &self.probes {
-                let mut rx = p.progress();
-                // Err only if the probe is gone, which cannot happen while the agent lives.
-                let _ = rx.wait_for(|s| !s.partitions.is_empty()).await;
-            }
-        };
-        if tokio::time::timeout(bound, wait_all).await.is_ok() {
-            return Ok(());
-        }
-        // Which clusters' bootstrap hosts do not resolve: named first, as the cause.
-        let mut dns: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for p in &self.probes {
-            let c = cluster(&self.config, &p.config.cluster);
-            if p.progress().borrow().partitions.is_empty() && !dns.contains_key(&c.name) {
-                let servers = c.bootstrap_servers.clone();
-                let why = tokio::task::spawn_blocking(move || crate::kafka::unresolvable(&servers))
-                    .await
-                    .ok()
-                    .flatten();
-                dns.insert(c.name.clone(), why);
-            }
-        }
-        Err(self
-            .probes
-            .iter()
-            .filter_map(|p| {
-                let s = p.progress().borrow().clone();
-                s.partitions.is_empty().then(|| {
-                    let error = s.discovery_error.unwrap_or_else(|| {
-                        let c = cluster(&self.config, &p.config.cluster);
-                        let why = dns.get(&c.name).cloned().flatten().unwrap_or_else(|| {
-                            format!("no answer within {}", humantime::format_duration(bound))
-                        });
-                        format!(
-                            "cannot reach cluster {} ({}): {why}",
-                            c.name, c.bootstrap_servers,
-                        )
-                    });
-                    (p.name().to_string(), error)
-                })
-            })
-            .collect())
-    }
-
-    /// Resolves when a probe's sink answers its query in a way the probe cannot verify (a
-    /// configuration mistake found after start): the probe's name and why, located.
-    pub async fn wait_refused(&self) -> (String, String) {
-        // One waiter per probe; the first to see a refusal answers (the rest are aborted when
-        // the set is dropped).
-        let mut waits = tokio::task::JoinSet::new();
-        for p in &self.probes {
-            let (mut rx, name) = (p.progress(), p.name().to_string());
-            waits.spawn(async move {
-                let why = rx
-                    .wait_for(|s| s.refused.is_some())
-                    .await
-                    .map(|s| s.refused.clone().unwrap_or_default());
-                match why {
-                    Ok(why) => (name, why),
-                    Err(_) => std::future::pending().await,
-                }
-            });
-        }
-        match waits.join_next().await {
-            Some(Ok(found)) => found,
-            _ => std::future::pending().await,
-        }
+    /// The jobs the probes name, as their pollers see them (each polled once already).
+    pub fn jobs(&self) -> &[Arc<crate::probe::JobWatch>] {
+        &self.jobs
     }
 
     /// Resolves when every probe finished its plan and settled its records.
@@ -748,124 +714,6 @@ fn cluster<'c>(config: &'c Config, name: &str) -> &'c ClusterConfig {
         .expect("cluster references are validated at load")
 }
 
-/// Every cluster name the probes use now means the embedded cluster.
-fn point_at_embedded(config: &mut Config, embedded: &EmbeddedCluster) {
-    let names: BTreeSet<String> = config
-        .probes
-        .iter()
-        .flat_map(|p| {
-            let verify = p.verify.kafka().map(|v| v.cluster.clone());
-            std::iter::once(p.cluster.clone()).chain(verify)
-        })
-        .chain(config.agent.clusters.keys().cloned())
-        .collect();
-    config.agent.clusters = names
-        .into_iter()
-        .map(|name| {
-            let c = ClusterConfig {
-                name: name.clone(),
-                bootstrap_servers: embedded.bootstrap_servers().to_string(),
-                properties: BTreeMap::new(),
-                producer: BTreeMap::new(),
-                consumer: BTreeMap::new(),
-            };
-            (name, c)
-        })
-        .collect();
-}
-
-/// The probe and verify topics, with enough partitions for every listed partition (at least
-/// one per broker).
-fn create_embedded_topics(
-    config: &Config,
-    embedded: &EmbeddedCluster,
-) -> Result<(), rdkafka::error::KafkaError> {
-    let mut topics: BTreeMap<String, i32> = BTreeMap::new();
-    for p in &config.probes {
-        let needed = match &p.partitions {
-            Partitions::All => EMBEDDED_BROKERS,
-            Partitions::List(l) => (l.iter().max().copied().unwrap_or(0) + 1).max(EMBEDDED_BROKERS),
-        };
-        for t in std::iter::once(&p.topic).chain(p.verify.kafka().map(|v| &v.topic)) {
-            let e = topics.entry(t.clone()).or_insert(needed);
-            *e = (*e).max(needed);
-        }
-    }
-    for (topic, partitions) in topics {
-        embedded.create_topic(&topic, partitions, EMBEDDED_BROKERS)?;
-    }
-    Ok(())
-}
-
-/// Resolves the schema id of a probe whose Avro records take it from a Schema Registry, before
-/// anything is sent. `smoke` cannot run without it (a start error, exit 2); `run` starts anyway
-/// and returns the registry to keep asking (each failure counted), its records failing
-/// `send_failed` (reason `format`) until the id is known.
-async fn schema_id(probe: &Arc<Probe>, plan: Plan) -> Result<Option<Arc<Registry>>, StartError> {
-    let (Some(cfg), Some(avro)) = (
-        &probe.config.schema_registry,
-        probe.shape().and_then(|s| s.avro()),
-    ) else {
-        return Ok(None);
-    };
-    let failed = |error: String| StartError::Registry {
-        probe: probe.name().to_string(),
-        error,
-    };
-    let registry = Arc::new(Registry::new(cfg).map_err(failed)?);
-    match ask(probe, &registry, avro).await {
-        Ok(()) => Ok(None),
-        Err(e) if plan != Plan::Forever => Err(failed(format!(
-            "cannot get the schema id of its records (subject `{}`): {e}",
-            cfg.subject
-        ))),
-        Err(_) => Ok(Some(registry)),
-    }
-}
-
-/// Asks the registry for the probe's schema id once: sets it, or reports why not.
-async fn ask(
-    probe: &Probe,
-    registry: &Registry,
-    avro: &crate::record::avro::AvroFormat,
-) -> Result<(), RegistryError> {
-    match registry.schema_id(&avro.text).await {
-        Ok(id) => {
-            avro.set_schema_id(id);
-            tracing::info!(
-                probe = probe.name(),
-                registry = registry.url(),
-                schema_id = id,
-                "schema id resolved: records are sent from now on"
-            );
-            Ok(())
-        }
-        Err(e) => {
-            probe.registry_failed(e.kind(), &e.to_string(), "schema_id");
-            Err(e)
-        }
-    }
-}
-
-/// Asks the registry for a probe's schema id until it answers (backoff 1 s to 30 s) or the
-/// agent stops.
-async fn keep_asking(probe: Arc<Probe>, registry: Arc<Registry>, stop: CancellationToken) {
-    let Some(avro) = probe.shape().and_then(|s| s.avro()) else {
-        return;
-    };
-    let mut wait = Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-        if ask(&probe, &registry, avro).await.is_ok() {
-            return;
-        }
-        wait = (wait * 2).min(Duration::from_secs(30));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -889,6 +737,7 @@ mod tests {
             instance: "test".into(),
             fetch_wait: BTreeMap::new(),
             trace_url: None,
+            embedded: false,
         };
         let restarts = |view: &AgentView| {
             let m = view.render_metrics();
