@@ -14,10 +14,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Deserialize;
 
-use crate::config::{HttpAuth, RegistryConfig};
+use crate::config::RegistryConfig;
 use crate::outcome::RegistryErrorKind;
 use crate::record::avro::WriterSchema;
 
@@ -191,28 +191,19 @@ impl Registry {
             })?
             .pop_if_empty()
             .extend(path);
-        let mut request = self
+        let request = self
             .http
             .request(method, url)
             .header(ACCEPT, MEDIA_TYPE)
             .header(CONTENT_TYPE, MEDIA_TYPE);
-        match &self.cfg.auth {
-            HttpAuth::None => {}
-            HttpAuth::Basic { username, password } => {
-                request = request.basic_auth(username, Some(password));
-            }
-            HttpAuth::Bearer(token) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        RegistryError::Unreachable {
-                            url: self.cfg.url.clone(),
-                            error: "the bearer token is not a valid header value".into(),
-                        }
-                    })?;
-                value.set_sensitive(true);
-                request = request.header(AUTHORIZATION, value);
-            }
-        }
+        let mut request =
+            self.cfg
+                .auth
+                .apply(request)
+                .map_err(|error| RegistryError::Unreachable {
+                    url: self.cfg.url.clone(),
+                    error: error.into(),
+                })?;
         if let Some(body) = body {
             request = request.body(body);
         }

@@ -94,6 +94,39 @@ fn section<'a>(doc: &'a Html, probe: &str) -> ElementRef<'a> {
 
 /// The counts, latency quantiles, hops and SLO figures of one probe's JSON (`records`,
 /// `events`, `latency`, `hops`, `slos`), each compared with what the page shows.
+/// The page says why records failed as `/status` does: each group of `failed_records`, with
+/// its outcome, reason, count and sentences.
+fn why_listed(scope: ElementRef<'_>, json: &Value) {
+    let failed = json["failed_records"].as_array().unwrap();
+    assert!(!failed.is_empty(), "{json:#}");
+    let groups: Vec<ElementRef> = scope.select(&sel("ul.why li")).collect();
+    assert_eq!(groups.len(), failed.len(), "{json:#}");
+    for (g, f) in groups.iter().zip(failed) {
+        let (outcome, reason) = (f["outcome"].as_str(), f["reason"].as_str());
+        assert_eq!(
+            (
+                g.value().attr("data-outcome"),
+                g.value().attr("data-reason")
+            ),
+            (outcome, reason)
+        );
+        let text: String = g.text().collect();
+        let head = format!(
+            "{} {} ({})",
+            f["records"],
+            outcome.unwrap(),
+            reason.unwrap()
+        );
+        assert!(text.starts_with(&head), "{text} vs {head}");
+        for d in f["details"].as_array().unwrap() {
+            assert!(
+                text.contains(d["detail"].as_str().unwrap()),
+                "{text} vs {d}"
+            );
+        }
+    }
+}
+
 fn same_figures(scope: ElementRef<'_>, json: &Value) {
     for f in ["sent", "ok", "lost", "corrupt", "send_failed", "in_flight"] {
         let field = format!("records.{f}");
@@ -446,6 +479,7 @@ async fn the_live_page_shows_in_a_browser_what_status_says() {
             scope,
             count("lost") + count("corrupt") + count("send_failed"),
         );
+        why_listed(scope, p);
         markup_is_text(&doc, scope);
         let availability = p["availability_ratio"].as_f64().unwrap();
         let shown_availability = shown(scope, "availability_ratio");

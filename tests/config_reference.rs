@@ -322,3 +322,34 @@ fn the_agent_file_reference_loads() {
         out.stdout
     );
 }
+
+/// The `job` reference of "Kafka, job or sink?" loads into a probe as its comments say: the
+/// REST address, the job by name, the documented poll and timeout (the defaults: the same left
+/// out), no credentials.
+#[test]
+fn the_job_reference_loads_and_means_what_it_says() {
+    let reference = block("### Kafka, job or sink?");
+    let p = load(&format!("name: orders\n{reference}"))
+        .unwrap_or_else(|e| panic!("the README's job: {e}"));
+    let job = p.job.as_ref().expect("a job");
+    assert_eq!(
+        (job.name.as_str(), job.url.as_str()),
+        ("orders-enrich", "http://flink-jobmanager:8081")
+    );
+    assert_eq!(job.find, config::JobRef::Name("orders-enrich".into()));
+    assert_eq!(
+        (job.poll, job.timeout),
+        (Duration::from_secs(5), Duration::from_secs(2))
+    );
+    assert!(format!("{job:?}").contains("auth: \"none\""), "{job:?}");
+    let defaults: String = reference
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("poll:") && !l.trim_start().starts_with("timeout:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let left_out = load(&format!("name: orders\n{defaults}")).unwrap();
+    assert_eq!(
+        left_out.job, p.job,
+        "poll and timeout as documented are the defaults"
+    );
+}

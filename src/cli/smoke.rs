@@ -81,13 +81,6 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
             return report(&verdict, args, common).unwrap_or(exit);
         }
     };
-    let verdicts = |probes: &[Arc<Probe>]| -> Vec<ProbeVerdict> {
-        let now = Instant::now();
-        probes
-            .iter()
-            .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
-            .collect()
-    };
     // A job the probes name that is not running (or whose state cannot be read): the
     // pipeline cannot be judged, said at once rather than after the rounds.
     let stopped = agent.jobs().iter().find_map(|j| {
@@ -95,15 +88,7 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
         (!now.running()).then(|| (j.name.clone(), format!("{} ({})", now.describe(), j.target)))
     });
     if let Some((job, why)) = stopped {
-        let verdict = job_not_running(
-            &agent,
-            verdicts(agent.probes()),
-            &job,
-            &why,
-            started,
-            embedded,
-            common,
-        );
+        let verdict = job_not_running(&agent, &job, &why, started, embedded, common);
         agent.shutdown(std::future::ready(())).await;
         return report(&verdict, args, common).unwrap_or(Exit::CouldNotRun);
     }
@@ -212,15 +197,7 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
     if let Some((job, why)) = ended {
         // The job ended mid-run: the records still in flight can only be lost.
         progress.abort();
-        let verdict = job_not_running(
-            &agent,
-            verdicts(agent.probes()),
-            &job,
-            &why,
-            started,
-            embedded,
-            common,
-        );
+        let verdict = job_not_running(&agent, &job, &why, started, embedded, common);
         agent.shutdown(std::future::ready(())).await;
         return report(&verdict, args, common).unwrap_or(Exit::CouldNotRun);
     }
@@ -258,7 +235,6 @@ pub(super) async fn smoke(config: Config, common: &Common, args: &SmokeArgs) -> 
 /// exception): it could not run (exit 2), naming the job; each probe through it says so.
 fn job_not_running(
     agent: &Agent,
-    mut probes: Vec<ProbeVerdict>,
     job: &str,
     why: &str,
     started: Instant,
@@ -274,6 +250,7 @@ fn job_not_running(
         "job not running",
         fields,
     );
+    let mut probes = verdicts(agent.probes());
     for p in &mut probes {
         let through = agent
             .probes()
@@ -289,6 +266,15 @@ fn job_not_running(
     }
     Verdict::new(probes, started.elapsed(), embedded)
         .could_not_run(format!("job {job} is not RUNNING: {why}"))
+}
+
+/// Each probe's verdict, as of now.
+fn verdicts(probes: &[Arc<Probe>]) -> Vec<ProbeVerdict> {
+    let now = Instant::now();
+    probes
+        .iter()
+        .map(|p| ProbeVerdict::new(p, &p.snapshot(now)))
+        .collect()
 }
 
 fn interrupted_note(format: LogFormat) {

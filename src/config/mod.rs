@@ -388,6 +388,24 @@ pub enum HttpAuth {
 }
 
 impl HttpAuth {
+    /// `request` with these credentials (a bearer token marked sensitive, so that it is never
+    /// printed); an error when the token cannot be a header value.
+    pub fn apply(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, &'static str> {
+        Ok(match self {
+            HttpAuth::None => request,
+            HttpAuth::Basic { username, password } => request.basic_auth(username, Some(password)),
+            HttpAuth::Bearer(token) => {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| "the bearer token is not a valid header value")?;
+                value.set_sensitive(true);
+                request.header(reqwest::header::AUTHORIZATION, value)
+            }
+        })
+    }
+
     /// What kind, never the secret: `none`, `basic (<user>)`, `bearer`.
     pub fn kind(&self) -> String {
         match self {

@@ -553,6 +553,30 @@ mod tests {
         m
     }
 
+    /// A probe verifying on a downstream topic exports when a record was last read from it
+    /// (NaN before the first); a probe on its own topic does not have the series.
+    #[tokio::test(start_paused = true)]
+    async fn where_a_downstream_topic_stands_is_exported() {
+        let (p, metrics) = crate::testing::observed(
+            "name: down\nverify:\n  kafka: { topic: orders-enriched, id_from: header }\n",
+        );
+        let m = scrape(&p, &metrics);
+        assert!(
+            sample(&m, names::OUTPUT_LAST_READ, "probe=\"down\"")
+                .unwrap()
+                .is_nan(),
+            "{m}"
+        );
+        p.output_read(1_700_000_000_250);
+        let m = scrape(&p, &metrics);
+        assert_eq!(
+            sample(&m, names::OUTPUT_LAST_READ, "probe=\"down\""),
+            Some(1_700_000_000.25)
+        );
+        let (own, metrics) = crate::testing::observed("name: own\n");
+        assert!(!scrape(&own, &metrics).contains(names::OUTPUT_LAST_READ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn per_partition_series_only_when_asked_for() {
         for (flag, expected) in [("false", false), ("true", true)] {

@@ -206,6 +206,39 @@ impl OutputReport {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_records_say_whether_the_output_moved_since_they_were_sent() {
+        let at = 1_796_000_000_000;
+        let never = OutputReport::new("orders-enriched", None);
+        assert_eq!(
+            never.lost_sentence(at),
+            "nothing was written to orders-enriched while the probe ran"
+        );
+        let before = OutputReport::new("orders-enriched", Some(at - 5_000));
+        assert_eq!(
+            before.lost_sentence(at),
+            format!(
+                "nothing was written to orders-enriched since {} (before the first of them was sent)",
+                crate::outcome::clock(at - 5_000)
+            )
+        );
+        let after = OutputReport::new("orders-enriched", Some(at + 5_000));
+        assert!(
+            after
+                .lost_sentence(at)
+                .ends_with("the job wrote, but not these")
+        );
+        assert_eq!(
+            after.last_read_at.as_deref(),
+            Some("2026-11-30T00:53:25.000Z")
+        );
+    }
+}
+
 /// The job a probe's records go through, as its newest poll found it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {

@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpAuth, JobConfig, JobRef};
+use crate::config::{JobConfig, JobRef};
 use crate::outcome::{
     Checkpoints, JobEvent, JobException, JobObserver, JobPollError, JobPollErrorKind, JobState,
     JobStatus,
@@ -289,24 +288,11 @@ impl JobPoller {
     /// GET `path` of the REST API, as `T`.
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, JobPollError> {
         let url = format!("{}{path}", self.cfg.url);
-        let mut request = self.http.get(&url);
-        match &self.cfg.auth {
-            HttpAuth::None => {}
-            HttpAuth::Basic { username, password } => {
-                request = request.basic_auth(username, Some(password));
-            }
-            HttpAuth::Bearer(token) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        JobPollError::new(
-                            JobPollErrorKind::Auth,
-                            "the bearer token is not a valid header value",
-                        )
-                    })?;
-                value.set_sensitive(true);
-                request = request.header(AUTHORIZATION, value);
-            }
-        }
+        let request = self
+            .cfg
+            .auth
+            .apply(self.http.get(&url))
+            .map_err(|why| JobPollError::new(JobPollErrorKind::Auth, why))?;
         let failed = |e: reqwest::Error| {
             let kind = if e.is_timeout() {
                 JobPollErrorKind::Timeout

@@ -8,7 +8,7 @@ use marked_yaml::Node;
 use super::super::yaml::{Doc, table_start};
 use super::super::{JobConfig, JobRef};
 use super::opt;
-use super::verify::{ca_file, http_auth};
+use super::verify::{base_url, ca_file, http_auth};
 
 const JOB_FIELDS: &[&str] = &[
     "flink",
@@ -40,23 +40,12 @@ pub(in crate::config) fn job(
     let map = doc.table(node, what, JOB_FIELDS)?;
     let url = doc.required(map, "flink", what).and_then(|n| {
         let field = format!("{what}.flink");
-        let s = doc.scalar(n, &field)?;
-        let url = doc.expand_env(s, &field)?;
-        match reqwest::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                Some(url.trim_end_matches('/').to_string())
-            }
-            _ => {
-                doc.error(
-                    n.span(),
-                    format!(
-                        "`{field}` must be Flink's REST address, an http:// or https:// URL like http://flink-jobmanager:8081, got `{}`",
-                        s.as_str()
-                    ),
-                );
-                None
-            }
-        }
+        base_url(
+            doc,
+            n,
+            &field,
+            "Flink's REST address, an http:// or https:// URL like http://flink-jobmanager:8081",
+        )
     });
     let name = map
         .get_node("name")

@@ -9,7 +9,7 @@ use marked_yaml::{Node, Span};
 
 use super::super::RegistryConfig;
 use super::super::yaml::{Doc, MAX_CONFIG_BYTES, read_capped, table_start};
-use super::verify::{ca_file, http_auth};
+use super::verify::{base_url, ca_file, http_auth};
 use super::{literal, opt};
 use crate::record::avro::{AvroError, AvroFormat, Framing};
 use crate::record::shape::{Shape, Step, Template, TemplateError, Text, ValueFormat};
@@ -161,25 +161,9 @@ fn avro(
 pub(super) fn registry(doc: &mut Doc, node: &Node, topic: &str) -> Option<RegistryConfig> {
     const WHAT: &str = "registry";
     let map = doc.table(node, WHAT, REGISTRY_FIELDS)?;
-    let url = doc.required(map, "url", WHAT).and_then(|n| {
-        let s = doc.scalar(n, "registry.url")?;
-        let url = doc.expand_env(s, "registry.url")?;
-        match reqwest::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                Some(url.trim_end_matches('/').to_string())
-            }
-            _ => {
-                doc.error(
-                    n.span(),
-                    format!(
-                        "`registry.url` must be an http:// or https:// URL, got `{}`",
-                        s.as_str()
-                    ),
-                );
-                None
-            }
-        }
-    });
+    let url = doc
+        .required(map, "url", WHAT)
+        .and_then(|n| base_url(doc, n, "registry.url", "an http:// or https:// URL"));
     let subject = opt(map, "subject", format!("{topic}-value"), |n| {
         doc.string(n, "registry.subject")
     });

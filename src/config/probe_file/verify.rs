@@ -205,6 +205,26 @@ pub(super) fn ca_file(
 /// A secret given inline (with `${ENV}`) as `field` or read from the file named by `field_file`:
 /// its value, where it is, and what of it the file shows (the template as written; nothing for
 /// a value read from a file), for messages.
+/// The base URL of an HTTP API at `field` (`${ENV}` expanded), without a trailing slash; else
+/// a located error saying it must be `what` (`an http:// or https:// URL`, and what it is for).
+pub(super) fn base_url(doc: &mut Doc, node: &Node, field: &str, what: &str) -> Option<String> {
+    let s = doc.scalar(node, field)?;
+    let url = doc.expand_env(s, field)?;
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Some(url.trim_end_matches('/').to_string())
+        }
+        _ => {
+            // As written: the expanded URL may carry a credential.
+            doc.error(
+                node.span(),
+                format!("`{field}` must be {what}, got `{}`", s.as_str()),
+            );
+            None
+        }
+    }
+}
+
 /// Credentials of an HTTP client (a Schema Registry, Flink's REST API): basic (`username`
 /// with `password` or `password_file`) or bearer (`bearer_token` or `bearer_token_file`), or
 /// none.
