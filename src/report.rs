@@ -22,7 +22,7 @@ use crate::stats::SloSummary;
 use crate::stats::slo::BURN_WINDOWS;
 use crate::verify::fetch_wait::FetchWaitStatus;
 pub use hops::HopsReport;
-pub use why::{FailureReport, JobReport, OutputReport};
+pub use why::Why;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
@@ -201,13 +201,9 @@ pub struct ProbeVerdict {
     pub availability_percent: Option<f64>,
     pub partitions: BTreeMap<i32, PartitionRecords>,
     pub slos: Vec<SloVerdict>,
-    /// Its records that are not `ok`, by outcome and reason, most first: why, how many, the
-    /// first of them, and what the job was doing.
-    pub failed_records: Vec<FailureReport>,
-    /// The job its records go through (`job`), as its newest poll found it.
-    pub job: Option<JobReport>,
-    /// For a probe verifying on a downstream topic: where that topic stands.
-    pub output: Option<OutputReport>,
+    /// Why its records failed, the job's state, where a downstream topic stands.
+    #[serde(flatten)]
+    pub why: Why,
 }
 
 impl ProbeVerdict {
@@ -243,15 +239,9 @@ impl ProbeVerdict {
         }
         // Each failed outcome by reason: its sentence, counts, first records, and what the job
         // was doing; where a downstream topic stands for lost ones.
-        let output = (probe.config.verify.kafka().is_some() && !probe.config.verifies_own_topic())
-            .then(|| OutputReport::new(&probe.verify_topic, s.output_read_ms));
-        let failed_records: Vec<FailureReport> = s
-            .failures
-            .iter()
-            .map(|g| FailureReport::of(g, &probe.verify_topic, output.as_ref()))
-            .collect();
+        let why = Why::of(probe, s);
         let said = |outcomes: &[&str]| -> Vec<String> {
-            failed_records
+            why.failed_records
                 .iter()
                 .filter(|f| outcomes.contains(&f.outcome))
                 .map(|f| f.summary.clone())
@@ -306,9 +296,7 @@ impl ProbeVerdict {
                 .then(|| round4(c.get(Outcome::Ok) as f64 / finished as f64 * 100.0)),
             partitions: s.partitions.iter().map(|(p, pc)| (*p, pc.into())).collect(),
             slos,
-            failed_records,
-            job: s.job.as_ref().map(|(name, now)| JobReport::new(name, now)),
-            output,
+            why,
         }
     }
 
@@ -513,13 +501,10 @@ pub struct ProbeStatus {
     /// The slowest verified records of the window, slowest first: from a latency outlier to
     /// its trace.
     pub slowest: Vec<RecordBrief>,
-    /// Its records that are not `ok` since the agent started, by outcome and reason: the
-    /// verdict's account of why.
-    pub failed_records: Vec<FailureReport>,
-    /// The job its records go through (`job`), as its newest poll found it.
-    pub job: Option<JobReport>,
-    /// For a probe verifying on a downstream topic: where that topic stands.
-    pub output: Option<OutputReport>,
+    /// Why its records failed (since the agent started), the job's state, where a downstream
+    /// topic stands: the verdict's account.
+    #[serde(flatten)]
+    pub why: Why,
 }
 
 /// One record in `/status`.
@@ -573,8 +558,6 @@ impl From<&Noted> for RecordBrief {
 impl ProbeStatus {
     pub fn new(probe: &Probe, s: &Snapshot) -> Self {
         let c = s.progress.counts;
-        let output = (probe.config.verify.kafka().is_some() && !probe.config.verifies_own_topic())
-            .then(|| OutputReport::new(&probe.verify_topic, s.output_read_ms));
         ProbeStatus {
             name: probe.config.name.clone(),
             cluster: probe.config.cluster.clone(),
@@ -609,13 +592,7 @@ impl ProbeStatus {
             tracked_finished: s.footprint.recent,
             last_results: s.last.iter().map(RecordBrief::from).collect(),
             slowest: s.slowest.iter().map(RecordBrief::from).collect(),
-            failed_records: s
-                .failures
-                .iter()
-                .map(|g| FailureReport::of(g, &probe.verify_topic, output.as_ref()))
-                .collect(),
-            job: s.job.as_ref().map(|(name, now)| JobReport::new(name, now)),
-            output,
+            why: Why::of(probe, s),
         }
     }
 }

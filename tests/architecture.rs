@@ -228,9 +228,6 @@ fn layer_files() -> Vec<(String, String, String)> {
             if NOT_LAYERS.contains(&relative.to_string_lossy().as_ref()) {
                 return None;
             }
-            if declared_for_tests(path) {
-                return None; // test code (`#[cfg(test)] mod tests;`): may reach anywhere
-            }
             let text = std::fs::read_to_string(path).unwrap();
             Some((
                 format!("src/{}", relative.display()),
@@ -239,20 +236,6 @@ fn layer_files() -> Vec<(String, String, String)> {
             ))
         })
         .collect()
-}
-
-/// Whether the module in `path` is declared `#[cfg(test)]` by its parent (a file of tests split
-/// out of a module, like `probe/tests.rs`).
-fn declared_for_tests(path: &Path) -> bool {
-    let (Some(stem), Some(dir)) = (path.file_stem(), path.parent()) else {
-        return false;
-    };
-    let parents = [dir.join("mod.rs"), dir.with_extension("rs")];
-    let declaration = format!("#[cfg(test)]\nmod {};", stem.to_string_lossy());
-    parents
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .any(|text| text.contains(&declaration))
 }
 
 #[test]

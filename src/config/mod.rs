@@ -350,6 +350,12 @@ impl ProbeConfig {
             .kafka()
             .is_some_and(|k| k.cluster == self.cluster && k.topic == self.topic)
     }
+
+    /// Records are read back from another topic (a job's output, a mirror), not looked up in
+    /// a sink: where that topic stands is the output's progress.
+    pub fn verifies_downstream(&self) -> bool {
+        self.verify.kafka().is_some() && !self.verifies_own_topic()
+    }
 }
 
 /// A Schema Registry (the Confluent REST API, as Karapace and Redpanda serve it too).

@@ -160,8 +160,9 @@ impl ProbeObserver {
             None => config.verify.kind().to_string(),
         };
         let registry_errors = uses_registry(config).then(|| metrics.registry_errors(&config.name));
-        let downstream = config.verify.kafka().is_some() && !config.verifies_own_topic();
-        let output_read = downstream.then(|| metrics.output_last_read(&config.name));
+        let output_read = config
+            .verifies_downstream()
+            .then(|| metrics.output_last_read(&config.name));
         ProbeObserver {
             metrics,
             series,

@@ -1,5 +1,6 @@
 //! The job a probe's records go through (a Flink job), as its REST API describes it: its
-//! [`JobState`], what one poll of it found ([`JobPoll`]), and what the job was doing while a
+//! [`JobState`], what one poll of it found ([`JobStatus`], or why it failed:
+//! [`JobPollError`]), and what the job was doing while a
 //! record was in flight ([`JobContext`]), which a record that is not `ok` carries into its log
 //! line, span and verdict. [`JobObserver`] is where the poller reports each poll.
 

@@ -248,6 +248,13 @@ impl JobWatch {
         }
     }
 
+    /// What the job was doing while a record scheduled at `scheduled_at_ns` (ns since the Unix
+    /// epoch) was in flight for `lasted`: [`JobWatch::context`] of that time.
+    pub fn during(&self, scheduled_at_ns: u64, lasted: std::time::Duration) -> Option<JobContext> {
+        let from = scheduled_at_ns / 1_000_000;
+        self.context(from, from + lasted.as_millis() as u64)
+    }
+
     /// What the job was doing while a record was in flight, from `from_ms` to `to_ms` (ms since
     /// the Unix epoch), as the polls up to `to_ms` saw it: from the last poll before `from_ms`
     /// (its state held until the next poll) to the last one before `to_ms`. `None` before the
@@ -277,9 +284,7 @@ impl JobWatch {
                     }
                     tasks_down |= x.tasks_down;
                     if st != JobState::Running || x.tasks_down {
-                        let (a, b) = not_running.get_or_insert((x.at_ms, x.at_ms));
-                        *a = (*a).min(x.at_ms);
-                        *b = (*b).max(x.at_ms);
+                        widen(&mut not_running, (x.at_ms, x.at_ms));
                     }
                 }
                 None => unknown = x.error.clone(),
@@ -294,10 +299,8 @@ impl JobWatch {
             if state.is_some_and(|s| s.severity() < JobState::Restarting.severity()) {
                 state = Some(JobState::Restarting);
             }
-            for (a, b) in s.range(start + 1..end).filter_map(|x| x.new_failures) {
-                let (lo, hi) = not_running.get_or_insert((a, b));
-                *lo = (*lo).min(a);
-                *hi = (*hi).max(b);
+            for failed in s.range(start + 1..end).filter_map(|x| x.new_failures) {
+                widen(&mut not_running, failed);
             }
         }
         let exception = last
@@ -324,6 +327,13 @@ impl JobWatch {
             unknown: unknown.map(|u| u.to_string()),
         })
     }
+}
+
+/// `span` widened to take in `by` (or `by`, when there is none yet).
+fn widen(span: &mut Option<(u64, u64)>, (from, to): (u64, u64)) {
+    let (a, b) = span.get_or_insert((from, to));
+    *a = (*a).min(from);
+    *b = (*b).max(to);
 }
 
 #[cfg(test)]

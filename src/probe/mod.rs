@@ -15,6 +15,7 @@ pub mod job;
 mod notable;
 pub mod task;
 mod tracker;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,15 +33,13 @@ pub use hops::{HopSnapshot, HopsSnapshot};
 pub use job::{JobNow, JobWatch};
 pub use notable::{LAST, Noted, SLOWEST};
 pub use tracker::{Footprint, Tracker};
+pub use view::Snapshot;
 
 use crate::config::{AgentConfig, ProbeConfig};
 use crate::kafka;
-use crate::outcome::{
-    Counts, Event, Finished, Gauges, HopPlan, Observer, Outcome, PartitionCounts, Reason,
-    SloGauges, Task,
-};
+use crate::outcome::{Counts, Event, Finished, HopPlan, Observer, Outcome, Reason, Task};
 use crate::record::{Expected, Origin, Outgoing};
-use crate::stats::{self, Availability, Latency, SloState, SloSummary};
+use crate::stats::{Availability, Latency, SloState};
 
 /// What a probe is doing, for `/readyz`, `/status`, smoke progress and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -128,6 +127,8 @@ pub struct Probe {
     pub verify_topic: String,
     /// Records come back on the topic they were sent to, so on the same partition.
     same_topic: bool,
+    /// Records are read back from another topic, whose progress is the output's.
+    downstream: bool,
     /// Which timestamps split the probe's records into hops.
     pub hop_plan: HopPlan,
     /// For a probe that polls a sink: woken when the broker acknowledges a record (the
@@ -158,52 +159,6 @@ pub struct SinkSummary {
     pub last_error: Option<String>,
 }
 
-/// Everything known about a probe at one instant.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// What the probe is doing.
-    pub progress: Progress,
-    /// Per partition: sent and outcomes.
-    pub partitions: BTreeMap<i32, PartitionCounts>,
-    /// Quantiles over the whole run, seconds (kept for finite runs only).
-    pub e2e_total: Option<[f64; 6]>,
-    /// Verified records in `e2e_total`.
-    pub e2e_count: u64,
-    /// Produce latency quantiles over the whole run, seconds.
-    pub produce_total: Option<[f64; 6]>,
-    /// Acknowledged records in `produce_total`.
-    pub produce_count: u64,
-    /// Quantiles over the sliding window, seconds.
-    pub e2e_window: Option<[f64; 6]>,
-    /// Verified records in the window.
-    pub e2e_window_count: u64,
-    /// `ok` / all final outcomes over the window.
-    pub availability: Option<f64>,
-    /// Age of the newest verified record.
-    pub freshness: Duration,
-    /// Each SLO's events, budget and burn rates.
-    pub slos: Vec<SloSummary>,
-    /// Records on the verify topic that are not probe records.
-    pub foreign: u64,
-    /// Sizes of the in-flight tracker.
-    pub footprint: Footprint,
-    /// The last results, newest first.
-    pub last: Vec<Noted>,
-    /// The slowest verified records of the window, slowest first.
-    pub slowest: Vec<Noted>,
-    /// For a probe that polls a sink.
-    pub sink: Option<SinkSummary>,
-    /// Each hop of its records: over the window, the run, and its clock skew.
-    pub hops: HopsSnapshot,
-    /// Its failed records, grouped by outcome and reason, most first.
-    pub failures: Vec<Group>,
-    /// The job its records go through: its name and newest poll.
-    pub job: Option<(String, JobNow)>,
-    /// When a record was last read from a downstream topic the probe verifies on (ms since
-    /// the Unix epoch): where the job's output stands.
-    pub output_read_ms: Option<u64>,
-}
-
 impl Probe {
     /// A probe reporting to `observer`. `run_totals`: keep histograms of the whole run too (for
     /// a finite run's verdict).
@@ -219,6 +174,7 @@ impl Probe {
             None => (None, config.verify.kind().to_string()),
         };
         let same_topic = config.verifies_own_topic();
+        let downstream = config.verifies_downstream();
         let hop_plan = HopPlan::of(&config);
         // Finished ids are remembered long enough to tell duplicates and late arrivals from
         // unknown records: ten timeouts, and at least the sliding window.
@@ -258,6 +214,7 @@ impl Probe {
             verify_cluster,
             verify_topic,
             same_topic,
+            downstream,
             hop_plan,
             started: now,
             observer,
@@ -285,14 +242,9 @@ impl Probe {
     /// The verifier read a record (ours or not) from the topic the probe reads back from, at
     /// `at_ms` (ms since the Unix epoch).
     pub(crate) fn output_read(&self, at_ms: u64) {
-        self.output_read_ms.fetch_max(at_ms, Ordering::Relaxed);
-    }
-
-    /// When a record was last read from a downstream topic (not the probe's own).
-    fn output_read_at(&self) -> Option<u64> {
-        let downstream = self.config.verify.kafka().is_some() && !self.same_topic;
-        let at = self.output_read_ms.load(Ordering::Relaxed);
-        (downstream && at > 0).then_some(at)
+        if self.downstream {
+            self.output_read_ms.fetch_max(at_ms, Ordering::Relaxed);
+        }
     }
 
     /// The probe's name.
@@ -524,8 +476,9 @@ impl Probe {
         if f.outcome != Outcome::Ok
             && let Some(job) = &self.job
         {
-            let (from, to) = in_flight_ms(&f);
-            f.job = job.context(from, to).map(Arc::new);
+            f.job = job
+                .during(f.scheduled_at_ns, f.since_scheduled)
+                .map(Arc::new);
         }
         core.digest.record(&f);
         core.availability.record(now, f.outcome);
@@ -629,100 +582,191 @@ impl Probe {
     pub(crate) fn set_finished(&self) {
         self.progress.send_modify(|p| p.finished = true);
     }
-
-    /// Age of the newest verified record (since its scheduled send); since start when none.
-    pub fn freshness(&self, now: Instant) -> Duration {
-        let core = self.lock();
-        self.freshness_of(&core, now)
-    }
-
-    fn freshness_of(&self, core: &Core, now: Instant) -> Duration {
-        now.saturating_duration_since(core.newest_verified.unwrap_or(self.started))
-    }
-
-    /// Brings the values over the sliding windows (quantiles, availability, freshness, error
-    /// budgets, burn rates) up to `now` and hands them to the observer; called before each
-    /// scrape.
-    pub fn refresh_gauges(&self, now: Instant) {
-        let gauges = {
-            let core = self.lock();
-            Gauges {
-                e2e: stats::window_values(&core.e2e.window_with_sum(now)),
-                produce: stats::window_values(&core.produce.window_with_sum(now)),
-                availability: core.availability.ratio(now),
-                freshness: self.freshness_of(&core, now),
-                slos: core
-                    .slos
-                    .iter()
-                    .map(|slo| SloGauges {
-                        budget_remaining: slo.budget_remaining(now),
-                        burn_rates: slo.burn_rates(now),
-                    })
-                    .collect(),
-                hops: core.hops.gauges(now),
-                output_read_ms: self.output_read_at(),
-            }
-        };
-        self.observer.gauges(&gauges);
-    }
-
-    /// The records kept for pictures (every record of a finite run, or the newest), and the
-    /// end-to-end latency distribution: of the whole run when it is kept, else of the window.
-    pub fn pictures(&self, now: Instant) -> (HistoryView, Option<stats::Distribution>) {
-        let core = self.lock();
-        let distribution = match core.e2e.total() {
-            Some(total) => stats::distribution(total),
-            None => stats::distribution(&core.e2e.window(now)),
-        };
-        (core.history.view(), distribution)
-    }
-
-    /// Everything known about the probe at `now`.
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let core = self.lock();
-        let window = core.e2e.window(now);
-        let mut snap = Snapshot {
-            progress: self.progress.borrow().clone(),
-            partitions: core.tracker.partitions().clone(),
-            e2e_total: core.e2e.total().and_then(stats::quantiles),
-            e2e_count: core.e2e.total().map_or(0, |h| h.len()),
-            produce_total: core.produce.total().and_then(stats::quantiles),
-            produce_count: core.produce.total().map_or(0, |h| h.len()),
-            e2e_window: stats::quantiles(&window),
-            e2e_window_count: window.len(),
-            availability: core.availability.ratio(now),
-            freshness: self.freshness_of(&core, now),
-            slos: core.slos.iter().map(|s| s.summary(now)).collect(),
-            foreign: self.foreign.load(Ordering::Relaxed),
-            footprint: core.tracker.footprint(),
-            last: core.notable.last(),
-            slowest: core.notable.slowest(now),
-            sink: self.acknowledged.as_ref().map(|_| core.sink.clone()),
-            hops: core.hops.snapshot(now),
-            failures: core.digest.groups(),
-            job: self
-                .job
-                .as_ref()
-                .map(|j| (j.name.clone(), j.now().borrow().clone())),
-            output_read_ms: self.output_read_at(),
-        };
-        // A slow record's job context, from the polls still kept.
-        if let Some(job) = &self.job {
-            for n in &mut snap.slowest {
-                let from = n.scheduled_at_ns / 1_000_000;
-                let to = from + n.latency.map_or(0, |l| l.as_millis() as u64);
-                n.job = job.context(from, to).map(Arc::new);
-            }
-        }
-        snap
-    }
-}
-
-/// From a record's scheduled send to its outcome, ms since the Unix epoch.
-fn in_flight_ms(f: &Finished) -> (u64, u64) {
-    let from = f.scheduled_at_ns / 1_000_000;
-    (from, from + f.since_scheduled.as_millis() as u64)
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::testing::{arrive, recorded, round};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_broker_outage_keeps_memory_flat() {
+        let (p, recording) =
+            recorded("name: outage\ninterval: 1s\ntimeout: 30s\nmax_in_flight: 40\n");
+        let parts = [0, 1, 2];
+        let mut at_10min = None;
+        for slot in 0..3600u64 {
+            round(&p, slot, &parts); // nothing is ever acknowledged or read back
+            p.expire(Instant::now());
+            let c = p.progress().borrow().counts;
+            assert!(c.conserved(), "slot {slot}: {c:?}");
+            if slot == 600 {
+                at_10min = Some(p.snapshot(Instant::now()).footprint);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let f = p.snapshot(Instant::now()).footprint;
+        assert_eq!(
+            Some(f),
+            at_10min,
+            "same footprint after 10 minutes and after an hour"
+        );
+        assert!(f.pending <= 40 && f.deadlines <= 40, "{f:?}");
+        // finished ids are kept for max(10 x timeout, window) = 300 s at 3 records/s
+        assert!(f.recent <= 3 * 301, "{f:?}");
+        let c = p.progress().borrow().counts;
+        assert_eq!(c.sent, 10_800);
+        assert!(
+            c.get(Outcome::SendFailed) > 0,
+            "over the bound: backpressure"
+        );
+        assert_eq!(
+            c.sent,
+            c.get(Outcome::Lost) + c.get(Outcome::SendFailed) + c.in_flight
+        );
+        // what the observer was told adds up at every event (checked as it was told), and to
+        // the probe's own counts
+        let r = recording.get();
+        assert_eq!(
+            (r.counts.sent, r.counts.outcomes, r.counts.in_flight),
+            (c.sent, c.outcomes, c.in_flight)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_shows_a_stuck_consumer_before_anything_is_lost() {
+        let (p, recording) = recorded("name: stuck\ninterval: 1s\ntimeout: 60s\n");
+        for r in round(&p, 0, &[0]) {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            arrive(&p, &r);
+        }
+        tokio::time::advance(Duration::from_millis(980)).await;
+        p.refresh_gauges(Instant::now());
+        assert_eq!(recording.get().gauges.freshness, Duration::from_secs(1));
+        // the consumer stops: records keep coming, none is read back, none is lost yet
+        for slot in 1..=20 {
+            round(&p, slot, &[0]);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            p.expire(Instant::now());
+        }
+        p.refresh_gauges(Instant::now());
+        let r = recording.get();
+        assert_eq!(r.gauges.freshness, Duration::from_secs(21));
+        assert_eq!(r.counts.get(Outcome::Lost), 0);
+        assert_eq!(r.counts.in_flight, 20);
+        assert_eq!(r.gauges.availability, Some(1.0), "nothing has failed yet");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_and_burn_rate_match_the_hand_computed_example() {
+        // objective 99%, 1000 events, 15 bad: budget remaining -0.5, burn rate 1.5
+        let (p, recording) = recorded(
+            "name: budget\ninterval: 1s\ntimeout: 10s\nslos:\n  - { name: completeness, objective: 99% }\n",
+        );
+        let parts: Vec<i32> = (0..1000).collect();
+        let records = round(&p, 0, &parts);
+        for r in &records[15..] {
+            arrive(&p, r);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        p.expire(Instant::now());
+        p.refresh_gauges(Instant::now());
+        let r = recording.get();
+        assert_eq!(r.counts.get(Outcome::Lost), 15);
+        assert_eq!(r.slo, [(985, 15)], "(good, bad)");
+        let slo = r.gauges.slos[0];
+        assert!((slo.budget_remaining - -0.5).abs() < 1e-9, "{slo:?}");
+        for (w, burn) in ["5m", "30m", "1h", "6h"].iter().zip(slo.burn_rates) {
+            let burn = burn.unwrap();
+            assert!((burn - 1.5).abs() < 1e-9, "{w}: {burn}");
+        }
+        let s = &p.snapshot(Instant::now()).slos[0];
+        assert!(!s.met());
+        // an hour later the 5m and 30m windows are empty, the budget window is not
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        p.refresh_gauges(Instant::now());
+        let slo = recording.get().gauges.slos[0];
+        assert_eq!(slo.burn_rates[0], None, "no event in the last 5 minutes");
+        assert!((slo.budget_remaining - -0.5).abs() < 1e-9);
+    }
+
+    /// A probe naming its job: a lost record carries what the job was doing while it was in
+    /// flight, into its outcome and the failure groups; an `ok` one carries nothing, and a
+    /// slow one in the snapshot carries it (the job running quietly).
+    #[tokio::test(start_paused = true)]
+    async fn records_that_fail_carry_the_jobs_state_and_ok_ones_do_not() {
+        use crate::outcome::{Checkpoints, JobException, JobState, JobStatus};
+        let (p, _) = recorded("name: through\ninterval: 1s\ntimeout: 5s\n");
+        let watch = Arc::new(JobWatch::new("enrich", "http://flink:8081 job `enrich`"));
+        let p = p.with_job(Some(Arc::clone(&watch)));
+        // the test's records are scheduled at 0 ms since the epoch: the polls are there too
+        let poll = |state: JobState, failures: &[u64]| {
+            Ok(JobStatus {
+                id: "a1".into(),
+                state,
+                since_ms: None,
+                restarts: 0,
+                exception: failures.first().map(|at| JobException {
+                    at_ms: *at,
+                    text: "JsonParseException: Unexpected character".into(),
+                }),
+                failures_at_ms: failures.to_vec(),
+                tasks: Some((1, 1)),
+                checkpoints: Checkpoints::default(),
+            })
+        };
+        watch.record(0, &poll(JobState::Running, &[]));
+        let records = round(&p, 0, &[0, 1]);
+        arrive(&p, &records[0]);
+        watch.record(1, &poll(JobState::Restarting, &[1]));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        p.expire(Instant::now());
+        let s = p.snapshot(Instant::now());
+        let (ok, lost): (Vec<_>, Vec<_>) = s.last.iter().partition(|n| n.outcome == Outcome::Ok);
+        assert_eq!((ok.len(), lost.len()), (1, 1));
+        assert_eq!(ok[0].job, None, "an ok record carries nothing");
+        let j = lost[0]
+            .job
+            .as_ref()
+            .expect("the lost record says what the job did");
+        assert_eq!(j.state, Some(JobState::Restarting));
+        assert!(j.to_string().contains("JsonParseException"), "{j}");
+        assert_eq!(s.failures.len(), 1);
+        assert_eq!(s.failures[0].last_job.as_deref(), Some(j.as_ref()));
+        let slow = &s.slowest[0];
+        assert!(slow.job.as_ref().is_some_and(|c| c.is_quiet()), "{slow:?}");
+        assert_eq!(
+            s.job.as_ref().map(|(n, now)| (n.as_str(), now.polls)),
+            Some(("enrich", 2))
+        );
+    }
+
+    /// Counted under the lock, reported after it, in the same order: a settled record's log
+    /// line comes after its counter, SLO judgements after the outcome.
+    #[tokio::test(start_paused = true)]
+    async fn every_event_is_counted_then_reported_in_order() {
+        let (p, recording) = recorded(
+            "name: order\ninterval: 1s\ntimeout: 5s\nslos:\n  - { name: completeness, objective: 99% }\n",
+        );
+        let records = round(&p, 0, &[0, 1]);
+        arrive(&p, &records[0]);
+        arrive(&p, &records[0]); // seen again
+        tokio::time::advance(Duration::from_secs(5)).await;
+        p.expire(Instant::now());
+        let r = recording.get();
+        assert_eq!(
+            r.reported,
+            [
+                "scheduled",
+                "scheduled", // the round
+                "settled",
+                "slo",       // the first arrival settles the round's first record
+                "duplicate", // the same record again
+                "settled",
+                "slo",   // the other one is lost at its deadline...
+                "ready", // ...which completes the round, one record verified
+            ]
+        );
+        assert_eq!((r.counts.duplicates, r.slo.as_slice()), (1, &[(1, 1)][..]));
+    }
+}

@@ -116,7 +116,7 @@ impl Verdict {
         }
         // The job of a failing probe, or one that is not known to run.
         for p in &self.probes {
-            if let Some(j) = p.job.as_ref().filter(|j| !p.passed || !j.running) {
+            if let Some(j) = p.why.job.as_ref().filter(|j| !p.passed || !j.running) {
                 let _ = writeln!(out, "JOB {}: {}", p.name, j.summary);
             }
         }
@@ -233,11 +233,11 @@ impl Verdict {
             };
             let mut records = records;
             if let TestCaseStatus::NonSuccess { description, .. } = &mut records
-                && !p.failed_records.is_empty()
+                && !p.why.failed_records.is_empty()
             {
                 // Every failed record kept, one line each, under the sentences.
                 let mut text = description.as_deref().unwrap_or_default().to_string();
-                for f in &p.failed_records {
+                for f in &p.why.failed_records {
                     for r in &f.examples {
                         let _ = write!(
                             text,

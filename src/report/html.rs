@@ -244,26 +244,20 @@ fn record_rows(
     }
 }
 
-/// The job a probe's records go through: its state, or why it is not known.
-fn job_line(job: Option<&super::JobReport>) -> Markup {
+/// The job a probe's records go through (its state, or why it is not known), then why its
+/// records failed: each group's sentence, and the first of them with their traces.
+fn why(w: &super::Why, links: TraceLinks<'_>) -> Markup {
     html! {
-        @if let Some(j) = job {
+        @if let Some(j) = &w.job {
             p data-field="job" data-state=(j.state.unwrap_or("UNKNOWN")) class=(if j.running { "good" } else { "bad" }) {
                 (j.summary)
                 @if let Some(age) = j.last_checkpoint_age_seconds { "; last checkpoint " (format!("{age:.1}")) " s before the poll" }
             }
         }
-    }
-}
-
-/// Failed records by outcome and reason: the sentence, then the first of them with their
-/// traces.
-fn failure_list(failures: &[super::FailureReport], links: TraceLinks<'_>) -> Markup {
-    html! {
-        @if !failures.is_empty() {
+        @if !w.failed_records.is_empty() {
             h3 { "Why records failed" }
             ul.why {
-                @for f in failures {
+                @for f in &w.failed_records {
                     li data-outcome=(f.outcome) data-reason=(f.reason) {
                         strong { (f.records) " " (f.outcome) " (" (f.reason) ")" }
                         @for d in &f.details { br; (d.detail) " — " (d.records) " of " (f.records) " records" }
@@ -340,8 +334,7 @@ fn probe_smoke(v: &ProbeVerdict, p: &Pictures, links: TraceLinks<'_>) -> Markup 
             @if !v.failures.is_empty() || !v.errors.is_empty() {
                 ul.failures { @for f in v.failures.iter().chain(&v.errors) { li.bad { (f) } } }
             }
-            (job_line(v.job.as_ref()))
-            (failure_list(&v.failed_records, links))
+            (why(&v.why, links))
             (records_table(&v.records, &v.events))
             (latency_table(&v.latency, "whole run"))
             (hops_table(&v.hops, "whole run"))
@@ -393,8 +386,7 @@ fn probe_live(s: &ProbeStatus, pictures: Option<&Pictures>, links: TraceLinks<'_
                 ", partitions " (s.partitions.len()) ", rounds " (s.rounds_completed) }
             (tags(&s.tags))
             @if let Some(e) = &s.discovery_error { p.bad { "discovery: " (e) } }
-            (job_line(s.job.as_ref()))
-            (failure_list(&s.failed_records, links))
+            (why(&s.why, links))
             @if let Some(e) = &s.refused { p.bad data-field="refused" { "sink refused, nothing sent: " (e) } }
             @for (task, why) in &s.tasks_down { p.bad { "task " (task) " down: " (why) } }
             (records_table(&s.records, &s.events))

@@ -8,7 +8,38 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::outcome::{JobState, Outcome};
-use crate::probe::{Example, Group, JobNow};
+use crate::probe::{Example, Group, JobNow, Probe, Snapshot};
+
+/// What a verdict and `/status` say of a probe beyond its counts: why its records failed, the
+/// job they go through, where a downstream topic stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct Why {
+    /// Its records that are not `ok`, by outcome and reason, most first: why, how many, the
+    /// first of them, and what the job was doing.
+    pub failed_records: Vec<FailureReport>,
+    /// The job its records go through (`job`), as its newest poll found it.
+    pub job: Option<JobReport>,
+    /// For a probe verifying on a downstream topic: where that topic stands.
+    pub output: Option<OutputReport>,
+}
+
+impl Why {
+    pub fn of(probe: &Probe, s: &Snapshot) -> Self {
+        let output = probe
+            .config
+            .verifies_downstream()
+            .then(|| OutputReport::new(&probe.verify_topic, s.output_read_ms));
+        Why {
+            failed_records: s
+                .failures
+                .iter()
+                .map(|g| FailureReport::of(g, &probe.verify_topic, output.as_ref()))
+                .collect(),
+            job: s.job.as_ref().map(|(name, now)| JobReport::new(name, now)),
+            output,
+        }
+    }
+}
 
 /// RFC 3339 (UTC, milliseconds) of ms since the Unix epoch.
 fn at_ms(ms: u64) -> String {
