@@ -18,7 +18,7 @@ use common::enrichment::{
     Enrichment, INPUT, PARTITIONS, by_order, extra_copies, hop_ends, iso_ms, n, no_clock_skew, pg,
     probe, settled_round, utc,
 };
-use common::flink::{self, CheckpointMode, DumpedRecord, FlinkSession, Isolation, JobOptions};
+use common::flink::{self, CheckpointMode, DumpedRecord, FlinkSession, Isolation, Job, JobOptions};
 use common::infra::{Postgres, Tansu};
 use common::ingress::FlinkIngress;
 use common::otlp::Collector;
@@ -375,16 +375,7 @@ async fn a_rejected_script_fails_with_flinks_message() {
 async fn orders_through_the_enrichment_job_are_verified_on_its_topic_and_in_its_table() {
     const OUTPUT: &str = "orders-enriched";
     let e = Enrichment::start(&[OUTPUT], &["orders_sink"]).await;
-    let job = session().submit(
-        "enrich",
-        &e.job("enrich", OUTPUT, "at-least-once", "orders_sink"),
-        &JobOptions {
-            checkpoint_interval: Some(Duration::from_secs(1)),
-            mode: CheckpointMode::AtLeastOnce,
-            extra: utc(),
-            ..JobOptions::default()
-        },
-    );
+    let job = enrich(&e, "enrich", OUTPUT, "orders_sink");
     let collector = Collector::default();
     let otlp = collector.http().await;
     // both name the job: one poller for the two
@@ -548,6 +539,25 @@ async fn orders_through_the_enrichment_job_are_verified_on_its_topic_and_in_its_
         hop_names(warehouse),
         ["produce", "pipeline", "sink", "read"]
     );
+}
+
+/// How most tests run the enrichment job: at least once, a checkpoint a second, UTC.
+fn at_least_once() -> JobOptions {
+    JobOptions {
+        checkpoint_interval: Some(Duration::from_secs(1)),
+        mode: CheckpointMode::AtLeastOnce,
+        extra: utc(),
+        ..JobOptions::default()
+    }
+}
+
+/// The enrichment job `name` writing `output` and `table`, at least once, in the shared session.
+fn enrich(e: &Enrichment, name: &str, output: &str, table: &str) -> Job {
+    session().submit(
+        name,
+        &e.job(name, output, "at-least-once", table),
+        &at_least_once(),
+    )
 }
 
 /// Probe `probe` names job `job` of the shared session, polled every 200 ms: the substitution
@@ -782,16 +792,7 @@ async fn a_job_that_is_not_running_fails_smoke_at_once_naming_it() {
 async fn a_flink_rest_api_that_stops_answering_is_reported_while_records_are_judged() {
     const OUTPUT: &str = "orders-unpolled";
     let e = Enrichment::start(&[OUTPUT], &["orders_unpolled"]).await;
-    let job = session().submit(
-        "unpolled",
-        &e.job("unpolled", OUTPUT, "at-least-once", "orders_unpolled"),
-        &JobOptions {
-            checkpoint_interval: Some(Duration::from_secs(1)),
-            mode: CheckpointMode::AtLeastOnce,
-            extra: utc(),
-            ..JobOptions::default()
-        },
-    );
+    let job = enrich(&e, "unpolled", OUTPUT, "orders_unpolled");
     let rest = session().rest_url().strip_prefix("http://").unwrap();
     let pipe = Pipe::start(rest.parse().unwrap()).await;
     let named = naming_job_at(
@@ -865,16 +866,7 @@ async fn a_flink_rest_api_that_stops_answering_is_reported_while_records_are_jud
 async fn the_poller_reaches_flink_through_tls_and_basic_auth_and_says_when_it_cannot() {
     const OUTPUT: &str = "orders-ingress";
     let e = Enrichment::start(&[OUTPUT], &["orders_ingress"]).await;
-    let job = session().submit(
-        "ingress",
-        &e.job("ingress", OUTPUT, "at-least-once", "orders_ingress"),
-        &JobOptions {
-            checkpoint_interval: Some(Duration::from_secs(1)),
-            mode: CheckpointMode::AtLeastOnce,
-            extra: utc(),
-            ..JobOptions::default()
-        },
-    );
+    let job = enrich(&e, "ingress", OUTPUT, "orders_ingress");
     let dir = tempfile::tempdir().unwrap();
     let ingress =
         FlinkIngress::start(session().rest_url(), "slo-probe", "s3cret", dir.path()).await;
@@ -966,12 +958,7 @@ async fn the_poller_reaches_flink_through_tls_and_basic_auth_and_says_when_it_ca
 async fn a_job_stopped_with_a_savepoint_and_restored_in_time_loses_nothing() {
     const OUTPUT: &str = "orders-resumed";
     let e = Enrichment::start(&[OUTPUT], &["orders_resumed"]).await;
-    let options = JobOptions {
-        checkpoint_interval: Some(Duration::from_secs(1)),
-        mode: CheckpointMode::AtLeastOnce,
-        extra: utc(),
-        ..JobOptions::default()
-    };
+    let options = at_least_once();
     let sql = e.job("resumed", OUTPUT, "at-least-once", "orders_resumed");
     let first = session().submit("resumed", &sql, &options);
     let faster: &[(&str, &str)] = &[
